@@ -1,0 +1,8 @@
+"""API keys: issuing, hashing, revoking and auditing."""
+
+from django.apps import AppConfig
+
+
+class ApikeysConfig(AppConfig):
+    name = "apikeys"
+    default_auto_field = "django.db.models.BigAutoField"

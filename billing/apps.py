@@ -1,0 +1,8 @@
+"""Plans, subscriptions and (later) the ledger."""
+
+from django.apps import AppConfig
+
+
+class BillingConfig(AppConfig):
+    name = "billing"
+    default_auto_field = "django.db.models.BigAutoField"

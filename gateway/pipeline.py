@@ -1,0 +1,323 @@
+"""The request path, top to bottom: authenticate → resolve alias → translate → call the router → translate back → record."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, AsyncIterator
+
+import httpx
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.utils import timezone
+
+from gateway.auth import Principal, authenticate
+from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, PermissionDenied, RequestTooLarge, UpstreamError, UpstreamUnavailable
+from gateway.recorder import recorder
+from gateway.state import state
+from gateway.surfaces import ENVELOPE_ROUTE, AnswerContext, StreamWriter, Surface, json_response
+from gateway.translate.common import CompletionRequest, StopMatcher, Usage, cut_at_stop, estimate_tokens
+from gateway.translate.prompt import render_prompt
+from gateway.translate.router import RouterDelta, RouterStreamReader, build_router_body, parse_router_completion
+from gateway.translate.sse import SSEParser
+from gateway.upstream import UpstreamCall, upstreams
+from routerpools.selectors import AliasRoute
+from usage.services import RequestLogRecord, UsageRecord
+
+log = logging.getLogger("gateway")
+
+
+def new_request_id() -> str:
+    return f"req_{secrets.token_hex(12)}"
+
+
+def ms(seconds: float) -> int:
+    return max(0, int(seconds * 1000))
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One customer request as it moves through the pipeline; what the usage and log rows are made of."""
+
+    request: HttpRequest
+    surface: Surface
+    request_id: str = field(default_factory=new_request_id)
+    started: float = field(default_factory=time.perf_counter)
+    created_at: datetime = field(default_factory=timezone.now)
+    principal: Principal | None = None
+    route: AliasRoute | None = None
+    model: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = {"x-request-id": self.request_id}
+        if self.surface.anthropic:
+            headers["request-id"] = self.request_id
+        return headers
+
+    def log_row(self, status: int) -> RequestLogRecord:
+        meta = self.request.META
+        return RequestLogRecord(
+            request_id=self.request_id,
+            method=self.request.method or "",
+            path=self.request.path[:300],
+            status=status,
+            created_at=self.created_at,
+            organization_id=self.principal.organization_id if self.principal else None,
+            client_ip=meta.get("REMOTE_ADDR") or None,
+            user_agent=meta.get("HTTP_USER_AGENT", "")[:300],
+            duration_ms=ms(time.perf_counter() - self.started),
+            client_request_id=meta.get("HTTP_X_REQUEST_ID", "")[:128],
+            key_id=self.principal.key_id if self.principal else None,
+        )
+
+    def usage_row(self, *, status: str, http_status: int, call: UpstreamCall | None, streamed: bool, usage: Usage | None,
+                  error_code: str = "", ttfb: float | None = None) -> UsageRecord | None:
+        if self.route is None or self.principal is None:
+            return None  # refused before a model was chosen: a request log row only
+        now = time.perf_counter()
+        return UsageRecord(
+            request_id=self.request_id,
+            organization_id=self.principal.organization_id,
+            api_key_id=self.principal.key_id,
+            alias=self.route.alias,
+            route=self.surface.route,
+            status=status,
+            http_status=http_status,
+            created_at=self.created_at,
+            pool=self.route.pool_name,
+            endpoint_url=call.upstream.base_url if call else "",
+            session_id=call.upstream.session_id if call else None,
+            streamed=streamed,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            total_tokens=usage.total_tokens if usage else 0,
+            estimated=usage.estimated if usage else False,
+            error_code=error_code,
+            upstream_latency_ms=ms(now - call.started) if call else None,
+            ttfb_ms=ms(ttfb) if ttfb is not None else None,
+            duration_ms=ms(now - self.started),
+        )
+
+
+def _read_body(request: HttpRequest) -> object:
+    limit = settings.PORTAL_MAX_BODY_BYTES
+    declared = request.META.get("CONTENT_LENGTH")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(f"request body is larger than {limit} bytes")
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise RequestTooLarge(f"request body is larger than {limit} bytes") from None
+    if len(raw) > limit:
+        raise RequestTooLarge(f"request body is larger than {limit} bytes")
+    if not raw:
+        raise InvalidRequest("the request body is empty; send a JSON object")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("the request body is not valid JSON") from None
+
+
+def _resolve(model: str | None, principal: Principal, surface: Surface) -> AliasRoute:
+    if not model:
+        if surface.route != ENVELOPE_ROUTE or not settings.PORTAL_DEFAULT_MODEL:
+            raise InvalidRequest("you must provide a model parameter", param="model")
+        model = settings.PORTAL_DEFAULT_MODEL
+    route = state.route(model)
+    if route is None:
+        raise ModelNotFound(f"the model '{model[:100]}' does not exist", param="model")
+    if not principal.may_use(route.alias):
+        raise PermissionDenied(f"your plan does not include the model '{route.alias}'", param="model", code="model_not_allowed")
+    if route.pool_draining:
+        raise UpstreamUnavailable()
+    return route
+
+
+def _prompt(creq: CompletionRequest, route: AliasRoute) -> str:
+    if creq.messages is not None:
+        return render_prompt(creq.messages, route.prompt_format, system=creq.system)
+    return creq.prompt or ""
+
+
+def _router_body(creq: CompletionRequest, route: AliasRoute, prompt: str, request_id: str) -> dict[str, Any]:
+    max_tokens = min(creq.max_tokens or route.default_max_tokens, route.max_tokens_cap)
+    return build_router_body(
+        prompt=prompt,
+        stream=creq.stream,
+        max_tokens=max_tokens,
+        timeout_s=min(route.timeout_s, settings.PORTAL_UPSTREAM_TIMEOUT_S),
+        request_id=request_id,
+        temperature=creq.temperature,
+        top_p=creq.top_p,
+        top_k=creq.top_k,
+        presence_penalty=creq.presence_penalty,
+        frequency_penalty=creq.frequency_penalty,
+        stop=creq.stop or None,
+        prompt_type=route.prompt_type,
+        prompt_template=route.prompt_template or None,
+    )
+
+
+async def handle_completion(request: HttpRequest, surface: Surface) -> HttpResponse:
+    ex = Exchange(request=request, surface=surface)
+    try:
+        await state.ensure_started()
+        recorder.ensure_started()
+        ex.principal = await authenticate(request.headers)
+        creq = surface.parse(_read_body(request))
+        ex.model = creq.model
+        ex.route = _resolve(creq.model, ex.principal, surface)
+        ex.model = ex.route.alias
+        prompt = _prompt(creq, ex.route)
+        body = _router_body(creq, ex.route, prompt, ex.request_id)
+        ctx = AnswerContext(
+            request_id=ex.request_id,
+            model=ex.route.alias,
+            pool_name=ex.route.pool_name,
+            created=int(time.time()),
+            prompt_tokens_estimate=estimate_tokens(prompt),
+            include_usage=creq.include_usage,
+        )
+        timeout = min(ex.route.timeout_s, settings.PORTAL_UPSTREAM_TIMEOUT_S)
+        deadline = time.monotonic() + timeout
+        if creq.stream:
+            return await _stream(ex, creq, ctx, body, deadline)
+        return await _complete(ex, creq, ctx, body, deadline)
+    except GatewayError as err:
+        return _refuse(ex, err)
+
+
+def _refuse(ex: Exchange, err: GatewayError, call: UpstreamCall | None = None) -> HttpResponse:
+    pool = ex.route.pool_name if ex.route else None
+    response = ex.surface.error_response(err, request_id=ex.request_id, model=ex.model, pool_name=pool)
+    for name, value in ex.headers().items():
+        response[name] = value
+    status = response.status_code
+    usage = ex.usage_row(status="error", http_status=status, call=call, streamed=False, usage=None, error_code=err.code or err.envelope_code)
+    recorder.record(usage=usage, log_row=ex.log_row(status))
+    return response
+
+
+async def _complete(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, body: dict[str, Any], deadline: float) -> HttpResponse:
+    assert ex.route is not None
+    call = await upstreams.call(route=ex.route, body=body, stream=False, request_id=ex.request_id, deadline=deadline)
+    try:
+        data = json.loads(call.response.content)
+        result = parse_router_completion(data)
+    except (ValueError, UnicodeDecodeError):
+        log.warning("upstream %s sent a body that is not JSON request_id=%s", call.upstream.label, ex.request_id)
+        return _refuse(ex, UpstreamError(), call)
+    except UpstreamError as err:
+        log.warning("upstream %s sent an answer without text request_id=%s", call.upstream.label, ex.request_id)
+        return _refuse(ex, err, call)
+    text, matched = cut_at_stop(result.text, creq.stop)
+    finish = "stop_sequence" if matched else result.finish_reason
+    usage = result.usage or Usage(ctx.prompt_tokens_estimate, estimate_tokens(text), estimated=True)
+    answer = ex.surface.answer(ctx, text=text, finish_reason=finish, stop_sequence=matched, usage=usage, raw=result.raw)
+    response = json_response(answer, headers=ex.headers())
+    ttfb = call.headers_at - ex.started
+    recorder.record(
+        usage=ex.usage_row(status="ok", http_status=200, call=call, streamed=False, usage=usage, ttfb=ttfb),
+        log_row=ex.log_row(200),
+    )
+    return response
+
+
+async def _stream(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, body: dict[str, Any], deadline: float) -> HttpResponse:
+    assert ex.route is not None
+    call = await upstreams.call(route=ex.route, body=body, stream=True, request_id=ex.request_id, deadline=deadline)
+    writer = ex.surface.stream_writer(ctx)
+    response = StreamingHttpResponse(_relay(ex, creq, ctx, call, writer, deadline), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    for name, value in ex.headers().items():
+        response[name] = value
+    return response
+
+
+async def _relay(
+    ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, call: UpstreamCall, writer: StreamWriter, deadline: float
+) -> AsyncIterator[bytes]:
+    """Router bytes in, provider events out; the upstream is closed in `finally`, whatever ends the stream."""
+    parser = SSEParser()
+    reader = RouterStreamReader()
+    stops = StopMatcher(creq.stop)
+    delivered_chars = 0
+    status = "cancelled"  # unless the loop below reaches an end of its own
+    error_code = ""
+    first_byte_at: float | None = None
+    finish_reason: str | None = None
+    stop_sequence: str | None = None
+    protocol_errors = 0
+    try:
+        yield writer.start()
+        raw_iter = call.response.aiter_raw()
+        ended = False
+        while not ended:
+            remaining = deadline - time.monotonic()
+            try:
+                chunk = await asyncio.wait_for(raw_iter.__anext__(), timeout=max(0.001, remaining))
+            except StopAsyncIteration:
+                break
+            if first_byte_at is None:
+                first_byte_at = time.perf_counter()
+            for event in parser.feed(chunk):
+                delta = reader.feed(event)
+                if reader.protocol_errors != protocol_errors:
+                    protocol_errors = reader.protocol_errors
+                    log.warning("upstream %s sent a data line that is not JSON; skipped request_id=%s", call.upstream.label, ex.request_id)
+                if delta is None:
+                    continue
+                if delta.done:
+                    ended = True
+                    break
+                text = delta.text
+                if text:
+                    text, stop_sequence = stops.feed(text)
+                    delivered_chars += len(text)
+                out = writer.delta(delta, text)
+                if out:
+                    yield out
+                if stop_sequence is not None:
+                    finish_reason = "stop_sequence"
+                    ended = True
+                    break
+        if finish_reason is None and not reader.saw_finish and not reader.saw_done:
+            raise UpstreamError("the upstream model server ended the stream early")
+        tail = stops.flush()
+        if tail:
+            delivered_chars += len(tail)
+            out = writer.delta(RouterDelta(tail, None, None, False, None), tail)
+            if out:
+                yield out
+        usage = reader.usage or Usage(ctx.prompt_tokens_estimate, _estimate_chars(delivered_chars), estimated=True)
+        yield writer.finish(finish_reason=finish_reason or reader.finish_reason or "stop", stop_sequence=stop_sequence, usage=usage)
+        status = "ok"
+    except (UpstreamError, asyncio.TimeoutError, httpx.TransportError) as exc:
+        err = exc if isinstance(exc, GatewayError) else UpstreamError("the upstream model server failed mid-stream")
+        log.warning("stream from %s failed: %s request_id=%s", call.upstream.label, err.message, ex.request_id)
+        status, error_code = "error", err.code or "upstream_error"
+        yield writer.error(err)
+    finally:
+        await call.response.aclose()
+        if status == "ok":
+            usage = reader.usage or Usage(ctx.prompt_tokens_estimate, _estimate_chars(delivered_chars), estimated=True)
+        else:
+            usage = Usage(ctx.prompt_tokens_estimate, _estimate_chars(delivered_chars), estimated=True)
+            if reader.usage is not None and status == "error":
+                usage = reader.usage
+        ttfb = (first_byte_at - ex.started) if first_byte_at is not None else None
+        recorder.record(
+            usage=ex.usage_row(status=status, http_status=200, call=call, streamed=True, usage=usage, error_code=error_code, ttfb=ttfb),
+            log_row=ex.log_row(200),
+        )
+
+
+def _estimate_chars(chars: int) -> int:
+    return (chars + 3) // 4

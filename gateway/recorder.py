@@ -1,0 +1,102 @@
+"""Usage events and request logs leave the request through this queue and reach the database in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from usage.services import RequestLogRecord, UsageRecord, usage_record_batch
+
+log = logging.getLogger("gateway.recorder")
+
+BATCH_SIZE = 500
+MAX_BACKOFF_S = 5.0
+
+
+class UsageRecorder:
+    """Buffers rows in memory; a background task writes them. A failed batch is kept and retried,
+    and the write is idempotent on the request id, so a retry never doubles a row."""
+
+    def __init__(self) -> None:
+        self._usage: list[UsageRecord] = []
+        self._logs: list[RequestLogRecord] = []
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_lock: asyncio.Lock | None = None
+        self.write_failures = 0
+        self.rows_written = 0
+
+    @property
+    def depth(self) -> int:
+        return len(self._usage) + len(self._logs)
+
+    def ensure_started(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop = loop
+            self._wake = asyncio.Event()
+            self._flush_lock = asyncio.Lock()
+            self._task = loop.create_task(self._run(), name="gateway-usage-writer")
+
+    def record(self, *, usage: UsageRecord | None, log_row: RequestLogRecord) -> None:
+        if usage is not None:
+            self._usage.append(usage)
+        self._logs.append(log_row)
+        if self._wake is not None and len(self._logs) >= BATCH_SIZE:
+            self._wake.set()
+
+    async def _run(self) -> None:
+        interval = settings.PORTAL_USAGE_FLUSH_S
+        backoff = interval
+        assert self._wake is not None
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            ok = await self.flush()
+            backoff = interval if ok else min(MAX_BACKOFF_S, backoff * 2)
+
+    async def flush(self) -> bool:
+        """Write everything buffered now; False when the database refused (the rows stay queued)."""
+        assert self._flush_lock is not None
+        async with self._flush_lock:
+            while self._logs or self._usage:
+                usage, self._usage = self._usage[:BATCH_SIZE], self._usage[BATCH_SIZE:]
+                logs, self._logs = self._logs[:BATCH_SIZE], self._logs[BATCH_SIZE:]
+                try:
+                    await sync_to_async(usage_record_batch, thread_sensitive=False)(usage=usage, logs=logs)
+                except Exception as exc:
+                    # Put the batch back in front, in order; it is retried with back-off.
+                    self._usage[:0] = usage
+                    self._logs[:0] = logs
+                    self.write_failures += 1
+                    log.error("usage write failed, %d rows kept for retry: %s", self.depth, exc.__class__.__name__)
+                    return False
+                self.rows_written += len(usage) + len(logs)
+        return True
+
+    async def drain(self, *, attempts: int = 5) -> bool:
+        """On shutdown: write all that is buffered, retrying a few times."""
+        if self._flush_lock is None:
+            self._flush_lock = asyncio.Lock()
+        for attempt in range(attempts):
+            if await self.flush():
+                return True
+            await asyncio.sleep(min(MAX_BACKOFF_S, 0.5 * (attempt + 1)))
+        log.critical("shutting down with %d usage rows unwritten", self.depth)
+        return False
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self._loop = None
+
+
+recorder = UsageRecorder()

@@ -1,0 +1,142 @@
+"""What the gateway keeps in memory: key records, the routing table and plans, refreshed when the epoch moves."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from apikeys.selectors import KeyRecord, apikey_record
+from billing.selectors import PlanRecord, plan_table
+from gateway.invalidation import read_epoch
+from routerpools.selectors import AliasRoute, routing_table
+
+log = logging.getLogger("gateway.state")
+
+NEGATIVE_TTL_S = 5.0  # unknown public ids: also dropped whenever the epoch moves
+MAX_NEGATIVE = 100_000
+
+
+def _db(fn):  # noqa: ANN001, ANN202 - a thin alias: ORM work in a worker thread, never on the loop
+    return sync_to_async(fn, thread_sensitive=False)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    routes: dict[str, AliasRoute] = field(default_factory=dict)
+    plans: dict[int, PlanRecord] = field(default_factory=dict)
+
+
+class GatewayState:
+    """One per process. Reads come from dicts; the database is only asked on a miss or a change."""
+
+    def __init__(self) -> None:
+        self.snapshot = Snapshot()
+        self.epoch: int | None = None
+        self.generation = 0  # bumped locally on every invalidation, guards racing lookups
+        self._keys: dict[str, KeyRecord] = {}
+        self._missing: dict[str, float] = {}
+        self._inflight: dict[str, asyncio.Future[KeyRecord | None]] = {}
+        self._loaded = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._load_lock: asyncio.Lock | None = None
+
+    # --- life cycle -----------------------------------------------------------------------
+    async def ensure_started(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # First request, or a new event loop (tests): start the poller on this loop.
+            self._loop = loop
+            self._loaded = asyncio.Event()
+            self._load_lock = asyncio.Lock()
+            self._inflight = {}
+            self._poller = loop.create_task(self._poll_forever(), name="gateway-epoch-poller")
+        if not self._loaded.is_set():
+            await self._load_if_needed()
+
+    async def _load_if_needed(self) -> None:
+        assert self._load_lock is not None
+        async with self._load_lock:
+            if self._loaded.is_set():
+                return
+            await self.reload()
+
+    async def reload(self) -> None:
+        epoch = await _db(read_epoch)()
+        routes = await _db(routing_table)()
+        plans = await _db(plan_table)()
+        self.snapshot = Snapshot(routes=routes, plans=plans)
+        self._invalidate_keys()
+        self.epoch = epoch
+        self._loaded.set()
+
+    def _invalidate_keys(self) -> None:
+        self.generation += 1
+        self._keys = {}
+        self._missing = {}
+
+    async def _poll_forever(self) -> None:
+        interval = settings.PORTAL_CACHE_POLL_S
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                epoch = await _db(read_epoch)()
+                if epoch != self.epoch:
+                    await self.reload()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # database away: keep serving from what we have
+                log.warning("cache refresh failed; serving cached keys and pools: %s", exc.__class__.__name__)
+                await asyncio.sleep(min(5.0, interval * 4))
+
+    def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
+        self._loop = None
+
+    # --- reads ----------------------------------------------------------------------------------
+    async def key_record(self, public_id: str) -> KeyRecord | None:
+        record = self._keys.get(public_id)
+        if record is not None:
+            return record
+        missing_until = self._missing.get(public_id)
+        if missing_until is not None and missing_until > time.monotonic():
+            return None
+        pending = self._inflight.get(public_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[KeyRecord | None] = asyncio.get_running_loop().create_future()
+        self._inflight[public_id] = future
+        generation = self.generation
+        try:
+            record = await _db(apikey_record)(public_id=public_id)
+            if generation == self.generation:
+                if record is None:
+                    if len(self._missing) > MAX_NEGATIVE:
+                        self._missing = {}
+                    self._missing[public_id] = time.monotonic() + NEGATIVE_TTL_S
+                else:
+                    self._keys[public_id] = record
+            future.set_result(record)
+            return record
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it, nobody else should warn
+            raise
+        finally:
+            self._inflight.pop(public_id, None)
+
+    def route(self, alias: str) -> AliasRoute | None:
+        return self.snapshot.routes.get(alias)
+
+    def plan(self, plan_id: int | None) -> PlanRecord | None:
+        return self.snapshot.plans.get(plan_id) if plan_id is not None else None
+
+
+state = GatewayState()

@@ -1,0 +1,158 @@
+"""The three customer surfaces: how each parses a request, renders an answer, a stream and an error."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from django.http import HttpResponse
+
+from gateway.errors import GatewayError
+from gateway.translate import anthropic_messages, envelope, openai_chat
+from gateway.translate.common import CompletionRequest, Usage, json_compact
+from gateway.translate.router import RouterDelta
+
+
+@dataclass(slots=True)
+class AnswerContext:
+    request_id: str
+    model: str
+    pool_name: str
+    created: int
+    prompt_tokens_estimate: int
+    include_usage: bool
+
+
+class StreamWriter:
+    """What the pipeline feeds while relaying a router stream; one subclass per surface."""
+
+    def start(self) -> bytes:
+        raise NotImplementedError
+
+    def delta(self, delta: RouterDelta, text: str) -> bytes:
+        raise NotImplementedError
+
+    def finish(self, *, finish_reason: str, stop_sequence: str | None, usage: Usage) -> bytes:
+        raise NotImplementedError
+
+    def error(self, err: GatewayError) -> bytes:
+        raise NotImplementedError
+
+
+class _OpenAIStream(StreamWriter):
+    def __init__(self, ctx: AnswerContext) -> None:
+        self._t = openai_chat.ChatStreamTranslator(
+            completion_id=f"chatcmpl-{ctx.request_id[4:]}", created=ctx.created, model=ctx.model, include_usage=ctx.include_usage
+        )
+
+    def start(self) -> bytes:
+        return self._t.start()
+
+    def delta(self, delta: RouterDelta, text: str) -> bytes:
+        return self._t.text(text) if text else b""
+
+    def finish(self, *, finish_reason: str, stop_sequence: str | None, usage: Usage) -> bytes:
+        return self._t.finish(finish_reason=finish_reason, usage=usage)
+
+    def error(self, err: GatewayError) -> bytes:
+        return self._t.error(err)
+
+
+class _AnthropicStream(StreamWriter):
+    def __init__(self, ctx: AnswerContext) -> None:
+        self._t = anthropic_messages.MessagesStreamTranslator(
+            message_id=f"msg_{ctx.request_id[4:]}", model=ctx.model, input_tokens=ctx.prompt_tokens_estimate
+        )
+
+    def start(self) -> bytes:
+        return self._t.start()
+
+    def delta(self, delta: RouterDelta, text: str) -> bytes:
+        return self._t.text(text) if text else b""
+
+    def finish(self, *, finish_reason: str, stop_sequence: str | None, usage: Usage) -> bytes:
+        return self._t.finish(finish_reason=finish_reason, stop_sequence=stop_sequence, usage=usage)
+
+    def error(self, err: GatewayError) -> bytes:
+        return self._t.error(err)
+
+
+class _EnvelopeStream(StreamWriter):
+    def __init__(self, ctx: AnswerContext) -> None:
+        self._request_id = ctx.request_id
+        self._t = envelope.EnvelopeStreamTranslator(model=ctx.model, pool_name=ctx.pool_name)
+
+    def start(self) -> bytes:
+        return self._t.start()
+
+    def delta(self, delta: RouterDelta, text: str) -> bytes:
+        # Relayed one to one: every accepted chunk of the locked miner, text or not.
+        return self._t.chunk(delta.raw) if delta.raw is not None else b""
+
+    def finish(self, *, finish_reason: str, stop_sequence: str | None, usage: Usage) -> bytes:
+        return self._t.finish()
+
+    def error(self, err: GatewayError) -> bytes:
+        return self._t.error(err, self._request_id)
+
+
+def json_response(body: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
+    response = HttpResponse(json_compact(body), status=status, content_type="application/json")
+    if headers:
+        for name, value in headers.items():
+            response[name] = value
+    return response
+
+
+@dataclass(frozen=True, slots=True)
+class Surface:
+    route: str  # the usage event's route label
+    anthropic: bool
+    parse: Callable[[object], CompletionRequest]
+    stream_writer: Callable[[AnswerContext], StreamWriter]
+
+    def error_body(self, err: GatewayError, *, request_id: str, model: str | None = None, pool_name: str | None = None) -> dict[str, Any]:
+        if self.anthropic:
+            return anthropic_messages.anthropic_error_body(err, request_id)
+        if self.route == ENVELOPE_ROUTE:
+            return envelope.envelope_error_body(err, request_id=request_id, model=model, pool_name=pool_name)
+        return openai_chat.openai_error_body(err)
+
+    def error_status(self, err: GatewayError) -> int:
+        return err.status_for_anthropic if self.anthropic else err.status
+
+    def error_response(self, err: GatewayError, *, request_id: str, model: str | None = None, pool_name: str | None = None) -> HttpResponse:
+        return json_response(
+            self.error_body(err, request_id=request_id, model=model, pool_name=pool_name),
+            status=self.error_status(err),
+            headers=err.headers,
+        )
+
+    def answer(self, ctx: AnswerContext, *, text: str, finish_reason: str, stop_sequence: str | None, usage: Usage, raw: dict[str, Any]) -> dict[str, Any]:
+        if self.anthropic:
+            return anthropic_messages.messages_response(
+                message_id=f"msg_{ctx.request_id[4:]}", model=ctx.model, text=text,
+                finish_reason=finish_reason, stop_sequence=stop_sequence, usage=usage,
+            )
+        if self.route == ENVELOPE_ROUTE:
+            return envelope.envelope_response(request_id=ctx.request_id, model=ctx.model, pool_name=ctx.pool_name, data=raw)
+        return openai_chat.chat_completion_response(
+            completion_id=f"chatcmpl-{ctx.request_id[4:]}", created=ctx.created, model=ctx.model,
+            text=text, finish_reason=finish_reason, usage=usage,
+        )
+
+
+CHAT_ROUTE = "chat.completions"
+MESSAGES_ROUTE = "messages"
+ENVELOPE_ROUTE = "completions"
+
+OPENAI_CHAT = Surface(route=CHAT_ROUTE, anthropic=False, parse=openai_chat.parse_chat_request, stream_writer=_OpenAIStream)
+ANTHROPIC_MESSAGES = Surface(
+    route=MESSAGES_ROUTE, anthropic=True, parse=anthropic_messages.parse_messages_request, stream_writer=_AnthropicStream
+)
+ENVELOPE = Surface(route=ENVELOPE_ROUTE, anthropic=False, parse=envelope.parse_envelope_request, stream_writer=_EnvelopeStream)
+
+
+def loads_json(raw: bytes) -> object:
+    return json.loads(raw)

@@ -1,0 +1,241 @@
+"""The Anthropic messages surface: request validation, the message object, the named-event stream and the error body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.errors import GatewayError
+from gateway.translate.common import (
+    ChatMessage,
+    CompletionRequest,
+    Usage,
+    invalid_type,
+    invalid_value,
+    is_int,
+    json_compact,
+    missing,
+    optional_bool,
+    optional_number,
+    optional_object,
+    optional_positive_int,
+    require_object,
+    required_model,
+    text_blocks,
+    unsupported,
+)
+
+_ROLES = ("user", "assistant")
+_NO_TOOLS = "Tool use is not offered on hosted routes."
+
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "stop_sequence": "stop_sequence"}
+
+
+def parse_messages_request(body: object) -> CompletionRequest:
+    """Validates a `/v1/messages` body; every refusal is an InvalidRequest naming the field in `param`."""
+    body = require_object(body)
+    model = required_model(body)
+    max_tokens = optional_positive_int(body, "max_tokens")
+    if max_tokens is None:
+        raise missing("max_tokens")  # required by the real API too; clients always send it
+    _refuse_unsupported(body)
+    messages = _parse_messages(body)
+    system = _parse_system(body.get("system"))
+
+    top_k = body.get("top_k")
+    if top_k is not None:
+        if not is_int(top_k):
+            raise invalid_type("top_k", "an integer", top_k)
+        if top_k < 0:
+            raise invalid_value("top_k", f"must be at least 0, got {top_k}.")
+
+    metadata = optional_object(body, "metadata")
+    user_id = metadata.get("user_id") if metadata else None
+
+    return CompletionRequest(
+        surface="anthropic_messages",
+        model=model,
+        messages=messages,
+        system=system,
+        max_tokens=max_tokens,
+        # Anthropic's temperature scale ends at 1, unlike OpenAI's.
+        temperature=optional_number(body, "temperature", 0, 1),
+        top_p=optional_number(body, "top_p", 0, 1),
+        top_k=top_k,
+        stop=_parse_stop_sequences(body.get("stop_sequences")),
+        stream=bool(optional_bool(body, "stream")),
+        # Anthropic always reports usage, in the answer and in the stream.
+        include_usage=True,
+        metadata=metadata,
+        user=user_id if isinstance(user_id, str) else None,
+    )
+
+
+def _refuse_unsupported(body: dict[str, Any]) -> None:
+    if body.get("tools") not in (None, []):
+        raise unsupported("tools", f"'tools' is not supported. {_NO_TOOLS}")
+    tool_choice = body.get("tool_choice")
+    if tool_choice is not None and tool_choice != {"type": "none"}:
+        raise unsupported("tool_choice", f"'tool_choice' is not supported. {_NO_TOOLS}")
+    thinking = body.get("thinking")
+    if thinking is not None:
+        if not isinstance(thinking, dict):
+            raise invalid_type("thinking", "an object", thinking)
+        if thinking.get("type") != "disabled":
+            raise unsupported("thinking", "Extended thinking is not offered on hosted routes.")
+
+
+def _parse_messages(body: dict[str, Any]) -> list[ChatMessage]:
+    raw = body.get("messages")
+    if raw is None:
+        raise missing("messages")
+    if not isinstance(raw, list):
+        raise invalid_type("messages", "an array", raw)
+    if not raw:
+        raise invalid_value("messages", "must contain at least one message.")
+    messages: list[ChatMessage] = []
+    for i, message in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise invalid_type(where, "an object", message)
+        role = message.get("role")
+        if role is None:
+            raise missing(f"{where}.role")
+        if not isinstance(role, str):
+            raise invalid_type(f"{where}.role", "a string", role)
+        if role not in _ROLES:
+            hint = " Use the top-level 'system' field." if role == "system" else ""
+            raise invalid_value(f"{where}.role", f"'{role}' is not one of 'user', 'assistant'.{hint}")
+        content = message.get("content")
+        if isinstance(content, str):
+            text = content
+        elif isinstance(content, list):
+            text = text_blocks(content, f"{where}.content")
+        elif content is None:
+            raise missing(f"{where}.content")
+        else:
+            raise invalid_type(f"{where}.content", "a string or an array of content blocks", content)
+        messages.append(ChatMessage(role, text))
+    return messages
+
+
+def _parse_system(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value or None
+    if isinstance(value, list):
+        return text_blocks(value, "system") or None
+    raise invalid_type("system", "a string or an array of text blocks", value)
+
+
+def _parse_stop_sequences(value: object) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise invalid_type("stop_sequences", "an array of strings", value)
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise invalid_type(f"stop_sequences[{i}]", "a string", item)
+    # An empty stop would match everywhere and end every answer before it began.
+    return [s for s in value if s]
+
+
+def _stop(finish_reason: str, stop_sequence: str | None) -> tuple[str, str | None]:
+    reason = _STOP_REASONS.get(finish_reason, "end_turn")
+    return reason, stop_sequence if reason == "stop_sequence" else None
+
+
+def messages_response(
+    *, message_id: str, model: str, text: str, finish_reason: str, stop_sequence: str | None, usage: Usage
+) -> dict[str, Any]:
+    """The `message` object of a non-streaming answer."""
+    stop_reason, stop_sequence = _stop(finish_reason, stop_sequence)
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": {
+            "input_tokens": usage.prompt_tokens,
+            "output_tokens": usage.completion_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        },
+    }
+
+
+def anthropic_error_body(err: GatewayError, request_id: str) -> dict[str, Any]:
+    return {
+        "type": "error",
+        "error": {"type": err.anthropic_type, "message": err.message},
+        "request_id": request_id,
+    }
+
+
+def _event(name: str, payload: str) -> str:
+    return f"event: {name}\ndata: {payload}\n\n"
+
+
+_PING = _event("ping", '{"type":"ping"}')
+_BLOCK_START = _event(
+    "content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}'
+)
+_BLOCK_STOP = _event("content_block_stop", '{"type":"content_block_stop","index":0}')
+_MESSAGE_STOP = _event("message_stop", '{"type":"message_stop"}')
+_DELTA_OPEN = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
+_DELTA_CLOSE = b"}}\n\n"
+
+
+class MessagesStreamTranslator:
+    """Frames one answer as Anthropic's named events, one text block at index 0; no `[DONE]` in this format."""
+
+    __slots__ = ("_message_id", "_model", "_input_tokens", "_started")
+
+    def __init__(self, *, message_id: str, model: str, input_tokens: int) -> None:
+        self._message_id = message_id
+        self._model = model
+        self._input_tokens = input_tokens
+        self._started = False
+
+    def start(self) -> bytes:
+        self._started = True
+        message = {
+            "id": self._message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self._model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": self._input_tokens,
+                "output_tokens": 0,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
+        }
+        start = _event("message_start", json_compact({"type": "message_start", "message": message}))
+        return (start + _BLOCK_START + _PING).encode()
+
+    def text(self, t: str) -> bytes:
+        if not t:
+            return b""
+        frame = _DELTA_OPEN + json_compact(t).encode() + _DELTA_CLOSE
+        return frame if self._started else self.start() + frame
+
+    def finish(self, *, finish_reason: str, stop_sequence: str | None, usage: Usage) -> bytes:
+        stop_reason, stop_sequence = _stop(finish_reason, stop_sequence)
+        # Usage here is cumulative; input_tokens is repeated because the router's count,
+        # known only now, may differ from the estimate sent in message_start.
+        delta = {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+            "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
+        }
+        frames = _BLOCK_STOP + _event("message_delta", json_compact(delta)) + _MESSAGE_STOP
+        return (b"" if self._started else self.start()) + frames.encode()
+
+    def error(self, err: GatewayError) -> bytes:
+        payload = {"type": "error", "error": {"type": err.anthropic_type, "message": err.message}}
+        return _event("error", json_compact(payload)).encode()

@@ -1,0 +1,249 @@
+"""The OpenAI chat-completions surface: request validation, the answer object, the chunk stream and the error body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.errors import GatewayError
+from gateway.translate.common import (
+    ChatMessage,
+    CompletionRequest,
+    Usage,
+    invalid_type,
+    invalid_value,
+    is_int,
+    json_compact,
+    missing,
+    optional_bool,
+    optional_number,
+    optional_object,
+    optional_positive_int,
+    optional_str,
+    require_object,
+    required_model,
+    text_blocks,
+    unsupported,
+)
+
+_ROLES = frozenset({"system", "developer", "user", "assistant"})
+_NO_TOOLS = "Tool calling is not offered on hosted routes."
+_MAX_STOPS = 4
+
+
+def parse_chat_request(body: object) -> CompletionRequest:
+    """Validates a `/v1/chat/completions` body; every refusal is an InvalidRequest naming the field in `param`."""
+    body = require_object(body)
+    model = required_model(body)
+    _refuse_unsupported(body)
+    messages = _parse_messages(body)
+
+    # max_completion_tokens is OpenAI's current name; max_tokens the deprecated one still sent by many clients.
+    max_tokens = optional_positive_int(body, "max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = optional_positive_int(body, "max_tokens")
+
+    stream = bool(optional_bool(body, "stream"))
+    include_usage = False
+    options = optional_object(body, "stream_options")
+    if options is not None:
+        flag = options.get("include_usage")
+        if flag is not None and not isinstance(flag, bool):
+            raise invalid_type("stream_options.include_usage", "a boolean", flag)
+        include_usage = stream and bool(flag)
+
+    seed = body.get("seed")
+    if seed is not None and not is_int(seed):
+        raise invalid_type("seed", "an integer", seed)
+
+    return CompletionRequest(
+        surface="openai_chat",
+        model=model,
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=optional_number(body, "temperature", 0, 2),
+        top_p=optional_number(body, "top_p", 0, 1),
+        presence_penalty=optional_number(body, "presence_penalty", -2, 2),
+        frequency_penalty=optional_number(body, "frequency_penalty", -2, 2),
+        stop=_parse_stop(body.get("stop")),
+        stream=stream,
+        include_usage=include_usage,
+        metadata=optional_object(body, "metadata"),
+        user=optional_str(body, "user"),
+    )
+
+
+def _refuse_unsupported(body: dict[str, Any]) -> None:
+    for key in ("tools", "functions"):
+        # An empty list asks for nothing; clients that always send the field should not fail.
+        if body.get(key) not in (None, []):
+            raise unsupported(key, f"'{key}' is not supported. {_NO_TOOLS}")
+    tool_choice = body.get("tool_choice")
+    if tool_choice is not None and tool_choice != "none":
+        raise unsupported("tool_choice", f"'tool_choice' must be 'none'. {_NO_TOOLS}")
+    if body.get("function_call") not in (None, "none"):
+        raise unsupported("function_call", f"'function_call' is not supported. {_NO_TOOLS}")
+
+    n = body.get("n")
+    if n is not None:
+        if not is_int(n):
+            raise invalid_type("n", "an integer", n)
+        if n != 1:
+            raise unsupported("n", "Only one choice is generated: 'n' must be 1.")
+
+    response_format = body.get("response_format")
+    if response_format is not None:
+        if not isinstance(response_format, dict):
+            raise invalid_type("response_format", "an object", response_format)
+        if response_format.get("type") != "text":
+            raise unsupported("response_format", "Only the 'text' response format is supported.")
+
+    if optional_bool(body, "logprobs"):
+        raise unsupported("logprobs", "'logprobs' is not supported.")
+
+
+def _parse_messages(body: dict[str, Any]) -> list[ChatMessage]:
+    raw = body.get("messages")
+    if raw is None:
+        raise missing("messages")
+    if not isinstance(raw, list):
+        raise invalid_type("messages", "an array", raw)
+    if not raw:
+        raise invalid_value("messages", "must contain at least one message.")
+    messages: list[ChatMessage] = []
+    for i, message in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise invalid_type(where, "an object", message)
+        role = message.get("role")
+        if role is None:
+            raise missing(f"{where}.role")
+        if not isinstance(role, str):
+            raise invalid_type(f"{where}.role", "a string", role)
+        if role in ("tool", "function"):
+            raise unsupported(f"{where}.role", f"Messages with role '{role}' are not supported. {_NO_TOOLS}")
+        if role not in _ROLES:
+            raise invalid_value(
+                f"{where}.role", f"'{role}' is not one of 'system', 'developer', 'user', 'assistant'."
+            )
+        for key in ("tool_calls", "function_call"):
+            if message.get(key):
+                raise unsupported(f"{where}.{key}", f"'{key}' is not supported. {_NO_TOOLS}")
+        content = message.get("content")
+        if isinstance(content, str):
+            text = content
+        elif isinstance(content, list):
+            text = text_blocks(content, f"{where}.content")
+        elif content is None:
+            raise missing(f"{where}.content")
+        else:
+            raise invalid_type(f"{where}.content", "a string or an array of content parts", content)
+        messages.append(ChatMessage(role, text))
+    return messages
+
+
+def _parse_stop(value: object) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        stops = [value]
+    elif isinstance(value, list):
+        if len(value) > _MAX_STOPS:
+            raise invalid_value("stop", f"at most {_MAX_STOPS} stop sequences are allowed, got {len(value)}.")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise invalid_type(f"stop[{i}]", "a string", item)
+        stops = value
+    else:
+        raise invalid_type("stop", "a string or an array of strings", value)
+    # An empty stop would match everywhere and end every answer before it began.
+    return [s for s in stops if s]
+
+
+def _finish(reason: str) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def _usage(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+
+
+def chat_completion_response(
+    *, completion_id: str, created: int, model: str, text: str, finish_reason: str, usage: Usage
+) -> dict[str, Any]:
+    """The `chat.completion` object of a non-streaming answer."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": _finish(finish_reason),
+            }
+        ],
+        "usage": _usage(usage),
+    }
+
+
+def openai_error_body(err: GatewayError) -> dict[str, Any]:
+    return {"error": {"message": err.message, "type": err.openai_type, "param": err.param, "code": err.code}}
+
+
+_DONE = b"data: [DONE]\n\n"
+
+
+class ChatStreamTranslator:
+    """Frames one answer as `chat.completion.chunk` events.
+
+    The parts of a chunk that never change are serialised once, so a token costs one
+    string encode. After `error` the stream ends without `[DONE]`: the official SDKs
+    raise on the error frame and read no further, and a client that ignores the error
+    key still sees an unfinished stream rather than a clean end.
+    """
+
+    __slots__ = ("_head", "_tail", "_text_open", "_text_close", "_include_usage", "_started")
+
+    def __init__(self, *, completion_id: str, created: int, model: str, include_usage: bool) -> None:
+        self._head = (
+            f'data: {{"id":{json_compact(completion_id)},"object":"chat.completion.chunk",'
+            f'"created":{int(created)},"model":{json_compact(model)},"choices":'
+        )
+        # OpenAI marks every chunk before the usage chunk with "usage": null when usage was asked for.
+        self._tail = ',"usage":null}\n\n' if include_usage else "}\n\n"
+        self._text_open = f'{self._head}[{{"index":0,"delta":{{"content":'.encode()
+        self._text_close = f'}},"logprobs":null,"finish_reason":null}}]{self._tail}'.encode()
+        self._include_usage = include_usage
+        self._started = False
+
+    def _choice(self, delta: str, finish_reason: str | None) -> bytes:
+        finish = "null" if finish_reason is None else json_compact(finish_reason)
+        return (
+            f'{self._head}[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]{self._tail}'
+        ).encode()
+
+    def start(self) -> bytes:
+        self._started = True
+        return self._choice('{"role":"assistant","content":""}', None)
+
+    def text(self, t: str) -> bytes:
+        if not t:
+            return b""
+        frame = self._text_open + json_compact(t).encode() + self._text_close
+        return frame if self._started else self.start() + frame
+
+    def finish(self, *, finish_reason: str, usage: Usage) -> bytes:
+        frames = b"" if self._started else self.start()
+        frames += self._choice("{}", _finish(finish_reason))
+        if self._include_usage:
+            frames += f'{self._head}[],"usage":{json_compact(_usage(usage))}}}\n\n'.encode()
+        return frames + _DONE
+
+    def error(self, err: GatewayError) -> bytes:
+        return f"data: {json_compact(openai_error_body(err))}\n\n".encode()

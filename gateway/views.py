@@ -1,0 +1,173 @@
+"""The public HTTP API: thin async views over the pipeline; no ORM work on the request path."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from asgiref.sync import sync_to_async
+from django.core.cache import cache
+from django.db import connection
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from gateway.auth import authenticate
+from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
+from gateway.pipeline import Exchange, _read_body, handle_completion
+from gateway.recorder import recorder
+from gateway.state import state
+from gateway.surfaces import ANTHROPIC_MESSAGES, ENVELOPE, OPENAI_CHAT, Surface, json_response
+from gateway.translate.anthropic_messages import parse_messages_request
+from gateway.translate.common import estimate_tokens
+from gateway.translate.prompt import render_prompt
+
+
+def _only(method: str, request: HttpRequest, surface: Surface) -> HttpResponse | None:
+    if request.method == method:
+        return None
+    ex = Exchange(request=request, surface=surface)
+    response = json_response(
+        surface.error_body(InvalidRequest(f"this route accepts {method} only"), request_id=ex.request_id),
+        status=405,
+        headers=ex.headers(),
+    )
+    response["Allow"] = method
+    return response
+
+
+@csrf_exempt
+async def chat_completions(request: HttpRequest) -> HttpResponse:
+    return _only("POST", request, OPENAI_CHAT) or await handle_completion(request, OPENAI_CHAT)
+
+
+@csrf_exempt
+async def completions(request: HttpRequest) -> HttpResponse:
+    return _only("POST", request, ENVELOPE) or await handle_completion(request, ENVELOPE)
+
+
+@csrf_exempt
+async def messages(request: HttpRequest) -> HttpResponse:
+    return _only("POST", request, ANTHROPIC_MESSAGES) or await handle_completion(request, ANTHROPIC_MESSAGES)
+
+
+async def _authenticated(request: HttpRequest, surface: Surface) -> tuple[Exchange, HttpResponse | None]:
+    ex = Exchange(request=request, surface=surface)
+    try:
+        await state.ensure_started()
+        recorder.ensure_started()
+        ex.principal = await authenticate(request.headers)
+    except GatewayError as err:
+        return ex, _error(ex, err)
+    return ex, None
+
+
+def _error(ex: Exchange, err: GatewayError) -> HttpResponse:
+    response = ex.surface.error_response(err, request_id=ex.request_id)
+    for name, value in ex.headers().items():
+        response[name] = value
+    return response
+
+
+def _model_entry(alias: str, created: int) -> dict[str, object]:
+    return {"id": alias, "object": "model", "created": created, "owned_by": "cortensor"}
+
+
+@csrf_exempt
+async def list_models(request: HttpRequest) -> HttpResponse:
+    if refused := _only("GET", request, OPENAI_CHAT):
+        return refused
+    ex, refused = await _authenticated(request, OPENAI_CHAT)
+    if refused:
+        return refused
+    assert ex.principal is not None
+    routes = state.snapshot.routes
+    data = [_model_entry(r.alias, r.created) for r in sorted(routes.values(), key=lambda r: r.alias) if ex.principal.may_use(r.alias)]
+    return json_response({"object": "list", "data": data}, headers=ex.headers())
+
+
+@csrf_exempt
+async def retrieve_model(request: HttpRequest, alias: str) -> HttpResponse:
+    if refused := _only("GET", request, OPENAI_CHAT):
+        return refused
+    ex, refused = await _authenticated(request, OPENAI_CHAT)
+    if refused:
+        return refused
+    assert ex.principal is not None
+    route = state.route(alias)
+    if route is None or not ex.principal.may_use(route.alias):
+        return _error(ex, ModelNotFound(f"the model '{alias[:100]}' does not exist", param="model"))
+    return json_response(_model_entry(route.alias, route.created), headers=ex.headers())
+
+
+@csrf_exempt
+async def count_tokens(request: HttpRequest) -> HttpResponse:
+    if refused := _only("POST", request, ANTHROPIC_MESSAGES):
+        return refused
+    ex, refused = await _authenticated(request, ANTHROPIC_MESSAGES)
+    if refused:
+        return refused
+    try:
+        body = _read_body(request)
+        if isinstance(body, dict) and "max_tokens" not in body:
+            body = {**body, "max_tokens": 1}  # count_tokens does not take max_tokens
+        creq = parse_messages_request(body)
+        route = state.route(creq.model or "")
+        if route is None:
+            raise ModelNotFound(f"the model '{(creq.model or '')[:100]}' does not exist", param="model")
+        prompt = render_prompt(creq.messages or [], route.prompt_format, system=creq.system)
+    except GatewayError as err:
+        return _error(ex, err)
+    return json_response({"input_tokens": estimate_tokens(prompt)}, headers=ex.headers())
+
+
+@csrf_exempt
+async def not_found(request: HttpRequest) -> HttpResponse:
+    surface = ANTHROPIC_MESSAGES if request.path.startswith("/v1/messages") else OPENAI_CHAT
+    ex = Exchange(request=request, surface=surface)
+    err = InvalidRequest(f"unknown route {request.method} {request.path[:100]}")
+    return json_response(surface.error_body(err, request_id=ex.request_id), status=404, headers=ex.headers())
+
+
+def _database_ok() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        return cursor.fetchone() == (1,)
+
+
+async def health(request: HttpRequest) -> HttpResponse:
+    """Database and cache status and each alias's pool size; no URLs, no secrets."""
+    started = time.perf_counter()
+    checks: dict[str, object] = {}
+    try:
+        checks["database"] = "ok" if await asyncio.wait_for(sync_to_async(_database_ok, thread_sensitive=False)(), 3) else "error"
+    except Exception as exc:
+        checks["database"] = f"error: {exc.__class__.__name__}"
+    try:
+        await asyncio.wait_for(cache.aset("health:probe", "1", 10), 3)
+        checks["cache"] = "ok" if await asyncio.wait_for(cache.aget("health:probe"), 3) == "1" else "error"
+    except Exception as exc:
+        checks["cache"] = f"error: {exc.__class__.__name__}"
+    try:
+        await state.ensure_started()
+    except Exception as exc:
+        checks["routing"] = f"error: {exc.__class__.__name__}"
+    pools = [
+        {
+            "alias": r.alias,
+            "pool": r.pool_name,
+            "draining": r.pool_draining,
+            "endpoints": len({u.base_url for u in r.upstreams}),
+            "sessions": len({u.session_id for u in r.upstreams}),
+            "upstreams": len(r.upstreams),
+        }
+        for r in sorted(state.snapshot.routes.values(), key=lambda r: r.alias)
+    ]
+    healthy = checks.get("database") == "ok" and checks.get("cache") == "ok"
+    body = {
+        "status": "ok" if healthy else "degraded",
+        "checks": checks,
+        "pools": pools,
+        "usage_queue_depth": recorder.depth,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+    }
+    return json_response(body, status=200 if healthy else 503)

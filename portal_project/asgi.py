@@ -1,0 +1,18 @@
+"""The ASGI entry point served by daphne: HTTP through Django, WebSockets through channels."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal_project.settings")
+
+from channels.routing import ProtocolTypeRouter  # noqa: E402
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_application = get_asgi_application()
+
+from gateway.lifecycle import on_server_start  # noqa: E402
+
+on_server_start()
+
+application = ProtocolTypeRouter({"http": django_application})

@@ -1,0 +1,186 @@
+"""Settings for the portal and gateway; production differs from a laptop only by environment."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import dj_database_url
+
+from portal_project.env import env_bool, env_int, env_list, env_str, fail
+from routerpools.config import RouterConfigError, parse_router_env
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DEBUG", False)
+_DEV_SECRET = "dev-insecure-secret-key-do-not-use-in-production"
+SECRET_KEY = env_str("SECRET_KEY") or _DEV_SECRET
+if SECRET_KEY == _DEV_SECRET and not DEBUG and not env_bool("PORTAL_ALLOW_DEV_SECRET", False):
+    fail("SECRET_KEY", "must be set when DEBUG is off (or set DEBUG=1 for local development)")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.sites",
+    "rest_framework",
+    "allauth",
+    "allauth.account",
+    "channels",
+    "accounts",
+    "apikeys",
+    "routerpools",
+    "billing",
+    "usage",
+    "gateway",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+]
+
+ROOT_URLCONF = "portal_project.urls"
+ASGI_APPLICATION = "portal_project.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------------------
+_database_url = env_str("DATABASE_URL")
+_supabase_url = env_str("PORTAL_SUPABASE_DB_URL")
+_db_source = "DATABASE_URL" if _database_url else "PORTAL_SUPABASE_DB_URL"
+_url = _database_url or _supabase_url or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+try:
+    _db = dj_database_url.parse(_url, conn_max_age=600, conn_health_checks=True)
+except Exception as exc:  # dj-database-url raises several types for a bad URL
+    fail(_db_source, f"not a usable database URL ({exc.__class__.__name__})")
+if _db["ENGINE"] == "django.db.backends.postgresql":
+    # Supabase's pooler in transaction mode (and pgbouncer generally) cannot keep
+    # server-side prepared statements or cursors across transactions.
+    if _supabase_url and not _database_url or ":6543" in _url or env_bool("PORTAL_DB_POOLER", False):
+        _db.setdefault("OPTIONS", {})["prepare_threshold"] = None
+        _db["DISABLE_SERVER_SIDE_CURSORS"] = True
+        _db["CONN_MAX_AGE"] = 0
+elif _db["ENGINE"] == "django.db.backends.sqlite3":
+    _db["CONN_MAX_AGE"] = 0
+    _db.setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"})
+    # A file, not memory, so that a live daphne started by the tests shares it.
+    _db["TEST"] = {"NAME": str(BASE_DIR / "test_db.sqlite3")}
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache, channel layer -------------------------------------------------------------------
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+        fail("REDIS_URL", "must start with redis://, rediss:// or unix://")
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": env_str("PORTAL_CACHE_PREFIX", "portal"),
+            "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient", "SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2},
+        }
+    }
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Auth --------------------------------------------------------------------------------------
+AUTH_USER_MODEL = "accounts.User"
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+SITE_ID = 1
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+ACCOUNT_USER_MODEL_USERNAME_FIELD = None
+ACCOUNT_EMAIL_VERIFICATION = "mandatory"
+LOGIN_REDIRECT_URL = "/portal/api-keys"
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+
+# --- Keys --------------------------------------------------------------------------------------
+PORTAL_KEY_ISSUER = env_str("PORTAL_KEY_ISSUER", "local")
+if PORTAL_KEY_ISSUER not in {"local", "unkey"}:
+    fail("PORTAL_KEY_ISSUER", f"must be 'local' or 'unkey', got {PORTAL_KEY_ISSUER!r}")
+PORTAL_API_KEY_PEPPER = env_str("PORTAL_API_KEY_PEPPER")
+if not PORTAL_API_KEY_PEPPER:
+    if not DEBUG and SECRET_KEY != _DEV_SECRET and not env_bool("PORTAL_ALLOW_DEV_SECRET", False):
+        fail("PORTAL_API_KEY_PEPPER", "must be set in production (an HMAC secret for stored key hashes)")
+    PORTAL_API_KEY_PEPPER = hashlib.sha256(f"api-key-pepper:{SECRET_KEY}".encode()).hexdigest()
+PORTAL_UNKEY_ROOT_KEY = env_str("PORTAL_UNKEY_ROOT_KEY")
+PORTAL_UNKEY_API_ID = env_str("PORTAL_UNKEY_API_ID")
+PORTAL_UNKEY_BASE_URL = env_str("PORTAL_UNKEY_BASE_URL", "https://api.unkey.com").rstrip("/")
+if PORTAL_KEY_ISSUER == "unkey" and not (PORTAL_UNKEY_ROOT_KEY and PORTAL_UNKEY_API_ID):
+    fail("PORTAL_UNKEY_ROOT_KEY", "PORTAL_KEY_ISSUER=unkey needs PORTAL_UNKEY_ROOT_KEY and PORTAL_UNKEY_API_ID")
+
+# --- Router pools and the gateway ----------------------------------------------------------
+try:
+    PORTAL_ROUTER_ENV = parse_router_env(dict(os.environ))
+except RouterConfigError as exc:
+    fail(exc.variable, exc.problem)
+PORTAL_DEFAULT_MODEL = PORTAL_ROUTER_ENV.default_model
+PORTAL_PUBLIC_BASE_URL = env_str("PORTAL_PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+PORTAL_UPSTREAM_TIMEOUT_S = env_int("PORTAL_UPSTREAM_TIMEOUT_S", 120, minimum=1)
+PORTAL_MAX_BODY_BYTES = env_int("PORTAL_MAX_BODY_BYTES", 1_048_576, minimum=1024)
+# Let the gateway read bodies up to our own limit and answer 413 itself, in the caller's shape.
+DATA_UPLOAD_MAX_MEMORY_SIZE = PORTAL_MAX_BODY_BYTES + 1
+# How often each process checks whether keys, organizations or pools changed.
+PORTAL_CACHE_POLL_S = float(env_int("PORTAL_CACHE_POLL_MS", 250, minimum=10)) / 1000
+PORTAL_USAGE_FLUSH_S = float(env_int("PORTAL_USAGE_FLUSH_MS", 200, minimum=10)) / 1000
+
+# --- The rest -----------------------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.request": {"level": "ERROR"}, "httpx": {"level": "WARNING"}},
+}

@@ -1,0 +1,78 @@
+"""The routing table the gateway caches: every enabled alias with its candidate upstreams."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from routerpools.models import ModelAlias, RouterPool
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    base_url: str
+    session_id: int
+    auth_key: str  # never logged, never shown
+    weight: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.base_url}#{self.session_id}"
+
+    def __repr__(self) -> str:  # keep the auth key out of any log or traceback
+        return f"Upstream({self.label})"
+
+
+@dataclass(frozen=True, slots=True)
+class AliasRoute:
+    alias: str
+    display_name: str
+    pool_name: str
+    pool_draining: bool
+    prompt_format: str
+    max_tokens_cap: int
+    default_max_tokens: int
+    timeout_s: int
+    prompt_type: int | None
+    prompt_template: str
+    upstreams: tuple[Upstream, ...]
+    created: int
+
+
+def routing_table() -> dict[str, AliasRoute]:
+    """Enabled aliases of enabled pools; an alias whose pool has no upstream is still listed (and answers 503)."""
+    pools = {
+        pool.pk: pool
+        for pool in RouterPool.objects.filter(enabled=True).prefetch_related("endpoints", "sessions")
+    }
+    table: dict[str, AliasRoute] = {}
+    for alias in ModelAlias.objects.filter(enabled=True, pool__enabled=True):
+        pool = pools.get(alias.pool_id)
+        if pool is None:
+            continue
+        upstreams = tuple(
+            Upstream(
+                base_url=endpoint.base_url.rstrip("/"),
+                session_id=session.session_id,
+                auth_key=session.auth_key or endpoint.auth_key,
+                weight=max(1, endpoint.weight),
+            )
+            for endpoint in sorted(pool.endpoints.all(), key=lambda e: e.pk)
+            if endpoint.enabled
+            for session in sorted(pool.sessions.all(), key=lambda s: s.pk)
+            if session.enabled
+        )
+        table[alias.alias] = AliasRoute(
+            alias=alias.alias,
+            display_name=alias.display_name or alias.alias,
+            pool_name=pool.name,
+            pool_draining=pool.draining,
+            prompt_format=alias.prompt_format,
+            max_tokens_cap=alias.max_tokens_cap,
+            default_max_tokens=alias.default_max_tokens,
+            timeout_s=alias.upstream_timeout_s,
+            prompt_type=alias.prompt_type,
+            prompt_template=alias.prompt_template,
+            upstreams=upstreams,
+            created=int(alias.created_at.timestamp()),
+        )
+    return table

@@ -1,0 +1,351 @@
+"""Recorded router streams through the whole translation pipeline, against checked-in golden streams and the official SDKs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anthropic
+import httpx2
+import openai
+import pytest
+
+from gateway.errors import UpstreamError
+from gateway.translate.anthropic_messages import MessagesStreamTranslator
+from gateway.translate.common import StopMatcher, Usage, estimate_tokens
+from gateway.translate.envelope import EnvelopeStreamTranslator
+from gateway.translate.openai_chat import ChatStreamTranslator
+from gateway.translate.router import RouterStreamReader
+from gateway.translate.sse import SSEParser
+
+FIXTURES = Path(__file__).parent / "fixtures"
+UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"
+
+COMPLETION_ID = "chatcmpl-test0001"
+MESSAGE_ID = "msg_test0001"
+REQUEST_ID = "req_test0001"
+CREATED = 1700000000
+MODEL = "my-alias"
+POOL = "pool-a"
+PROMPT_TOKENS_ESTIMATE = 11
+
+SURFACES = ("openai", "anthropic", "envelope")
+
+# fixture name -> the customer's stop strings (the envelope has none)
+STREAMS: dict[str, list[str]] = {
+    "normal": [],
+    "keepalive": [],
+    "crlf": [],
+    "interleaved": [],
+    "usage_at_end": [],
+    "no_usage": [],
+    "truncated": [],
+    "non_json": [],
+    "multibyte": [],
+    "length": [],
+    "odd_framing": [],
+    "stop_split": ["\nEND"],
+}
+
+
+@dataclass
+class Outcome:
+    body: bytes
+    text: str = ""
+    finish_reason: str | None = None
+    stop_sequence: str | None = None
+    usage: Usage | None = None
+    truncated: bool = False
+    reader: RouterStreamReader = field(default_factory=RouterStreamReader)
+
+
+def split_reads(raw: bytes, size: int | None, rng: random.Random | None = None) -> Iterator[bytes]:
+    if size is None and rng is None:
+        yield raw
+        return
+    i = 0
+    while i < len(raw):
+        step = rng.randint(1, 40) if rng else size
+        yield raw[i : i + step]
+        i += step
+
+
+def run_pipeline(raw_reads: Iterator[bytes], surface: str, stops: list[str]) -> Outcome:
+    """What the gateway's streaming view does: router bytes -> events -> one miner's deltas -> stop cut -> frames."""
+    parser = SSEParser()
+    reader = RouterStreamReader()
+    matcher = StopMatcher(stops if surface != "envelope" else [])
+    if surface == "openai":
+        translator = ChatStreamTranslator(completion_id=COMPLETION_ID, created=CREATED, model=MODEL, include_usage=True)
+    elif surface == "anthropic":
+        translator = MessagesStreamTranslator(message_id=MESSAGE_ID, model=MODEL, input_tokens=PROMPT_TOKENS_ESTIMATE)
+    else:
+        translator = EnvelopeStreamTranslator(model=MODEL, pool_name=POOL)
+    out = bytearray(translator.start())
+    delivered: list[str] = []
+    stop_hit: str | None = None
+
+    def consume(events: list) -> bool:
+        nonlocal stop_hit
+        for event in events:
+            delta = reader.feed(event)
+            if delta is None:
+                continue
+            if delta.done:
+                return True
+            if surface == "envelope":
+                out.extend(translator.chunk(delta.raw))
+                continue
+            text, stop_hit = matcher.feed(delta.text)
+            if text:
+                delivered.append(text)
+                out.extend(translator.text(text))
+            if stop_hit is not None:
+                return True
+        return False
+
+    ended = False
+    for read in raw_reads:
+        if consume(parser.feed(read)):
+            ended = True
+            break
+    if not ended:
+        consume(parser.close())
+
+    outcome = Outcome(body=b"", reader=reader)
+    if stop_hit is None:
+        tail = matcher.flush()
+        if tail:
+            delivered.append(tail)
+            out.extend(translator.text(tail))
+        stop_hit = matcher.matched
+    text = "".join(delivered)
+    if stop_hit is None and reader.truncated:
+        outcome.truncated = True
+        if surface == "envelope":
+            out.extend(translator.error(UpstreamError(), REQUEST_ID))
+        else:
+            out.extend(translator.error(UpstreamError()))
+    else:
+        finish = "stop_sequence" if stop_hit is not None else (reader.finish_reason or "stop")
+        usage = reader.usage or Usage(PROMPT_TOKENS_ESTIMATE, estimate_tokens(text), True)
+        outcome.finish_reason, outcome.stop_sequence, outcome.usage = finish, stop_hit, usage
+        if surface == "openai":
+            out.extend(translator.finish(finish_reason=finish, usage=usage))
+        elif surface == "anthropic":
+            out.extend(translator.finish(finish_reason=finish, stop_sequence=stop_hit, usage=usage))
+        else:
+            out.extend(translator.finish())
+    outcome.body = bytes(out)
+    outcome.text = text
+    return outcome
+
+
+def run_fixture(name: str, surface: str, size: int | None = None, rng: random.Random | None = None) -> Outcome:
+    raw = (FIXTURES / f"{name}.sse").read_bytes()
+    return run_pipeline(split_reads(raw, size, rng), surface, STREAMS[name])
+
+
+def check_golden(name: str, surface: str, body: bytes) -> None:
+    golden = FIXTURES / f"{name}.{surface}.sse"
+    if UPDATE_GOLDEN:
+        golden.write_bytes(body)
+    assert body == golden.read_bytes()
+
+
+@pytest.mark.parametrize("surface", SURFACES)
+@pytest.mark.parametrize("name", sorted(STREAMS))
+def test_recorded_stream_matches_golden_for_any_read_size(name: str, surface: str) -> None:
+    whole = run_fixture(name, surface).body
+    check_golden(name, surface, whole)
+    for size in (1, 2, 3, 5, 7, 64):
+        assert run_fixture(name, surface, size).body == whole, f"read size {size}"
+    rng = random.Random(f"{name}-{surface}")
+    for _ in range(5):
+        assert run_fixture(name, surface, rng=rng).body == whole
+
+
+# What each recorded stream must come to; the golden files pin the exact bytes, these the meaning.
+@pytest.mark.parametrize(
+    ("name", "text", "finish", "usage"),
+    [
+        ("normal", "Hello, world!", "stop", Usage(12, 4, False)),
+        ("keepalive", "Hi there", "stop", Usage(7, 2, False)),
+        ("crlf", "Windows line endings", "stop", Usage(9, 3, False)),
+        ("interleaved", "The cat sat.", "stop", Usage(20, 3, False)),
+        ("usage_at_end", "Usage comes last", "stop", Usage(15, 3, False)),
+        ("no_usage", "No usage is reported here.", "stop", Usage(11, 7, True)),
+        ("non_json", "Before after.", "stop", Usage(5, 2, False)),
+        ("multibyte", "Héllo wörld, 世界 🎉🚀 — ok", "stop", Usage(11, 6, True)),
+        ("length", "Cut by the token cap", "length", Usage(8, 3, False)),
+        ("odd_framing", "Chat shaped", "stop", Usage(6, 2, False)),
+        # The stop ends the stream before the router's usage chunk arrives.
+        ("stop_split", "Line one\nENOUGH said.", "stop_sequence", Usage(11, 6, True)),
+    ],
+)
+def test_recorded_stream_delivers_one_miners_text_and_usage(name: str, text: str, finish: str, usage: Usage) -> None:
+    outcome = run_fixture(name, "openai", 1)
+    assert (outcome.text, outcome.finish_reason, outcome.usage, outcome.truncated) == (text, finish, usage, False)
+
+
+def test_truncated_stream_ends_with_an_error_after_the_delivered_text() -> None:
+    outcome = run_fixture("truncated", "openai", 3)
+    assert outcome.truncated is True
+    assert outcome.text == "This answer is cut "
+    assert outcome.reader.saw_finish is False and outcome.reader.saw_done is False
+    # The half-received last event is flushed at close and is not JSON.
+    assert outcome.reader.protocol_errors == 1
+
+
+def test_non_json_line_is_counted_and_skipped() -> None:
+    outcome = run_fixture("non_json", "openai", 2)
+    assert outcome.reader.protocol_errors == 1
+    assert outcome.text == "Before after."
+
+
+def test_interleaved_miners_keep_the_first_task() -> None:
+    outcome = run_fixture("interleaved", "envelope", 5)
+    assert outcome.reader.dropped_chunks == 5
+    relayed = [json.loads(line[6:]) for line in outcome.body.decode().split("\n\n") if line.startswith("data: {")]
+    assert {chunk["task_id"] for chunk in relayed} == {123}
+    assert len(relayed) == 4
+
+
+# --- the official SDKs read our frames --------------------------------------------------------
+
+
+def _transport(body: bytes, status: int, content_type: str, seen: list[str]) -> httpx2.MockTransport:
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request.url.path)
+        return httpx2.Response(status, content=body, headers={"content-type": content_type, "x-request-id": REQUEST_ID})
+
+    return httpx2.MockTransport(handler)
+
+
+def openai_client(body: bytes, status: int = 200, content_type: str = "text/event-stream") -> openai.OpenAI:
+    seen: list[str] = []
+    return openai.OpenAI(
+        api_key="sk-test",
+        base_url="http://gateway.test/v1",
+        max_retries=0,
+        http_client=httpx2.Client(transport=_transport(body, status, content_type, seen)),
+    )
+
+
+def anthropic_client(body: bytes, status: int = 200, content_type: str = "text/event-stream") -> anthropic.Anthropic:
+    seen: list[str] = []
+    return anthropic.Anthropic(
+        api_key="sk-test",
+        base_url="http://gateway.test",
+        max_retries=0,
+        http_client=httpx2.Client(transport=_transport(body, status, content_type, seen)),
+    )
+
+
+CHAT_ARGS = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello"}]}
+MESSAGES_ARGS = {"model": MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": "Say hello"}]}
+
+
+@pytest.mark.parametrize("name", ["normal", "multibyte", "stop_split", "no_usage", "length"])
+def test_openai_sdk_reads_our_chunks(name: str) -> None:
+    outcome = run_fixture(name, "openai", 7)
+    client = openai_client(outcome.body)
+    chunks = list(client.chat.completions.create(**CHAT_ARGS, stream=True, stream_options={"include_usage": True}))
+    assert {c.id for c in chunks} == {COMPLETION_ID}
+    assert {c.object for c in chunks} == {"chat.completion.chunk"}
+    assert {c.model for c in chunks} == {MODEL}
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == outcome.text
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["length" if outcome.finish_reason == "length" else "stop"]
+    assert all(c.usage is None for c in chunks[:-1])
+    assert chunks[-1].choices == []
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens, chunks[-1].usage.total_tokens) == (
+        outcome.usage.prompt_tokens,
+        outcome.usage.completion_tokens,
+        outcome.usage.total_tokens,
+    )
+
+
+def test_openai_sdk_stream_helper_assembles_the_final_completion() -> None:
+    outcome = run_fixture("keepalive", "openai", 4)
+    client = openai_client(outcome.body)
+    with client.chat.completions.stream(**CHAT_ARGS, stream_options={"include_usage": True}) as stream:
+        final = stream.get_final_completion()
+    assert final.id == COMPLETION_ID
+    assert final.model == MODEL
+    assert final.created == CREATED
+    assert final.choices[0].message.content == "Hi there"
+    assert final.choices[0].message.role == "assistant"
+    assert final.choices[0].finish_reason == "stop"
+    assert (final.usage.prompt_tokens, final.usage.completion_tokens, final.usage.total_tokens) == (7, 2, 9)
+
+
+def test_openai_sdk_raises_on_our_mid_stream_error() -> None:
+    outcome = run_fixture("truncated", "openai", 9)
+    client = openai_client(outcome.body)
+    received: list[str] = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in client.chat.completions.create(**CHAT_ARGS, stream=True):
+            if chunk.choices:
+                received.append(chunk.choices[0].delta.content or "")
+    assert "".join(received) == "This answer is cut "
+    assert caught.value.message == UpstreamError.default_message
+    assert caught.value.body == {
+        "message": UpstreamError.default_message,
+        "type": "api_error",
+        "param": None,
+        "code": "upstream_error",
+    }
+
+
+@pytest.mark.parametrize("name", ["normal", "multibyte", "stop_split", "length", "no_usage"])
+def test_anthropic_sdk_accumulates_our_events(name: str) -> None:
+    outcome = run_fixture(name, "anthropic", 7)
+    client = anthropic_client(outcome.body)
+    with client.messages.stream(**MESSAGES_ARGS) as stream:
+        streamed = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert streamed == outcome.text
+    assert final.id == MESSAGE_ID
+    assert final.model == MODEL
+    assert final.role == "assistant"
+    assert [(block.type, block.text) for block in final.content] == [("text", outcome.text)]
+    expected_reason = {"stop": "end_turn", "length": "max_tokens", "stop_sequence": "stop_sequence"}
+    assert final.stop_reason == expected_reason[outcome.finish_reason]
+    assert final.stop_sequence == outcome.stop_sequence
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (
+        outcome.usage.prompt_tokens,
+        outcome.usage.completion_tokens,
+    )
+
+
+def test_anthropic_sdk_raw_events_come_in_the_documented_order() -> None:
+    outcome = run_fixture("normal", "anthropic", 3)
+    client = anthropic_client(outcome.body)
+    kinds = [event.type for event in client.messages.create(**MESSAGES_ARGS, stream=True)]
+    assert kinds == [
+        "message_start",
+        "content_block_start",
+        *["content_block_delta"] * 4,
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+
+
+def test_anthropic_sdk_raises_on_our_mid_stream_error() -> None:
+    outcome = run_fixture("truncated", "anthropic", 9)
+    client = anthropic_client(outcome.body)
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        with client.messages.stream(**MESSAGES_ARGS) as stream:
+            for _ in stream:
+                pass
+    assert caught.value.body == {
+        "type": "error",
+        "error": {"type": "api_error", "message": UpstreamError.default_message},
+    }

@@ -1,0 +1,56 @@
+"""One row per gateway request that reached the model pipeline, and one per request seen at all."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+
+class UsageEvent(models.Model):
+    class Status(models.TextChoices):
+        OK = "ok", "OK"
+        ERROR = "error", "Error"
+        CANCELLED = "cancelled", "Cancelled"
+
+    request_id = models.CharField(max_length=64, unique=True)
+    organization = models.ForeignKey("accounts.Organization", null=True, on_delete=models.SET_NULL, related_name="+")
+    api_key = models.ForeignKey("apikeys.ApiKey", null=True, on_delete=models.SET_NULL, related_name="+")
+    alias = models.CharField(max_length=100)
+    pool = models.CharField(max_length=100, blank=True)
+    endpoint_url = models.CharField(max_length=500, blank=True)
+    session_id = models.BigIntegerField(null=True, blank=True)
+    route = models.CharField(max_length=64)
+    streamed = models.BooleanField(default=False)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    total_tokens = models.PositiveIntegerField(default=0)
+    estimated = models.BooleanField(default=False)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    http_status = models.PositiveSmallIntegerField()
+    error_code = models.CharField(max_length=64, blank=True)
+    upstream_latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    ttfb_ms = models.PositiveIntegerField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["organization", "created_at"], name="usage_org_created"),
+            models.Index(fields=["api_key", "created_at"], name="usage_key_created"),
+        ]
+
+
+class RequestLog(models.Model):
+    request_id = models.CharField(max_length=64, unique=True)
+    organization = models.ForeignKey("accounts.Organization", null=True, on_delete=models.SET_NULL, related_name="+")
+    method = models.CharField(max_length=8)
+    path = models.CharField(max_length=300)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    status = models.PositiveSmallIntegerField()
+    duration_ms = models.PositiveIntegerField(default=0)
+    client_request_id = models.CharField(max_length=128, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["created_at"], name="reqlog_created")]

@@ -1,0 +1,70 @@
+"""Writing usage events and request logs in batches, idempotently on the request id."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+from django.db import transaction
+
+from apikeys.services import apikeys_touch_last_used
+from usage.models import RequestLog, UsageEvent
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    request_id: str
+    organization_id: int | None
+    api_key_id: int | None
+    alias: str
+    route: str
+    status: str
+    http_status: int
+    created_at: datetime
+    pool: str = ""
+    endpoint_url: str = ""
+    session_id: int | None = None
+    streamed: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    estimated: bool = False
+    error_code: str = ""
+    upstream_latency_ms: int | None = None
+    ttfb_ms: int | None = None
+    duration_ms: int = 0
+
+
+@dataclass(slots=True)
+class RequestLogRecord:
+    request_id: str
+    method: str
+    path: str
+    status: int
+    created_at: datetime
+    organization_id: int | None = None
+    client_ip: str | None = None
+    user_agent: str = ""
+    duration_ms: int = 0
+    client_request_id: str = ""
+    key_id: int | None = field(default=None)
+
+
+def usage_record_batch(*, usage: list[UsageRecord], logs: list[RequestLogRecord]) -> None:
+    """Write one batch in one transaction; rows already written (a retried batch) are skipped."""
+    last_used: dict[int, datetime] = {}
+    for log in logs:
+        if log.key_id is not None and (log.key_id not in last_used or last_used[log.key_id] < log.created_at):
+            last_used[log.key_id] = log.created_at
+    with transaction.atomic():
+        if usage:
+            UsageEvent.objects.bulk_create([UsageEvent(**asdict(u)) for u in usage], ignore_conflicts=True)
+        if logs:
+            rows = []
+            for log in logs:
+                values = asdict(log)
+                values.pop("key_id")
+                rows.append(RequestLog(**values))
+            RequestLog.objects.bulk_create(rows, ignore_conflicts=True)
+        if last_used:
+            apikeys_touch_last_used(last_used=last_used)
