@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -17,7 +18,9 @@ def bump_epoch() -> None:
         return
     try:
         with transaction.atomic():
-            CacheEpoch.objects.create(pk=1, value=1)
+            # Start from the clock, not 1: a re-created row (an emptied database) must never
+            # repeat a value some process already holds.
+            CacheEpoch.objects.create(pk=1, value=time.time_ns() // 1000)
     except IntegrityError:  # another process created it first
         CacheEpoch.objects.filter(pk=1).update(value=F("value") + 1)
 

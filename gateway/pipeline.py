@@ -7,9 +7,10 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 from django.conf import settings
@@ -18,7 +19,15 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 
 from gateway.auth import Principal, authenticate
-from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, PermissionDenied, RequestTooLarge, UpstreamError, UpstreamUnavailable
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    PermissionDenied,
+    RequestTooLarge,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 from gateway.recorder import recorder
 from gateway.state import state
 from gateway.surfaces import ENVELOPE_ROUTE, AnswerContext, StreamWriter, Surface, json_response
@@ -299,7 +308,7 @@ async def _relay(
         usage = reader.usage or Usage(ctx.prompt_tokens_estimate, _estimate_chars(delivered_chars), estimated=True)
         yield writer.finish(finish_reason=finish_reason or reader.finish_reason or "stop", stop_sequence=stop_sequence, usage=usage)
         status = "ok"
-    except (UpstreamError, asyncio.TimeoutError, httpx.TransportError) as exc:
+    except (TimeoutError, UpstreamError, httpx.TransportError) as exc:
         err = exc if isinstance(exc, GatewayError) else UpstreamError("the upstream model server failed mid-stream")
         log.warning("stream from %s failed: %s request_id=%s", call.upstream.label, err.message, ex.request_id)
         status, error_code = "error", err.code or "upstream_error"

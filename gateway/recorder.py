@@ -29,10 +29,12 @@ class UsageRecorder:
         self._flush_lock: asyncio.Lock | None = None
         self.write_failures = 0
         self.rows_written = 0
+        self._writing = 0
 
     @property
     def depth(self) -> int:
-        return len(self._usage) + len(self._logs)
+        """Rows not yet known to be in the database: buffered, or in a write under way."""
+        return len(self._usage) + len(self._logs) + self._writing
 
     def ensure_started(self) -> None:
         loop = asyncio.get_running_loop()
@@ -56,7 +58,7 @@ class UsageRecorder:
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=backoff)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
             ok = await self.flush()
@@ -69,15 +71,18 @@ class UsageRecorder:
             while self._logs or self._usage:
                 usage, self._usage = self._usage[:BATCH_SIZE], self._usage[BATCH_SIZE:]
                 logs, self._logs = self._logs[:BATCH_SIZE], self._logs[BATCH_SIZE:]
+                self._writing = len(usage) + len(logs)
                 try:
                     await sync_to_async(usage_record_batch, thread_sensitive=False)(usage=usage, logs=logs)
                 except Exception as exc:
+                    self._writing = 0
                     # Put the batch back in front, in order; it is retried with back-off.
                     self._usage[:0] = usage
                     self._logs[:0] = logs
                     self.write_failures += 1
                     log.error("usage write failed, %d rows kept for retry: %s", self.depth, exc.__class__.__name__)
                     return False
+                self._writing = 0
                 self.rows_written += len(usage) + len(logs)
         return True
 

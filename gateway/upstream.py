@@ -105,7 +105,7 @@ class UpstreamPool:
             try:
                 # The deadline covers the wait for the status line; a hung upstream must not hold us.
                 response = await asyncio.wait_for(self.client.send(request, stream=True), timeout=remaining)
-            except (httpx.TransportError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, httpx.TransportError) as exc:
                 self.mark_failed(upstream)
                 log.warning("upstream %s failed before answering (%s) request_id=%s", upstream.label, exc.__class__.__name__, request_id)
                 continue
@@ -119,7 +119,7 @@ class UpstreamPool:
             if not stream:
                 try:
                     await asyncio.wait_for(response.aread(), timeout=max(0.001, deadline - time.monotonic()))
-                except (httpx.TransportError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, httpx.TransportError) as exc:
                     await response.aclose()
                     self.mark_failed(upstream)
                     log.warning("upstream %s failed mid-answer (%s) request_id=%s", upstream.label, exc.__class__.__name__, request_id)

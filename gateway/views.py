@@ -168,6 +168,7 @@ async def health(request: HttpRequest) -> HttpResponse:
         "checks": checks,
         "pools": pools,
         "usage_queue_depth": recorder.depth,
+        "cache_epoch": state.epoch,
         "duration_ms": round((time.perf_counter() - started) * 1000, 2),
     }
     return json_response(body, status=200 if healthy else 503)

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-
-# These tests run with `-p no:django`, which also skips pytest-django's habit of
-# putting the project root (where manage.py lives) on sys.path.
-PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
-if PROJECT_ROOT not in sys.path:
-    sys.path.insert(0, PROJECT_ROOT)
 
 from routerpools.simulator import (
     VOCABULARY,

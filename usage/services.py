@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from apikeys.services import apikeys_touch_last_used
 from usage.models import RequestLog, UsageEvent
@@ -56,15 +56,35 @@ def usage_record_batch(*, usage: list[UsageRecord], logs: list[RequestLogRecord]
     for log in logs:
         if log.key_id is not None and (log.key_id not in last_used or last_used[log.key_id] < log.created_at):
             last_used[log.key_id] = log.created_at
-    with transaction.atomic():
-        if usage:
-            UsageEvent.objects.bulk_create([UsageEvent(**asdict(u)) for u in usage], ignore_conflicts=True)
-        if logs:
-            rows = []
-            for log in logs:
-                values = asdict(log)
-                values.pop("key_id")
-                rows.append(RequestLog(**values))
-            RequestLog.objects.bulk_create(rows, ignore_conflicts=True)
-        if last_used:
-            apikeys_touch_last_used(last_used=last_used)
+    usage_rows = [UsageEvent(**asdict(u)) for u in usage]
+    log_rows = [_log_row(log) for log in logs]
+    try:
+        with transaction.atomic():
+            UsageEvent.objects.bulk_create(usage_rows, ignore_conflicts=True)
+            RequestLog.objects.bulk_create(log_rows, ignore_conflicts=True)
+            if last_used:
+                apikeys_touch_last_used(last_used=last_used)
+    except IntegrityError:
+        # A key or organization deleted while its rows waited in the queue: one bad row must
+        # not block the batch forever. Write row by row, detaching rows from what is gone.
+        for row in [*usage_rows, *log_rows]:
+            _save_detached(row)
+
+
+def _log_row(log: RequestLogRecord) -> RequestLog:
+    values = asdict(log)
+    values.pop("key_id")
+    return RequestLog(**values)
+
+
+def _save_detached(row: UsageEvent | RequestLog) -> None:
+    model = type(row)
+    try:
+        with transaction.atomic():
+            model.objects.bulk_create([row], ignore_conflicts=True)
+    except IntegrityError:
+        row.organization_id = None
+        if isinstance(row, UsageEvent):
+            row.api_key_id = None
+        with transaction.atomic():
+            model.objects.bulk_create([row], ignore_conflicts=True)

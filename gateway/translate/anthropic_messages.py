@@ -21,7 +21,8 @@ from gateway.translate.common import (
     require_object,
     required_model,
     text_blocks,
-    unsupported,
+    unsupported_parameter,
+    unsupported_value,
 )
 
 _ROLES = ("user", "assistant")
@@ -72,16 +73,16 @@ def parse_messages_request(body: object) -> CompletionRequest:
 
 def _refuse_unsupported(body: dict[str, Any]) -> None:
     if body.get("tools") not in (None, []):
-        raise unsupported("tools", f"'tools' is not supported. {_NO_TOOLS}")
+        raise unsupported_parameter("tools", _NO_TOOLS)
     tool_choice = body.get("tool_choice")
     if tool_choice is not None and tool_choice != {"type": "none"}:
-        raise unsupported("tool_choice", f"'tool_choice' is not supported. {_NO_TOOLS}")
+        raise unsupported_parameter("tool_choice", _NO_TOOLS)
     thinking = body.get("thinking")
     if thinking is not None:
         if not isinstance(thinking, dict):
             raise invalid_type("thinking", "an object", thinking)
         if thinking.get("type") != "disabled":
-            raise unsupported("thinking", "Extended thinking is not offered on hosted routes.")
+            raise unsupported_value("thinking", "extended thinking is not offered on hosted routes.")
 
 
 def _parse_messages(body: dict[str, Any]) -> list[ChatMessage]:

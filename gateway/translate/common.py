@@ -111,13 +111,15 @@ class StopMatcher:
         n = len(buf)
         hold_from = found if stop is not None else n
         for s in self._stops:
-            for k in range(min(len(s) - 1, n), 0, -1):
-                start = n - k
-                if start >= hold_from:
-                    break
-                if buf.startswith(s[:k], start):
+            # Candidates start with the stop's first character; usually there is none,
+            # which keeps this to one find per stop on the per-token path.
+            first = s[0]
+            start = buf.find(first, max(0, n - len(s) + 1), hold_from)
+            while start != -1:
+                if s.startswith(buf[start:]):
                     hold_from = start
                     break
+                start = buf.find(first, start + 1, hold_from)
         if stop is not None and hold_from >= found:
             self.matched = stop
             self._held = ""
@@ -186,8 +188,12 @@ def missing(param: str) -> InvalidRequest:
     )
 
 
-def unsupported(param: str, message: str) -> InvalidRequest:
-    return InvalidRequest(message, param=param, code="unsupported_parameter")
+def unsupported_parameter(param: str, reason: str) -> InvalidRequest:
+    return InvalidRequest(f"Unsupported parameter: '{param}'. {reason}", param=param, code="unsupported_parameter")
+
+
+def unsupported_value(param: str, reason: str) -> InvalidRequest:
+    return InvalidRequest(f"Unsupported value for '{param}': {reason}", param=param, code="unsupported_value")
 
 
 def require_object(body: object) -> dict[str, Any]:
@@ -264,11 +270,7 @@ def text_blocks(value: list[Any], param: str) -> str:
         if kind != "text":
             if not isinstance(kind, str):
                 raise missing(f"{where}.type") if kind is None else invalid_type(f"{where}.type", "a string", kind)
-            raise InvalidRequest(
-                f"Content of type '{kind}' is not supported on this route; only text is.",
-                param=f"{where}.type",
-                code="unsupported_value",
-            )
+            raise unsupported_value(f"{where}.type", f"content of type '{kind}' is not supported; only text is.")
         text = part.get("text")
         if not isinstance(text, str):
             raise missing(f"{where}.text") if text is None else invalid_type(f"{where}.text", "a string", text)

@@ -22,7 +22,8 @@ from gateway.translate.common import (
     require_object,
     required_model,
     text_blocks,
-    unsupported,
+    unsupported_parameter,
+    unsupported_value,
 )
 
 _ROLES = frozenset({"system", "developer", "user", "assistant"})
@@ -76,29 +77,29 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
     for key in ("tools", "functions"):
         # An empty list asks for nothing; clients that always send the field should not fail.
         if body.get(key) not in (None, []):
-            raise unsupported(key, f"'{key}' is not supported. {_NO_TOOLS}")
+            raise unsupported_parameter(key, _NO_TOOLS)
     tool_choice = body.get("tool_choice")
     if tool_choice is not None and tool_choice != "none":
-        raise unsupported("tool_choice", f"'tool_choice' must be 'none'. {_NO_TOOLS}")
+        raise unsupported_value("tool_choice", f"only 'none' is accepted. {_NO_TOOLS}")
     if body.get("function_call") not in (None, "none"):
-        raise unsupported("function_call", f"'function_call' is not supported. {_NO_TOOLS}")
+        raise unsupported_parameter("function_call", _NO_TOOLS)
 
     n = body.get("n")
     if n is not None:
         if not is_int(n):
             raise invalid_type("n", "an integer", n)
         if n != 1:
-            raise unsupported("n", "Only one choice is generated: 'n' must be 1.")
+            raise unsupported_value("n", "only one choice is generated, so 'n' must be 1.")
 
     response_format = body.get("response_format")
     if response_format is not None:
         if not isinstance(response_format, dict):
             raise invalid_type("response_format", "an object", response_format)
         if response_format.get("type") != "text":
-            raise unsupported("response_format", "Only the 'text' response format is supported.")
+            raise unsupported_value("response_format", "only {'type': 'text'} is supported.")
 
     if optional_bool(body, "logprobs"):
-        raise unsupported("logprobs", "'logprobs' is not supported.")
+        raise unsupported_value("logprobs", "log probabilities are not available.")
 
 
 def _parse_messages(body: dict[str, Any]) -> list[ChatMessage]:
@@ -120,14 +121,14 @@ def _parse_messages(body: dict[str, Any]) -> list[ChatMessage]:
         if not isinstance(role, str):
             raise invalid_type(f"{where}.role", "a string", role)
         if role in ("tool", "function"):
-            raise unsupported(f"{where}.role", f"Messages with role '{role}' are not supported. {_NO_TOOLS}")
+            raise unsupported_value(f"{where}.role", f"messages with role '{role}' are not supported. {_NO_TOOLS}")
         if role not in _ROLES:
             raise invalid_value(
                 f"{where}.role", f"'{role}' is not one of 'system', 'developer', 'user', 'assistant'."
             )
         for key in ("tool_calls", "function_call"):
             if message.get(key):
-                raise unsupported(f"{where}.{key}", f"'{key}' is not supported. {_NO_TOOLS}")
+                raise unsupported_parameter(f"{where}.{key}", _NO_TOOLS)
         content = message.get("content")
         if isinstance(content, str):
             text = content

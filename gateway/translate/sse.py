@@ -30,7 +30,7 @@ class SSEParser:
         self._scan = 0
         # Raw data-line values of the event being read; decoded only once the event is
         # complete, so a multibyte character split across reads decodes correctly.
-        self._data: list[bytes] = []
+        self._data: list[bytes | bytearray] = []
         self._event: str | None = None
         self._at_start = True
 
@@ -68,7 +68,7 @@ class SSEParser:
         events: list[SSEEvent] = []
         buf = self._buf
         if buf:
-            self._line(bytes(buf.rstrip(b"\r")), events)
+            self._line(buf.rstrip(b"\r"), events)
         self._line(b"", events)
         buf.clear()
         self._scan = 0
@@ -85,18 +85,22 @@ class SSEParser:
             return
         if line[0] == _COLON:
             return  # a comment, typically a keep-alive
+        if line[:5] == b"data:":
+            # The common case, first: one data line per router chunk.
+            self._data.append(line[6:] if line[5:6] == b" " else line[5:])
+            return
         colon = line.find(b":")
         if colon == -1:
-            name, value = bytes(line), b""
+            name, value = line, b""
         else:
-            name = bytes(line[:colon])
+            name = line[:colon]
             value = line[colon + 1 :]
             if value[:1] == b" ":
                 value = value[1:]
         if name == b"data":
-            self._data.append(bytes(value))
+            self._data.append(value)
         elif name == b"event":
-            self._event = bytes(value).decode("utf-8", "replace") or None
+            self._event = value.decode("utf-8", "replace") or None
         # `id` and `retry` mean nothing for a single upstream call; other fields are ignored by the SSE rules.
 
 

@@ -14,11 +14,20 @@ import httpx2
 import openai
 import pytest
 
-from gateway.errors import UpstreamError
-from gateway.translate.anthropic_messages import MessagesStreamTranslator
+from gateway.errors import (
+    AuthenticationFailed,
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    PermissionDenied,
+    RateLimited,
+    UpstreamError,
+    UpstreamUnavailable,
+)
+from gateway.translate.anthropic_messages import MessagesStreamTranslator, anthropic_error_body, messages_response
 from gateway.translate.common import StopMatcher, Usage, estimate_tokens
 from gateway.translate.envelope import EnvelopeStreamTranslator
-from gateway.translate.openai_chat import ChatStreamTranslator
+from gateway.translate.openai_chat import ChatStreamTranslator, chat_completion_response, openai_error_body
 from gateway.translate.router import RouterStreamReader
 from gateway.translate.sse import SSEParser
 
@@ -349,3 +358,95 @@ def test_anthropic_sdk_raises_on_our_mid_stream_error() -> None:
         "type": "error",
         "error": {"type": "api_error", "message": UpstreamError.default_message},
     }
+
+
+def test_anthropic_sdk_maps_our_overloaded_stream_error() -> None:
+    translator = MessagesStreamTranslator(message_id=MESSAGE_ID, model=MODEL, input_tokens=3)
+    body = translator.start() + translator.text("partial") + translator.error(UpstreamUnavailable())
+    client = anthropic_client(body)
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        with client.messages.stream(**MESSAGES_ARGS) as stream:
+            stream.until_done()
+    assert caught.value.body["error"]["type"] == "overloaded_error"
+
+
+# --- non-streaming answers and error bodies through the SDKs ---------------------------------
+
+
+def test_openai_sdk_parses_our_chat_completion() -> None:
+    answer = chat_completion_response(
+        completion_id=COMPLETION_ID, created=CREATED, model=MODEL, text="Hi!", finish_reason="stop_sequence",
+        usage=Usage(4, 1, True),
+    )
+    client = openai_client(json.dumps(answer).encode(), content_type="application/json")
+    completion = client.chat.completions.create(**CHAT_ARGS)
+    assert completion.id == COMPLETION_ID
+    assert completion.object == "chat.completion"
+    assert completion.created == CREATED
+    assert completion.model == MODEL
+    assert completion.choices[0].message.content == "Hi!"
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.choices[0].message.refusal is None
+    assert completion.choices[0].finish_reason == "stop"
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens, completion.usage.total_tokens) == (4, 1, 5)
+    assert "estimated" not in completion.usage.model_dump()
+
+
+@pytest.mark.parametrize(
+    ("err", "sdk_error"),
+    [
+        (InvalidRequest("bad temperature", param="temperature", code="invalid_value"), openai.BadRequestError),
+        (AuthenticationFailed(), openai.AuthenticationError),
+        (ModelNotFound(), openai.NotFoundError),
+        (RateLimited(), openai.RateLimitError),
+        (UpstreamUnavailable(), openai.InternalServerError),
+    ],
+)
+def test_openai_sdk_reads_our_error_bodies(err: GatewayError, sdk_error: type[openai.APIStatusError]) -> None:
+    client = openai_client(json.dumps(openai_error_body(err)).encode(), status=err.status, content_type="application/json")
+    with pytest.raises(sdk_error) as caught:
+        client.chat.completions.create(**CHAT_ARGS)
+    assert caught.value.status_code == err.status
+    assert (caught.value.type, caught.value.code, caught.value.param) == (err.openai_type, err.code, err.param)
+    assert err.message in caught.value.message
+
+
+def test_anthropic_sdk_parses_our_message() -> None:
+    answer = messages_response(
+        message_id=MESSAGE_ID, model=MODEL, text="Hi!", finish_reason="stop_sequence", stop_sequence="###",
+        usage=Usage(4, 1, True),
+    )
+    client = anthropic_client(json.dumps(answer).encode(), content_type="application/json")
+    message = client.messages.create(**MESSAGES_ARGS)
+    assert message.id == MESSAGE_ID
+    assert message.type == "message"
+    assert message.role == "assistant"
+    assert message.model == MODEL
+    assert [(block.type, block.text) for block in message.content] == [("text", "Hi!")]
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "###")
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (4, 1)
+
+
+@pytest.mark.parametrize(
+    ("err", "sdk_error"),
+    [
+        (InvalidRequest("max_tokens: Field required"), anthropic.BadRequestError),
+        (AuthenticationFailed(), anthropic.AuthenticationError),
+        (PermissionDenied(), anthropic.PermissionDeniedError),
+        (ModelNotFound(), anthropic.NotFoundError),
+        (RateLimited(), anthropic.RateLimitError),
+        (UpstreamError(), anthropic.InternalServerError),
+        (UpstreamUnavailable(), anthropic.OverloadedError),
+    ],
+)
+def test_anthropic_sdk_reads_our_error_bodies(err: GatewayError, sdk_error: type[anthropic.APIStatusError]) -> None:
+    client = anthropic_client(
+        json.dumps(anthropic_error_body(err, REQUEST_ID)).encode(),
+        status=err.status_for_anthropic,
+        content_type="application/json",
+    )
+    with pytest.raises(sdk_error) as caught:
+        client.messages.create(**MESSAGES_ARGS)
+    assert caught.value.status_code == err.status_for_anthropic
+    assert caught.value.body["error"] == {"type": err.anthropic_type, "message": err.message}
+    assert caught.value.body["request_id"] == REQUEST_ID

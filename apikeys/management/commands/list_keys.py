@@ -29,4 +29,4 @@ class Command(BaseCommand):
             rows.append((str(key.pk), key.masked, key.name, key.status, _when(key.created_at), _when(key.last_used_at), _when(key.expires_at)))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
-            self.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+            self.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
