@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -43,7 +43,7 @@ log = logging.getLogger("gateway")
 
 
 def new_request_id() -> str:
-    return f"req_{secrets.token_hex(12)}"
+    return f"req_{os.urandom(12).hex()}"
 
 
 def ms(seconds: float) -> int:

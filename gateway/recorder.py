@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from gateway.db import db_call
 from usage.services import RequestLogRecord, UsageRecord, usage_record_batch
 
 log = logging.getLogger("gateway.recorder")
@@ -73,7 +73,7 @@ class UsageRecorder:
                 logs, self._logs = self._logs[:BATCH_SIZE], self._logs[BATCH_SIZE:]
                 self._writing = len(usage) + len(logs)
                 try:
-                    await sync_to_async(usage_record_batch, thread_sensitive=False)(usage=usage, logs=logs)
+                    await db_call(usage_record_batch, usage=usage, logs=logs)
                 except Exception as exc:
                     self._writing = 0
                     # Put the batch back in front, in order; it is retried with back-off.

@@ -7,11 +7,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from apikeys.selectors import KeyRecord, apikey_record
 from billing.selectors import PlanRecord, plan_table
+from gateway.db import db_call
 from gateway.invalidation import read_epoch
 from routerpools.selectors import AliasRoute, routing_table
 
@@ -19,10 +19,6 @@ log = logging.getLogger("gateway.state")
 
 NEGATIVE_TTL_S = 5.0  # unknown public ids: also dropped whenever the epoch moves
 MAX_NEGATIVE = 100_000
-
-
-def _db(fn):  # noqa: ANN001, ANN202 - a thin alias: ORM work in a worker thread, never on the loop
-    return sync_to_async(fn, thread_sensitive=False)
 
 
 @dataclass(slots=True)
@@ -67,9 +63,9 @@ class GatewayState:
             await self.reload()
 
     async def reload(self) -> None:
-        epoch = await _db(read_epoch)()
-        routes = await _db(routing_table)()
-        plans = await _db(plan_table)()
+        epoch = await db_call(read_epoch)
+        routes = await db_call(routing_table)
+        plans = await db_call(plan_table)
         self.snapshot = Snapshot(routes=routes, plans=plans)
         self._invalidate_keys()
         self.epoch = epoch
@@ -85,7 +81,7 @@ class GatewayState:
         while True:
             await asyncio.sleep(interval)
             try:
-                epoch = await _db(read_epoch)()
+                epoch = await db_call(read_epoch)
                 if epoch != self.epoch:
                     await self.reload()
             except asyncio.CancelledError:
@@ -115,7 +111,7 @@ class GatewayState:
         self._inflight[public_id] = future
         generation = self.generation
         try:
-            record = await _db(apikey_record)(public_id=public_id)
+            record = await db_call(apikey_record, public_id=public_id)
             if generation == self.generation:
                 if record is None:
                     if len(self._missing) > MAX_NEGATIVE:

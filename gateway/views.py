@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-from asgiref.sync import sync_to_async
 from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from gateway.auth import authenticate
+from gateway.db import db_call
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
 from gateway.pipeline import Exchange, _read_body, handle_completion
 from gateway.recorder import recorder
@@ -139,7 +139,7 @@ async def health(request: HttpRequest) -> HttpResponse:
     started = time.perf_counter()
     checks: dict[str, object] = {}
     try:
-        checks["database"] = "ok" if await asyncio.wait_for(sync_to_async(_database_ok, thread_sensitive=False)(), 3) else "error"
+        checks["database"] = "ok" if await asyncio.wait_for(db_call(_database_ok), 3) else "error"
     except Exception as exc:
         checks["database"] = f"error: {exc.__class__.__name__}"
     try:

@@ -11,8 +11,9 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_application = get_asgi_application()
 
+from gateway.asgi import GatewayApplication  # noqa: E402
 from gateway.lifecycle import on_server_start  # noqa: E402
 
 on_server_start()
 
-application = ProtocolTypeRouter({"http": django_application})
+application = ProtocolTypeRouter({"http": GatewayApplication(django_application)})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 
 from django.db import IntegrityError, transaction
@@ -56,7 +56,7 @@ def usage_record_batch(*, usage: list[UsageRecord], logs: list[RequestLogRecord]
     for log in logs:
         if log.key_id is not None and (log.key_id not in last_used or last_used[log.key_id] < log.created_at):
             last_used[log.key_id] = log.created_at
-    usage_rows = [UsageEvent(**asdict(u)) for u in usage]
+    usage_rows = [UsageEvent(**_values(u)) for u in usage]
     log_rows = [_log_row(log) for log in logs]
     try:
         with transaction.atomic():
@@ -71,8 +71,13 @@ def usage_record_batch(*, usage: list[UsageRecord], logs: list[RequestLogRecord]
             _save_detached(row)
 
 
+def _values(record: UsageRecord | RequestLogRecord) -> dict[str, object]:
+    # Shallow, unlike dataclasses.asdict, which deep-copies every value: this runs per row.
+    return {f.name: getattr(record, f.name) for f in fields(record)}
+
+
 def _log_row(log: RequestLogRecord) -> RequestLog:
-    values = asdict(log)
+    values = _values(log)
     values.pop("key_id")
     return RequestLog(**values)
 

@@ -179,9 +179,7 @@ def _event(name: str, payload: str) -> str:
 
 
 _PING = _event("ping", '{"type":"ping"}')
-_BLOCK_START = _event(
-    "content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}'
-)
+_BLOCK_START = _event("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}')
 _BLOCK_STOP = _event("content_block_stop", '{"type":"content_block_stop","index":0}')
 _MESSAGE_STOP = _event("message_stop", '{"type":"message_stop"}')
 _DELTA_OPEN = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'

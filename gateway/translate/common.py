@@ -183,9 +183,7 @@ def invalid_value(param: str, message: str) -> InvalidRequest:
 
 
 def missing(param: str) -> InvalidRequest:
-    return InvalidRequest(
-        f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
-    )
+    return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
 
 
 def unsupported_parameter(param: str, reason: str) -> InvalidRequest:
@@ -198,9 +196,7 @@ def unsupported_value(param: str, reason: str) -> InvalidRequest:
 
 def require_object(body: object) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise InvalidRequest(
-            f"The request body must be a JSON object, but got {type_name(body)}.", code="invalid_type"
-        )
+        raise InvalidRequest(f"The request body must be a JSON object, but got {type_name(body)}.", code="invalid_type")
     return body
 
 

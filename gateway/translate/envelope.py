@@ -56,9 +56,7 @@ def envelope_response(*, request_id: str, model: str, pool_name: str, data: dict
     }
 
 
-def envelope_error_body(
-    err: GatewayError, *, request_id: str, model: str | None, pool_name: str | None
-) -> dict[str, Any]:
+def envelope_error_body(err: GatewayError, *, request_id: str, model: str | None, pool_name: str | None) -> dict[str, Any]:
     return {
         "request_id": request_id,
         "status": "failed",

@@ -123,9 +123,7 @@ def _parse_messages(body: dict[str, Any]) -> list[ChatMessage]:
         if role in ("tool", "function"):
             raise unsupported_value(f"{where}.role", f"messages with role '{role}' are not supported. {_NO_TOOLS}")
         if role not in _ROLES:
-            raise invalid_value(
-                f"{where}.role", f"'{role}' is not one of 'system', 'developer', 'user', 'assistant'."
-            )
+            raise invalid_value(f"{where}.role", f"'{role}' is not one of 'system', 'developer', 'user', 'assistant'.")
         for key in ("tool_calls", "function_call"):
             if message.get(key):
                 raise unsupported_parameter(f"{where}.{key}", _NO_TOOLS)
@@ -225,9 +223,7 @@ class ChatStreamTranslator:
 
     def _choice(self, delta: str, finish_reason: str | None) -> bytes:
         finish = "null" if finish_reason is None else json_compact(finish_reason)
-        return (
-            f'{self._head}[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]{self._tail}'
-        ).encode()
+        return f'{self._head}[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]{self._tail}'.encode()
 
     def start(self) -> bytes:
         self._started = True

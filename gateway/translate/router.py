@@ -122,14 +122,11 @@ class RouterDelta:
     raw: dict[str, Any] | None
 
 
-_DONE = RouterDelta("", None, None, True, None)
-
-
 class RouterStreamReader:
     """Reads a router's stream one event at a time, keeping one miner's answer and the facts the caller needs at the end.
 
     `feed` returns a delta for every accepted chunk (also those without text, so the
-    envelope can relay them one to one), the shared done delta for `[DONE]`, and None
+    envelope can relay them one to one), a done delta for `[DONE]`, and None
     for what is skipped: other miners' chunks, non-JSON data (counted in
     `protocol_errors` for the caller to log), anything after `[DONE]`.
     A stream that closed with neither `saw_finish` nor `saw_done` was truncated.
@@ -174,7 +171,7 @@ class RouterStreamReader:
         data = event.data
         if len(data) < 16 and data.strip() == "[DONE]":
             self.saw_done = True
-            return _DONE
+            return RouterDelta("", None, None, True, None)
         try:
             chunk = json.loads(data)
         except ValueError:

@@ -84,7 +84,10 @@ def test_stream_relays_chunks_one_to_one_and_ends_with_done() -> None:
     t = EnvelopeStreamTranslator(model="oss-20b", pool_name="pool-a")
     raw = '{"id":"c","task_id":1,"choices":[{"text":"Hé"}]}'
     assert t.start() == b""
-    assert t.chunk({"id": "c", "task_id": 1, "choices": [{"text": "Hé"}]}) == b'data: {"id":"c","task_id":1,"choices":[{"text":"H\\u00e9"}]}\n\n'
+    assert (
+        t.chunk({"id": "c", "task_id": 1, "choices": [{"text": "Hé"}]})
+        == b'data: {"id":"c","task_id":1,"choices":[{"text":"H\\u00e9"}]}\n\n'
+    )
     assert t.chunk(raw) == f"data: {raw}\n\n".encode()
     assert t.finish() == b"data: [DONE]\n\n"
 

@@ -223,7 +223,11 @@ def test_tool_refusal_says_why() -> None:
 @pytest.mark.parametrize(("finish", "wire"), [("stop", "stop"), ("length", "length"), ("stop_sequence", "stop")])
 def test_chat_completion_response_shape(finish: str, wire: str) -> None:
     response = chat_completion_response(
-        completion_id="chatcmpl-1", created=1700000000, model="oss-20b", text="Hello", finish_reason=finish,
+        completion_id="chatcmpl-1",
+        created=1700000000,
+        model="oss-20b",
+        text="Hello",
+        finish_reason=finish,
         usage=Usage(12, 3, True),
     )
     assert response == {
@@ -245,8 +249,7 @@ def test_chat_completion_response_shape(finish: str, wire: str) -> None:
 
 def test_openai_error_body() -> None:
     assert openai_error_body(InvalidRequest("bad temperature", param="temperature", code="invalid_value")) == {
-        "error": {"message": "bad temperature", "type": "invalid_request_error", "param": "temperature",
-                  "code": "invalid_value"}
+        "error": {"message": "bad temperature", "type": "invalid_request_error", "param": "temperature", "code": "invalid_value"}
     }
     assert openai_error_body(QuotaExceeded()) == {
         "error": {"message": "quota exceeded", "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}
@@ -270,8 +273,7 @@ HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 170000
 
 
 def translator(include_usage: bool) -> ChatStreamTranslator:
-    return ChatStreamTranslator(completion_id="chatcmpl-1", created=1700000000, model="oss-20b",
-                                include_usage=include_usage)
+    return ChatStreamTranslator(completion_id="chatcmpl-1", created=1700000000, model="oss-20b", include_usage=include_usage)
 
 
 def choice(delta: dict, finish: str | None = None) -> list[dict]:
@@ -280,8 +282,12 @@ def choice(delta: dict, finish: str | None = None) -> list[dict]:
 
 def test_stream_with_usage() -> None:
     t = translator(True)
-    raw = t.start() + t.text("Hel") + t.text("") + t.text('lo "é"\n') + t.finish(
-        finish_reason="stop_sequence", usage=Usage(5, 2, True)
+    raw = (
+        t.start()
+        + t.text("Hel")
+        + t.text("")
+        + t.text('lo "é"\n')
+        + t.finish(finish_reason="stop_sequence", usage=Usage(5, 2, True))
     )
     assert frames(raw) == [
         {**HEAD, "choices": choice({"role": "assistant", "content": ""}), "usage": None},

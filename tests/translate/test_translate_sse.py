@@ -98,7 +98,7 @@ def test_event_name_and_unknown_fields() -> None:
 
 
 def test_multibyte_utf8_split_across_reads_decodes() -> None:
-    raw = 'data: héllo 世界 🎉\n\n'.encode()
+    raw = "data: héllo 世界 🎉\n\n".encode()
     assert parse_bytewise(raw) == [SSEEvent(None, "héllo 世界 🎉")]
     emoji = raw.index("🎉".encode())
     assert parse(raw[: emoji + 2], raw[emoji + 2 :]) == [SSEEvent(None, "héllo 世界 🎉")]

@@ -227,31 +227,29 @@ def test_interleaved_miners_keep_the_first_task() -> None:
 # --- the official SDKs read our frames --------------------------------------------------------
 
 
-def _transport(body: bytes, status: int, content_type: str, seen: list[str]) -> httpx2.MockTransport:
+def _transport(body: bytes, status: int, content_type: str, path: str) -> httpx2.MockTransport:
     def handler(request: httpx2.Request) -> httpx2.Response:
-        seen.append(request.url.path)
+        assert request.url.path == path  # the route the SDK calls is the one the gateway serves
         return httpx2.Response(status, content=body, headers={"content-type": content_type, "x-request-id": REQUEST_ID})
 
     return httpx2.MockTransport(handler)
 
 
 def openai_client(body: bytes, status: int = 200, content_type: str = "text/event-stream") -> openai.OpenAI:
-    seen: list[str] = []
     return openai.OpenAI(
         api_key="sk-test",
         base_url="http://gateway.test/v1",
         max_retries=0,
-        http_client=httpx2.Client(transport=_transport(body, status, content_type, seen)),
+        http_client=httpx2.Client(transport=_transport(body, status, content_type, "/v1/chat/completions")),
     )
 
 
 def anthropic_client(body: bytes, status: int = 200, content_type: str = "text/event-stream") -> anthropic.Anthropic:
-    seen: list[str] = []
     return anthropic.Anthropic(
         api_key="sk-test",
         base_url="http://gateway.test",
         max_retries=0,
-        http_client=httpx2.Client(transport=_transport(body, status, content_type, seen)),
+        http_client=httpx2.Client(transport=_transport(body, status, content_type, "/v1/messages")),
     )
 
 
@@ -375,7 +373,11 @@ def test_anthropic_sdk_maps_our_overloaded_stream_error() -> None:
 
 def test_openai_sdk_parses_our_chat_completion() -> None:
     answer = chat_completion_response(
-        completion_id=COMPLETION_ID, created=CREATED, model=MODEL, text="Hi!", finish_reason="stop_sequence",
+        completion_id=COMPLETION_ID,
+        created=CREATED,
+        model=MODEL,
+        text="Hi!",
+        finish_reason="stop_sequence",
         usage=Usage(4, 1, True),
     )
     client = openai_client(json.dumps(answer).encode(), content_type="application/json")
@@ -413,7 +415,11 @@ def test_openai_sdk_reads_our_error_bodies(err: GatewayError, sdk_error: type[op
 
 def test_anthropic_sdk_parses_our_message() -> None:
     answer = messages_response(
-        message_id=MESSAGE_ID, model=MODEL, text="Hi!", finish_reason="stop_sequence", stop_sequence="###",
+        message_id=MESSAGE_ID,
+        model=MODEL,
+        text="Hi!",
+        finish_reason="stop_sequence",
+        stop_sequence="###",
         usage=Usage(4, 1, True),
     )
     client = anthropic_client(json.dumps(answer).encode(), content_type="application/json")

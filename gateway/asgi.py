@@ -1,0 +1,98 @@
+"""Serving /v1 and /health straight from the event loop, outside Django's per-request thread, middleware and signals.
+
+Django's ASGIHandler gives every request its own thread for sync middleware and
+signal receivers and joins it at the end; on this path that costs more than the
+whole proxy. The API needs none of it (no sessions, cookies, CSRF or templates),
+so these routes get the same request object, URL resolver, response classes and
+disconnect handling, minus the thread. Everything else goes to Django unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, ASGIRequest
+from django.http import HttpResponse
+from django.urls import Resolver404, resolve
+
+from gateway.errors import GatewayError
+from gateway.pipeline import new_request_id
+from gateway.surfaces import ANTHROPIC_MESSAGES, OPENAI_CHAT, json_response
+
+log = logging.getLogger("gateway")
+
+GATEWAY_URLCONF = "gateway.urls"
+
+
+def is_gateway_path(path: str) -> bool:
+    return path.startswith("/v1/") or path == "/v1" or path == "/health"
+
+
+class GatewayApplication:
+    def __init__(self, django_app: ASGIHandler) -> None:
+        self.django = django_app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and is_gateway_path(scope["path"]):
+            await self.handle(scope, receive, send)
+        else:
+            await self.django(scope, receive, send)
+
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            body_file = await self.django.read_body(receive)
+        except RequestAborted:
+            return
+        try:
+            listener = asyncio.ensure_future(self.django.listen_for_disconnect(receive))
+            worker = asyncio.ensure_future(self._respond(scope, body_file, send))
+            await asyncio.wait((listener, worker), return_when=asyncio.FIRST_COMPLETED)
+            for task in (listener, worker):
+                if task.done():
+                    try:
+                        task.result()
+                    except RequestAborted:
+                        pass
+                else:
+                    # The client went away: cancelling lets the view close its upstream.
+                    task.cancel()
+                    try:
+                        await task
+                    except asyncio.CancelledError:
+                        pass
+        finally:
+            body_file.close()
+
+    async def _respond(self, scope: dict[str, Any], body_file: Any, send: Any) -> None:
+        response = await self._response(scope, body_file)
+        try:
+            await self.django.send_response(response, send)
+        except asyncio.CancelledError:
+            pass
+
+    async def _response(self, scope: dict[str, Any], body_file: Any) -> HttpResponse:
+        try:
+            request = ASGIRequest(scope, body_file)
+            match = resolve(request.path_info, urlconf=GATEWAY_URLCONF)
+            return await match.func(request, *match.args, **match.kwargs)
+        except (Resolver404, UnicodeDecodeError):
+            return self._error(scope, 404, "unknown route")
+        except GatewayError as err:
+            return self._error(scope, err.status, err.message)
+        except Exception:
+            # Never a traceback to the customer: log it with an id they can quote.
+            request_id = new_request_id()
+            log.exception("unhandled error on %s request_id=%s", scope.get("path"), request_id)
+            return self._error(scope, 500, "internal error; quote this request id to support", request_id=request_id)
+
+    def _error(self, scope: dict[str, Any], status: int, message: str, *, request_id: str | None = None) -> HttpResponse:
+        request_id = request_id or new_request_id()
+        surface = ANTHROPIC_MESSAGES if scope["path"].startswith("/v1/messages") else OPENAI_CHAT
+        err = GatewayError(message)
+        headers = {"x-request-id": request_id}
+        if surface.anthropic:
+            headers["request-id"] = request_id
+        return json_response(surface.error_body(err, request_id=request_id), status=status, headers=headers)
