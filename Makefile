@@ -38,3 +38,6 @@ migrations-check: $(STAMP)
 
 clean:
 	rm -rf $(VENV) db.sqlite3 test_db.sqlite3 .pytest_cache .ruff_cache
+
+bench: $(STAMP)
+	$(PY) bench/bench.py --duration 10

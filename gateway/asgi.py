@@ -72,6 +72,10 @@ class GatewayApplication:
             await self.django.send_response(response, send)
         except asyncio.CancelledError:
             pass
+        finally:
+            abandon = getattr(response, "on_abandon", None)
+            if abandon is not None:
+                await abandon()
 
     async def _response(self, scope: dict[str, Any], body_file: Any) -> HttpResponse:
         try:

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from gateway import dbstats
+from gateway.limits import limiter
 from gateway.recorder import recorder
 from gateway.state import state
 from gateway.upstream import upstreams
@@ -40,6 +41,7 @@ async def shutdown() -> None:
     await recorder.drain()
     recorder.stop()
     await upstreams.aclose()
+    await limiter.aclose()
 
 
 def _register_shutdown() -> None:

@@ -28,6 +28,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from gateway.limits import Admission, limiter
 from gateway.recorder import recorder
 from gateway.state import state
 from gateway.surfaces import ENVELOPE_ROUTE, AnswerContext, StreamWriter, Surface, json_response
@@ -62,12 +63,20 @@ class Exchange:
     principal: Principal | None = None
     route: AliasRoute | None = None
     model: str | None = None
+    admission: Admission | None = None
 
     def headers(self) -> dict[str, str]:
         headers = {"x-request-id": self.request_id}
         if self.surface.anthropic:
             headers["request-id"] = self.request_id
+        if self.admission is not None:
+            headers.update(self.admission.headers())
         return headers
+
+    async def release(self, actual_tokens: int | None) -> None:
+        """Settle the token reservation and free the concurrency slot (idempotent)."""
+        if self.admission is not None:
+            await limiter.finish(self.admission, actual_tokens=actual_tokens)
 
     def log_row(self, status: int) -> RequestLogRecord:
         meta = self.request.META
@@ -173,12 +182,13 @@ def _router_body(creq: CompletionRequest, route: AliasRoute, prompt: str, reques
     )
 
 
-async def handle_completion(request: HttpRequest, surface: Surface) -> HttpResponse:
+async def handle_completion(request: HttpRequest, surface: Surface, *, principal: Principal | None = None) -> HttpResponse:
+    """The whole request path. `principal` is given by callers that authenticated otherwise (the portal's playground)."""
     ex = Exchange(request=request, surface=surface)
     try:
         await state.ensure_started()
         recorder.ensure_started()
-        ex.principal = await authenticate(request.headers)
+        ex.principal = principal or await authenticate(request.headers)
         creq = surface.parse(_read_body(request))
         ex.model = creq.model
         ex.route = _resolve(creq.model, ex.principal, surface)
@@ -193,13 +203,30 @@ async def handle_completion(request: HttpRequest, surface: Surface) -> HttpRespo
             prompt_tokens_estimate=estimate_tokens(prompt),
             include_usage=creq.include_usage,
         )
+        ex.admission = await limiter.admit(
+            ex.principal,
+            request_id=ex.request_id,
+            tokens=_reservation(ex.principal, ctx.prompt_tokens_estimate + body["max_tokens"]),
+            surface=ex.surface.limits_surface,
+        )
         timeout = min(ex.route.timeout_s, settings.PORTAL_UPSTREAM_TIMEOUT_S)
         deadline = time.monotonic() + timeout
         if creq.stream:
             return await _stream(ex, creq, ctx, body, deadline)
         return await _complete(ex, creq, ctx, body, deadline)
     except GatewayError as err:
+        await ex.release(0)  # refused or failed before any token was produced
         return _refuse(ex, err)
+    except BaseException:
+        await ex.release(None)
+        raise
+
+
+def _reservation(principal: Principal, tokens: int) -> int:
+    # A request may ask for more tokens than a whole minute's budget (max_tokens: 32000 on a
+    # 20k plan): reserve at most the budget, so it runs when the minute is otherwise unused.
+    tpm = principal.plan.tokens_per_minute if principal.plan else None
+    return min(tokens, tpm) if tpm else tokens
 
 
 def _refuse(ex: Exchange, err: GatewayError, call: UpstreamCall | None = None) -> HttpResponse:
@@ -221,14 +248,17 @@ async def _complete(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, b
         result = parse_router_completion(data)
     except (ValueError, UnicodeDecodeError):
         log.warning("upstream %s sent a body that is not JSON request_id=%s", call.upstream.label, ex.request_id)
+        await ex.release(0)
         return _refuse(ex, UpstreamError(), call)
     except UpstreamError as err:
         log.warning("upstream %s sent an answer without text request_id=%s", call.upstream.label, ex.request_id)
+        await ex.release(0)
         return _refuse(ex, err, call)
     text, matched = cut_at_stop(result.text, creq.stop)
     finish = "stop_sequence" if matched else result.finish_reason
     usage = result.usage or Usage(ctx.prompt_tokens_estimate, estimate_tokens(text), estimated=True)
     answer = ex.surface.answer(ctx, text=text, finish_reason=finish, stop_sequence=matched, usage=usage, raw=result.raw)
+    await ex.release(usage.total_tokens)
     response = json_response(answer, headers=ex.headers())
     ttfb = call.headers_at - ex.started
     recorder.record(
@@ -242,7 +272,23 @@ async def _stream(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, bod
     assert ex.route is not None
     call = await upstreams.call(route=ex.route, body=body, stream=True, request_id=ex.request_id, deadline=deadline)
     writer = ex.surface.stream_writer(ctx)
-    response = StreamingHttpResponse(_relay(ex, creq, ctx, call, writer, deadline), content_type="text/event-stream")
+    started = [False]
+    response = StreamingHttpResponse(_relay(ex, creq, ctx, call, writer, deadline, started), content_type="text/event-stream")
+
+    async def on_abandon() -> None:
+        # The client left before the stream began: the generator never ran, so its
+        # `finally` will not either. Close, release and record here instead.
+        if started[0]:
+            return
+        await call.response.aclose()
+        await ex.release(0)
+        recorder.record(
+            usage=ex.usage_row(status="cancelled", http_status=200, call=call, streamed=True,
+                               usage=Usage(ctx.prompt_tokens_estimate, 0, estimated=True)),
+            log_row=ex.log_row(200),
+        )
+
+    response.on_abandon = on_abandon  # type: ignore[attr-defined]
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     for name, value in ex.headers().items():
@@ -251,9 +297,11 @@ async def _stream(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, bod
 
 
 async def _relay(
-    ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, call: UpstreamCall, writer: StreamWriter, deadline: float
+    ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, call: UpstreamCall, writer: StreamWriter, deadline: float,
+    started: list[bool],
 ) -> AsyncIterator[bytes]:
     """Router bytes in, provider events out; the upstream is closed in `finally`, whatever ends the stream."""
+    started[0] = True
     parser = SSEParser()
     reader = RouterStreamReader()
     stops = StopMatcher(creq.stop)
@@ -283,6 +331,8 @@ async def _relay(
                     log.warning("upstream %s sent a data line that is not JSON; skipped request_id=%s", call.upstream.label, ex.request_id)
                 if delta is None:
                     continue
+                if reader.upstream_error is not None:  # a router reporting a failure in-band
+                    raise UpstreamError("the upstream model server failed mid-stream")
                 if delta.done:
                     ended = True
                     break
@@ -305,6 +355,8 @@ async def _relay(
             out = writer.delta(RouterDelta(tail, None, None, False, None), tail)
             if out:
                 yield out
+        if finish_reason is None and stops.matched is not None:  # a stop found only when flushing
+            finish_reason, stop_sequence = "stop_sequence", stops.matched
         usage = reader.usage or Usage(ctx.prompt_tokens_estimate, _estimate_chars(delivered_chars), estimated=True)
         yield writer.finish(finish_reason=finish_reason or reader.finish_reason or "stop", stop_sequence=stop_sequence, usage=usage)
         status = "ok"
@@ -321,6 +373,7 @@ async def _relay(
             usage = Usage(ctx.prompt_tokens_estimate, _estimate_chars(delivered_chars), estimated=True)
             if reader.usage is not None and status == "error":
                 usage = reader.usage
+        await ex.release(usage.total_tokens)
         ttfb = (first_byte_at - ex.started) if first_byte_at is not None else None
         recorder.record(
             usage=ex.usage_row(status=status, http_status=200, call=call, streamed=True, usage=usage, error_code=error_code, ttfb=ttfb),

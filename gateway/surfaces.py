@@ -113,6 +113,10 @@ class Surface:
     parse: Callable[[object], CompletionRequest]
     stream_writer: Callable[[AnswerContext], StreamWriter]
 
+    @property
+    def limits_surface(self) -> str:
+        return "anthropic" if self.anthropic else "openai"
+
     def error_body(self, err: GatewayError, *, request_id: str, model: str | None = None, pool_name: str | None = None) -> dict[str, Any]:
         if self.anthropic:
             return anthropic_messages.anthropic_error_body(err, request_id)

@@ -32,7 +32,7 @@ def _only(method: str, request: HttpRequest, surface: Surface) -> HttpResponse |
         headers=ex.headers(),
     )
     response["Allow"] = method
-    return response
+    return _logged(ex, response)
 
 
 @csrf_exempt
@@ -65,6 +65,13 @@ def _error(ex: Exchange, err: GatewayError) -> HttpResponse:
     response = ex.surface.error_response(err, request_id=ex.request_id)
     for name, value in ex.headers().items():
         response[name] = value
+    return _logged(ex, response)
+
+
+def _logged(ex: Exchange, response: HttpResponse) -> HttpResponse:
+    """A request log row for every /v1 request, as the completion routes write (RequestLog: one per request seen)."""
+    recorder.ensure_started()
+    recorder.record(usage=None, log_row=ex.log_row(response.status_code))
     return response
 
 
@@ -82,7 +89,7 @@ async def list_models(request: HttpRequest) -> HttpResponse:
     assert ex.principal is not None
     routes = state.snapshot.routes
     data = [_model_entry(r.alias, r.created) for r in sorted(routes.values(), key=lambda r: r.alias) if ex.principal.may_use(r.alias)]
-    return json_response({"object": "list", "data": data}, headers=ex.headers())
+    return _logged(ex, json_response({"object": "list", "data": data}, headers=ex.headers()))
 
 
 @csrf_exempt
@@ -96,7 +103,7 @@ async def retrieve_model(request: HttpRequest, alias: str) -> HttpResponse:
     route = state.route(alias)
     if route is None or not ex.principal.may_use(route.alias):
         return _error(ex, ModelNotFound(f"the model '{alias[:100]}' does not exist", param="model"))
-    return json_response(_model_entry(route.alias, route.created), headers=ex.headers())
+    return _logged(ex, json_response(_model_entry(route.alias, route.created), headers=ex.headers()))
 
 
 @csrf_exempt
@@ -117,7 +124,7 @@ async def count_tokens(request: HttpRequest) -> HttpResponse:
         prompt = render_prompt(creq.messages or [], route.prompt_format, system=creq.system)
     except GatewayError as err:
         return _error(ex, err)
-    return json_response({"input_tokens": estimate_tokens(prompt)}, headers=ex.headers())
+    return _logged(ex, json_response({"input_tokens": estimate_tokens(prompt)}, headers=ex.headers()))
 
 
 @csrf_exempt
@@ -125,7 +132,7 @@ async def not_found(request: HttpRequest) -> HttpResponse:
     surface = ANTHROPIC_MESSAGES if request.path.startswith("/v1/messages") else OPENAI_CHAT
     ex = Exchange(request=request, surface=surface)
     err = InvalidRequest(f"unknown route {request.method} {request.path[:100]}")
-    return json_response(surface.error_body(err, request_id=ex.request_id), status=404, headers=ex.headers())
+    return _logged(ex, json_response(surface.error_body(err, request_id=ex.request_id), status=404, headers=ex.headers()))
 
 
 def _database_ok() -> bool:

@@ -6,7 +6,7 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal_project.settings")
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_application = get_asgi_application()
@@ -16,4 +16,16 @@ from gateway.lifecycle import on_server_start  # noqa: E402
 
 on_server_start()
 
-application = ProtocolTypeRouter({"http": GatewayApplication(django_application)})
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from usage.consumers import UsageFeedConsumer  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": GatewayApplication(django_application),
+        # The portal's live usage feed, signed in by the session cookie; other origins are refused.
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter([path("portal/ws/usage", UsageFeedConsumer.as_asgi())]))),
+    }
+)

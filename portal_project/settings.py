@@ -163,6 +163,14 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = PORTAL_MAX_BODY_BYTES + 1
 PORTAL_CACHE_POLL_S = float(env_int("PORTAL_CACHE_POLL_MS", 250, minimum=10)) / 1000
 PORTAL_USAGE_FLUSH_S = float(env_int("PORTAL_USAGE_FLUSH_MS", 200, minimum=10)) / 1000
 
+# Rate limits and allowances (gateway/limits.py): counters in Redis when REDIS_URL is set.
+PORTAL_LIMITS_FAIL_MODE = env_str("PORTAL_LIMITS_FAIL_MODE", "open").lower()
+if PORTAL_LIMITS_FAIL_MODE not in {"open", "closed"}:
+    fail("PORTAL_LIMITS_FAIL_MODE", f"must be 'open' or 'closed', got {PORTAL_LIMITS_FAIL_MODE!r}")
+PORTAL_LIMITS_PREFIX = env_str("PORTAL_LIMITS_PREFIX", "lim")
+PORTAL_LIMITS_SLOT_TTL_S = env_int("PORTAL_LIMITS_SLOT_TTL_S", 300, minimum=10)
+PORTAL_LIMITS_MAX_CONNECTIONS = env_int("PORTAL_LIMITS_MAX_CONNECTIONS", 50, minimum=1)
+
 # --- The rest -----------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -183,4 +191,41 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.request": {"level": "ERROR"}, "httpx": {"level": "WARNING"}},
+}
+
+# --- Portal: customer pages, management API, live usage feed -----------------------------------
+# Kept in one block so the gateway and billing settings above stay untouched by portal work.
+# usersessions records each sign-in (IP, browser), so the profile page can end all sessions but the current one.
+# Its middleware only refreshes "last seen" (USERSESSIONS_TRACK_ACTIVITY), which costs a write per page: left out.
+INSTALLED_APPS += ["allauth.usersessions", "drf_spectacular"]
+ACCOUNT_ADAPTER = "accounts.adapter.PortalAccountAdapter"
+ACCOUNT_FORMS = {"login": "accounts.forms.PortalLoginForm", "signup": "accounts.forms.PortalSignupForm"}
+ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Cortensor] "
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
+ACCOUNT_LOGOUT_REDIRECT_URL = "/accounts/login/"
+LOGIN_URL = "/accounts/login/"
+# Rates in django-ratelimit's "N/period" form; each refusal is a 429.
+PORTAL_RATELIMIT_SIGNIN = env_str("PORTAL_RATELIMIT_SIGNIN", "10/m")  # sign-in POSTs per IP
+PORTAL_RATELIMIT_SIGNUP = env_str("PORTAL_RATELIMIT_SIGNUP", "20/h")  # sign-up POSTs per IP
+PORTAL_RATELIMIT_KEY_CREATE = env_str("PORTAL_RATELIMIT_KEY_CREATE", "20/h")  # key creations per user
+# Mail: the console by default, SMTP as soon as EMAIL_HOST is set, or any backend named in EMAIL_BACKEND.
+EMAIL_HOST = env_str("EMAIL_HOST")
+if EMAIL_HOST and not env_str("EMAIL_BACKEND"):
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+EMAIL_PORT = env_int("EMAIL_PORT", 587, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", EMAIL_PORT == 587)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    fail("EMAIL_USE_SSL", "EMAIL_USE_TLS and EMAIL_USE_SSL cannot both be on")
+EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH") or None
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Cortensor <no-reply@cortensor.local>")
+REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Cortensor portal management API",
+    "DESCRIPTION": "Keys and usage of your organization. Session authentication with a CSRF token; "
+    "the inference API itself (/v1) is described in the docs page.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
 }

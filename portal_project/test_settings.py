@@ -10,13 +10,16 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production")
 os.environ.setdefault("PORTAL_API_KEY_PEPPER", "test-pepper")
 os.environ.setdefault("ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
-for _var in (
-    "PORTAL_ROUTER_POOLS_JSON",
-    "PORTAL_ROUTER_MODEL_SESSIONS_JSON",
-    "PORTAL_ROUTER_MODEL_AUTH_KEYS_JSON",
-    "PORTAL_ROUTER_SESSION_AUTH_KEYS_JSON",
-    "PORTAL_DEFAULT_MODEL",
-):
-    os.environ.pop(_var, None)  # the test process routes nowhere itself; live gateways get their own maps
+# Only in the pytest process itself (pytest sets PYTEST_VERSION): the live gateways it starts load these
+# settings too, with an environment stripped of PYTEST_* and holding their own maps, which they must keep.
+if "PYTEST_VERSION" in os.environ:
+    for _var in (
+        "PORTAL_ROUTER_POOLS_JSON",
+        "PORTAL_ROUTER_MODEL_SESSIONS_JSON",
+        "PORTAL_ROUTER_MODEL_AUTH_KEYS_JSON",
+        "PORTAL_ROUTER_SESSION_AUTH_KEYS_JSON",
+        "PORTAL_DEFAULT_MODEL",
+    ):
+        os.environ.pop(_var, None)  # the test process routes nowhere itself; live gateways get their own maps
 
 from portal_project.settings import *  # noqa: E402, F403

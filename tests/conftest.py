@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,8 @@ def live_gateway_env(sim_url: str, **overrides: str) -> dict[str, str]:
             "PORTAL_USAGE_FLUSH_MS": "50",
             "PORTAL_UPSTREAM_TIMEOUT_S": "20",
             "LOG_LEVEL": "INFO",
+            # Fresh rate-limit counters per test session: ids restart with each new test database.
+            "PORTAL_LIMITS_PREFIX": f"lim-test-{uuid.uuid4().hex[:12]}",
         }
     )
     env.update(overrides)
@@ -205,7 +208,7 @@ class IssuedKey:
     organization_slug: str
 
 
-def issue_key(*, slug: str = "acme", plan: str | None = None, name: str = "test key") -> IssuedKey:
+def issue_key(*, slug: str = "acme", plan: str | None = "pro", name: str = "test key") -> IssuedKey:
     from accounts.models import Organization
     from accounts.services import organization_create
     from apikeys.services import apikey_create
