@@ -62,7 +62,10 @@ def expiry_in_days(days: int | None) -> datetime | None:
         return None
     if days <= 0:
         raise ValueError("expiry days must be positive")
-    return timezone.now() + timedelta(days=days)
+    try:
+        return timezone.now() + timedelta(days=days)
+    except OverflowError:  # past year 9999: a clear error, not a traceback
+        raise ValueError("expiry days is too large") from None
 
 
 @transaction.atomic
@@ -107,3 +110,34 @@ def apikeys_touch_last_used(*, last_used: dict[int, datetime]) -> None:
         ApiKey.objects.filter(pk=key_id).filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=when)).update(
             last_used_at=when
         )
+
+
+# --- Portal: the playground's internal key -------------------------------------------------------
+# Added for the customer portal; the functions above are unchanged.
+
+PLAYGROUND_KEY_NAME = "playground"
+PLAYGROUND_ACTOR_LABEL = "portal playground (internal key)"
+
+
+def apikey_get_or_create_playground(*, organization: Organization) -> ApiKey:
+    """The organization's internal key for the portal playground: its usage is charged like any key's,
+    and its raw value is discarded at once (the playground authenticates by session, not by key)."""
+    with transaction.atomic():
+        # Lock the organization row so two first playground requests make one key, not two.
+        Organization.objects.select_for_update().filter(pk=organization.pk).first()
+        existing = (
+            ApiKey.objects.filter(
+                organization=organization,
+                name=PLAYGROUND_KEY_NAME,
+                created_by__isnull=True,
+                revoked_at__isnull=True,
+                expires_at__isnull=True,
+                events__action=ApiKeyEvent.Action.CREATE,
+                events__actor_label=PLAYGROUND_ACTOR_LABEL,
+            )
+            .order_by("-created_at")
+            .first()
+        )
+        if existing is not None:
+            return existing
+        return apikey_create(organization=organization, name=PLAYGROUND_KEY_NAME, actor_label=PLAYGROUND_ACTOR_LABEL).api_key

@@ -74,7 +74,8 @@ def _session_id(variable: str, alias: str, value: object) -> int:
         raise RouterConfigError(variable, f"{alias}: session ids must be integers")
     if isinstance(value, int):
         sid = value
-    elif isinstance(value, str) and value.strip().isdigit():
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        # isascii: str.isdigit() also accepts characters such as '²' that int() refuses
         sid = int(value.strip())
     else:
         raise RouterConfigError(variable, f"{alias}: session id {value!r} is not an integer")

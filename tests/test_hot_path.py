@@ -133,7 +133,9 @@ def test_steady_state_requests_run_no_statement_and_usage_is_written_in_one_batc
     assert run.depth_before_flush == 2 * REQUESTS
     assert run.flush_ok is True
     assert run.flush_statements == run.warmup_flush_statements
-    assert run.flush_statements == 3  # INSERT usage events, INSERT request logs, UPDATE the key's last_used_at
+    # A small constant: the inserts of events, logs and ledger debits, the debit's price lookups, the key's
+    # last_used_at. Not pinned to one number, as billing adds to the batch; it must not grow with the batch.
+    assert 0 < run.flush_statements <= 8
     assert recorder.depth == 0
 
     assert len(set(run.request_ids)) == REQUESTS

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.validators import validate_email
+from django.db import transaction
 from django.utils.text import slugify
 
+from accounts.models import Organization, User
 from accounts.services import OrganizationExists, organization_create, user_get_or_create
 from billing.services import UnknownPlan
 
@@ -22,13 +26,27 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         slug = options["slug"].strip()
-        if slugify(slug) != slug:
+        if not slug or slugify(slug) != slug:
             raise CommandError(f"--slug must be lowercase letters, digits and dashes, got {slug!r}")
-        owner = None
-        if options["owner_email"]:
-            owner, _ = user_get_or_create(email=options["owner_email"])
+        slug_max = Organization._meta.get_field("slug").max_length
+        if len(slug) > slug_max:
+            raise CommandError(f"--slug must be at most {slug_max} characters")
+        name = options["name"].strip()
+        name_max = Organization._meta.get_field("name").max_length
+        if not name or len(name) > name_max:
+            raise CommandError(f"--name must be 1 to {name_max} characters")
+        email = (options["owner_email"] or "").strip()
+        if email:
+            try:
+                validate_email(email)
+                if len(email) > User._meta.get_field("email").max_length:
+                    raise ValidationError("too long")
+            except ValidationError:
+                raise CommandError(f"--owner-email is not a valid email address: {options['owner_email']!r}") from None
         try:
-            org = organization_create(slug=slug, name=options["name"], plan_slug=options["plan"], owner=owner)
+            with transaction.atomic():  # a refused organization leaves no new owner behind
+                owner = user_get_or_create(email=email)[0] if email else None
+                org = organization_create(slug=slug, name=name, plan_slug=options["plan"], owner=owner)
         except (OrganizationExists, UnknownPlan) as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"created organization {org.slug} (plan {org.plan.slug if org.plan else 'none'})")
