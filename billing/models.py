@@ -1,7 +1,8 @@
-"""What an organization is entitled to: its plan and the history of its subscriptions."""
+"""What an organization is entitled to and what it owes: plans, subscriptions, prices, the ledger, daily rollups."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
@@ -37,3 +38,123 @@ class PlanSubscription(models.Model):
 
     def __str__(self) -> str:
         return f"{self.organization} on {self.plan}"
+
+
+class ModelPrice(models.Model):
+    """What a million tokens of one alias cost, in micro-units (1e-6 of the currency).
+
+    A row with a plan overrides the alias-wide row (plan empty) for organizations on that plan.
+    The alias is kept by name, not by foreign key: env-managed alias rows are deleted and
+    re-created by sync_router_pools, and a price must outlive that.
+    """
+
+    plan = models.ForeignKey(
+        Plan, null=True, blank=True, on_delete=models.CASCADE, related_name="prices", help_text="empty: every plan"
+    )
+    alias = models.CharField(max_length=100, help_text="the public model alias name, as clients send it")
+    input_micros_per_million = models.PositiveBigIntegerField(help_text="micro-units per million prompt tokens")
+    output_micros_per_million = models.PositiveBigIntegerField(help_text="micro-units per million completion tokens")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["alias", "plan_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["alias", "plan"], name="uniq_price_alias_plan", condition=models.Q(plan__isnull=False)
+            ),
+            models.UniqueConstraint(fields=["alias"], name="uniq_price_alias_wide", condition=models.Q(plan__isnull=True)),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.alias} ({self.plan or 'every plan'})"
+
+
+class LedgerEntry(models.Model):
+    """One movement of an organization's money, in signed micro-units; the balance is their sum.
+
+    Append-only: a wrong entry is corrected by an adjustment, never by an edit.
+    """
+
+    class Kind(models.TextChoices):
+        DEBIT = "debit", "Debit (usage)"
+        CREDIT = "credit", "Credit"
+        ADJUSTMENT = "adjustment", "Adjustment"
+
+    # PROTECT: money history outlives nothing by accident; suspend an organization instead of deleting it.
+    organization = models.ForeignKey("accounts.Organization", on_delete=models.PROTECT, related_name="ledger_entries")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    amount_micros = models.BigIntegerField(help_text="micro-units; debits negative, credits positive")
+    request_id = models.CharField(max_length=64, blank=True, help_text="the usage event a debit bills")
+    alias = models.CharField(max_length=100, blank=True)
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    memo = models.CharField(max_length=500, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "ledger entries"
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["organization", "created_at"], name="ledger_org_created"),
+            models.Index(fields=["created_at"], name="ledger_created"),
+        ]
+        constraints = [
+            # A retried or duplicated usage batch must never bill a request twice.
+            models.UniqueConstraint(fields=["request_id"], condition=models.Q(kind="debit"), name="uniq_ledger_debit_request"),
+            models.CheckConstraint(
+                condition=(
+                    models.Q(kind="debit", amount_micros__lte=0)
+                    | models.Q(kind="credit", amount_micros__gt=0)
+                    | (models.Q(kind="adjustment") & ~models.Q(amount_micros=0))
+                ),
+                name="ledger_amount_sign",
+                violation_error_message="Debits are zero or negative, credits positive, adjustments non-zero.",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(kind="debit") | ~models.Q(request_id=""),
+                name="ledger_debit_has_request",
+                violation_error_message="A debit names the request it bills.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount_micros} for {self.organization_id}"
+
+
+class UsageDailyRollup(models.Model):
+    """Usage of one organization on one alias over one UTC day, closed by close_billing_period."""
+
+    organization = models.ForeignKey("accounts.Organization", on_delete=models.CASCADE, related_name="usage_rollups")
+    day = models.DateField()
+    alias = models.CharField(max_length=100)
+    requests = models.PositiveIntegerField(default=0)
+    ok_requests = models.PositiveIntegerField(default=0)
+    error_requests = models.PositiveIntegerField(default=0)
+    cancelled_requests = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    total_tokens = models.PositiveBigIntegerField(default=0)
+    cost_micros = models.BigIntegerField(default=0, help_text="what the ledger debited, as a positive number")
+    computed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["day", "organization_id", "alias"]
+        constraints = [models.UniqueConstraint(fields=["organization", "day", "alias"], name="uniq_rollup_org_day_alias")]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} {self.alias} on {self.day}"
+
+
+class ClosedBillingDay(models.Model):
+    """A UTC day whose rollups have been written; the default close run skips it."""
+
+    day = models.DateField(unique=True)
+    closed_at = models.DateTimeField(default=timezone.now)
+    rollup_rows = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-day"]
+
+    def __str__(self) -> str:
+        return str(self.day)

@@ -37,6 +37,7 @@ class UsageEvent(models.Model):
         indexes = [
             models.Index(fields=["organization", "created_at"], name="usage_org_created"),
             models.Index(fields=["api_key", "created_at"], name="usage_key_created"),
+            models.Index(fields=["created_at"], name="usage_created"),
         ]
 
 

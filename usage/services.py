@@ -7,7 +7,10 @@ from datetime import datetime
 
 from django.db import IntegrityError, transaction
 
+from accounts.models import Organization
+from apikeys.models import ApiKey
 from apikeys.services import apikeys_touch_last_used
+from billing.services import ledger_debits_for_usage
 from usage.models import RequestLog, UsageEvent
 
 
@@ -56,12 +59,19 @@ def usage_record_batch(*, usage: list[UsageRecord], logs: list[RequestLogRecord]
     for log in logs:
         if log.key_id is not None and (log.key_id not in last_used or last_used[log.key_id] < log.created_at):
             last_used[log.key_id] = log.created_at
+    # Sorted by request id: two batches holding the same rows (a retry racing a write) then take
+    # the unique-index locks in one order and cannot deadlock.
+    usage = sorted(usage, key=lambda u: u.request_id)
+    logs = sorted(logs, key=lambda log: log.request_id)
     usage_rows = [UsageEvent(**_values(u)) for u in usage]
     log_rows = [_log_row(log) for log in logs]
     try:
         with transaction.atomic():
             UsageEvent.objects.bulk_create(usage_rows, ignore_conflicts=True)
             RequestLog.objects.bulk_create(log_rows, ignore_conflicts=True)
+            # Debits for ok and cancelled rows with tokens (ledger_debits_for_usage picks them),
+            # committed with their events; idempotent on the request id like the rows themselves.
+            ledger_debits_for_usage(rows=usage)
             if last_used:
                 apikeys_touch_last_used(last_used=last_used)
     except IntegrityError:
@@ -69,6 +79,12 @@ def usage_record_batch(*, usage: list[UsageRecord], logs: list[RequestLogRecord]
         # not block the batch forever. Write row by row, detaching rows from what is gone.
         for row in [*usage_rows, *log_rows]:
             _save_detached(row)
+        # From the records, not the detached rows: a deleted key must not spare its organization
+        # the bill. Debits of deleted organizations are skipped; a failure here retries the batch.
+        with transaction.atomic():
+            ledger_debits_for_usage(rows=usage)
+        if last_used:
+            apikeys_touch_last_used(last_used=last_used)  # keys that are gone are simply not matched
 
 
 def _values(record: UsageRecord | RequestLogRecord) -> dict[str, object]:
@@ -88,8 +104,10 @@ def _save_detached(row: UsageEvent | RequestLog) -> None:
         with transaction.atomic():
             model.objects.bulk_create([row], ignore_conflicts=True)
     except IntegrityError:
-        row.organization_id = None
-        if isinstance(row, UsageEvent):
+        # Detach the row only from what is gone: a deleted key's usage still belongs to its organization.
+        if row.organization_id is not None and not Organization.objects.filter(pk=row.organization_id).exists():
+            row.organization_id = None
+        if isinstance(row, UsageEvent) and row.api_key_id is not None and not ApiKey.objects.filter(pk=row.api_key_id).exists():
             row.api_key_id = None
         with transaction.atomic():
             model.objects.bulk_create([row], ignore_conflicts=True)

@@ -1,0 +1,137 @@
+"""The live usage feed: the usage page's WebSocket, one channel-layer group per organization.
+
+The gateway's usage writer calls `publish_usage_events(rows)` (or, from the event loop, `apublish_usage_events`)
+after a batch is in the database; each organization's open usage pages get their new rows a moment later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qs
+
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.layers import get_channel_layer
+
+from accounts.models import Membership, User
+from accounts.portal import SESSION_ORG_KEY
+from apikeys.models import ApiKey
+
+log = logging.getLogger("usage.live")
+
+MESSAGE_TYPE = "usage.events"  # handled by UsageFeedConsumer.usage_events
+
+
+def usage_group(organization_id: int) -> str:
+    return f"usage.org.{organization_id}"
+
+
+def event_payload(row: Any) -> dict[str, Any]:
+    """What a page needs of one row; `row` is a usage.services.UsageRecord or a UsageEvent (same field names)."""
+    return {
+        "request_id": row.request_id,
+        "created_at": row.created_at.isoformat(),
+        "route": row.route,
+        "model": row.alias,
+        "status": row.status,
+        "http_status": row.http_status,
+        "error_code": row.error_code,
+        "streamed": row.streamed,
+        "prompt_tokens": row.prompt_tokens,
+        "completion_tokens": row.completion_tokens,
+        "total_tokens": row.total_tokens,
+        "duration_ms": row.duration_ms,
+        "api_key_id": row.api_key_id,
+    }
+
+
+def _messages(rows: Iterable[Any]) -> dict[int, dict[str, Any]]:
+    by_org: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.organization_id is not None:
+            by_org.setdefault(row.organization_id, []).append(event_payload(row))
+    return {org_id: {"type": MESSAGE_TYPE, "events": events} for org_id, events in by_org.items()}
+
+
+def publish_usage_events(rows: Iterable[Any]) -> None:
+    """Send written usage rows to their organizations' live pages: one message per organization and batch.
+
+    Sync: call it from a worker thread (where usage_record_batch runs), never on the event loop. A feed that
+    cannot be reached is logged and skipped: it must never fail or slow the usage write.
+    """
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    for org_id, message in _messages(rows).items():
+        try:
+            async_to_sync(layer.group_send)(usage_group(org_id), message)
+        except Exception as exc:
+            log.warning("live usage feed not sent for organization %s: %s", org_id, exc.__class__.__name__)
+
+
+async def apublish_usage_events(rows: Iterable[Any]) -> None:
+    """The same from async code (the event loop itself)."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    for org_id, message in _messages(rows).items():
+        try:
+            await layer.group_send(usage_group(org_id), message)
+        except Exception as exc:
+            log.warning("live usage feed not sent for organization %s: %s", org_id, exc.__class__.__name__)
+
+
+class UsageFeedConsumer(AsyncJsonWebsocketConsumer):
+    """Authenticated by the portal session; `?org=<id>` picks one of the user's organizations."""
+
+    group: str | None = None
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=4401)
+            return
+        organization_id = await database_sync_to_async(self._organization_id)(user)
+        if organization_id is None:
+            await self.close(code=4403)
+            return
+        self.organization_id = organization_id
+        self.key_labels = await database_sync_to_async(self._key_labels)()
+        self.group = usage_group(organization_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.send_json({"type": "ready", "organization_id": organization_id})
+
+    def _organization_id(self, user: User) -> int | None:
+        query = parse_qs(self.scope.get("query_string", b"").decode(errors="replace"))
+        wanted = (query.get("org") or [""])[0]
+        memberships = Membership.objects.filter(user=user)
+        if wanted:
+            if not wanted.isdigit():
+                return None
+            return memberships.filter(organization_id=int(wanted)).values_list("organization_id", flat=True).first()
+        session = self.scope.get("session")
+        chosen = session.get(SESSION_ORG_KEY) if session is not None else None
+        ids = list(memberships.order_by("created_at", "id").values_list("organization_id", flat=True))
+        return chosen if chosen in ids else (ids[0] if ids else None)
+
+    def _key_labels(self) -> dict[int, dict[str, str]]:
+        keys = ApiKey.objects.filter(organization_id=self.organization_id).only("id", "name", "prefix", "last_four")
+        return {key.pk: {"name": key.name, "masked": key.masked} for key in keys}
+
+    async def disconnect(self, code: int) -> None:
+        if self.group is not None:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        pass  # the feed only speaks; anything sent to it is ignored
+
+    async def usage_events(self, message: dict[str, Any]) -> None:
+        for event in message["events"]:
+            key_id = event.get("api_key_id")
+            if key_id is not None and key_id not in self.key_labels:
+                self.key_labels = await database_sync_to_async(self._key_labels)()  # a key made after the page opened
+            await self.send_json({"type": "request", **event, "key": self.key_labels.get(key_id)})

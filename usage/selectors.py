@@ -1,0 +1,252 @@
+"""Reads of an organization's usage for the portal: aggregates in the database, one query per view of the data.
+
+Every query filters on (organization, created_at), which the `usage_org_created` index serves, so a page costs
+the same handful of statements for ten events or ten million.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, Literal
+
+from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce, TruncDate
+from django.utils import timezone
+
+from billing.models import Plan
+from usage.models import UsageEvent
+
+GroupBy = Literal["day", "model", "key"]
+GROUP_BYS: tuple[str, ...] = ("day", "model", "key")
+MAX_RANGE_DAYS = 366
+DEFAULT_RANGE_DAYS = 14
+
+
+@dataclass(frozen=True, slots=True)
+class DateRange:
+    """Whole UTC days, both ends included."""
+
+    start: date
+    end: date
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days + 1
+
+    def bounds(self) -> tuple[datetime, datetime]:
+        return (
+            datetime.combine(self.start, time.min, tzinfo=UTC),
+            datetime.combine(self.end + timedelta(days=1), time.min, tzinfo=UTC),
+        )
+
+    def each_day(self) -> list[date]:
+        return [self.start + timedelta(days=i) for i in range(self.days)]
+
+
+class BadRange(ValueError):
+    pass
+
+
+def date_range_parse(start: str | None, end: str | None, *, today: date | None = None) -> DateRange:
+    """From `from`/`to` query values (YYYY-MM-DD, either may be empty): the last two weeks by default."""
+    today = today or timezone.now().astimezone(UTC).date()
+    try:
+        end_day = date.fromisoformat(end) if end else today
+        start_day = date.fromisoformat(start) if start else end_day - timedelta(days=DEFAULT_RANGE_DAYS - 1)
+    except ValueError:
+        raise BadRange("dates are written YYYY-MM-DD") from None
+    if start_day > end_day:
+        raise BadRange("'from' is after 'to'")
+    if (end_day - start_day).days + 1 > MAX_RANGE_DAYS:
+        raise BadRange(f"a range spans at most {MAX_RANGE_DAYS} days")
+    return DateRange(start_day, end_day)
+
+
+@dataclass(slots=True)
+class Totals:
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    def add(self, other: Totals) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.total_tokens += other.total_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(slots=True)
+class UsageRow:
+    """One group: a day, a model or a key, with its totals."""
+
+    label: str
+    totals: Totals
+    day: date | None = None
+    model: str | None = None
+    key_id: int | None = None
+    key_name: str = ""
+    key_masked: str = ""
+    share: float = 0.0  # of the range's requests, 0..1
+
+    def as_dict(self, group_by: str) -> dict[str, Any]:
+        head: dict[str, Any]
+        if group_by == "day":
+            head = {"day": self.day.isoformat() if self.day else None}
+        elif group_by == "model":
+            head = {"model": self.model}
+        else:
+            head = {"key_id": self.key_id, "key_name": self.key_name, "key_masked": self.key_masked}
+        return {**head, **self.totals.as_dict()}
+
+
+@dataclass(slots=True)
+class UsageSummary:
+    organization_id: int
+    range: DateRange
+    group_by: str
+    totals: Totals
+    rows: list[UsageRow] = field(default_factory=list)
+
+
+_AGGREGATES = {
+    "requests": Count("id"),
+    "errors": Count("id", filter=Q(status=UsageEvent.Status.ERROR)),
+    "prompt_tokens": Coalesce(Sum("prompt_tokens"), 0),
+    "completion_tokens": Coalesce(Sum("completion_tokens"), 0),
+    "total_tokens": Coalesce(Sum("total_tokens"), 0),
+}
+
+
+def _events(organization_id: int, span: DateRange) -> QuerySet[UsageEvent]:
+    start, end = span.bounds()
+    return UsageEvent.objects.filter(organization_id=organization_id, created_at__gte=start, created_at__lt=end)
+
+
+def _totals(values: dict[str, Any]) -> Totals:
+    return Totals(
+        requests=values["requests"] or 0,
+        errors=values["errors"] or 0,
+        prompt_tokens=values["prompt_tokens"] or 0,
+        completion_tokens=values["completion_tokens"] or 0,
+        total_tokens=values["total_tokens"] or 0,
+    )
+
+
+def _with_shares(rows: list[UsageRow], totals: Totals) -> list[UsageRow]:
+    for row in rows:
+        row.share = row.totals.requests / totals.requests if totals.requests else 0.0
+    return rows
+
+
+def usage_by_day(*, organization_id: int, span: DateRange) -> list[UsageRow]:
+    """Every day of the range, days without traffic included (zeros), oldest first."""
+    found = {
+        values["day"]: _totals(values)
+        for values in _events(organization_id, span)
+        .annotate(day=TruncDate("created_at", tzinfo=UTC))
+        .values("day")
+        .annotate(**_AGGREGATES)
+        .order_by("day")
+    }
+    return [UsageRow(label=day.isoformat(), day=day, totals=found.get(day, Totals())) for day in span.each_day()]
+
+
+def usage_by_model(*, organization_id: int, span: DateRange) -> list[UsageRow]:
+    rows = [
+        UsageRow(label=values["alias"], model=values["alias"], totals=_totals(values))
+        for values in _events(organization_id, span).values("alias").annotate(**_AGGREGATES).order_by("-requests", "alias")
+    ]
+    return rows
+
+
+def usage_by_key(*, organization_id: int, span: DateRange) -> list[UsageRow]:
+    rows = []
+    grouped = (
+        _events(organization_id, span)
+        .values("api_key_id", "api_key__name", "api_key__prefix", "api_key__last_four")
+        .annotate(**_AGGREGATES)
+        .order_by("-requests", "api_key_id")
+    )
+    for values in grouped:
+        key_id = values["api_key_id"]
+        name = values["api_key__name"] or "(deleted key)"
+        masked = f"{values['api_key__prefix']}_…{values['api_key__last_four']}" if key_id else ""
+        rows.append(UsageRow(label=name, key_id=key_id, key_name=name, key_masked=masked, totals=_totals(values)))
+    return rows
+
+
+def usage_summary(*, organization_id: int, span: DateRange, group_by: str) -> UsageSummary:
+    """Totals of the range and its rows grouped by day, model or key: one query."""
+    if group_by == "day":
+        rows = usage_by_day(organization_id=organization_id, span=span)
+    elif group_by == "model":
+        rows = usage_by_model(organization_id=organization_id, span=span)
+    elif group_by == "key":
+        rows = usage_by_key(organization_id=organization_id, span=span)
+    else:
+        raise ValueError(f"group_by must be one of {', '.join(GROUP_BYS)}")
+    totals = Totals()
+    for row in rows:
+        totals.add(row.totals)
+    return UsageSummary(organization_id=organization_id, range=span, group_by=group_by, totals=totals, rows=_with_shares(rows, totals))
+
+
+LATEST_FIELDS = (
+    "request_id", "created_at", "route", "alias", "status", "http_status", "error_code", "streamed",
+    "prompt_tokens", "completion_tokens", "total_tokens", "duration_ms", "ttfb_ms", "api_key_id",
+    "api_key__name", "api_key__prefix", "api_key__last_four",
+)
+
+
+def usage_latest(*, organization_id: int, span: DateRange, limit: int = 50) -> list[UsageEvent]:
+    """The newest requests of the range, newest first, with their key's name in the same query."""
+    return list(
+        _events(organization_id, span).select_related("api_key").only(*LATEST_FIELDS).order_by("-created_at", "-id")[:limit]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Allowance:
+    """A plan limit next to what was used of it."""
+
+    label: str
+    used: int
+    limit: int
+
+    @property
+    def share(self) -> float:
+        return min(1.0, self.used / self.limit) if self.limit else 0.0
+
+
+def usage_allowances(*, organization_id: int, plan: Plan | None, now: datetime | None = None) -> list[Allowance]:
+    """The plan's request allowances (the reset window and the week) with the requests counted against them."""
+    if plan is None or (plan.window_requests is None and plan.weekly_requests is None):
+        return []
+    now = now or timezone.now()
+    week_start = now - timedelta(days=7)
+    window_start = now - timedelta(seconds=plan.window_seconds)
+    counts = UsageEvent.objects.filter(organization_id=organization_id, created_at__gte=min(week_start, window_start)).aggregate(
+        week=Count("id", filter=Q(created_at__gte=week_start)),
+        window=Count("id", filter=Q(created_at__gte=window_start)),
+    )
+    allowances = []
+    if plan.window_requests is not None:
+        hours = plan.window_seconds / 3600
+        span = f"{hours:g} hours" if hours != 1 else "hour"
+        allowances.append(Allowance(label=f"Requests in the last {span}", used=counts["window"], limit=plan.window_requests))
+    if plan.weekly_requests is not None:
+        allowances.append(Allowance(label="Requests in the last 7 days", used=counts["week"], limit=plan.weekly_requests))
+    return allowances
