@@ -7,6 +7,8 @@ import math
 import re
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -170,6 +172,15 @@ def key(gateway: LiveGateway) -> IssuedKey:
     return issue_key(slug="errors-org", plan="pro")
 
 
+@contextmanager
+def collected(failures: list[str], case: str) -> Iterator[None]:
+    """Runs one case of a table; a failed assertion is kept, named, and the table carries on."""
+    try:
+        yield
+    except AssertionError as exc:
+        failures.append(f"{case}: {exc}")
+
+
 def assert_logged(rid: str, status: int, *, usage: bool) -> RequestLog:
     row = wait_for(lambda: RequestLog.objects.filter(request_id=rid).first())
     assert row.status == status
@@ -249,15 +260,18 @@ BODY_CASES: dict[str, dict[str, tuple[Any, Expected]]] = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BODY_CASES))
-def test_bad_body_is_400_naming_the_field(case: str, gateway: LiveGateway, key: IssuedKey, sim: Any) -> None:
-    for route, (payload, expected) in BODY_CASES[case].items():
-        if isinstance(payload, bytes):
-            response = post(gateway, route, key.raw, content=payload)
-        else:
-            response = post(gateway, route, key.raw, body={k: v for k, v in payload.items() if v is not None})
-        expected.check(route, response)
-        assert_logged(request_id_of(response), 400, usage=False)
+def test_bad_body_is_400_naming_the_field(gateway: LiveGateway, key: IssuedKey, sim: Any) -> None:
+    failures: list[str] = []
+    for case, routes in BODY_CASES.items():
+        for route, (payload, expected) in routes.items():
+            with collected(failures, f"{case} on {route}"):
+                if isinstance(payload, bytes):
+                    response = post(gateway, route, key.raw, content=payload)
+                else:
+                    response = post(gateway, route, key.raw, body={k: v for k, v in payload.items() if v is not None})
+                expected.check(route, response)
+                assert_logged(request_id_of(response), 400, usage=False)
+    assert not failures, "\n".join(failures)
     assert sim.stats()["requests_total"] == 0  # nothing invalid reaches the router
 
 
@@ -297,12 +311,15 @@ UNSUPPORTED_CHAT: dict[str, tuple[dict[str, Any], Expected]] = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(UNSUPPORTED_CHAT))
-def test_chat_refuses_what_hosted_routes_do_not_offer(case: str, gateway: LiveGateway, key: IssuedKey, sim: Any) -> None:
-    extra, expected = UNSUPPORTED_CHAT[case]
-    response = post(gateway, CHAT, key.raw, body=good_body(CHAT, **extra))
-    expected.check(CHAT, response)
-    assert_logged(request_id_of(response), 400, usage=False)
+def test_chat_refuses_what_hosted_routes_do_not_offer(gateway: LiveGateway, key: IssuedKey, sim: Any) -> None:
+    failures: list[str] = []
+    for case, (extra, expected) in UNSUPPORTED_CHAT.items():
+        for stream in (False, True):
+            with collected(failures, f"{case} (stream={stream})"):
+                response = post(gateway, CHAT, key.raw, body=good_body(CHAT, stream=stream, **extra))
+                expected.check(CHAT, response)
+                assert_logged(request_id_of(response), 400, usage=False)
+    assert not failures, "\n".join(failures)
     assert sim.stats()["requests_total"] == 0
 
 
@@ -331,12 +348,14 @@ UNSUPPORTED_MESSAGES: dict[str, tuple[dict[str, Any], Expected]] = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(UNSUPPORTED_MESSAGES))
-def test_messages_refuses_what_hosted_routes_do_not_offer(case: str, gateway: LiveGateway, key: IssuedKey, sim: Any) -> None:
-    extra, expected = UNSUPPORTED_MESSAGES[case]
-    response = post(gateway, MESSAGES, key.raw, body=good_body(MESSAGES, **extra))
-    expected.check(MESSAGES, response)
-    assert_logged(request_id_of(response), 400, usage=False)
+def test_messages_refuses_what_hosted_routes_do_not_offer(gateway: LiveGateway, key: IssuedKey, sim: Any) -> None:
+    failures: list[str] = []
+    for case, (extra, expected) in UNSUPPORTED_MESSAGES.items():
+        with collected(failures, case):
+            response = post(gateway, MESSAGES, key.raw, body=good_body(MESSAGES, **extra))
+            expected.check(MESSAGES, response)
+            assert_logged(request_id_of(response), 400, usage=False)
+    assert not failures, "\n".join(failures)
     assert sim.stats()["requests_total"] == 0
 
 
@@ -354,16 +373,19 @@ def _wrong_secret(raw: str) -> str:
     return f"{public}_{wrong}"
 
 
-def assert_refused_everywhere(gateway: LiveGateway, raw: str | None, expected: Expected, *, headers: dict[str, str] | None = None) -> None:
+def assert_refused_everywhere(
+    gateway: LiveGateway, raw: str | None, expected: Expected, *, headers: dict[str, str] | None = None, secret: str | None = None
+) -> None:
+    secret = secret or raw
     for route in ROUTES:
         for style in ("bearer", "x-api-key"):
             if raw is None and style == "x-api-key":
                 continue
             response = post(gateway, route, raw, body=good_body(route), style=style, headers=headers)
             expected.check(route, response)
-            if raw:
-                assert raw not in response.text
-                assert raw[-12:] not in response.text
+            if secret:
+                assert secret not in response.text
+                assert secret[-12:] not in response.text
             row = assert_logged(request_id_of(response), expected.status_for(route), usage=False)
             assert row.organization_id is None
 
@@ -374,25 +396,28 @@ def test_missing_key_is_401(gateway: LiveGateway, sim: Any) -> None:
 
 
 def test_empty_and_non_bearer_authorization_is_401(gateway: LiveGateway, key: IssuedKey) -> None:
-    assert_refused_everywhere(gateway, None, UNAUTHORIZED, headers={"authorization": f"Basic {key.raw}"})
+    assert_refused_everywhere(gateway, None, UNAUTHORIZED, headers={"authorization": f"Basic {key.raw}"}, secret=key.raw)
     assert_refused_everywhere(gateway, None, UNAUTHORIZED, headers={"authorization": "Bearer"})
     assert_refused_everywhere(gateway, None, MISSING_KEY, headers={"x-api-key": ""})
 
 
-@pytest.mark.parametrize(
-    "make_key",
-    [
-        pytest.param(lambda raw: "sk-not-a-cortensor-key", id="malformed"),
-        pytest.param(lambda raw: raw[:-1], id="truncated"),
-        pytest.param(lambda raw: _unknown_key(), id="unknown"),
-        pytest.param(_wrong_secret, id="wrong_secret"),
-    ],
-)
-def test_bad_key_is_401_without_echoing_it(make_key: Any, gateway: LiveGateway, key: IssuedKey, sim: Any) -> None:
-    raw = make_key(key.raw)
-    assert raw != key.raw
-    assert_refused_everywhere(gateway, raw, UNAUTHORIZED)
+def test_bad_key_is_401_without_echoing_it(gateway: LiveGateway, key: IssuedKey, sim: Any) -> None:
+    failures: list[str] = []
+    bad_keys = {
+        "malformed": "sk-not-a-cortensor-key",
+        "truncated": key.raw[:-1],
+        "unknown": _unknown_key(),
+        "wrong_secret": _wrong_secret(key.raw),
+        "other_case": key.raw.upper(),
+    }
+    for case, raw in bad_keys.items():
+        assert raw != key.raw
+        with collected(failures, case):
+            assert_refused_everywhere(gateway, raw, UNAUTHORIZED)
+    assert not failures, "\n".join(failures)
     assert sim.stats()["requests_total"] == 0
+    # The real key still works: nothing above poisoned its cache entry.
+    assert post(gateway, CHAT, key.raw, body=good_body(CHAT)).status_code == 200
 
 
 def test_revoked_key_is_refused_within_a_second(gateway: LiveGateway, key: IssuedKey) -> None:
@@ -541,13 +566,15 @@ def test_body_over_the_limit_without_content_length_is_413(gateway: LiveGateway,
 
 
 def test_body_at_the_limit_is_accepted(gateway: LiveGateway, key: IssuedKey) -> None:
-    body = good_body(ENVELOPE)
-    body["prompt"] = ""
-    body["prompt"] = "y" * (LIMIT - len(json.dumps(body).encode()))
-    raw = json.dumps(body).encode()
-    assert len(raw) == LIMIT
-    response = post(gateway, ENVELOPE, key.raw, content=raw)
-    assert response.status_code == 200, response.text[:500]
+    # Whitespace padding: exactly LIMIT bytes on the wire, a small prompt for the router.
+    for route in ROUTES:
+        raw = json.dumps(good_body(route)).encode()
+        raw = raw[:-1] + b" " * (LIMIT - len(raw)) + b"}"
+        assert len(raw) == LIMIT
+        response = post(gateway, route, key.raw, content=raw)
+        assert response.status_code == 200, response.text[:500]
+        too_big = post(gateway, route, key.raw, content=raw[:-1] + b" }")
+        TOO_LARGE.check(route, too_big)
 
 
 def test_wrong_method_is_405_in_the_route_shape(gateway: LiveGateway, key: IssuedKey) -> None:
@@ -678,7 +705,7 @@ def test_hanging_upstream_is_503_within_the_alias_timeout(gateway: LiveGateway, 
         started = time.monotonic()
         response = post(gateway, route, key.raw, body=good_body(route, stream=stream), timeout=15)
         elapsed = time.monotonic() - started
-        assert 1.8 <= elapsed < 3.5, elapsed
+        assert 1.8 <= elapsed < 4.0, elapsed
         UNAVAILABLE.check(route, response, model=ALIAS, pool=ALIAS)
         assert_no_leak(sim, response)
         assert sim.stats()["last_request"]["timeout"] == 2  # the router is told the alias timeout too
@@ -740,7 +767,7 @@ def test_every_request_gets_a_request_log_row(gateway: LiveGateway, key: IssuedK
     for response, status, routed in cases:
         rid = request_id_of(response)
         assert response.status_code == status
-        row = assert_logged(rid, status, usage=not routed)
+        row = assert_logged(rid, status, usage=routed)
         assert row.path == response.url.path
         assert row.organization_id == (None if status == 401 else key.organization_id)
         assert row.duration_ms >= 0
@@ -749,14 +776,22 @@ def test_every_request_gets_a_request_log_row(gateway: LiveGateway, key: IssuedK
             assert event.status == ("ok" if status == 200 else "error")
 
 
-def test_models_routes_get_request_log_rows(gateway: LiveGateway, key: IssuedKey) -> None:
+def test_other_v1_routes_get_request_log_rows(gateway: LiveGateway, key: IssuedKey) -> None:
     auth = {"authorization": f"Bearer {key.raw}"}
+    url = gateway.url
+    count = {"model": ALIAS, "messages": [{"role": "user", "content": "hi"}]}
     cases = [
-        (httpx.get(f"{gateway.url}/v1/models", headers=auth, timeout=10), 200),
-        (httpx.get(f"{gateway.url}/v1/models", timeout=10), 401),
-        (httpx.get(f"{gateway.url}/v1/models/{ALIAS}", headers=auth, timeout=10), 200),
-        (httpx.get(f"{gateway.url}/v1/models/no-such-model", headers=auth, timeout=10), 404),
+        (httpx.get(f"{url}/v1/models", headers=auth, timeout=10), 200),
+        (httpx.get(f"{url}/v1/models", timeout=10), 401),
+        (httpx.get(f"{url}/v1/models/{ALIAS}", headers=auth, timeout=10), 200),
+        (httpx.get(f"{url}/v1/models/no-such-model", headers=auth, timeout=10), 404),
+        (httpx.post(f"{url}/v1/messages/count_tokens", headers=auth, json=count, timeout=10), 200),
+        (httpx.post(f"{url}/v1/messages/count_tokens", headers=auth, json={**count, "model": "no-such-model"}, timeout=10), 404),
+        (httpx.get(f"{url}{CHAT}", headers=auth, timeout=10), 405),
+        (httpx.get(f"{url}/v1/nothing-here", headers=auth, timeout=10), 404),
     ]
     for response, status in cases:
-        assert response.status_code == status
-        assert_logged(request_id_of(response), status, usage=False)
+        assert response.status_code == status, response.url
+        row = assert_logged(request_id_of(response), status, usage=False)
+        assert row.path == response.url.path
+        assert row.method == response.request.method
