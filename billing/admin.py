@@ -9,7 +9,15 @@ from django.db import models
 from django.forms import Field
 from django.http import HttpRequest
 
-from billing.models import ClosedBillingDay, LedgerEntry, ModelPrice, Plan, PlanSubscription, UsageDailyRollup
+from billing.models import (
+    ClosedBillingDay,
+    LedgerEntry,
+    ModelAccessOverride,
+    ModelPrice,
+    Plan,
+    PlanSubscription,
+    UsageDailyRollup,
+)
 
 
 def format_micros(micros: int) -> str:
@@ -152,3 +160,10 @@ class ClosedBillingDayAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: ClosedBillingDay | None = None) -> bool:
         return False
+
+
+@admin.register(ModelAccessOverride)
+class ModelAccessOverrideAdmin(admin.ModelAdmin):
+    list_display = ["organization", "alias", "allowed"]
+    list_filter = ["allowed", "alias"]
+    raw_id_fields = ["organization"]

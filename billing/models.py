@@ -40,6 +40,20 @@ class PlanSubscription(models.Model):
         return f"{self.organization} on {self.plan}"
 
 
+class ModelAccessOverride(models.Model):
+    """Per-organization exception to its plan's model list: grant an alias the plan lacks, or withhold one it has."""
+
+    organization = models.ForeignKey("accounts.Organization", on_delete=models.CASCADE, related_name="model_overrides")
+    alias = models.ForeignKey("routerpools.ModelAlias", on_delete=models.CASCADE, related_name="access_overrides")
+    allowed = models.BooleanField(default=True, help_text="checked: granted; unchecked: withheld")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "alias"], name="uniq_model_override")]
+
+    def __str__(self) -> str:
+        return f"{self.organization} {'+' if self.allowed else '-'}{self.alias}"
+
+
 class ModelPrice(models.Model):
     """What a million tokens of one alias cost, in micro-units (1e-6 of the currency).
 

@@ -43,6 +43,16 @@ def plan_table() -> dict[int, PlanRecord]:
     return table
 
 
+def model_overrides_table() -> dict[int, dict[str, bool]]:
+    """organization id → {alias: allowed} for organizations with exceptions to their plan's list."""
+    from billing.models import ModelAccessOverride
+
+    table: dict[int, dict[str, bool]] = {}
+    for org_id, alias, allowed in ModelAccessOverride.objects.values_list("organization_id", "alias__alias", "allowed"):
+        table.setdefault(org_id, {})[alias] = allowed
+    return table
+
+
 def organization_balance(organization_id: int) -> int:
     """Micro-units: credits and adjustments minus what usage cost; negative means the organization owes."""
     return LedgerEntry.objects.filter(organization_id=organization_id).aggregate(balance=Coalesce(Sum("amount_micros"), 0))[

@@ -18,8 +18,11 @@ class Principal:
     organization_id: int
     organization_slug: str
     plan: PlanRecord | None
+    model_overrides: dict[str, bool] | None = None  # the organization's exceptions to its plan's list
 
     def may_use(self, alias: str) -> bool:
+        if self.model_overrides and alias in self.model_overrides:
+            return self.model_overrides[alias]
         allowed = self.plan.allowed_aliases if self.plan else None
         return allowed is None or alias in allowed
 
@@ -59,4 +62,5 @@ async def authenticate(headers: object) -> Principal:
         organization_id=record.organization_id,
         organization_slug=record.organization_slug,
         plan=state.plan(record.plan_id),
+        model_overrides=state.snapshot.model_overrides.get(record.organization_id),
     )

@@ -39,10 +39,10 @@ def _on_change(sender: Any, **kwargs: Any) -> None:
 def connect_signals() -> None:
     from accounts.models import Membership, Organization
     from apikeys.models import ApiKey
-    from billing.models import Plan, PlanSubscription
+    from billing.models import ModelAccessOverride, Plan, PlanSubscription
     from routerpools.models import ModelAlias, RouterEndpoint, RouterPool, RouterSession
 
-    watched = (Organization, Membership, ApiKey, Plan, PlanSubscription, RouterPool, RouterEndpoint, RouterSession, ModelAlias)
+    watched = (Organization, Membership, ApiKey, Plan, PlanSubscription, ModelAccessOverride, RouterPool, RouterEndpoint, RouterSession, ModelAlias)
     for model in watched:
         post_save.connect(_on_change, sender=model, dispatch_uid=f"epoch-save-{model.__name__}")
         post_delete.connect(_on_change, sender=model, dispatch_uid=f"epoch-delete-{model.__name__}")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from apikeys.selectors import KeyRecord, apikey_record
-from billing.selectors import PlanRecord, plan_table
+from billing.selectors import PlanRecord, model_overrides_table, plan_table
 from gateway.db import db_call
 from gateway.invalidation import read_epoch
 from routerpools.selectors import AliasRoute, routing_table
@@ -25,6 +25,7 @@ MAX_NEGATIVE = 100_000
 class Snapshot:
     routes: dict[str, AliasRoute] = field(default_factory=dict)
     plans: dict[int, PlanRecord] = field(default_factory=dict)
+    model_overrides: dict[int, dict[str, bool]] = field(default_factory=dict)
 
 
 class GatewayState:
@@ -66,7 +67,8 @@ class GatewayState:
         epoch = await db_call(read_epoch)
         routes = await db_call(routing_table)
         plans = await db_call(plan_table)
-        self.snapshot = Snapshot(routes=routes, plans=plans)
+        overrides = await db_call(model_overrides_table)
+        self.snapshot = Snapshot(routes=routes, plans=plans, model_overrides=overrides)
         self._invalidate_keys()
         self.epoch = epoch
         self._loaded.set()
