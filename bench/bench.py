@@ -1,13 +1,18 @@
-"""Measure the gateway: direct-to-router vs the full gateway under daphne, with wrk, on 127.0.0.1.
+"""The benchmark suite: direct-to-router, the bare Django floor and the full gateway, side by side, with wrk.
 
-Usage: python bench/bench.py [--duration 10] [--connections 1,32] [--transports aiohttp,httpx]
-Starts its own router simulator, a PostgreSQL database `portal_bench`, and one daphne process per
-configuration; prints a table and writes bench/results/latest.json.
+    python bench/bench.py                     # the table (make bench)
+    python bench/bench.py --streams 1000      # plus 1,000 concurrent SSE streams held open (peak RSS, errors)
+    python bench/bench.py --soak 600          # plus a 10-minute soak at a steady rate (RSS growth, rows == requests)
+
+Everything runs on 127.0.0.1: a router simulator with a fixed answer (so the gateway is what
+is measured), a PostgreSQL database `portal_bench`, Redis db 14, one daphne process per target.
+Results: a table on stdout, bench/results/latest.json and bench/results/latest.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -16,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -24,9 +30,23 @@ sys.path.insert(0, str(ROOT))
 
 from routerpools.simulator import SimulatorServer  # noqa: E402
 
-PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-DB_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/portal_bench")
-CHAT_BODY = {"model": "oss-20b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
+PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+DB_NAME = "portal_bench"
+DB_URL = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+PROMPT = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+CHAT = {"model": "oss-20b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
+CHAT_STREAM = {**CHAT, "max_tokens": 64, "stream": True}
+DIRECT = {"prompt": PROMPT, "max_tokens": 16, "stream": False}
+DIRECT_STREAM = {"prompt": PROMPT, "max_tokens": 64, "stream": True}
+
+BENCH_SETUP = """
+from accounts.models import Organization
+from billing.models import Plan
+plan, _ = Plan.objects.update_or_create(slug="bench", defaults={"name": "Bench", "requests_per_minute": 1_000_000_000,
+    "tokens_per_minute": None, "concurrent_requests": None, "window_requests": None, "weekly_requests": None})
+org = Organization.objects.get(slug="bench"); org.plan = plan; org.save()
+"""
 
 
 def sh(*args: str, env: dict[str, str] | None = None) -> str:
@@ -38,12 +58,15 @@ def base_env(sim_url: str) -> dict[str, str]:
     env.update(
         {
             "DATABASE_URL": DB_URL,
+            "REDIS_URL": REDIS_URL,
             "SECRET_KEY": "bench-secret",
             "PORTAL_API_KEY_PEPPER": "bench-pepper",
             "PORTAL_ROUTER_POOLS_JSON": json.dumps({"oss-20b": sim_url}),
             "PORTAL_ROUTER_MODEL_SESSIONS_JSON": json.dumps({"oss-20b": [101]}),
             "PORTAL_DEFAULT_MODEL": "oss-20b",
+            "PORTAL_LIMITS_PREFIX": f"lim-bench-{int(time.time())}",
             "LOG_LEVEL": "WARNING",
+            "FLOOR_UPSTREAM": f"{sim_url}/api/v3/completions/101",
         }
     )
     return env
@@ -52,13 +75,21 @@ def base_env(sim_url: str) -> dict[str, str]:
 def prepare_database(env: dict[str, str]) -> str:
     import psycopg
 
-    with psycopg.connect(PG_ADMIN.replace("postgres://", "postgresql://"), autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS portal_bench WITH (FORCE)")
-        conn.execute("CREATE DATABASE portal_bench")
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DB_NAME}")
     sh(sys.executable, "manage.py", "migrate", "--noinput", env=env)
     sh(sys.executable, "manage.py", "sync_router_pools", env=env)
     sh(sys.executable, "manage.py", "create_org", "--slug", "bench", "--name", "Bench", "--plan", "pro", env=env)
+    sh(sys.executable, "manage.py", "shell", "-c", BENCH_SETUP, env=env)
     return sh(sys.executable, "manage.py", "issue_key", "--org", "bench", "--name", "bench", env=env)
+
+
+def count_usage_rows() -> int:
+    import psycopg
+
+    with psycopg.connect(DB_URL.replace("postgres://", "postgresql://")) as conn:
+        return conn.execute("SELECT count(*) FROM usage_usageevent").fetchone()[0]
 
 
 def wrk(url: str, *, connections: int, duration: int, body: dict, headers: dict[str, str]) -> dict[str, float]:
@@ -78,64 +109,223 @@ def wrk(url: str, *, connections: int, duration: int, body: dict, headers: dict[
     os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     stats = json.loads(out.split("JSON ", 1)[1].splitlines()[0])
-    return {"rps": rps, "p50_ms": stats["p50"] / 1000, "p99_ms": stats["p99"] / 1000, "errors": stats["errors"]}
+    return {"rps": round(rps, 1), "p50_ms": stats["p50"] / 1000, "p99_ms": stats["p99"] / 1000, "requests": stats["requests"],
+            "errors": stats["errors"]}
 
 
-def start_daphne(env: dict[str, str], port: int) -> subprocess.Popen:
+def start_daphne(env: dict[str, str], port: int, app: str = "portal_project.asgi:application") -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal_project.asgi:application"],
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    for _ in range(100):
+    for _ in range(150):
         try:
-            httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+            httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=1)
             return proc
         except httpx.HTTPError:
             time.sleep(0.1)
-    raise SystemExit("daphne did not start")
+    proc.kill()
+    raise SystemExit(f"daphne ({app}) did not start")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def hold_streams(url: str, key: str, count: int, pid: int) -> dict[str, Any]:
+    """Open `count` SSE streams at once and read each to the end, sampling the server's RSS meanwhile."""
+    import aiohttp
+
+    peak = rss_mb(pid)
+    before = peak
+    ok = errors = 0
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss_mb(pid))
+            await asyncio.sleep(0.05)
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+
+        async def one() -> None:
+            nonlocal ok, errors
+            try:
+                async with session.post(url, json=CHAT_STREAM, headers={"Authorization": f"Bearer {key}"}) as resp:
+                    text = await resp.text()
+                    if resp.status == 200 and text.rstrip().endswith("data: [DONE]"):
+                        ok += 1
+                    else:
+                        errors += 1
+            except Exception:
+                errors += 1
+
+        sampler = asyncio.create_task(sample())
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(count)))
+        elapsed = time.perf_counter() - started
+        done.set()
+        await sampler
+    return {"streams": count, "completed": ok, "errors": errors, "rss_before_mb": round(before, 1), "peak_rss_mb": round(peak, 1),
+            "seconds": round(elapsed, 2)}
+
+
+async def soak(url: str, key: str, seconds: int, rate: int, pid: int) -> dict[str, Any]:
+    """A steady `rate` requests/s for `seconds`; RSS sampled every 5 s."""
+    import aiohttp
+
+    sent = ok = errors = 0
+    samples: list[tuple[float, float]] = []
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+        async def one() -> None:
+            nonlocal ok, errors
+            try:
+                async with session.post(url, json=CHAT, headers={"Authorization": f"Bearer {key}"}) as resp:
+                    await resp.read()
+                    ok += resp.status == 200
+                    errors += resp.status != 200
+            except Exception:
+                errors += 1
+
+        tasks: set[asyncio.Task] = set()
+        start = time.perf_counter()
+        next_sample = start
+        while (now := time.perf_counter()) - start < seconds:
+            due = int((now - start) * rate)
+            while sent < due:
+                task = asyncio.create_task(one())
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                sent += 1
+            if now >= next_sample:
+                samples.append((round(now - start, 1), round(rss_mb(pid), 1)))
+                next_sample += 5
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*tasks)
+    warm = [rss for t, rss in samples if t >= min(60, seconds / 5)] or [samples[-1][1]]
+    return {"seconds": seconds, "rate": rate, "sent": sent, "ok": ok, "errors": errors, "rss_samples": samples,
+            "rss_after_warmup_mb": warm[0], "rss_end_mb": samples[-1][1], "rss_growth_after_warmup_mb": round(samples[-1][1] - warm[0], 1)}
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib missing: no plot)")
+        return
+    labels = [f"{r['target']}\n{r['connections']} conn" for r in results]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5))
+    ax1.barh(labels, [r["rps"] for r in results], color="#3b6ea8")
+    ax1.set_xlabel("requests/s")
+    ax1.invert_yaxis()
+    ax2.barh(labels, [r["p50_ms"] for r in results], color="#d08c3a")
+    ax2.set_xlabel("p50 latency (ms)")
+    ax2.invert_yaxis()
+    ax2.set_yticklabels([])
+    fig.suptitle("Cortensor gateway, one daphne process, 127.0.0.1")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", default="1,32")
-    parser.add_argument("--transports", default="aiohttp,httpx")
+    parser.add_argument("--transports", default="aiohttp", help="also 'httpx' to compare upstream transports")
+    parser.add_argument("--streams", type=int, default=0, help="hold this many SSE streams open at once")
+    parser.add_argument("--soak", type=int, default=0, help="soak seconds (600 for the 10-minute soak)")
+    parser.add_argument("--soak-rate", type=int, default=100)
     args = parser.parse_args()
     conns = [int(c) for c in args.connections.split(",")]
 
-    sim = SimulatorServer(port=0).start()
+    sim = SimulatorServer(port=0, answer_tokens=64).start()
     env = base_env(sim.base_url)
     key = prepare_database(env)
-    results: list[dict] = []
-    direct_body = {"prompt": "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", "max_tokens": 16, "stream": False}
+    auth = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    plain = {"Content-Type": "application/json"}
+    results: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
+
+    def run(target: str, url: str, body: dict, headers: dict[str, str], c: int, kind: str = "non-stream") -> None:
+        r = wrk(url, connections=c, duration=args.duration, body=body, headers=headers)
+        results.append({"target": target, "kind": kind, "connections": c, **r})
+        print(f"  {target:28} {kind:10} c={c:<3} {r['rps']:>8.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms", flush=True)
+
+    direct_url = f"{sim.base_url}/api/v3/completions/101"
     for c in conns:
-        r = wrk(f"{sim.base_url}/api/v3/completions/101", connections=c, duration=args.duration, body=direct_body,
-                headers={"Content-Type": "application/json"})
-        results.append({"target": "direct-to-router", "connections": c, **r})
+        run("direct-to-router", direct_url, DIRECT, plain, c)
+    run("direct-to-router", direct_url, DIRECT_STREAM, plain, 32, "stream-64")
+
+    floor = start_daphne(env, 18090, "bench.floor:application")
+    try:
+        wrk("http://127.0.0.1:18090/v1/chat/completions", connections=4, duration=2, body={}, headers=plain)
+        for c in conns:
+            run("django floor (bare view)", "http://127.0.0.1:18090/v1/chat/completions", {}, plain, c)
+    finally:
+        stop(floor)
+
     for transport in args.transports.split(","):
-        port = 18000 + len(results)
+        port = 18100 + len(results)
         proc = start_daphne({**env, "PORTAL_UPSTREAM_TRANSPORT": transport}, port)
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
         try:
-            url = f"http://127.0.0.1:{port}/v1/chat/completions"
-            headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
-            wrk(url, connections=4, duration=2, body=CHAT_BODY, headers=headers)  # warm-up
+            wrk(url, connections=4, duration=2, body=CHAT, headers=auth)  # warm-up
             for c in conns:
-                r = wrk(url, connections=c, duration=args.duration, body=CHAT_BODY, headers=headers)
-                results.append({"target": f"gateway ({transport} transport)", "connections": c, **r})
+                run(f"gateway ({transport})", url, CHAT, auth, c)
+            run(f"gateway ({transport})", url, CHAT_STREAM, auth, 32, "stream-64")
+            if args.streams and transport == "aiohttp":
+                sim.configure(global_={"token_delay_ms": 20})
+                extra["concurrent_streams"] = asyncio.run(hold_streams(url, key, args.streams, proc.pid))
+                sim.configure(global_={"token_delay_ms": 0})
+                print(f"  concurrent streams: {extra['concurrent_streams']}", flush=True)
+            if args.soak and transport == "aiohttp":
+                rows_before = count_usage_rows()
+                result = asyncio.run(soak(url, key, args.soak, args.soak_rate, proc.pid))
+                time.sleep(2)
+                result["usage_rows_written"] = count_usage_rows() - rows_before
+                extra["soak"] = result
+                print(f"  soak: { {k: v for k, v in result.items() if k != 'rss_samples'} }", flush=True)
         finally:
-            proc.terminate()
-            proc.wait(timeout=20)
+            stop(proc)
     sim.stop()
 
-    direct = {r["connections"]: r for r in results if r["target"] == "direct-to-router"}
-    print(f"\n{'target':34} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'errors':>7}")
+    def base(r: dict[str, Any], target: str) -> dict[str, Any] | None:
+        return next((x for x in results if x["target"] == target and x["connections"] == r["connections"] and x["kind"] == r["kind"]), None)
+
+    print(f"\n{'target':28} {'kind':10} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'+p50 vs direct':>15} {'vs floor':>9} {'errors':>7}")
     for r in results:
-        added = r["p50_ms"] - direct[r["connections"]]["p50_ms"]
-        r["added_p50_ms"] = round(added, 3)
-        print(f"{r['target']:34} {r['connections']:>5} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {added:>10.2f} {r['errors']:>7}")
-    out = ROOT / "bench" / "results" / "latest.json"
-    out.write_text(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": results}, indent=2))
-    print(f"\nwritten {out.relative_to(ROOT)}")
+        direct = base(r, "direct-to-router")
+        floor_r = base(r, "django floor (bare view)")
+        r["added_p50_ms"] = round(r["p50_ms"] - direct["p50_ms"], 3) if direct else None
+        r["ratio_to_floor"] = round(r["rps"] / floor_r["rps"], 2) if floor_r else None
+        added = f"{r['added_p50_ms']:.2f}" if r["added_p50_ms"] is not None else "-"
+        ratio = f"{r['ratio_to_floor']:.2f}x" if r["ratio_to_floor"] is not None else "-"
+        print(f"{r['target']:28} {r['kind']:10} {r['connections']:>5} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+              f"{added:>15} {ratio:>9} {r['errors']:>7}")
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(), "results": results, **extra}
+    (out_dir / "latest.json").write_text(json.dumps(payload, indent=2))
+    plot(results, out_dir / "latest.png")
+    print("\nwritten bench/results/latest.json and bench/results/latest.png")
 
 
 if __name__ == "__main__":

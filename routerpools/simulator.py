@@ -71,6 +71,8 @@ class SimConfig:
     disconnect_after_tokens: int | None = None
     split_writes: bool = False
     status_fail: bool = False
+    # A fixed answer length (benchmarks): this many tokens whatever the prompt, capped by max_tokens.
+    answer_tokens: int | None = None
 
 
 _FIELDS: dict[str, dataclasses.Field[Any]] = {
@@ -85,7 +87,7 @@ _BOOL_FIELDS = {
     "status_fail",
 }
 _FLOAT_FIELDS = {"token_delay_ms", "first_byte_delay_ms"}
-_OPTIONAL_INT_FIELDS = {"fail_status", "disconnect_after_tokens"}
+_OPTIONAL_INT_FIELDS = {"fail_status", "disconnect_after_tokens", "answer_tokens"}
 
 
 def _validated_fields(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -152,6 +154,13 @@ def _tokens_cached(prompt: str, max_tokens: int) -> tuple[tuple[str, ...], str]:
         for i in range(count)
     )
     return tokens, ("length" if count < natural else "stop")
+
+
+@functools.lru_cache(maxsize=64)
+def _fixed_tokens(count: int, max_tokens: int) -> tuple[tuple[str, ...], str]:
+    emitted = min(count, max_tokens)
+    tokens = tuple((_FIRST_TOKENS if i == 0 else _NEXT_TOKENS)[i % len(VOCABULARY)] for i in range(emitted))
+    return tokens, ("length" if emitted < count else "stop")
 
 
 def simulated_tokens(prompt: str, max_tokens: int) -> tuple[list[str], str]:
@@ -420,7 +429,10 @@ async def _answer(
     ):
         return _bad_request("max_tokens must be a positive integer")
 
-    tokens, reason = _tokens_cached(prompt, max_tokens)
+    if config.answer_tokens:
+        tokens, reason = _fixed_tokens(config.answer_tokens, max_tokens)
+    else:
+        tokens, reason = _tokens_cached(prompt, max_tokens)
     prompt_tokens = estimate_prompt_tokens(prompt)
     created = int(time.time())
     completion_id = _new_completion_id()
@@ -914,6 +926,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disconnect-after-tokens", type=int, default=None)
     parser.add_argument("--split-writes", action="store_true")
     parser.add_argument("--status-fail", action="store_true")
+    parser.add_argument("--answer-tokens", type=int, default=None, help="a fixed answer length (benchmarks)")
 
 
 def config_from_options(options: Mapping[str, Any] | argparse.Namespace) -> SimConfig:
@@ -933,6 +946,7 @@ def config_from_options(options: Mapping[str, Any] | argparse.Namespace) -> SimC
                 "disconnect_after_tokens": values.get("disconnect_after_tokens"),
                 "split_writes": bool(values.get("split_writes")),
                 "status_fail": bool(values.get("status_fail")),
+                "answer_tokens": values.get("answer_tokens"),
             }
         )
     )
