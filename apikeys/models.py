@@ -20,7 +20,7 @@ class ApiKey(models.Model):
     key_hash = models.CharField(max_length=64, help_text="HMAC-SHA256 of the whole key with the pepper")
     last_four = models.CharField(max_length=4)
     issuer = models.CharField(max_length=8, choices=Issuer.choices, default=Issuer.LOCAL)
-    external_id = models.CharField(max_length=100, blank=True, help_text="the issuer's key id (Unkey)")
+    external_id = models.CharField(max_length=100, blank=True, db_index=True, help_text="the issuer's key id (Unkey)")
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)

@@ -21,18 +21,31 @@ class KeyRecord:
     revoked: bool
 
 
+_RECORD_FIELDS = (
+    "id", "public_id", "key_hash", "expires_at", "revoked_at",
+    "organization__id", "organization__slug", "organization__status", "organization__plan_id",
+)
+
+
 def apikey_record(*, public_id: str) -> KeyRecord | None:
+    row = ApiKey.objects.filter(public_id=public_id).select_related("organization").only(*_RECORD_FIELDS).first()
+    return _record(row) if row is not None else None
+
+
+def apikey_record_by_external_id(*, external_id: str) -> KeyRecord | None:
+    """Our row of an Unkey-issued key, by Unkey's keyId; None for an empty id or a key we do not hold."""
+    if not external_id:
+        return None  # a key still being created has no external id yet and must match nothing
     row = (
-        ApiKey.objects.filter(public_id=public_id)
+        ApiKey.objects.filter(issuer=ApiKey.Issuer.UNKEY, external_id=external_id)
         .select_related("organization")
-        .only(
-            "id", "public_id", "key_hash", "expires_at", "revoked_at",
-            "organization__id", "organization__slug", "organization__status", "organization__plan_id",
-        )
+        .only(*_RECORD_FIELDS)
         .first()
     )
-    if row is None:
-        return None
+    return _record(row) if row is not None else None
+
+
+def _record(row: ApiKey) -> KeyRecord:
     org = row.organization
     return KeyRecord(
         key_id=row.pk,

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import Organization, User
-from apikeys.keys import generate_key
+from apikeys.issuers import current_issuer, unkey_delete_quietly, unkey_disable, unkey_issue
+from apikeys.keys import KEY_PREFIX, generate_key
 from apikeys.models import ApiKey, ApiKeyEvent
 
 
@@ -24,7 +28,6 @@ class KeyNotFound(LookupError):
     pass
 
 
-@transaction.atomic
 def apikey_create(
     *,
     organization: Organization,
@@ -34,27 +37,72 @@ def apikey_create(
     actor_label: str = "",
     source_ip: str | None = None,
 ) -> CreatedKey:
+    """A new key of the configured issuer; raises ValueError on bad input (KeyIssuerUnavailable when Unkey fails)."""
     name = name.strip()
     if not name or len(name) > 100:
         raise ValueError("a key needs a name of 1 to 100 characters")
     if expires_at is not None and expires_at <= timezone.now():
         raise ValueError("the expiry must be in the future")
+    fields = {"organization": organization, "name": name, "created_by": created_by, "expires_at": expires_at}
+    event = {"actor": created_by, "actor_label": actor_label, "source_ip": source_ip}
+    if current_issuer() == ApiKey.Issuer.UNKEY:
+        return _apikey_create_at_unkey(fields=fields, event=event)
+    return _apikey_create_local(fields=fields, event=event)
+
+
+@transaction.atomic
+def _apikey_create_local(*, fields: dict[str, Any], event: dict[str, Any]) -> CreatedKey:
     new = generate_key()
     api_key = ApiKey.objects.create(
-        organization=organization,
-        name=name,
-        created_by=created_by,
+        **fields,
         public_id=new.public_id,
         prefix=new.prefix,
         key_hash=new.key_hash,
         last_four=new.last_four,
         issuer=ApiKey.Issuer.LOCAL,
-        expires_at=expires_at,
     )
-    ApiKeyEvent.objects.create(
-        api_key=api_key, action=ApiKeyEvent.Action.CREATE, actor=created_by, actor_label=actor_label, source_ip=source_ip
-    )
+    ApiKeyEvent.objects.create(api_key=api_key, action=ApiKeyEvent.Action.CREATE, **event)
     return CreatedKey(api_key=api_key, raw=new.raw)
+
+
+def _apikey_create_at_unkey(*, fields: dict[str, Any], event: dict[str, Any]) -> CreatedKey:
+    # Unkey is called outside any transaction of ours: a network call must not hold row locks (saving a key
+    # bumps the gateway's cache epoch row, which every other write to a watched model waits for). Our row
+    # is made first, because its id goes into the key's meta, and it is born revoked with no external id:
+    # a crash half-way leaves a dead row, never a live key.
+    pending = ApiKey.objects.create(
+        **fields,
+        public_id=f"pending-{secrets.token_hex(8)}",
+        prefix=f"{KEY_PREFIX}_pending",
+        key_hash="",
+        last_four="",
+        issuer=ApiKey.Issuer.UNKEY,
+        revoked_at=timezone.now(),
+    )
+    try:
+        issued = unkey_issue(
+            api_key_id=pending.pk, organization=fields["organization"], name=fields["name"], expires_at=fields["expires_at"]
+        )
+    except BaseException:
+        with contextlib.suppress(DatabaseError):
+            ApiKey.objects.filter(pk=pending.pk).delete()
+        raise
+    try:
+        with transaction.atomic():
+            pending.public_id = issued.public_id
+            pending.prefix = issued.prefix
+            pending.key_hash = issued.key_hash
+            pending.last_four = issued.last_four
+            pending.external_id = issued.key_id
+            pending.revoked_at = None
+            pending.save(update_fields=["public_id", "prefix", "key_hash", "last_four", "external_id", "revoked_at"])
+            ApiKeyEvent.objects.create(api_key=pending, action=ApiKeyEvent.Action.CREATE, **event)
+    except BaseException:
+        unkey_delete_quietly(key_id=issued.key_id)
+        with contextlib.suppress(DatabaseError):
+            ApiKey.objects.filter(pk=pending.pk).delete()
+        raise
+    return CreatedKey(api_key=pending, raw=issued.raw)
 
 
 def expiry_in_days(days: int | None) -> datetime | None:
@@ -68,18 +116,23 @@ def expiry_in_days(days: int | None) -> datetime | None:
         raise ValueError("expiry days is too large") from None
 
 
-@transaction.atomic
 def apikey_revoke(
     *, api_key: ApiKey, actor: User | None = None, actor_label: str = "", source_ip: str | None = None
 ) -> ApiKey:
-    # Lock the row so two concurrent revokes write one audit event.
-    locked = ApiKey.objects.select_for_update().get(pk=api_key.pk)
-    if locked.revoked_at is None:
-        locked.revoked_at = timezone.now()
-        locked.save(update_fields=["revoked_at"])  # post_save bumps the gateway cache epoch
-        ApiKeyEvent.objects.create(
-            api_key=locked, action=ApiKeyEvent.Action.REVOKE, actor=actor, actor_label=actor_label, source_ip=source_ip
-        )
+    with transaction.atomic():
+        # Lock the row so two concurrent revokes write one audit event.
+        locked = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+        if locked.revoked_at is None:
+            locked.revoked_at = timezone.now()
+            locked.save(update_fields=["revoked_at"])  # post_save bumps the gateway cache epoch
+            ApiKeyEvent.objects.create(
+                api_key=locked, action=ApiKeyEvent.Action.REVOKE, actor=actor, actor_label=actor_label, source_ip=source_ip
+            )
+        if locked.issuer == ApiKey.Issuer.UNKEY and locked.external_id:
+            # Once our revocation is committed (the gateway refuses the key from then on, whatever Unkey
+            # says); again on a repeated revoke, which is how a failed disable is retried.
+            external_id = locked.external_id
+            transaction.on_commit(lambda: unkey_disable(key_id=external_id))
     return locked
 
 
@@ -119,25 +172,28 @@ PLAYGROUND_KEY_NAME = "playground"
 PLAYGROUND_ACTOR_LABEL = "portal playground (internal key)"
 
 
+def _playground_keys(organization: Organization) -> QuerySet[ApiKey]:
+    return ApiKey.objects.filter(
+        organization=organization,
+        name=PLAYGROUND_KEY_NAME,
+        created_by__isnull=True,
+        revoked_at__isnull=True,
+        expires_at__isnull=True,
+        events__action=ApiKeyEvent.Action.CREATE,
+        events__actor_label=PLAYGROUND_ACTOR_LABEL,
+    ).order_by("created_at", "pk")
+
+
 def apikey_get_or_create_playground(*, organization: Organization) -> ApiKey:
-    """The organization's internal key for the portal playground: its usage is charged like any key's,
-    and its raw value is discarded at once (the playground authenticates by session, not by key)."""
-    with transaction.atomic():
-        # Lock the organization row so two first playground requests make one key, not two.
-        Organization.objects.select_for_update().filter(pk=organization.pk).first()
-        existing = (
-            ApiKey.objects.filter(
-                organization=organization,
-                name=PLAYGROUND_KEY_NAME,
-                created_by__isnull=True,
-                revoked_at__isnull=True,
-                expires_at__isnull=True,
-                events__action=ApiKeyEvent.Action.CREATE,
-                events__actor_label=PLAYGROUND_ACTOR_LABEL,
-            )
-            .order_by("-created_at")
-            .first()
-        )
-        if existing is not None:
-            return existing
-        return apikey_create(organization=organization, name=PLAYGROUND_KEY_NAME, actor_label=PLAYGROUND_ACTOR_LABEL).api_key
+    """The organization's internal key for the portal playground: its usage is charged like any key's, and its
+    raw value is dropped at once (the playground signs in by session, not by key). Raises what apikey_create does."""
+    existing = _playground_keys(organization).first()
+    if existing is not None:
+        return existing
+    # No lock around the creation: with Unkey it is a network call. Two first requests at once may make two
+    # keys; both then keep the oldest and revoke the rest, so one survives whichever finishes first.
+    created = apikey_create(organization=organization, name=PLAYGROUND_KEY_NAME, actor_label=PLAYGROUND_ACTOR_LABEL).api_key
+    keys = list(_playground_keys(organization))
+    for duplicate in keys[1:]:
+        apikey_revoke(api_key=duplicate, actor_label=PLAYGROUND_ACTOR_LABEL)
+    return keys[0] if keys else created

@@ -9,6 +9,7 @@ import sys
 from django.conf import settings
 from django.db import DatabaseError
 
+from apikeys.unkey import unkey_client
 from gateway import dbstats
 from gateway.limits import limiter
 from gateway.recorder import recorder
@@ -42,6 +43,7 @@ async def shutdown() -> None:
     recorder.stop()
     await upstreams.aclose()
     await limiter.aclose()
+    await unkey_client().aclose()
 
 
 def _register_shutdown() -> None:

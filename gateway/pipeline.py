@@ -24,11 +24,13 @@ from gateway.errors import (
     InvalidRequest,
     ModelNotFound,
     PermissionDenied,
+    QuotaExceeded,
+    RateLimited,
     RequestTooLarge,
     UpstreamError,
     UpstreamUnavailable,
 )
-from gateway.limits import Admission, limiter
+from gateway.limits import Admission, LimitsUnavailable, limiter
 from gateway.recorder import recorder
 from gateway.state import state
 from gateway.surfaces import ENVELOPE_ROUTE, AnswerContext, StreamWriter, Surface, json_response
@@ -41,6 +43,9 @@ from routerpools.selectors import AliasRoute
 from usage.services import RequestLogRecord, UsageRecord
 
 log = logging.getLogger("gateway")
+
+
+CLIENT_CLOSED = 499  # recorded when the client hung up before any response was sent
 
 
 def new_request_id() -> str:
@@ -185,10 +190,11 @@ def _router_body(creq: CompletionRequest, route: AliasRoute, prompt: str, reques
 async def handle_completion(request: HttpRequest, surface: Surface, *, principal: Principal | None = None) -> HttpResponse:
     """The whole request path. `principal` is given by callers that authenticated otherwise (the portal's playground)."""
     ex = Exchange(request=request, surface=surface)
+    creq: CompletionRequest | None = None
     try:
         await state.ensure_started()
         recorder.ensure_started()
-        ex.principal = principal or await authenticate(request.headers)
+        ex.principal = principal or await authenticate(request.headers, surface=surface.limits_surface)
         creq = surface.parse(_read_body(request))
         ex.model = creq.model
         ex.route = _resolve(creq.model, ex.principal, surface)
@@ -216,8 +222,17 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
         return await _complete(ex, creq, ctx, body, deadline)
     except GatewayError as err:
         await ex.release(0)  # refused or failed before any token was produced
+        if ex.admission is None and ex.principal is not None and not isinstance(err, (RateLimited, QuotaExceeded, LimitsUnavailable)):
+            # Refused after authentication but before admission (bad body, model not allowed, pool draining):
+            # the rate-limit headers still report the counters, read without consuming anything.
+            ex.admission = await limiter.peek(ex.principal, surface=ex.surface.limits_surface)
         return _refuse(ex, err)
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError):
+            # The client hung up before an answer began (Django cancels the view): the request still
+            # leaves its usage event and log line, with nginx's 499 "client closed request".
+            usage = ex.usage_row(status="cancelled", http_status=CLIENT_CLOSED, call=None, streamed=bool(creq and creq.stream), usage=None)
+            recorder.record(usage=usage, log_row=ex.log_row(CLIENT_CLOSED))
         await ex.release(None)
         raise
 
@@ -366,19 +381,24 @@ async def _relay(
         status, error_code = "error", err.code or "upstream_error"
         yield writer.error(err)
     finally:
-        await call.response.aclose()
         if status == "ok":
             usage = reader.usage or Usage(ctx.prompt_tokens_estimate, _estimate_chars(delivered_chars), estimated=True)
         else:
             usage = Usage(ctx.prompt_tokens_estimate, _estimate_chars(delivered_chars), estimated=True)
             if reader.usage is not None and status == "error":
                 usage = reader.usage
-        await ex.release(usage.total_tokens)
         ttfb = (first_byte_at - ex.started) if first_byte_at is not None else None
+        # Recorded before anything is awaited: SDKs hang up as soon as they read the last event, Django then
+        # cancels this task, and the CancelledError lands on the first await here; the awaits are shielded
+        # so the upstream is still closed and the reservation still settled.
         recorder.record(
             usage=ex.usage_row(status=status, http_status=200, call=call, streamed=True, usage=usage, error_code=error_code, ttfb=ttfb),
             log_row=ex.log_row(200),
         )
+        try:
+            await asyncio.shield(call.response.aclose())
+        finally:
+            await asyncio.shield(ex.release(usage.total_tokens))
 
 
 def _estimate_chars(chars: int) -> int:

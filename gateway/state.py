@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from apikeys.selectors import KeyRecord, apikey_record
+from apikeys.selectors import KeyRecord, apikey_record, apikey_record_by_external_id
 from billing.selectors import PlanRecord, model_overrides_table, plan_table
 from gateway.db import db_call
 from gateway.invalidation import read_epoch
@@ -17,7 +18,7 @@ from routerpools.selectors import AliasRoute, routing_table
 
 log = logging.getLogger("gateway.state")
 
-NEGATIVE_TTL_S = 5.0  # unknown public ids: also dropped whenever the epoch moves
+NEGATIVE_TTL_S = 5.0  # unknown public ids and Unkey key ids: also dropped whenever the epoch moves
 MAX_NEGATIVE = 100_000
 
 
@@ -35,9 +36,11 @@ class GatewayState:
         self.snapshot = Snapshot()
         self.epoch: int | None = None
         self.generation = 0  # bumped locally on every invalidation, guards racing lookups
-        self._keys: dict[str, KeyRecord] = {}
-        self._missing: dict[str, float] = {}
-        self._inflight: dict[str, asyncio.Future[KeyRecord | None]] = {}
+        self._keys: dict[str, KeyRecord] = {}  # by public id (local keys)
+        self._unkey_keys: dict[str, KeyRecord] = {}  # by Unkey's keyId (Unkey-issued keys)
+        # Both kinds of lookup share the negative cache and the in-flight futures, under ("public"|"unkey", id).
+        self._missing: dict[tuple[str, str], float] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future[KeyRecord | None]] = {}
         self._loaded = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -76,6 +79,7 @@ class GatewayState:
     def _invalidate_keys(self) -> None:
         self.generation += 1
         self._keys = {}
+        self._unkey_keys = {}
         self._missing = {}
 
     async def _poll_forever(self) -> None:
@@ -100,27 +104,39 @@ class GatewayState:
 
     # --- reads ----------------------------------------------------------------------------------
     async def key_record(self, public_id: str) -> KeyRecord | None:
-        record = self._keys.get(public_id)
+        return await self._cached_record(self._keys, ("public", public_id), apikey_record, public_id=public_id)
+
+    async def unkey_key_record(self, external_id: str) -> KeyRecord | None:
+        """Our row of an Unkey-issued key, by Unkey's keyId: what a valid verification is cross-checked with."""
+        return await self._cached_record(
+            self._unkey_keys, ("unkey", external_id), apikey_record_by_external_id, external_id=external_id
+        )
+
+    async def _cached_record(
+        self, found: dict[str, KeyRecord], ref: tuple[str, str], load: Callable[..., KeyRecord | None], **query: str
+    ) -> KeyRecord | None:
+        ident = ref[1]
+        record = found.get(ident)
         if record is not None:
             return record
-        missing_until = self._missing.get(public_id)
+        missing_until = self._missing.get(ref)
         if missing_until is not None and missing_until > time.monotonic():
             return None
-        pending = self._inflight.get(public_id)
+        pending = self._inflight.get(ref)
         if pending is not None:
             return await asyncio.shield(pending)
         future: asyncio.Future[KeyRecord | None] = asyncio.get_running_loop().create_future()
-        self._inflight[public_id] = future
+        self._inflight[ref] = future
         generation = self.generation
         try:
-            record = await db_call(apikey_record, public_id=public_id)
+            record = await db_call(load, **query)
             if generation == self.generation:
                 if record is None:
                     if len(self._missing) > MAX_NEGATIVE:
                         self._missing = {}
-                    self._missing[public_id] = time.monotonic() + NEGATIVE_TTL_S
+                    self._missing[ref] = time.monotonic() + NEGATIVE_TTL_S
                 else:
-                    self._keys[public_id] = record
+                    found[ident] = record  # still the current dict: an invalidation would have moved the generation
             future.set_result(record)
             return record
         except BaseException as exc:
@@ -128,7 +144,7 @@ class GatewayState:
             future.exception()  # mark retrieved: waiters re-raise it, nobody else should warn
             raise
         finally:
-            self._inflight.pop(public_id, None)
+            self._inflight.pop(ref, None)
 
     def route(self, alias: str) -> AliasRoute | None:
         return self.snapshot.routes.get(alias)

@@ -13,6 +13,7 @@ from django.views.decorators.csrf import csrf_exempt
 from gateway.auth import authenticate
 from gateway.db import db_call
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
+from gateway.limits import limiter
 from gateway.pipeline import Exchange, _read_body, handle_completion
 from gateway.recorder import recorder
 from gateway.state import state
@@ -55,9 +56,11 @@ async def _authenticated(request: HttpRequest, surface: Surface) -> tuple[Exchan
     try:
         await state.ensure_started()
         recorder.ensure_started()
-        ex.principal = await authenticate(request.headers)
+        ex.principal = await authenticate(request.headers, surface=surface.limits_surface)
     except GatewayError as err:
         return ex, _error(ex, err)
+    # Every /v1 response that passed authentication reports the rate limits (SURFACES.md); read, not consumed.
+    ex.admission = await limiter.peek(ex.principal, surface=surface.limits_surface)
     return ex, None
 
 

@@ -147,6 +147,10 @@ PORTAL_UNKEY_API_ID = env_str("PORTAL_UNKEY_API_ID")
 PORTAL_UNKEY_BASE_URL = env_str("PORTAL_UNKEY_BASE_URL", "https://api.unkey.com").rstrip("/")
 if PORTAL_KEY_ISSUER == "unkey" and not (PORTAL_UNKEY_ROOT_KEY and PORTAL_UNKEY_API_ID):
     fail("PORTAL_UNKEY_ROOT_KEY", "PORTAL_KEY_ISSUER=unkey needs PORTAL_UNKEY_ROOT_KEY and PORTAL_UNKEY_API_ID")
+if not PORTAL_UNKEY_BASE_URL.startswith(("https://", "http://")):
+    fail("PORTAL_UNKEY_BASE_URL", "must start with https:// (or http:// for a local fake)")
+# Total deadline of one Unkey call; verification runs on every /v1 request, so keep it short.
+PORTAL_UNKEY_TIMEOUT_S = float(env_int("PORTAL_UNKEY_TIMEOUT_MS", 2000, minimum=50)) / 1000
 
 # --- Router pools and the gateway ----------------------------------------------------------
 try:

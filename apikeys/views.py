@@ -1,0 +1,351 @@
+"""API keys in the portal: one URL, /portal/api-keys, serves the page to browsers and JSON to API clients.
+
+Both doors call the same services (apikey_create, apikey_revoke, apikey_list) as manage.py does. A request gets
+JSON when its Accept header prefers application/json or its body is JSON; everything else gets the page.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib import messages
+from django.db.models import Exists, OuterRef, QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.utils.cache import add_never_cache_headers
+from django.views.decorators.csrf import csrf_protect
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts.models import Organization
+from accounts.portal import (
+    ORG_PARAMETER,
+    PortalAPIView,
+    PortalContext,
+    client_ip,
+    forbidden,
+    models_for_organization,
+    portal_page,
+    rate_limit_usage,
+    render_portal,
+    too_many_requests,
+)
+from apikeys.issuers import KeyIssuerUnavailable
+from apikeys.models import ApiKey, ApiKeyEvent
+from apikeys.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeySerializer
+from apikeys.services import PLAYGROUND_ACTOR_LABEL, CreatedKey, apikey_create, apikey_list, apikey_revoke, expiry_in_days
+
+KEY_CREATE_GROUP = "portal:key-create"
+MANAGERS_ONLY = "Only owners and admins of this organization can create or revoke keys."
+EXPIRY_CHOICES = [("", "Never"), ("7", "In 7 days"), ("30", "In 30 days"), ("90", "In 90 days"), ("365", "In 1 year")]
+
+
+def wants_json(request: HttpRequest) -> bool:
+    if request.content_type == "application/json":
+        return True
+    return request.get_preferred_type(["text/html", "application/json"]) == "application/json"
+
+
+def keys_for_listing(organization: Organization) -> QuerySet[ApiKey]:
+    playground = ApiKeyEvent.objects.filter(
+        api_key=OuterRef("pk"), action=ApiKeyEvent.Action.CREATE, actor_label=PLAYGROUND_ACTOR_LABEL
+    )
+    return apikey_list(organization=organization).annotate(is_playground=Exists(playground))
+
+
+def key_of(organization: Organization, key_id: int) -> ApiKey | None:
+    """A key of this organization only: another organization's id is simply not found."""
+    return keys_for_listing(organization).filter(pk=key_id).first()
+
+
+# --- The page ------------------------------------------------------------------------------------
+
+
+class KeyCreateForm(forms.Form):
+    name = forms.CharField(max_length=100, label="Name", widget=forms.TextInput(attrs={"placeholder": "e.g. production backend"}))
+    expires_in_days = forms.ChoiceField(choices=EXPIRY_CHOICES, required=False, label="Expires")
+
+
+@csrf_protect
+@portal_page
+def api_keys_page(request: HttpRequest) -> HttpResponse:
+    ctx: PortalContext = request.portal  # type: ignore[attr-defined]
+    created: CreatedKey | None = None
+    form = KeyCreateForm()
+    status_code = 200
+    if request.method == "POST":
+        if not ctx.can_manage_keys:
+            return forbidden(request, MANAGERS_ONLY)
+        retry_after = rate_limit_usage(request, group=KEY_CREATE_GROUP, rate=settings.PORTAL_RATELIMIT_KEY_CREATE, key="user")
+        if retry_after is not None:
+            return too_many_requests(request, retry_after)
+        form = KeyCreateForm(request.POST)
+        status_code = 400
+        if form.is_valid():
+            days = form.cleaned_data["expires_in_days"]
+            try:
+                created = apikey_create(
+                    organization=ctx.organization,
+                    name=form.cleaned_data["name"],
+                    created_by=ctx.user,
+                    expires_at=expiry_in_days(int(days)) if days else None,
+                    actor_label="portal",
+                    source_ip=client_ip(request),
+                )
+            except KeyIssuerUnavailable:
+                form.add_error(None, "Keys cannot be created right now; please try again in a minute.")
+                status_code = 503
+            except ValueError as exc:
+                form.add_error("name", str(exc))
+            else:
+                form = KeyCreateForm()
+                status_code = 201
+    elif request.method != "GET":
+        return HttpResponse(status=405, headers={"Allow": "GET, POST"})
+    aliases = models_for_organization(ctx.organization)
+    default_model = settings.PORTAL_DEFAULT_MODEL if any(a.alias == settings.PORTAL_DEFAULT_MODEL for a in aliases) else None
+    response = render_portal(
+        request,
+        "apikeys/api_keys.html",
+        {
+            "nav": "keys",
+            "keys": list(keys_for_listing(ctx.organization)[:500]),
+            "form": form,
+            "created": created,
+            "base_url": settings.PORTAL_PUBLIC_BASE_URL,
+            "example_model": default_model or (aliases[0].alias if aliases else "oss-20b"),
+        },
+        status=status_code,
+    )
+    # The one response that carries a raw key must not be kept by the browser or any cache.
+    add_never_cache_headers(response)
+    return response
+
+
+@portal_page
+def api_key_revoke_page(request: HttpRequest, key_id: int) -> HttpResponse:
+    ctx: PortalContext = request.portal  # type: ignore[attr-defined]
+    key = key_of(ctx.organization, key_id)
+    if key is None:
+        return render_portal(request, "portal/not_found.html", {"what": "key"}, status=404)
+    if not ctx.can_manage_keys:
+        return forbidden(request, MANAGERS_ONLY)
+    if request.method == "POST":
+        apikey_revoke(api_key=key, actor=ctx.user, actor_label="portal", source_ip=client_ip(request))
+        messages.success(request, f"Key “{key.name}” ({key.masked}) is revoked. Requests with it are refused from now on.")
+        return redirect("portal:api-keys")
+    return render_portal(request, "apikeys/revoke_confirm.html", {"nav": "keys", "key": key})
+
+
+# --- The JSON API ----------------------------------------------------------------------------------
+
+class ApiKeyCollection(PortalAPIView):
+    """GET lists the organization's keys (masked); POST creates one and returns the raw key once."""
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not wants_json(request):
+            return api_keys_page(request)
+        return super().dispatch(request, *args, **kwargs)
+
+    @extend_schema(parameters=[ORG_PARAMETER], responses=ApiKeySerializer(many=True), operation_id="api_keys_list")
+    def get(self, request: Request) -> Response:
+        ctx = self.portal(request)
+        return Response(ApiKeySerializer(keys_for_listing(ctx.organization), many=True).data)
+
+    @extend_schema(
+        parameters=[ORG_PARAMETER], request=ApiKeyCreateSerializer, responses={201: ApiKeyCreatedSerializer},
+        operation_id="api_keys_create",
+    )
+    def post(self, request: Request) -> Response:
+        ctx = self.portal(request)
+        if not ctx.can_manage_keys:
+            raise PermissionDenied(MANAGERS_ONLY)
+        retry_after = rate_limit_usage(request, group=KEY_CREATE_GROUP, rate=settings.PORTAL_RATELIMIT_KEY_CREATE, key="user")  # type: ignore[arg-type]
+        if retry_after is not None:
+            return Response(
+                {"detail": f"Too many keys created; try again in {retry_after} seconds."},
+                status=status.HTTP_429_TOO_MANY_REQUESTS,
+                headers={"Retry-After": str(retry_after)},
+            )
+        body = ApiKeyCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            created = apikey_create(
+                organization=ctx.organization,
+                name=body.validated_data["name"],
+                created_by=ctx.user,
+                expires_at=body.validated_data["expires_at"],
+                actor_label="portal api",
+                source_ip=client_ip(request),  # type: ignore[arg-type]
+            )
+        except KeyIssuerUnavailable:
+            return Response({"detail": "Keys cannot be created right now; try again in a minute."}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        except ValueError as exc:
+            raise ValidationError({"name": [str(exc)]}) from None
+        data = ApiKeyCreatedSerializer(created.api_key).data
+        data["key"] = created.raw
+        response = Response(data, status=status.HTTP_201_CREATED)
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+class ApiKeyDetail(PortalAPIView):
+    """GET shows one key (masked); DELETE revokes it. Another organization's key is not found."""
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.method == "GET" and not wants_json(request):
+            return redirect("portal:api-keys")
+        return super().dispatch(request, *args, **kwargs)
+
+    def _key(self, ctx: PortalContext, key_id: int) -> ApiKey:
+        key = key_of(ctx.organization, key_id)
+        if key is None:
+            raise NotFound("No such key.")
+        return key
+
+    @extend_schema(parameters=[ORG_PARAMETER], responses=ApiKeySerializer, operation_id="api_keys_retrieve")
+    def get(self, request: Request, key_id: int) -> Response:
+        ctx = self.portal(request)
+        return Response(ApiKeySerializer(self._key(ctx, key_id)).data)
+
+    @extend_schema(parameters=[ORG_PARAMETER], responses=ApiKeySerializer, operation_id="api_keys_revoke")
+    def delete(self, request: Request, key_id: int) -> Response:
+        ctx = self.portal(request)
+        key = self._key(ctx, key_id)
+        if not ctx.can_manage_keys:
+            raise PermissionDenied(MANAGERS_ONLY)
+        revoked = apikey_revoke(api_key=key, actor=ctx.user, actor_label="portal api", source_ip=client_ip(request))  # type: ignore[arg-type]
+        revoked.is_playground = key.is_playground  # type: ignore[attr-defined]
+        return Response(ApiKeySerializer(revoked).data)
+
+
+# --- The quickstart ---------------------------------------------------------------------------------
+
+ERROR_CODES = [
+    (400, "invalid_request_error", "(field-specific)", "invalid_request_error", "The body is not JSON, a field has the wrong type or is missing, or asks for something hosted routes do not offer (tools, images, n > 1)."),
+    (401, "invalid_request_error", "invalid_api_key", "authentication_error", "The key is missing, malformed, unknown, revoked or expired."),
+    (403, "permission_error", "model_not_allowed", "permission_error", "Your plan does not include this model."),
+    (403, "permission_error", "account_suspended", "permission_error", "The organization is suspended."),
+    (404, "invalid_request_error", "model_not_found", "not_found_error", "No model has this name."),
+    (413, "invalid_request_error", "request_too_large", "request_too_large", "The body is larger than the limit (1 MiB by default)."),
+    (429, "rate_limit_error", "rate_limit_exceeded", "rate_limit_error", "Too many requests or tokens per minute; wait for retry-after seconds."),
+    (429, "insufficient_quota", "insufficient_quota", "rate_limit_error", "The plan's allowance for this window or week is used up."),
+    (502, "api_error", "upstream_error", "api_error", "The model server failed to answer; safe to retry."),
+    (503, "api_error", "upstream_unavailable", "overloaded_error (529)", "No model server is available right now; retry shortly."),
+]
+
+
+def quickstart_examples(*, base_url: str, model: str) -> list[tuple[str, list[tuple[str, str, str]]]]:
+    """The docs page's examples, by tab: (element id, caption, code), all with this deployment's base URL."""
+    v1 = f"{base_url}/v1"
+    curl = [
+        ("ex-curl", "curl · chat completion", f"""curl {v1}/chat/completions \\
+  -H "Authorization: Bearer $CORTENSOR_API_KEY" \\
+  -H "Content-Type: application/json" \\
+  -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Summarize Cortensor in one sentence."}}], "max_tokens": 48}}'"""),
+        ("ex-curl-stream", "curl · streaming (server-sent events)", f"""curl -N {v1}/chat/completions \\
+  -H "Authorization: Bearer $CORTENSOR_API_KEY" \\
+  -H "Content-Type: application/json" \\
+  -d '{{"model": "{model}", "stream": true, "messages": [{{"role": "user", "content": "Stream a short reply."}}], "max_tokens": 48}}'"""),
+        ("ex-curl-messages", "curl · Anthropic messages, streaming", f"""curl -N {v1}/messages \\
+  -H "x-api-key: $CORTENSOR_API_KEY" \\
+  -H "anthropic-version: 2023-06-01" \\
+  -H "Content-Type: application/json" \\
+  -d '{{"model": "{model}", "max_tokens": 48, "stream": true, "messages": [{{"role": "user", "content": "Stream a short reply."}}]}}'"""),
+    ]
+    openai_py = [
+        ("ex-openai", "pip install openai", f"""import os
+from openai import OpenAI
+
+client = OpenAI(base_url="{v1}", api_key=os.environ["CORTENSOR_API_KEY"])
+
+completion = client.chat.completions.create(
+    model="{model}",
+    messages=[{{"role": "user", "content": "Summarize Cortensor in one sentence."}}],
+    max_tokens=48,
+)
+print(completion.choices[0].message.content)"""),
+        ("ex-openai-stream", "Streaming", f"""stream = client.chat.completions.create(
+    model="{model}",
+    messages=[{{"role": "user", "content": "Stream a short reply."}}],
+    max_tokens=48,
+    stream=True,
+    stream_options={{"include_usage": True}},
+)
+for chunk in stream:
+    if chunk.choices:
+        print(chunk.choices[0].delta.content or "", end="", flush=True)
+    elif chunk.usage:
+        print(f"\\n{{chunk.usage.total_tokens}} tokens")"""),
+    ]
+    anthropic_py = [
+        ("ex-anthropic", "pip install anthropic", f"""import os
+from anthropic import Anthropic
+
+client = Anthropic(base_url="{base_url}", api_key=os.environ["CORTENSOR_API_KEY"])
+
+message = client.messages.create(
+    model="{model}",
+    max_tokens=48,
+    messages=[{{"role": "user", "content": "Summarize Cortensor in one sentence."}}],
+)
+print(message.content[0].text)"""),
+        ("ex-anthropic-stream", "Streaming", f"""with client.messages.stream(
+    model="{model}",
+    max_tokens=48,
+    messages=[{{"role": "user", "content": "Stream a short reply."}}],
+) as stream:
+    for text in stream.text_stream:
+        print(text, end="", flush=True)"""),
+    ]
+    node = [
+        ("ex-node", "npm install openai", f"""import OpenAI from "openai";
+
+const client = new OpenAI({{ baseURL: "{v1}", apiKey: process.env.CORTENSOR_API_KEY }});
+
+const completion = await client.chat.completions.create({{
+  model: "{model}",
+  messages: [{{ role: "user", content: "Summarize Cortensor in one sentence." }}],
+  max_tokens: 48,
+}});
+console.log(completion.choices[0].message.content);
+
+const stream = await client.chat.completions.create({{
+  model: "{model}",
+  messages: [{{ role: "user", content: "Stream a short reply." }}],
+  max_tokens: 48,
+  stream: true,
+}});
+for await (const chunk of stream) process.stdout.write(chunk.choices[0]?.delta?.content ?? "");"""),
+    ]
+    return [("curl", curl), ("Python · OpenAI", openai_py), ("Python · Anthropic", anthropic_py), ("Node · OpenAI", node)]
+
+
+@portal_page
+def docs_page(request: HttpRequest) -> HttpResponse:
+    ctx: PortalContext = request.portal  # type: ignore[attr-defined]
+    aliases = models_for_organization(ctx.organization)
+    names = [a.alias for a in aliases]
+    model = request.GET.get("model")
+    if model not in names:
+        model = settings.PORTAL_DEFAULT_MODEL if settings.PORTAL_DEFAULT_MODEL in names else (names[0] if names else "oss-20b")
+    base = settings.PORTAL_PUBLIC_BASE_URL
+    return render_portal(
+        request,
+        "portal/docs.html",
+        {
+            "nav": "docs",
+            "models": aliases,
+            "model": model,
+            "base_url": base,
+            "openai_base_url": f"{base}/v1",
+            "error_codes": ERROR_CODES,
+            "examples": quickstart_examples(base_url=base, model=model),
+            "plan": ctx.organization.plan,
+        },
+    )
