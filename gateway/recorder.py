@@ -8,6 +8,7 @@ import logging
 from django.conf import settings
 
 from gateway.db import db_call
+from usage.consumers import apublish_usage_events
 from usage.services import RequestLogRecord, UsageRecord, usage_record_batch
 
 log = logging.getLogger("gateway.recorder")
@@ -30,6 +31,7 @@ class UsageRecorder:
         self.write_failures = 0
         self.rows_written = 0
         self._writing = 0
+        self._publishing: set[asyncio.Future[None]] = set()
 
     @property
     def depth(self) -> int:
@@ -84,6 +86,11 @@ class UsageRecorder:
                     return False
                 self._writing = 0
                 self.rows_written += len(usage) + len(logs)
+                if usage:
+                    # The portal's live feed, off the write path: a slow channel layer must not delay writes.
+                    task = asyncio.ensure_future(apublish_usage_events(usage))
+                    self._publishing.add(task)
+                    task.add_done_callback(self._publishing.discard)
         return True
 
     async def drain(self, *, attempts: int = 5) -> bool:

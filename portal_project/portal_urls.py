@@ -22,10 +22,11 @@ urlpatterns = [
     path("playground", playground.playground_page, name="playground"),
     path("playground/chat/completions", playground.playground_completion, name="playground-completion"),
     path("api/schema", SpectacularAPIView.as_view(), name="api-schema"),
-    # The portal's CSS and JS, served by the app itself so one daphne process is a whole deployment.
+    # The portal's CSS and JS, served by the app itself so one daphne process is a whole deployment; the pages
+    # link them with a content hash (portal_tags.asset), so they may be cached for good.
     path(
         "assets/<path:path>",
-        cache_control(public=True, max_age=3600)(serve),
+        cache_control(public=True, max_age=31_536_000, immutable=True)(serve),
         {"document_root": settings.BASE_DIR / "static" / "portal"},
         name="asset",
     ),

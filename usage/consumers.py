@@ -6,6 +6,7 @@ after a batch is in the database; each organization's open usage pages get their
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -17,12 +18,12 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 
 from accounts.models import Membership, User
-from accounts.portal import SESSION_ORG_KEY
 from apikeys.models import ApiKey
 
 log = logging.getLogger("usage.live")
 
 MESSAGE_TYPE = "usage.events"  # handled by UsageFeedConsumer.usage_events
+SEND_TIMEOUT_S = 2.0
 
 
 def usage_group(organization_id: int) -> str:
@@ -59,27 +60,28 @@ def _messages(rows: Iterable[Any]) -> dict[int, dict[str, Any]]:
 def publish_usage_events(rows: Iterable[Any]) -> None:
     """Send written usage rows to their organizations' live pages: one message per organization and batch.
 
-    Sync: call it from a worker thread (where usage_record_batch runs), never on the event loop. A feed that
-    cannot be reached is logged and skipped: it must never fail or slow the usage write.
+    Sync: call it from a worker thread (where usage_record_batch runs), never on the event loop itself. A feed
+    that cannot be reached is logged and skipped: it must never fail the usage write, nor hold it up long.
     """
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    for org_id, message in _messages(rows).items():
-        try:
-            async_to_sync(layer.group_send)(usage_group(org_id), message)
-        except Exception as exc:
-            log.warning("live usage feed not sent for organization %s: %s", org_id, exc.__class__.__name__)
+    messages = _messages(rows)
+    if messages:
+        async_to_sync(_send)(messages)
 
 
 async def apublish_usage_events(rows: Iterable[Any]) -> None:
     """The same from async code (the event loop itself)."""
+    messages = _messages(rows)
+    if messages:
+        await _send(messages)
+
+
+async def _send(messages: dict[int, dict[str, Any]]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    for org_id, message in _messages(rows).items():
+    for org_id, message in messages.items():
         try:
-            await layer.group_send(usage_group(org_id), message)
+            await asyncio.wait_for(layer.group_send(usage_group(org_id), message), timeout=SEND_TIMEOUT_S)
         except Exception as exc:
             log.warning("live usage feed not sent for organization %s: %s", org_id, exc.__class__.__name__)
 
@@ -106,6 +108,8 @@ class UsageFeedConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "ready", "organization_id": organization_id})
 
     def _organization_id(self, user: User) -> int | None:
+        from accounts.portal import SESSION_ORG_KEY  # here, so the gateway importing this module pulls in no portal code
+
         query = parse_qs(self.scope.get("query_string", b"").decode(errors="replace"))
         wanted = (query.get("org") or [""])[0]
         memberships = Membership.objects.filter(user=user)

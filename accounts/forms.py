@@ -1,0 +1,63 @@
+"""Forms of the portal's account pages, and allauth's sign-in and sign-up forms with a per-IP rate limit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from allauth.account.forms import LoginForm, SignupForm
+from allauth.core import context
+from allauth.core.exceptions import ImmediateHttpResponse
+from django import forms
+from django.conf import settings
+from django.http import HttpRequest
+
+from accounts.models import Membership
+from accounts.portal import rate_limit_usage, too_many_requests
+
+
+def _limit(request: HttpRequest | None, group: str, rate: str) -> None:
+    # clean() runs on every POST, valid or not, so every attempt is counted; allauth turns the
+    # ImmediateHttpResponse into the response (its views and its middleware both handle it).
+    if request is None:
+        return
+    retry_after = rate_limit_usage(request, group=group, rate=rate)
+    if retry_after is not None:
+        raise ImmediateHttpResponse(too_many_requests(request, retry_after))
+
+
+class PortalLoginForm(LoginForm):
+    def clean(self) -> dict[str, Any]:
+        _limit(self.request or context.request, "portal:signin", settings.PORTAL_RATELIMIT_SIGNIN)
+        return super().clean()
+
+
+class PortalSignupForm(SignupForm):
+    def clean(self) -> dict[str, Any]:
+        _limit(context.request, "portal:signup", settings.PORTAL_RATELIMIT_SIGNUP)
+        return super().clean()
+
+
+class ProfileForm(forms.Form):
+    name = forms.CharField(max_length=150, required=False, label="Name")
+
+
+class InviteForm(forms.Form):
+    email = forms.EmailField(label="Email address")
+    role = forms.ChoiceField(
+        choices=[(Membership.Role.MEMBER, "Member: sees keys and usage"), (Membership.Role.ADMIN, "Admin: also creates and revokes keys")],
+        initial=Membership.Role.MEMBER,
+    )
+
+
+class DeleteAccountForm(forms.Form):
+    password = forms.CharField(label="Your password", widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}))
+
+    def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
+        self.user = user
+        super().__init__(*args, **kwargs)
+
+    def clean_password(self) -> str:
+        password = self.cleaned_data["password"]
+        if not self.user.check_password(password):
+            raise forms.ValidationError("That is not your password.")
+        return password

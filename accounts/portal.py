@@ -1,0 +1,152 @@
+"""The portal's view of a request: who is signed in, which organization they act for, and with what role."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth.views import redirect_to_login
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django_ratelimit import ALL
+from django_ratelimit.core import get_usage
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter
+from rest_framework.exceptions import NotFound
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from accounts.models import Membership, Organization, User
+from accounts.services import personal_organization_create
+from billing.models import ModelAccessOverride
+from routerpools.models import ModelAlias
+
+SESSION_ORG_KEY = "portal_org_id"
+KEY_MANAGER_ROLES = frozenset({Membership.Role.OWNER, Membership.Role.ADMIN})
+
+
+@dataclass(frozen=True, slots=True)
+class PortalContext:
+    user: User
+    membership: Membership
+    memberships: tuple[Membership, ...]
+
+    @property
+    def organization(self) -> Organization:
+        return self.membership.organization
+
+    @property
+    def role(self) -> str:
+        return self.membership.role
+
+    @property
+    def can_manage_keys(self) -> bool:
+        return self.membership.role in KEY_MANAGER_ROLES
+
+    @property
+    def is_owner(self) -> bool:
+        return self.membership.role == Membership.Role.OWNER
+
+
+class NotAMember(LookupError):
+    """The organization asked for is not one of the user's: answered as not found, never as forbidden."""
+
+
+def user_memberships(user: User) -> list[Membership]:
+    return list(Membership.objects.filter(user=user).select_related("organization__plan").order_by("created_at", "id"))
+
+
+def portal_context(request: HttpRequest, *, org: str | None = None) -> PortalContext:
+    """The signed-in user's memberships and the one in use: `org` (slug or id) when given, else the session's choice.
+
+    Raises NotAMember when `org` names an organization the user does not belong to.
+    """
+    user = request.user
+    memberships = user_memberships(user)
+    if not memberships:
+        # Users made in the admin, or whose last organization went away: never a dead end.
+        personal_organization_create(user=user)
+        memberships = user_memberships(user)
+    if org:
+        chosen = next((m for m in memberships if m.organization.slug == org or str(m.organization_id) == org), None)
+        if chosen is None:
+            raise NotAMember(org)
+    else:
+        wanted = request.session.get(SESSION_ORG_KEY)
+        chosen = next((m for m in memberships if m.organization_id == wanted), memberships[0])
+    return PortalContext(user=user, membership=chosen, memberships=tuple(memberships))
+
+
+def portal_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """A signed-in page: anonymous visitors go to sign-in; the view finds `request.portal` set."""
+
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        request.portal = portal_context(request)  # type: ignore[attr-defined]
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+def render_portal(request: HttpRequest, template: str, context: dict[str, Any] | None = None, *, status: int = 200) -> HttpResponse:
+    return render(request, template, {"portal": request.portal, **(context or {})}, status=status)  # type: ignore[attr-defined]
+
+
+def forbidden(request: HttpRequest, message: str) -> HttpResponse:
+    return render_portal(request, "portal/forbidden.html", {"message": message}, status=403)
+
+
+def models_for_organization(organization: Organization) -> list[ModelAlias]:
+    """The enabled aliases this organization may call, decided as the gateway decides (Principal.may_use): its own
+    exceptions (ModelAccessOverride) first, then its plan's allow-list, where an empty list means every alias."""
+    plan = organization.plan
+    allowed = set(plan.allowed_aliases.values_list("pk", flat=True)) if plan is not None else set()
+    overrides = dict(ModelAccessOverride.objects.filter(organization=organization).values_list("alias_id", "allowed"))
+    return [
+        alias
+        for alias in ModelAlias.objects.filter(enabled=True, pool__enabled=True).order_by("alias")
+        if overrides.get(alias.pk, not allowed or alias.pk in allowed)
+    ]
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def rate_limit_usage(request: HttpRequest, *, group: str, rate: str, key: str = "ip") -> int | None:
+    """Count one attempt; the seconds until the window resets when over the limit, else None."""
+    usage = get_usage(request, group=group, key=key, rate=rate, method=ALL, increment=True)
+    if usage is None or not usage["should_limit"]:
+        return None
+    return max(1, int(usage["time_left"]))
+
+
+def too_many_requests(request: HttpRequest, retry_after: int) -> HttpResponse:
+    response = render(request, "429.html", {"retry_after": retry_after}, status=429)
+    response["Retry-After"] = str(retry_after)
+    return response
+
+
+# --- The management API's base ----------------------------------------------------------------------
+
+ORG_PARAMETER = OpenApiParameter(
+    "org", OpenApiTypes.STR, OpenApiParameter.QUERY, required=False,
+    description="organization slug or id; default: the one selected in the portal (else your first)",
+)
+
+
+class PortalAPIView(APIView):
+    """Session-authenticated JSON (CSRF checked on writes); an organization the caller is not in is not found."""
+
+    renderer_classes = [JSONRenderer]
+
+    def portal(self, request: Request) -> PortalContext:
+        try:
+            return portal_context(request, org=request.query_params.get("org") or None)  # type: ignore[arg-type]
+        except NotAMember:
+            raise NotFound("No such organization.") from None

@@ -1,0 +1,20 @@
+"""Portal routes for the account, the organization and invitations (included by portal_project.portal_urls)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from accounts import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("profile", views.profile, name="profile"),
+    path("profile/sessions/sign-out-others", views.sign_out_other_sessions, name="sign-out-others"),
+    path("profile/delete", views.delete_account, name="delete-account"),
+    path("organization", views.organization, name="organization"),
+    path("organization/switch", views.switch_organization, name="switch-organization"),
+    path("organization/invitations/<int:invitation_id>/cancel", views.invitation_cancel_view, name="invitation-cancel"),
+    path("invitations/<str:token>", views.invitation, name="invitation"),
+    # Placeholder until the billing ledger lands; the billing app's page replaces this route.
+    path("billing", views.billing, name="billing"),
+]

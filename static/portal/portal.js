@@ -1,0 +1,304 @@
+// Cortensor portal: copy buttons, tabs, the live usage feed and the playground. Plain JS, no build step.
+(function () {
+  "use strict";
+
+  function csrfToken() {
+    var input = document.querySelector("input[name=csrfmiddlewaretoken]");
+    if (input) return input.value;
+    var match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+    return match ? decodeURIComponent(match[1]) : "";
+  }
+
+  // On phones the nav is one scrolling row: bring the current page's item into view.
+  var current = document.querySelector(".nav [aria-current=page]");
+  if (current && current.parentElement.scrollWidth > current.parentElement.clientWidth) {
+    current.parentElement.scrollLeft = current.offsetLeft - 16;
+  }
+
+  // --- Copy buttons: data-copy-target names the element whose text is copied ----------------------
+  function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) return navigator.clipboard.writeText(text);
+    return new Promise(function (resolve, reject) {
+      var area = document.createElement("textarea");
+      area.value = text;
+      area.setAttribute("readonly", "");
+      area.style.position = "fixed";
+      area.style.opacity = "0";
+      document.body.appendChild(area);
+      area.select();
+      var ok = document.execCommand("copy");
+      document.body.removeChild(area);
+      if (ok) resolve(); else reject(new Error("copy refused"));
+    });
+  }
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-copy-target]");
+    if (!button) return;
+    var target = document.getElementById(button.getAttribute("data-copy-target"));
+    if (!target) return;
+    var label = button.textContent;
+    copyText(target.textContent.trim()).then(function () {
+      button.textContent = "Copied";
+      button.classList.add("is-done");
+      setTimeout(function () { button.textContent = label; button.classList.remove("is-done"); }, 1600);
+    }, function () {
+      var range = document.createRange();
+      range.selectNodeContents(target);
+      var selection = window.getSelection();
+      selection.removeAllRanges();
+      selection.addRange(range);
+      button.textContent = "Press Ctrl+C";
+    });
+  });
+
+  // --- Tabs: panels with data-tab-label inside [data-tabs]; without JS they simply all show ---------
+  document.querySelectorAll("[data-tabs]").forEach(function (container) {
+    var panels = Array.prototype.slice.call(container.querySelectorAll(":scope > [data-tab-label]"));
+    if (panels.length < 2) return;
+    var bar = document.createElement("div");
+    bar.className = "tabs-bar";
+    bar.setAttribute("role", "tablist");
+    panels.forEach(function (panel, index) {
+      var tab = document.createElement("button");
+      tab.type = "button";
+      tab.setAttribute("role", "tab");
+      tab.textContent = panel.getAttribute("data-tab-label");
+      tab.addEventListener("click", function () { select(index); });
+      bar.appendChild(tab);
+    });
+    container.insertBefore(bar, panels[0]);
+    function select(index) {
+      panels.forEach(function (panel, i) { panel.hidden = i !== index; });
+      Array.prototype.forEach.call(bar.children, function (tab, i) { tab.setAttribute("aria-selected", String(i === index)); });
+    }
+    select(0);
+  });
+
+  // --- Live usage feed --------------------------------------------------------------------------------
+  var latest = document.getElementById("latest");
+  if (latest && latest.dataset.liveUrl && "WebSocket" in window) {
+    var status = document.getElementById("live-status");
+    var seen = new Set(Array.prototype.map.call(latest.querySelectorAll("tr[data-request-id]"), function (row) {
+      return row.getAttribute("data-request-id");
+    }));
+    var MAX_ROWS = 25;
+    var retry = 1000;
+
+    function setStatus(state, text) {
+      if (!status) return;
+      status.dataset.state = state;
+      status.querySelector(".live-label").textContent = text;
+    }
+
+    function cell(content, className) {
+      var td = document.createElement("td");
+      if (className) td.className = className;
+      if (content instanceof Node) td.appendChild(content); else td.textContent = content;
+      return td;
+    }
+
+    function el(tag, className, text) {
+      var node = document.createElement(tag);
+      if (className) node.className = className;
+      if (text !== undefined) node.textContent = text;
+      return node;
+    }
+
+    function timeLabel(iso) {
+      var d = new Date(iso);
+      var months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+      function pad(n) { return String(n).padStart(2, "0"); }
+      return months[d.getUTCMonth()] + " " + d.getUTCDate() + " " + pad(d.getUTCHours()) + ":" + pad(d.getUTCMinutes()) + ":" + pad(d.getUTCSeconds());
+    }
+
+    function statusBadge(event) {
+      if (event.status === "ok") return el("span", "badge badge-green", String(event.http_status));
+      if (event.status === "cancelled") return el("span", "badge badge-gray", "cancelled");
+      return el("span", "badge badge-red", event.http_status + (event.error_code ? " · " + event.error_code : ""));
+    }
+
+    function addRow(event) {
+      if (seen.has(event.request_id)) return;
+      seen.add(event.request_id);
+      var body = latest.tBodies[0];
+      var placeholder = body.querySelector(".empty-row");
+      if (placeholder) placeholder.remove();
+      latest.classList.remove("is-empty");
+      var row = document.createElement("tr");
+      row.setAttribute("data-request-id", event.request_id);
+      row.className = "is-new";
+      var modelCell = cell(el("code", "mono", event.model), "nowrap");
+      modelCell.appendChild(el("span", "sub", event.route + (event.streamed ? " · stream" : "")));
+      row.appendChild(cell(timeLabel(event.created_at), "nowrap"));
+      row.appendChild(cell(el("code", "mono small", event.request_id)));
+      row.appendChild(modelCell);
+      row.appendChild(event.key ? cell(event.key.name, "nowrap") : cell(el("span", "muted", "—")));
+      row.appendChild(cell(statusBadge(event), "nowrap"));
+      row.appendChild(cell((event.total_tokens || 0).toLocaleString("en-US"), "num"));
+      row.appendChild(cell(event.duration_ms + " ms", "num nowrap"));
+      body.insertBefore(row, body.firstChild);
+      while (body.rows.length > MAX_ROWS) body.deleteRow(body.rows.length - 1);
+      bump("kpi-requests", 1);
+      bump("kpi-tokens", event.total_tokens || 0);
+      bump("kpi-tokens-in", event.prompt_tokens || 0);
+      bump("kpi-tokens-out", event.completion_tokens || 0);
+    }
+
+    function bump(id, by) {
+      var node = document.getElementById(id);
+      if (node && by) node.textContent = ((parseInt(node.textContent.replace(/,/g, ""), 10) || 0) + by).toLocaleString("en-US");
+    }
+
+    function connect() {
+      var scheme = location.protocol === "https:" ? "wss://" : "ws://";
+      var socket = new WebSocket(scheme + location.host + latest.dataset.liveUrl);
+      socket.onmessage = function (message) {
+        var data = JSON.parse(message.data);
+        if (data.type === "ready") { retry = 1000; setStatus("open", "Live"); }
+        else if (data.type === "request") addRow(data);
+      };
+      socket.onclose = function () {
+        setStatus("closed", "Reconnecting…");
+        setTimeout(connect, retry);
+        retry = Math.min(retry * 2, 30000);
+      };
+    }
+    connect();
+  }
+
+  // --- Playground: POST an OpenAI chat body, read the SSE stream as it arrives ------------------------
+  var playground = document.getElementById("playground");
+  if (playground) {
+    var endpoint = playground.dataset.endpoint;
+    var form = document.getElementById("pg-form");
+    var prompt = document.getElementById("pg-prompt");
+    var transcript = document.getElementById("pg-transcript");
+    var sendButton = document.getElementById("pg-send");
+    var stopButton = document.getElementById("pg-stop");
+    var meta = document.getElementById("pg-meta");
+    var history = [];
+    var controller = null;
+
+    function bubble(role, text) {
+      var empty = document.getElementById("pg-empty");
+      if (empty) empty.remove();
+      var node = document.createElement("div");
+      node.className = "msg msg-" + role;
+      node.textContent = text;
+      transcript.appendChild(node);
+      transcript.scrollTop = transcript.scrollHeight;
+      return node;
+    }
+
+    function busy(on) {
+      sendButton.disabled = on;
+      stopButton.hidden = !on;
+      prompt.disabled = on;
+    }
+
+    function errorMessage(body, status) {
+      try {
+        var parsed = JSON.parse(body);
+        if (parsed.error && parsed.error.message) return parsed.error.message + (parsed.error.code ? " (" + parsed.error.code + ")" : "");
+      } catch (e) { /* not JSON */ }
+      return "The request failed with status " + status + ".";
+    }
+
+    async function send(text) {
+      history.push({ role: "user", content: text });
+      bubble("user", text);
+      var answer = bubble("assistant", "");
+      answer.classList.add("is-streaming");
+      busy(true);
+      meta.textContent = "";
+      controller = new AbortController();
+      var content = "";
+      var requestId = "";
+      var usage = null;
+      var started = performance.now();
+      try {
+        var response = await fetch(endpoint, {
+          method: "POST",
+          credentials: "same-origin",
+          signal: controller.signal,
+          headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken(), "Accept": "text/event-stream" },
+          body: JSON.stringify({
+            model: document.getElementById("pg-model").value,
+            messages: history,
+            max_tokens: parseInt(document.getElementById("pg-max-tokens").value, 10) || 256,
+            temperature: parseFloat(document.getElementById("pg-temperature").value),
+            stream: true,
+            stream_options: { include_usage: true },
+          }),
+        });
+        requestId = response.headers.get("x-request-id") || "";
+        if (!response.ok) throw new Error(errorMessage(await response.text(), response.status));
+        var reader = response.body.getReader();
+        var decoder = new TextDecoder();
+        var buffer = "";
+        var done = false;
+        while (!done) {
+          var chunk = await reader.read();
+          if (chunk.done) break;
+          buffer += decoder.decode(chunk.value, { stream: true });
+          var lines = buffer.split(/\r?\n/);
+          buffer = lines.pop();
+          for (var i = 0; i < lines.length; i++) {
+            var line = lines[i];
+            if (line.indexOf("data:") !== 0) continue;
+            var data = line.slice(5).trim();
+            if (data === "[DONE]") { done = true; break; }
+            var event = JSON.parse(data);
+            if (event.error) throw new Error(event.error.message || "the stream failed");
+            if (event.usage) usage = event.usage;
+            if (event.choices && event.choices.length && event.choices[0].delta && event.choices[0].delta.content) {
+              content += event.choices[0].delta.content;
+              answer.textContent = content;
+              transcript.scrollTop = transcript.scrollHeight;
+            }
+          }
+        }
+        history.push({ role: "assistant", content: content });
+        var seconds = ((performance.now() - started) / 1000).toFixed(1);
+        meta.textContent = (usage ? usage.total_tokens + " tokens · " : "") + seconds + " s" + (requestId ? " · " + requestId : "");
+      } catch (err) {
+        if (err.name === "AbortError") {
+          if (content) history.push({ role: "assistant", content: content });
+          meta.textContent = "Stopped." + (requestId ? " " + requestId : "");
+        } else {
+          history.pop();
+          if (!content) answer.remove();
+          bubble("error", err.message);
+          meta.textContent = requestId;
+        }
+      } finally {
+        answer.classList.remove("is-streaming");
+        busy(false);
+        controller = null;
+        prompt.focus();
+      }
+    }
+
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var text = prompt.value.trim();
+      if (!text || controller) return;
+      prompt.value = "";
+      send(text);
+    });
+    prompt.addEventListener("keydown", function (event) {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        form.requestSubmit();
+      }
+    });
+    stopButton.addEventListener("click", function () { if (controller) controller.abort(); });
+    document.getElementById("pg-clear").addEventListener("click", function () {
+      if (controller) controller.abort();
+      history = [];
+      transcript.innerHTML = '<p class="transcript-empty muted" id="pg-empty">Ask anything to start. Answers stream in as the model writes them.</p>';
+      meta.textContent = "";
+    });
+  }
+})();

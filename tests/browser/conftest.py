@@ -1,0 +1,75 @@
+"""Browser tests: Debian's Chromium driven by Playwright against a live daphne serving the whole project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.browser.support import ARTIFACTS, CHROMIUM, PortalServer
+from tests.conftest import live_gateway_env, router_env, wait_until_gateway_caught_up, wait_until_usage_written
+
+
+@pytest.fixture(scope="session")
+def portal_server(django_db_setup, django_db_blocker, simulator) -> Iterator[PortalServer]:  # noqa: ANN001
+    mail_dir = Path(tempfile.mkdtemp(prefix="portal-mail-"))
+    server = PortalServer(env={})
+    server.env = live_gateway_env(
+        simulator.base_url,
+        EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
+        EMAIL_FILE_PATH=str(mail_dir),
+        PORTAL_PUBLIC_BASE_URL=server.url,
+        # Its own cache namespace: rate-limit counters of earlier runs do not carry over.
+        PORTAL_CACHE_PREFIX=f"portal-browser-{uuid.uuid4().hex[:8]}",
+    )
+    server.mail_dir = mail_dir
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(mail_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def portal(transactional_db, portal_server: PortalServer, sim) -> Iterator[PortalServer]:  # noqa: ANN001
+    """The live portal on an emptied database that holds routing, plans and the Site, as a fresh deployment does."""
+    from billing.services import plans_seed_defaults
+    from routerpools.config import parse_router_env
+    from routerpools.services import router_pools_sync
+    from tests.portal_support import ensure_site_and_plans
+
+    plans_seed_defaults()
+    router_pools_sync(config=parse_router_env(router_env(sim.base_url)))
+    ensure_site_and_plans()
+    wait_until_gateway_caught_up(portal_server)
+    yield portal_server
+    time.sleep(0.06)
+    wait_until_usage_written(portal_server)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """One Chromium for the module. Playwright's sync API keeps an event loop in this thread, which Django's
+    async-safety check would take for async code: allowed for these tests only, and put back afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(
+                executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+            )
+            yield chromium
+            chromium.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous

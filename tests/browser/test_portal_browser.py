@@ -1,0 +1,151 @@
+"""The portal in a real browser: sign up to revocation, the live usage feed, the playground, and every page on a phone."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from routerpools.simulator import simulated_tokens
+from tests.browser.support import CHROMIUM, DESKTOP, PHONE, PortalServer, link_in, shot
+from tests.conftest import ALIAS
+from tests.portal_support import PASSWORD
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason=f"browser tests need Debian's Chromium at {CHROMIUM} (apt-get install chromium)"
+)
+
+EMAIL = "ada@example.com"
+
+
+def chat_body(text: str = "hi") -> dict[str, object]:
+    return {"model": ALIAS, "messages": [{"role": "user", "content": text}], "max_tokens": 9}
+
+
+def sign_in(page, portal: PortalServer, email: str, password: str = PASSWORD) -> None:  # noqa: ANN001
+    page.goto(f"{portal.url}/accounts/login/")
+    page.fill("input[name=login]", email)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{portal.url}/portal/api-keys")
+
+
+def make_verified_user(email: str) -> None:
+    from tests.portal_support import make_org, make_user
+
+    user = make_user(email, name="Grace Hopper")
+    make_org(email.split("@")[0].replace(".", "-"), owner=user)
+
+
+def test_sign_up_create_copy_call_watch_live_revoke(portal: PortalServer, browser) -> None:  # noqa: ANN001
+    context = browser.new_context(viewport=DESKTOP, permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    started = time.time()
+
+    # Sign up, then confirm the address from the mail the server wrote.
+    page.goto(f"{portal.url}/accounts/signup/")
+    shot(page, "signup")
+    page.fill("input[name=email]", EMAIL)
+    page.fill("input[name=password1]", PASSWORD)
+    page.fill("input[name=password2]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{portal.url}/accounts/confirm-email/")
+    assert "Verify Your Email Address" in page.content()
+    confirm = link_in(portal.mail_to(EMAIL, after=started), "/accounts/confirm-email/")
+    assert confirm.startswith(portal.url)
+    page.goto(confirm)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{portal.url}/portal/api-keys")
+    assert "ada's workspace" in page.inner_text(".org-name")
+    assert "No keys yet." in page.inner_text("main")
+
+    # Create a key: shown once, copied with the button.
+    page.fill("input[name=name]", "browser test")
+    page.click("#create-key button[type=submit]")
+    raw = page.inner_text("#new-key-value").strip()
+    assert raw.startswith("ctr_")
+    page.click("button[data-copy-target=new-key-value]")
+    page.wait_for_selector("button[data-copy-target=new-key-value].is-done")
+    assert page.evaluate("navigator.clipboard.readText()") == raw
+    shot(page, "key-created")
+    page.goto(f"{portal.url}/portal/api-keys")
+    assert raw not in page.content()
+
+    # The usage page's live feed shows the request made with the key, without a reload.
+    page.goto(f"{portal.url}/portal/usage")
+    page.wait_for_selector("#live-status[data-state=open]")
+    page.evaluate("window.__noReload = true")
+    with httpx.Client(base_url=portal.url, timeout=20) as http:
+        answer = http.post("/v1/chat/completions", json=chat_body(), headers={"Authorization": f"Bearer {raw}"})
+        assert answer.status_code == 200
+        request_id = answer.headers["x-request-id"]
+        row = page.wait_for_selector(f'#latest tr[data-request-id="{request_id}"]', timeout=10_000)
+        assert page.evaluate("window.__noReload") is True
+        assert "browser test" in row.inner_text() and ALIAS in row.inner_text()
+        assert page.inner_text("#kpi-requests") == "1"
+        shot(page, "usage-live")
+
+        # Revoke it in the page; the gateway refuses it within a moment.
+        page.goto(f"{portal.url}/portal/api-keys")
+        page.click("#keys-table a:has-text('Revoke')")
+        page.wait_for_selector("text=Every app using this key gets")
+        shot(page, "revoke-confirm")
+        page.click("button:has-text('Revoke key')")
+        page.wait_for_selector(".alert-success")
+        assert "Revoked" in page.inner_text("#keys-table")
+        deadline = time.monotonic() + 5
+        status = 0
+        while time.monotonic() < deadline:
+            status = http.post("/v1/chat/completions", json=chat_body(), headers={"Authorization": f"Bearer {raw}"}).status_code
+            if status == 401:
+                break
+            time.sleep(0.05)
+        assert status == 401
+    shot(page, "key-revoked")
+    context.close()
+
+
+def test_playground_streams_the_answer(portal: PortalServer, browser, sim) -> None:  # noqa: ANN001
+    make_verified_user("grace@example.com")
+    sim.configure(token_delay_ms=60)  # slow enough to see the answer grow
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    sign_in(page, portal, "grace@example.com")
+    page.goto(f"{portal.url}/portal/playground")
+    page.fill("#pg-prompt", "hi")
+    page.press("#pg-prompt", "Enter")
+    page.wait_for_function(
+        "() => { const b = document.querySelector('.msg-assistant.is-streaming'); return b && b.textContent.trim().split(' ').length >= 2; }"
+    )
+    partial = page.inner_text(".msg-assistant")
+    shot(page, "playground-streaming")
+    page.wait_for_selector(".msg-assistant:not(.is-streaming)", timeout=15_000)
+    expected = "".join(simulated_tokens("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", 256)[0])
+    assert page.inner_text(".msg-assistant") == expected
+    assert len(partial) < len(expected)
+    assert "tokens" in page.inner_text("#pg-meta") and "req_" in page.inner_text("#pg-meta")
+    shot(page, "playground-done")
+    context.close()
+
+
+PAGES = ["usage", "api-keys", "playground", "docs", "organization", "profile", "billing"]
+
+
+def test_every_page_fits_a_phone(portal: PortalServer, browser) -> None:  # noqa: ANN001
+    make_verified_user("phone@example.com")
+    context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    for name in ("login", "signup"):
+        page.goto(f"{portal.url}/accounts/{name}/")
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], name
+        shot(page, f"phone-{name}")
+    sign_in(page, portal, "phone@example.com")
+    for name in PAGES:
+        page.goto(f"{portal.url}/portal/{name}")
+        assert page.locator("h1").first.is_visible(), name
+        # Wide tables scroll inside their card; the page itself never scrolls sideways.
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], name
+        shot(page, f"phone-{name}")
+    context.close()
