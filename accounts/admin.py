@@ -1,11 +1,13 @@
-"""Staff views of users, organizations and memberships."""
+"""Staff views of users, organizations, memberships and (read-only) invitations."""
 
 from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.http import HttpRequest
+from django.utils import timezone
 
-from accounts.models import Membership, Organization, User
+from accounts.models import Invitation, Membership, Organization, User
 
 
 @admin.register(User)
@@ -46,3 +48,46 @@ class OrganizationAdmin(admin.ModelAdmin):
         for org in queryset:
             org.status = Organization.Status.ACTIVE
             org.save(update_fields=["status"])
+
+
+INVITATION_FIELDS = [
+    "organization",
+    "email",
+    "role",
+    "invited_by",
+    "created_at",
+    "expires_at",
+    "accepted_at",
+    "accepted_by",
+    "cancelled_at",
+]
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    """Read-only: invitations are made, accepted and cancelled by owners in the portal, where the mail goes out.
+    The token (the link's path) is left out: staff have no use for it, and a screen of links is one leak away."""
+
+    list_display = ["email", "organization", "role", "state", "invited_by", "created_at", "expires_at"]
+    list_filter = ["role"]
+    list_select_related = ["organization", "invited_by"]
+    search_fields = ["email", "organization__slug"]
+    fields = INVITATION_FIELDS
+    readonly_fields = INVITATION_FIELDS
+
+    @admin.display(description="state")
+    def state(self, invitation: Invitation) -> str:
+        if invitation.accepted_at is not None:
+            return "accepted"
+        if invitation.cancelled_at is not None:
+            return "cancelled"
+        return "expired" if invitation.expires_at <= timezone.now() else "pending"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Invitation | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Invitation | None = None) -> bool:
+        return False

@@ -15,6 +15,4 @@ urlpatterns = [
     path("organization/switch", views.switch_organization, name="switch-organization"),
     path("organization/invitations/<int:invitation_id>/cancel", views.invitation_cancel_view, name="invitation-cancel"),
     path("invitations/<str:token>", views.invitation, name="invitation"),
-    # Placeholder until the billing ledger lands; the billing app's page replaces this route.
-    path("billing", views.billing, name="billing"),
 ]

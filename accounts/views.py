@@ -183,9 +183,3 @@ def switch_organization(request: HttpRequest) -> HttpResponse:
     if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
         target = reverse("portal:home")
     return redirect(target)
-
-
-@portal_page
-def billing(request: HttpRequest) -> HttpResponse:
-    """A placeholder until the billing ledger lands: the plan and its limits, nothing to pay yet."""
-    return render_portal(request, "portal/billing_placeholder.html", {"nav": "billing", "plan": request.portal.organization.plan})  # type: ignore[attr-defined]

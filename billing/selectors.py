@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from django.db.models import Count, Min, Q, Sum
+from django.db.models import Count, F, Min, Q, QuerySet, Sum, Window
 from django.db.models.functions import Coalesce
 
-from billing.models import ClosedBillingDay, LedgerEntry, Plan
+from billing.models import ClosedBillingDay, LedgerEntry, ModelPrice, Plan
 from usage.models import UsageEvent
 
 
@@ -113,3 +113,112 @@ def billing_days_unclosed(*, today: date) -> list[date]:
     closed = set(ClosedBillingDay.objects.filter(day__gte=first_day, day__lt=today).values_list("day", flat=True))
     span = (today - first_day).days
     return [day for day in (first_day + timedelta(days=n) for n in range(max(span, 0))) if day not in closed]
+
+
+# --- The portal's billing page: reads for one organization --------------------------------------------------------------
+
+
+def plan_record(plan: Plan) -> PlanRecord:
+    """One plan's limits as plan_table builds them, without the alias list (the allowance counters do not need it)."""
+    return PlanRecord(
+        plan_id=plan.pk,
+        slug=plan.slug,
+        allowed_aliases=None,
+        requests_per_minute=plan.requests_per_minute,
+        tokens_per_minute=plan.tokens_per_minute,
+        concurrent_requests=plan.concurrent_requests,
+        window_requests=plan.window_requests,
+        window_seconds=plan.window_seconds,
+        weekly_requests=plan.weekly_requests,
+    )
+
+
+def _generosity(plan: Plan) -> tuple[float, ...]:
+    # No limit (None) is the most generous value of a limit.
+    def most(value: int | None) -> float:
+        return float("inf") if value is None else float(value)
+
+    return (
+        plan.requests_per_minute,
+        most(plan.tokens_per_minute),
+        most(plan.concurrent_requests),
+        most(plan.weekly_requests),
+        most(plan.window_requests),
+        plan.pk,
+    )
+
+
+def plan_next_up(plan: Plan, plans: list[Plan]) -> Plan | None:
+    """The least generous of the plans more generous than `plan`: ordered by requests per minute, then tokens per
+    minute, concurrency, the weekly and the window allowance (no limit beats any number). None for the top plan."""
+    ranked = sorted(plans, key=_generosity)
+    above = [p for p in ranked if _generosity(p) > _generosity(plan)]
+    return above[0] if above else None
+
+
+def plans_with_aliases() -> list[Plan]:
+    """Every plan with its allow-list, in two queries."""
+    return list(Plan.objects.prefetch_related("allowed_aliases").order_by("id"))
+
+
+def prices_for_plans(plan_ids: list[int]) -> dict[str, dict[int, tuple[int, int]]]:
+    """alias → {plan id: (input, output) micro-units per million tokens} as billing charges them: a plan's own
+    price, else the alias-wide one. One query."""
+    rows = ModelPrice.objects.filter(Q(plan__isnull=True) | Q(plan_id__in=plan_ids)).values_list(
+        "alias", "plan_id", "input_micros_per_million", "output_micros_per_million"
+    )
+    own: dict[tuple[str, int], tuple[int, int]] = {}
+    wide: dict[str, tuple[int, int]] = {}
+    for alias, plan_id, input_price, output_price in rows:
+        if plan_id is None:
+            wide[alias] = (input_price, output_price)
+        else:
+            own[(alias, plan_id)] = (input_price, output_price)
+    table: dict[str, dict[int, tuple[int, int]]] = {}
+    for alias in sorted({alias for alias, _ in own} | set(wide)):
+        for plan_id in plan_ids:
+            price = own.get((alias, plan_id)) or wide.get(alias)
+            if price is not None:
+                table.setdefault(alias, {})[plan_id] = price
+    return table
+
+
+def ledger_with_balance(organization_id: int) -> QuerySet[LedgerEntry]:
+    """The organization's ledger, newest first, each entry with `balance_micros`: the balance just after it.
+
+    The running sum is a window function, evaluated over every entry of the organization before LIMIT/OFFSET,
+    so any page of it is right without reading the pages before. (created_at, id) is unique: no two entries share
+    a place in the order, so the default frame (up to the current row's peers) is exactly "up to this entry".
+    """
+    return (
+        LedgerEntry.objects.filter(organization_id=organization_id)
+        .annotate(
+            balance_micros=Window(Sum("amount_micros"), order_by=[F("created_at").asc(), F("id").asc()]),
+        )
+        .order_by("-created_at", "-id")
+    )
+
+
+def admitted_requests(
+    organization_id: int, windows: list[tuple[datetime, datetime]], *, refused_codes: frozenset[str]
+) -> list[int]:
+    """How many of the organization's requests each [start, end) window holds, not counting the ones the rate
+    limiter refused (their usage rows carry `refused_codes`): every admitted request leaves exactly one usage row,
+    whatever became of it (ok, error, cancelled). One query for all the windows."""
+    if not windows:
+        return []
+    counts = (
+        UsageEvent.objects.filter(
+            organization_id=organization_id,
+            created_at__gte=min(start for start, _ in windows),
+            created_at__lt=max(end for _, end in windows),
+        )
+        .exclude(error_code__in=refused_codes)
+        .aggregate(
+            **{
+                f"w{i}": Count("id", filter=Q(created_at__gte=start, created_at__lt=end))
+                for i, (start, end) in enumerate(windows)
+            }
+        )
+    )
+    return [counts[f"w{i}"] for i in range(len(windows))]

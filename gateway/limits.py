@@ -14,7 +14,8 @@ event loop.
 Tokens are reserved before the upstream call (prompt estimate + max_tokens) and settled afterwards from
 the real usage, in the window the reservation went to. Concurrency slots are members of a sorted set
 scored by an expiry, pruned by the script, so a crashed process leaks a slot for at most
-`PORTAL_LIMITS_SLOT_TTL_S`; `finish()` releases them exactly once.
+`PORTAL_LIMITS_SLOT_TTL_S`; `finish()` releases them exactly once. `peek()` reads the counters without
+changing them, for the headers of a response refused after authentication but before admission.
 
 Redis unreachable: by default (`PORTAL_LIMITS_FAIL_MODE=open`) admissions fall back to the in-process
 store, with one loud log line per 10 s and the `redis_failures` / `fallback_admissions` counters. Refusing
@@ -307,6 +308,15 @@ class LocalStore:
                     if not slots:
                         del self._slots[key]
 
+    def peek(self, checks: Sequence[Check], *, now: float) -> list[int]:
+        """The counters' current values; changes nothing."""
+        with self._lock:
+            values: list[int] = []
+            for check in checks:
+                value, expires_at = self._counters.get(check.store_key, (0, 0.0))
+                values.append(value if expires_at > now else 0)
+            return values
+
     def _sweep(self, now: float) -> None:
         self._counters = {k: v for k, v in self._counters.items() if v[1] > now}
         for key in list(self._slots):
@@ -422,6 +432,35 @@ class Limiter:
             self.denials += 1
             raise self._denial(checks, outcome, admission)
         return admission
+
+    async def peek(self, principal: Principal, *, surface: Surface = "openai") -> Admission | None:
+        """The counters as they stand, for the headers of a response refused before admission; consumes nothing.
+
+        None when the plan sets no limit, or when failing closed and the counters cannot be read.
+        """
+        now = self.now()
+        checks = [c for c in self._checks(principal, now=now, tokens=0) if not c.slot]
+        if not checks:
+            return None
+        values: list[int] | None = None
+        if self.redis_url:
+            try:
+                reply = await self._call(_mget, [c.store_key for c in checks], [])
+                values = [int(v or 0) for v in reply]
+            except RedisUnavailable as exc:
+                self._on_redis_failure(exc)
+                if self.fail_mode == "closed":
+                    return None
+        if values is None:
+            values = self.local.peek(checks, now=now)
+        return Admission(
+            request_id="",
+            surface=surface,
+            now=now,
+            requests=self._tightest(checks, values, REQUEST_KINDS, now),
+            tokens=self._tightest(checks, values, frozenset({TPM}), now),
+            finished=True,  # nothing to settle or release
+        )
 
     async def finish(self, admission: Admission, *, actual_tokens: int | None = None) -> None:
         """Settle the token reservation (None keeps it) and release the concurrency slot; idempotent."""
@@ -649,6 +688,13 @@ class Limiter:
             log.error("rate-limit store unreachable (%s); %s; failures so far: %d", exc, action, self.redis_failures)
 
 
+def _mget(binding: _RedisBinding) -> Callable[..., Any]:
+    async def read(*, keys: list[str], args: list[Any]) -> Any:
+        return await binding.client.mget(keys)
+
+    return read
+
+
 def _seconds_until(reset_at: float, now: float) -> int:
     return max(1, math.ceil(reset_at - now))
 
@@ -658,3 +704,63 @@ def _scope_word(scope: str) -> str:
 
 
 limiter = Limiter.from_settings()
+
+
+# --- A read-only look at an organization's allowances, for the portal's billing page ----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AllowanceCounter:
+    """One of an organization's request allowances (the short window or the week) as the limiter counts it now."""
+
+    kind: str  # WINDOW or WEEKLY
+    limit: int
+    window_s: int
+    starts_at: float  # epoch seconds: the fixed window's start, included
+    resets_at: float  # epoch seconds: the next window's start
+    used: int | None  # the organization's counter; None when not read (no Redis, or it did not answer)
+
+
+def allowance_counters(
+    organization_id: int, plan: PlanRecord | None, *, now: float, source: Limiter | None = None
+) -> list[AllowanceCounter]:
+    """The organization's window and weekly allowances, with the windows and store keys admission uses; writes nothing.
+
+    Sync, for the portal's sync views: one MGET on a short-lived client with the limiter's socket timeouts. The
+    in-process store is never read (it holds one process's admissions only): `used` is None without Redis, and
+    the caller counts usage rows instead.
+    """
+    import redis as sync_redis
+    from redis.retry import Retry as SyncRetry
+
+    from gateway.auth import Principal
+
+    source = source or limiter
+    organization = Principal(key_id=0, organization_id=organization_id, organization_slug="", plan=plan)
+    checks = [c for c in source._checks(organization, now=now, tokens=0) if c.scope == "organization" and c.kind in QUOTA_KINDS]
+    used: list[int | None] = [None] * len(checks)
+    if checks and source.redis_url:
+        client = sync_redis.Redis.from_url(
+            source.redis_url,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=SOCKET_TIMEOUT_S,
+            retry=SyncRetry(NoBackoff(), 0),
+        )
+        try:
+            used = [int(value or 0) for value in client.mget([c.store_key for c in checks])]
+        except (RedisError, OSError) as exc:
+            log.warning("allowance counters unreadable (%s: %s); counting usage rows instead", exc.__class__.__name__, exc)
+        finally:
+            client.close()
+    return [
+        AllowanceCounter(
+            kind=check.kind,
+            limit=check.limit,
+            window_s=check.window_s,
+            starts_at=check.reset_at - check.window_s,
+            resets_at=check.reset_at,
+            used=value,
+        )
+        for check, value in zip(checks, used, strict=True)
+        if check.reset_at is not None
+    ]

@@ -10,6 +10,7 @@ from drf_spectacular.views import SpectacularAPIView
 
 from accounts import urls as accounts_urls
 from apikeys import urls as apikeys_urls
+from billing import urls as billing_urls
 from portal_project import playground
 from usage import urls as usage_urls
 
@@ -19,6 +20,7 @@ urlpatterns = [
     *accounts_urls.urlpatterns,
     *apikeys_urls.urlpatterns,
     *usage_urls.urlpatterns,
+    *billing_urls.urlpatterns,
     path("playground", playground.playground_page, name="playground"),
     path("playground/chat/completions", playground.playground_completion, name="playground-completion"),
     path("api/schema", SpectacularAPIView.as_view(), name="api-schema"),

@@ -321,11 +321,6 @@ def test_docs_follow_the_organizations_model_overrides(team: Team) -> None:
     assert ">gemma4<" in other and "secret-large" not in other
 
 
-def test_billing_is_a_placeholder_with_the_plan(team: Team) -> None:
-    page = team.client(team.member).get("/portal/billing").content.decode()
-    assert 'id="billing-placeholder"' in page and "coming soon" in page and "Free" in page
-
-
 def test_every_page_needs_sign_in() -> None:
     client = Client()
     for url in ("/portal/", "/portal/usage", "/portal/api-keys", "/portal/docs", "/portal/profile", "/portal/profile/delete",
