@@ -18,6 +18,7 @@ from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 from django.http import HttpResponse
 from django.urls import Resolver404, resolve
 
+from gateway import metrics
 from gateway.errors import GatewayError
 from gateway.pipeline import new_request_id
 from gateway.surfaces import ANTHROPIC_MESSAGES, OPENAI_CHAT, json_response
@@ -28,7 +29,7 @@ GATEWAY_URLCONF = "gateway.urls"
 
 
 def is_gateway_path(path: str) -> bool:
-    return path.startswith("/v1/") or path == "/v1" or path == "/health"
+    return path.startswith("/v1/") or path in ("/v1", "/health", "/metrics")
 
 
 class GatewayApplication:
@@ -36,10 +37,17 @@ class GatewayApplication:
         self.django = django_app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and is_gateway_path(scope["path"]):
-            await self.handle(scope, receive, send)
-        else:
+        if scope["type"] != "http":
             await self.django(scope, receive, send)
+            return
+        metrics.INFLIGHT_REQUESTS.inc()  # what a graceful shutdown waits for (gateway/lifecycle.py)
+        try:
+            if is_gateway_path(scope["path"]):
+                await self.handle(scope, receive, send)
+            else:
+                await self.django(scope, receive, send)
+        finally:
+            metrics.INFLIGHT_REQUESTS.dec()
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         try:
@@ -49,7 +57,15 @@ class GatewayApplication:
         try:
             listener = asyncio.ensure_future(self.django.listen_for_disconnect(receive))
             worker = asyncio.ensure_future(self._respond(scope, body_file, send))
-            await asyncio.wait((listener, worker), return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait((listener, worker), return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                # The server is stopping (daphne cancels every request still running): cancel the view as well
+                # and wait for it, so it still closes its upstream and records its usage before we are gone.
+                for task in (listener, worker):
+                    task.cancel()
+                await asyncio.gather(listener, worker, return_exceptions=True)
+                raise
             for task in (listener, worker):
                 if task.done():
                     try:

@@ -96,16 +96,22 @@ async def authenticate(headers: object, *, surface: str | None = None) -> Princi
         raise AuthenticationFailed()
     if not record.organization_active:
         raise PermissionDenied("this organization is suspended", code="account_suspended")
-    return principal_of(record)
+    return await principal_of(record)
 
 
-def principal_of(record: KeyRecord) -> Principal:
+async def principal_of(record: KeyRecord) -> Principal:
     """The principal of an accepted key, the same whichever issuer vouched for it."""
+    plan = state.plan(record.plan_id)
+    if plan is None and record.plan_id is not None:
+        # The key row is fresher than this process's plans: never treat an unknown plan as "no limits".
+        plan = await state.plan_fresh(record.plan_id)
+        if plan is None:
+            raise AuthUnavailable("this key's plan could not be loaded; try again shortly")
     return Principal(
         key_id=record.key_id,
         organization_id=record.organization_id,
         organization_slug=record.organization_slug,
-        plan=state.plan(record.plan_id),
+        plan=plan,
         model_overrides=state.snapshot.model_overrides.get(record.organization_id),
     )
 
@@ -159,7 +165,7 @@ async def _authenticate_with_unkey(raw: str, surface: str | None) -> Principal:
         raise AuthenticationFailed()
     if not record.organization_active:
         raise PermissionDenied("this organization is suspended", code="account_suspended")
-    return principal_of(record)
+    return await principal_of(record)
 
 
 def _meta_matches(meta: dict[str, Any], record: KeyRecord) -> bool:

@@ -1,16 +1,21 @@
-"""Start-up and shutdown of a gateway process under daphne: apply the env pools, flush usage on SIGTERM."""
+"""Start-up and shutdown of a gateway process under daphne: apply the env pools; on SIGTERM stop listening, let the
+requests in flight finish (up to PORTAL_SHUTDOWN_GRACE_S), then flush usage."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
+import time
+from types import FrameType
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
 
 from apikeys.unkey import unkey_client
-from gateway import dbstats
+from gateway import dbstats, metrics
 from gateway.limits import limiter
 from gateway.recorder import recorder
 from gateway.state import state
@@ -36,8 +41,24 @@ def on_server_start() -> None:
     _register_shutdown()
 
 
+CANCELLED_CLEANUP_S = 2.0  # for the requests daphne cancels at shutdown to close their upstreams and record usage
+
+
+async def _requests_done(within_s: float) -> int:
+    """Wait until no request is in flight, for at most `within_s`; returns how many still are."""
+    deadline = time.monotonic() + within_s
+    while True:
+        left = metrics.inflight_requests()
+        if left == 0 or time.monotonic() >= deadline:
+            return left
+        await asyncio.sleep(0.05)
+
+
 async def shutdown() -> None:
     """Stop background work and write every buffered usage row."""
+    # daphne cancels whatever still runs in this same shutdown phase; let those requests record their usage
+    # (a cancelled stream leaves a "cancelled" row) before the last flush, or their rows would be lost.
+    await _requests_done(CANCELLED_CLEANUP_S)
     state.stop()
     await recorder.drain()
     recorder.stop()
@@ -58,3 +79,51 @@ def _register_shutdown() -> None:
         return Deferred.fromFuture(asyncio.ensure_future(shutdown()))
 
     reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
+    # Twisted's own SIGTERM handler stops the reactor at once, and daphne then cancels every request in flight:
+    # streams cut mid-answer. Ours, installed once the reactor runs (after Twisted's), drains first.
+    reactor.callWhenRunning(_install_graceful_sigterm, reactor)
+
+
+def _install_graceful_sigterm(reactor: Any) -> None:
+    draining = False
+
+    def begin() -> None:
+        nonlocal draining
+        if draining:
+            log.warning("second SIGTERM: stopping without waiting for the requests in flight")
+            _stop(reactor)
+            return
+        draining = True
+        asyncio.ensure_future(_drain_then_stop(reactor))
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        reactor.callFromThread(begin)  # a signal handler may run between any two bytecodes: hop onto the loop
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+async def _drain_then_stop(reactor: Any) -> None:
+    """Stop accepting connections (the load balancer moves on), wait for the requests in flight, then stop."""
+    from twisted.internet import tcp
+
+    grace = settings.PORTAL_SHUTDOWN_GRACE_S
+    ports = [reader for reader in reactor.getReaders() if isinstance(reader, tcp.Port)]  # daphne's listening sockets
+    for port in ports:
+        port.stopListening()
+    log.info(
+        "SIGTERM: stopped listening on %d socket(s); waiting for %d requests in flight, up to %ds",
+        len(ports), metrics.inflight_requests(), grace,
+    )
+    left = await _requests_done(grace)
+    if left:
+        log.warning("shutdown grace period of %ds over: %d requests in flight are cut", grace, left)
+    _stop(reactor)
+
+
+def _stop(reactor: Any) -> None:
+    from twisted.internet.error import ReactorNotRunning
+
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass  # already stopping

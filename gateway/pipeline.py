@@ -18,6 +18,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 
+from gateway import metrics
 from gateway.auth import Principal, authenticate
 from gateway.errors import (
     GatewayError,
@@ -31,6 +32,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.limits import Admission, LimitsUnavailable, limiter
+from gateway.logs import request_id_var
 from gateway.recorder import recorder
 from gateway.state import state
 from gateway.surfaces import ENVELOPE_ROUTE, AnswerContext, StreamWriter, Surface, json_response
@@ -69,6 +71,8 @@ class Exchange:
     route: AliasRoute | None = None
     model: str | None = None
     admission: Admission | None = None
+    upstream_started: float | None = None
+    upstream_answered: float | None = None
 
     def headers(self) -> dict[str, str]:
         headers = {"x-request-id": self.request_id}
@@ -77,6 +81,28 @@ class Exchange:
         if self.admission is not None:
             headers.update(self.admission.headers())
         return headers
+
+    def overhead(self) -> float:
+        """Seconds the gateway itself spent so far: everything but the wait for the upstream's answer."""
+        now = time.perf_counter()
+        if self.upstream_started is None or self.upstream_answered is None:
+            return now - self.started
+        return (self.upstream_started - self.started) + (now - self.upstream_answered)
+
+    def stamp_overhead(self, response: HttpResponse) -> None:
+        overhead = self.overhead()
+        response["x-gateway-overhead-ms"] = f"{overhead * 1000:.2f}"
+        metrics.OVERHEAD.labels(self.surface.route).observe(overhead)
+
+    def record(self, *, usage: UsageRecord | None, log_row: RequestLogRecord) -> None:
+        """Queue the rows for the database and count the request in the metrics."""
+        recorder.record(usage=usage, log_row=log_row)
+        alias = self.route.alias if self.route else ""
+        metrics.REQUESTS.labels(self.surface.route, alias, str(log_row.status)).inc()
+        if usage is not None and usage.upstream_latency_ms is not None:
+            metrics.UPSTREAM_LATENCY.labels(alias).observe(usage.upstream_latency_ms / 1000)
+        if usage is not None and usage.ttfb_ms is not None:
+            metrics.TTFB.labels(alias).observe(usage.ttfb_ms / 1000)
 
     async def release(self, actual_tokens: int | None) -> None:
         """Settle the token reservation and free the concurrency slot (idempotent)."""
@@ -168,13 +194,18 @@ def _prompt(creq: CompletionRequest, route: AliasRoute) -> str:
     return creq.prompt or ""
 
 
+def _attempt_timeout(route: AliasRoute) -> int:
+    """How long one upstream may take: the alias's timeout (what the router itself is told), never above the gateway's."""
+    return min(route.timeout_s, settings.PORTAL_UPSTREAM_TIMEOUT_S)
+
+
 def _router_body(creq: CompletionRequest, route: AliasRoute, prompt: str, request_id: str) -> dict[str, Any]:
     max_tokens = min(creq.max_tokens or route.default_max_tokens, route.max_tokens_cap)
     return build_router_body(
         prompt=prompt,
         stream=creq.stream,
         max_tokens=max_tokens,
-        timeout_s=min(route.timeout_s, settings.PORTAL_UPSTREAM_TIMEOUT_S),
+        timeout_s=_attempt_timeout(route),
         request_id=request_id,
         temperature=creq.temperature,
         top_p=creq.top_p,
@@ -190,10 +221,12 @@ def _router_body(creq: CompletionRequest, route: AliasRoute, prompt: str, reques
 async def handle_completion(request: HttpRequest, surface: Surface, *, principal: Principal | None = None) -> HttpResponse:
     """The whole request path. `principal` is given by callers that authenticated otherwise (the portal's playground)."""
     ex = Exchange(request=request, surface=surface)
+    request_id_var.set(ex.request_id)  # every log line of this request (and its stream task) carries it
     creq: CompletionRequest | None = None
     try:
         await state.ensure_started()
         recorder.ensure_started()
+        upstreams.ensure_health_checks(state.routes)
         ex.principal = principal or await authenticate(request.headers, surface=surface.limits_surface)
         creq = surface.parse(_read_body(request))
         ex.model = creq.model
@@ -215,14 +248,18 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
             tokens=_reservation(ex.principal, ctx.prompt_tokens_estimate + body["max_tokens"]),
             surface=ex.surface.limits_surface,
         )
-        timeout = min(ex.route.timeout_s, settings.PORTAL_UPSTREAM_TIMEOUT_S)
-        deadline = time.monotonic() + timeout
+        # The gateway's timeout bounds the request, every attempt included; each attempt gets the alias's timeout.
+        deadline = time.monotonic() + settings.PORTAL_UPSTREAM_TIMEOUT_S
         if creq.stream:
             return await _stream(ex, creq, ctx, body, deadline)
         return await _complete(ex, creq, ctx, body, deadline)
     except GatewayError as err:
         await ex.release(0)  # refused or failed before any token was produced
-        if ex.admission is None and ex.principal is not None and not isinstance(err, (RateLimited, QuotaExceeded, LimitsUnavailable)):
+        if (
+            ex.admission is None
+            and ex.principal is not None
+            and not isinstance(err, (RateLimited, QuotaExceeded, LimitsUnavailable))
+        ):
             # Refused after authentication but before admission (bad body, model not allowed, pool draining):
             # the rate-limit headers still report the counters, read without consuming anything.
             ex.admission = await limiter.peek(ex.principal, surface=ex.surface.limits_surface)
@@ -232,7 +269,7 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
             # The client hung up before an answer began (Django cancels the view): the request still
             # leaves its usage event and log line, with nginx's 499 "client closed request".
             usage = ex.usage_row(status="cancelled", http_status=CLIENT_CLOSED, call=None, streamed=bool(creq and creq.stream), usage=None)
-            recorder.record(usage=usage, log_row=ex.log_row(CLIENT_CLOSED))
+            ex.record(usage=usage, log_row=ex.log_row(CLIENT_CLOSED))
         await ex.release(None)
         raise
 
@@ -249,15 +286,20 @@ def _refuse(ex: Exchange, err: GatewayError, call: UpstreamCall | None = None) -
     response = ex.surface.error_response(err, request_id=ex.request_id, model=ex.model, pool_name=pool)
     for name, value in ex.headers().items():
         response[name] = value
+    ex.stamp_overhead(response)
     status = response.status_code
     usage = ex.usage_row(status="error", http_status=status, call=call, streamed=False, usage=None, error_code=err.code or err.envelope_code)
-    recorder.record(usage=usage, log_row=ex.log_row(status))
+    ex.record(usage=usage, log_row=ex.log_row(status))
     return response
 
 
 async def _complete(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, body: dict[str, Any], deadline: float) -> HttpResponse:
     assert ex.route is not None
-    call = await upstreams.call(route=ex.route, body=body, stream=False, request_id=ex.request_id, deadline=deadline)
+    ex.upstream_started = time.perf_counter()
+    call = await upstreams.call(
+        route=ex.route, body=body, stream=False, request_id=ex.request_id, deadline=deadline, attempt_timeout=_attempt_timeout(ex.route)
+    )
+    ex.upstream_answered = time.perf_counter()
     try:
         data = json.loads(call.response.content)
         result = parse_router_completion(data)
@@ -275,8 +317,9 @@ async def _complete(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, b
     answer = ex.surface.answer(ctx, text=text, finish_reason=finish, stop_sequence=matched, usage=usage, raw=result.raw)
     await ex.release(usage.total_tokens)
     response = json_response(answer, headers=ex.headers())
+    ex.stamp_overhead(response)
     ttfb = call.headers_at - ex.started
-    recorder.record(
+    ex.record(
         usage=ex.usage_row(status="ok", http_status=200, call=call, streamed=False, usage=usage, ttfb=ttfb),
         log_row=ex.log_row(200),
     )
@@ -285,10 +328,14 @@ async def _complete(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, b
 
 async def _stream(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, body: dict[str, Any], deadline: float) -> HttpResponse:
     assert ex.route is not None
-    call = await upstreams.call(route=ex.route, body=body, stream=True, request_id=ex.request_id, deadline=deadline)
+    ex.upstream_started = time.perf_counter()
+    call = await upstreams.call(
+        route=ex.route, body=body, stream=True, request_id=ex.request_id, deadline=deadline, attempt_timeout=_attempt_timeout(ex.route)
+    )
+    ex.upstream_answered = time.perf_counter()
     writer = ex.surface.stream_writer(ctx)
     started = [False]
-    response = StreamingHttpResponse(_relay(ex, creq, ctx, call, writer, deadline, started), content_type="text/event-stream")
+    response = StreamingHttpResponse(_relay(ex, creq, ctx, call, writer, started), content_type="text/event-stream")
 
     async def on_abandon() -> None:
         # The client left before the stream began: the generator never ran, so its
@@ -297,7 +344,7 @@ async def _stream(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, bod
             return
         await call.response.aclose()
         await ex.release(0)
-        recorder.record(
+        ex.record(
             usage=ex.usage_row(status="cancelled", http_status=200, call=call, streamed=True,
                                usage=Usage(ctx.prompt_tokens_estimate, 0, estimated=True)),
             log_row=ex.log_row(200),
@@ -308,15 +355,16 @@ async def _stream(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, bod
     response["X-Accel-Buffering"] = "no"
     for name, value in ex.headers().items():
         response[name] = value
+    ex.stamp_overhead(response)  # for a stream: the time to its first byte, minus the upstream's
     return response
 
 
 async def _relay(
-    ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, call: UpstreamCall, writer: StreamWriter, deadline: float,
-    started: list[bool],
+    ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, call: UpstreamCall, writer: StreamWriter, started: list[bool],
 ) -> AsyncIterator[bytes]:
     """Router bytes in, provider events out; the upstream is closed in `finally`, whatever ends the stream."""
     started[0] = True
+    metrics.INFLIGHT_STREAMS.inc()
     parser = SSEParser()
     reader = RouterStreamReader()
     stops = StopMatcher(creq.stop)
@@ -332,7 +380,7 @@ async def _relay(
         raw_iter = call.response.aiter_raw()
         ended = False
         while not ended:
-            remaining = deadline - time.monotonic()
+            remaining = call.deadline - time.monotonic()  # the stream, too, ends when its upstream's time is up
             try:
                 chunk = await asyncio.wait_for(raw_iter.__anext__(), timeout=max(0.001, remaining))
             except StopAsyncIteration:
@@ -381,6 +429,7 @@ async def _relay(
         status, error_code = "error", err.code or "upstream_error"
         yield writer.error(err)
     finally:
+        metrics.INFLIGHT_STREAMS.dec()
         if status == "ok":
             usage = reader.usage or Usage(ctx.prompt_tokens_estimate, _estimate_chars(delivered_chars), estimated=True)
         else:
@@ -391,7 +440,7 @@ async def _relay(
         # Recorded before anything is awaited: SDKs hang up as soon as they read the last event, Django then
         # cancels this task, and the CancelledError lands on the first await here; the awaits are shielded
         # so the upstream is still closed and the reservation still settled.
-        recorder.record(
+        ex.record(
             usage=ex.usage_row(status=status, http_status=200, call=call, streamed=True, usage=usage, error_code=error_code, ttfb=ttfb),
             log_row=ex.log_row(200),
         )

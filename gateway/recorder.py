@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 
 from django.conf import settings
 
 from gateway.db import db_call
+from gateway.metrics import USAGE_WRITE_FAILURES
 from usage.consumers import apublish_usage_events
 from usage.services import RequestLogRecord, UsageRecord, usage_record_batch
 
@@ -44,7 +46,8 @@ class UsageRecorder:
             self._loop = loop
             self._wake = asyncio.Event()
             self._flush_lock = asyncio.Lock()
-            self._task = loop.create_task(self._run(), name="gateway-usage-writer")
+            # A context of its own: started from some request, its log lines must not carry that request's id.
+            self._task = loop.create_task(self._run(), name="gateway-usage-writer", context=contextvars.Context())
 
     def record(self, *, usage: UsageRecord | None, log_row: RequestLogRecord) -> None:
         if usage is not None:
@@ -82,6 +85,7 @@ class UsageRecorder:
                     self._usage[:0] = usage
                     self._logs[:0] = logs
                     self.write_failures += 1
+                    USAGE_WRITE_FAILURES.inc()
                     log.error("usage write failed, %d rows kept for retry: %s", self.depth, exc.__class__.__name__)
                     return False
                 self._writing = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -55,7 +56,8 @@ class GatewayState:
             self._loaded = asyncio.Event()
             self._load_lock = asyncio.Lock()
             self._inflight = {}
-            self._poller = loop.create_task(self._poll_forever(), name="gateway-epoch-poller")
+            # A context of its own: started from some request, its log lines must not carry that request's id.
+            self._poller = loop.create_task(self._poll_forever(), name="gateway-epoch-poller", context=contextvars.Context())
         if not self._loaded.is_set():
             await self._load_if_needed()
 
@@ -146,8 +148,19 @@ class GatewayState:
         finally:
             self._inflight.pop(ref, None)
 
+    def routes(self) -> dict[str, AliasRoute]:
+        return self.snapshot.routes
+
     def route(self, alias: str) -> AliasRoute | None:
         return self.snapshot.routes.get(alias)
+
+    async def plan_fresh(self, plan_id: int) -> PlanRecord | None:
+        """A plan this process has not loaded yet (just created, or the poller is behind): reload once, coalesced."""
+        assert self._load_lock is not None
+        async with self._load_lock:
+            if plan_id not in self.snapshot.plans:
+                await self.reload()
+        return self.snapshot.plans.get(plan_id)
 
     def plan(self, plan_id: int | None) -> PlanRecord | None:
         return self.snapshot.plans.get(plan_id) if plan_id is not None else None

@@ -8,6 +8,7 @@ from gateway import views
 
 urlpatterns = [
     path("health", views.health),
+    path("metrics", views.metrics_view),
     path("v1/models", views.list_models),
     path("v1/models/<path:alias>", views.retrieve_model),
     path("v1/chat/completions", views.chat_completions),

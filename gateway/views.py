@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway import metrics
 from gateway.auth import authenticate
 from gateway.db import db_call
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
@@ -21,6 +25,7 @@ from gateway.surfaces import ANTHROPIC_MESSAGES, ENVELOPE, OPENAI_CHAT, Surface,
 from gateway.translate.anthropic_messages import parse_messages_request
 from gateway.translate.common import estimate_tokens
 from gateway.translate.prompt import render_prompt
+from gateway.upstream import upstreams
 
 
 def _only(method: str, request: HttpRequest, surface: Surface) -> HttpResponse | None:
@@ -161,6 +166,8 @@ async def health(request: HttpRequest) -> HttpResponse:
         await state.ensure_started()
     except Exception as exc:
         checks["routing"] = f"error: {exc.__class__.__name__}"
+    # The load balancer's first probe starts the routers' probes: a dead router shows before any traffic meets it.
+    upstreams.ensure_health_checks(state.routes)
     pools = [
         {
             "alias": r.alias,
@@ -169,6 +176,7 @@ async def health(request: HttpRequest) -> HttpResponse:
             "endpoints": len({u.base_url for u in r.upstreams}),
             "sessions": len({u.session_id for u in r.upstreams}),
             "upstreams": len(r.upstreams),
+            "healthy": upstreams.healthy_count(r),
         }
         for r in sorted(state.snapshot.routes.values(), key=lambda r: r.alias)
     ]
@@ -182,3 +190,11 @@ async def health(request: HttpRequest) -> HttpResponse:
         "duration_ms": round((time.perf_counter() - started) * 1000, 2),
     }
     return json_response(body, status=200 if healthy else 503)
+
+
+async def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus exposition of this process (scrape every process: counters are per process)."""
+    token = settings.PORTAL_METRICS_TOKEN
+    if token and not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}"):
+        return HttpResponse("unauthorized\n", status=401, content_type="text/plain")
+    return HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)

@@ -23,6 +23,7 @@ DEMO_PASSWORD = "demo-password-123"  # a laptop demo account; never deploy with 
 def dev_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("DEBUG", "1")
+    env.setdefault("LOG_FORMAT", "plain")
     env.setdefault("PORTAL_ROUTER_POOLS_JSON", json.dumps({"oss-20b": f"http://127.0.0.1:{SIM_PORT}"}))
     env.setdefault("PORTAL_ROUTER_MODEL_SESSIONS_JSON", json.dumps({"oss-20b": [101, 102]}))
     env.setdefault("PORTAL_ROUTER_MODEL_AUTH_KEYS_JSON", json.dumps({"oss-20b": "default-dev-token"}))

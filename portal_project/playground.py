@@ -69,4 +69,8 @@ async def playground_completion(request: HttpRequest) -> HttpResponse:
         return _error(UpstreamUnavailable("the playground's key was just revoked; send the message again"))
     if not record.organization_active:
         return _error(PermissionDenied("this organization is suspended", code="account_suspended"))
-    return await handle_completion(request, OPENAI_CHAT, principal=principal_of(record))
+    try:
+        principal = await principal_of(record)
+    except GatewayError as err:
+        return _error(err)
+    return await handle_completion(request, OPENAI_CHAT, principal=principal)

@@ -167,6 +167,17 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = PORTAL_MAX_BODY_BYTES + 1
 PORTAL_CACHE_POLL_S = float(env_int("PORTAL_CACHE_POLL_MS", 250, minimum=10)) / 1000
 PORTAL_USAGE_FLUSH_S = float(env_int("PORTAL_USAGE_FLUSH_MS", 200, minimum=10)) / 1000
 
+# /metrics (Prometheus); when set, scrapers must send `Authorization: Bearer <token>`.
+PORTAL_METRICS_TOKEN = env_str("PORTAL_METRICS_TOKEN")
+
+# Upstream health: a circuit opens after consecutive failures and half-opens after a cool-down;
+# every process probes each router's /api/v1/status in the background.
+PORTAL_BREAKER_FAILURES = env_int("PORTAL_BREAKER_FAILURES", 3, minimum=1)
+PORTAL_BREAKER_COOLDOWN_MS = env_int("PORTAL_BREAKER_COOLDOWN_MS", 10_000, minimum=100)
+PORTAL_HEALTH_INTERVAL_MS = env_int("PORTAL_HEALTH_INTERVAL_MS", 5_000, minimum=100)
+# On SIGTERM: stop listening, let requests in flight (streams too) finish for up to this long, then stop.
+PORTAL_SHUTDOWN_GRACE_S = env_int("PORTAL_SHUTDOWN_GRACE_S", 20, minimum=0)
+
 # Rate limits and allowances (gateway/limits.py): counters in Redis when REDIS_URL is set.
 PORTAL_LIMITS_FAIL_MODE = env_str("PORTAL_LIMITS_FAIL_MODE", "open").lower()
 if PORTAL_LIMITS_FAIL_MODE not in {"open", "closed"}:
@@ -180,7 +191,6 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
-FORMS_URLFIELD_ASSUME_HTTPS = True  # Django 6 behaviour now; silences its transitional warning
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
@@ -189,13 +199,20 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
 }
 
+LOG_FORMAT = env_str("LOG_FORMAT", "json")
+if LOG_FORMAT not in {"json", "plain"}:
+    fail("LOG_FORMAT", f"must be 'json' or 'plain', got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "gateway.logs.RequestIdFilter"}},
+    "formatters": {
+        "json": {"()": "gateway.logs.JsonFormatter"},
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s request_id=%(request_id)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}, "httpx": {"level": "WARNING"}},
+    "loggers": {"django.request": {"level": "ERROR"}, "httpx": {"level": "WARNING"}, "httpx2": {"level": "WARNING"}},
 }
 
 # --- Portal: customer pages, management API, live usage feed -----------------------------------

@@ -35,6 +35,8 @@ class WriteOnlyAuthKeyForm(forms.ModelForm):
 
 
 class EndpointForm(WriteOnlyAuthKeyForm):
+    base_url = forms.URLField(max_length=500, assume_scheme="http", help_text="e.g. http://10.0.0.5:5010")
+
     class Meta:
         model = RouterEndpoint
         fields = ["pool", "base_url", "auth_key", "weight", "enabled"]

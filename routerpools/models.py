@@ -60,6 +60,9 @@ class ModelAlias(models.Model):
     prompt_template = models.TextField(blank=True)
     enabled = models.BooleanField(default=True)
     env_managed = models.BooleanField(default=False)
+    # Set when sync_router_pools disabled the alias because it left the environment, so its return
+    # re-enables it; an alias staff disabled stays disabled across restarts.
+    disabled_by_env = models.BooleanField(default=False, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -21,11 +21,11 @@ class SyncResult:
         return bool(self.created or self.updated or self.removed)
 
 
-def _upsert(model: type, lookup: dict, values: dict, counts: list[int]) -> object:
+def _upsert(model: type, lookup: dict, values: dict, counts: list[int], *, on_create: dict | None = None) -> object:
     obj = model.objects.filter(**lookup).first()
     if obj is None:
         counts[0] += 1
-        return model.objects.create(**lookup, **values)
+        return model.objects.create(**lookup, **values, **(on_create or {}))
     dirty = [name for name, value in values.items() if getattr(obj, name) != value]
     if dirty:
         for name in dirty:
@@ -33,6 +33,11 @@ def _upsert(model: type, lookup: dict, values: dict, counts: list[int]) -> objec
         obj.save(update_fields=dirty)
         counts[1] += 1
     return obj
+
+
+# Only new rows start enabled: a restart must not re-enable what staff disabled in the admin.
+# (An alias the sync itself disabled because it left the environment is re-enabled on its return.)
+_ENABLED = {"enabled": True}
 
 
 def router_pools_sync(*, config: EnvRouterConfig) -> SyncResult:
@@ -57,16 +62,16 @@ def _sync_once(config: EnvRouterConfig) -> SyncResult:
     seen_aliases: set[str] = set()
     for spec in config.aliases:
         seen_aliases.add(spec.alias)
-        pool = _upsert(RouterPool, {"name": spec.alias}, {"env_managed": True, "enabled": True}, counts)
+        pool = _upsert(RouterPool, {"name": spec.alias}, {"env_managed": True}, counts, on_create=_ENABLED)
         for url in spec.urls:
-            _upsert(RouterEndpoint, {"pool": pool, "base_url": url}, {"auth_key": spec.alias_key, "enabled": True}, counts)
+            _upsert(RouterEndpoint, {"pool": pool, "base_url": url}, {"auth_key": spec.alias_key}, counts, on_create=_ENABLED)
         stale = RouterEndpoint.objects.filter(pool=pool).exclude(base_url__in=spec.urls)
         counts[2] += stale.count()
         for row in stale:
             row.delete()
         for sid in spec.sessions:
             key = spec.session_keys.get(sid, "")
-            _upsert(RouterSession, {"pool": pool, "session_id": sid}, {"auth_key": key, "enabled": True}, counts)
+            _upsert(RouterSession, {"pool": pool, "session_id": sid}, {"auth_key": key}, counts, on_create=_ENABLED)
         stale_sessions = RouterSession.objects.filter(pool=pool).exclude(session_id__in=spec.sessions)
         counts[2] += stale_sessions.count()
         for row in stale_sessions:
@@ -74,9 +79,13 @@ def _sync_once(config: EnvRouterConfig) -> SyncResult:
         existing = ModelAlias.objects.filter(alias=spec.alias).first()
         if existing is not None and not existing.env_managed:
             continue  # staff own this alias; the env only supplies the pool
-        _upsert(ModelAlias, {"alias": spec.alias}, {"pool": pool, "env_managed": True, "enabled": True}, counts)
+        values: dict = {"pool": pool, "env_managed": True}
+        if existing is not None and existing.disabled_by_env:
+            values.update(enabled=True, disabled_by_env=False)  # back in the environment
+        _upsert(ModelAlias, {"alias": spec.alias}, values, counts, on_create=_ENABLED)
     for alias in ModelAlias.objects.filter(env_managed=True, enabled=True).exclude(alias__in=seen_aliases):
         alias.enabled = False
-        alias.save(update_fields=["enabled"])
+        alias.disabled_by_env = True
+        alias.save(update_fields=["enabled", "disabled_by_env"])
         counts[2] += 1
     return SyncResult(created=counts[0], updated=counts[1], removed=counts[2])

@@ -113,6 +113,9 @@ def live_gateway_env(sim_url: str, **overrides: str) -> dict[str, str]:
             "PORTAL_CACHE_POLL_MS": "100",
             "PORTAL_USAGE_FLUSH_MS": "50",
             "PORTAL_UPSTREAM_TIMEOUT_S": "20",
+            # One gateway serves many tests: a circuit a test opened must not outlive it by much.
+            "PORTAL_BREAKER_COOLDOWN_MS": "1000",
+            "PORTAL_HEALTH_INTERVAL_MS": "1000",
             "LOG_LEVEL": "INFO",
             # Fresh rate-limit counters per test session: ids restart with each new test database.
             "PORTAL_LIMITS_PREFIX": f"lim-test-{uuid.uuid4().hex[:12]}",

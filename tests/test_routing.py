@@ -551,7 +551,7 @@ def test_health_reports_services_and_pool_sizes_without_secrets(gateway: LiveGat
     body = response.json()
     assert body["status"] == "ok"
     assert body["checks"] == {"database": "ok", "cache": "ok"}
-    assert body["pools"] == [{"alias": ALIAS, "pool": ALIAS, "draining": False, "endpoints": 1, "sessions": 2, "upstreams": 2}]
+    assert body["pools"] == [{"alias": ALIAS, "pool": ALIAS, "draining": False, "endpoints": 1, "sessions": 2, "upstreams": 2, "healthy": 2}]
     assert isinstance(body["usage_queue_depth"], int)
     assert isinstance(body["cache_epoch"], int)
     text = response.text

@@ -1,0 +1,67 @@
+"""Prometheus metrics of one gateway process, with bounded label sets (no key ids, no request ids)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+# No auto_describe: it would run the state collector at registration, importing gateway.recorder (which
+# imports this module) half-initialised whenever the recorder is the first of the two to be imported.
+registry = CollectorRegistry()
+
+# Label values come from closed sets: the route label, the configured aliases (staff-controlled),
+# the HTTP status code. A customer can never mint a new series.
+REQUESTS = Counter("gateway_requests_total", "Completed /v1 requests", ["route", "alias", "status"], registry=registry)
+UPSTREAM_LATENCY = Histogram(
+    "gateway_upstream_latency_seconds", "Upstream call duration, first attempt to last byte", ["alias"], registry=registry,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+TTFB = Histogram(
+    "gateway_upstream_ttfb_seconds", "Time from the customer's request to the upstream's first byte", ["alias"], registry=registry,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+OVERHEAD = Histogram(
+    "gateway_overhead_seconds", "Time the gateway itself adds to a request (everything but the upstream wait)", ["route"],
+    registry=registry, buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+INFLIGHT_STREAMS = Gauge("gateway_inflight_streams", "SSE streams being relayed now", registry=registry)
+INFLIGHT_REQUESTS = Gauge("gateway_inflight_requests", "HTTP requests being served now, streams included", registry=registry)
+USAGE_WRITE_FAILURES = Counter("gateway_usage_write_failures_total", "Usage batches the database refused", registry=registry)
+
+
+class _StateCollector:
+    """Values read at scrape time from the objects that own them."""
+
+    def describe(self) -> list:  # noqa: ANN401 - nothing to pre-declare; keeps registration import-free
+        return []
+
+    def collect(self):  # noqa: ANN201 - the prometheus_client collector protocol
+        from gateway import dbstats
+        from gateway.recorder import recorder
+        from gateway.state import state
+        from gateway.upstream import upstreams
+
+        depth = GaugeMetricFamily("gateway_usage_queue_depth", "Usage and log rows not yet written")
+        depth.add_metric([], recorder.depth)
+        yield depth
+        queries = GaugeMetricFamily("gateway_db_queries", "Database statements run by this process so far")
+        queries.add_metric([], dbstats.queries_executed())
+        yield queries
+        healthy = GaugeMetricFamily("gateway_upstreams_healthy", "Healthy upstreams (endpoint x session) per alias", labels=["alias"])
+        total = GaugeMetricFamily("gateway_upstreams", "Configured upstreams (endpoint x session) per alias", labels=["alias"])
+        for route in state.snapshot.routes.values():
+            healthy.add_metric([route.alias], upstreams.healthy_count(route))
+            total.add_metric([route.alias], len(route.upstreams))
+        yield healthy
+        yield total
+
+
+registry.register(_StateCollector())
+
+
+def inflight_requests() -> int:
+    return int(registry.get_sample_value("gateway_inflight_requests") or 0)
+
+
+def exposition() -> bytes:
+    return generate_latest(registry)
