@@ -131,7 +131,7 @@
       var modelCell = cell(el("code", "mono", event.model), "nowrap");
       modelCell.appendChild(el("span", "sub", event.route + (event.streamed ? " · stream" : "")));
       row.appendChild(cell(timeLabel(event.created_at), "nowrap"));
-      row.appendChild(cell(el("code", "mono small", event.request_id)));
+      row.appendChild(cell(el("code", "mono small rid", event.request_id)));
       row.appendChild(modelCell);
       row.appendChild(event.key ? cell(event.key.name, "nowrap") : cell(el("span", "muted", "—")));
       row.appendChild(cell(statusBadge(event), "nowrap"));
