@@ -21,6 +21,12 @@ import pytest
 from routerpools.simulator import SimulatorServer
 
 ROOT = Path(__file__).resolve().parent.parent
+# Tests about Redis itself use the machine's real Redis even when the suite runs in the embedded
+# mode (`make test-sqlite`, no REDIS_URL); sharing limits across processes needs REDIS_URL set.
+REDIS_FOR_TESTS = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/15"
+needs_shared_redis = pytest.mark.skipif(
+    not os.environ.get("REDIS_URL"), reason="several gateway processes share limits only through Redis (REDIS_URL unset)"
+)
 ROUTER_KEY = "router-secret"
 SESSION_102_KEY = "session-102-secret"
 ALIAS = "oss-20b"

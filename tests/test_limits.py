@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 import redis
-from django.conf import settings as django_settings
 
 from billing.selectors import PlanRecord
 from gateway.auth import Principal
@@ -35,6 +34,7 @@ from gateway.limits import (
     format_duration,
     openai_headers,
 )
+from tests.conftest import REDIS_FOR_TESTS
 
 ROOT = Path(__file__).resolve().parent.parent
 FROZEN = datetime(2025, 6, 4, 12, 0, 1, tzinfo=UTC).timestamp()  # Wednesday, 1 s into the minute and the hour
@@ -84,7 +84,7 @@ def run(body: Callable[[], Awaitable[Any]]) -> Any:
 def prefix() -> Iterator[str]:
     value = f"limtest-{uuid.uuid4().hex[:12]}"
     yield value
-    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    client = redis.Redis.from_url(REDIS_FOR_TESTS)
     keys = list(client.scan_iter(match=f"{value}:*", count=1000))
     if keys:
         client.delete(*keys)
@@ -104,7 +104,7 @@ def clock() -> Clock:
 @pytest.fixture
 def new_limiter(mode: str, prefix: str, clock: Clock) -> Callable[..., Limiter]:
     def build(**kwargs: Any) -> Limiter:
-        url = django_settings.REDIS_URL if mode == "redis" else None
+        url = REDIS_FOR_TESTS if mode == "redis" else None
         return Limiter(redis_url=url, prefix=prefix, now=clock, **kwargs)
 
     return build
@@ -259,7 +259,7 @@ asyncio.run(main())
 def test_two_processes_sharing_redis_admit_exactly_the_limit_together(prefix: str) -> None:
     count, limit = 120, 150
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal_project.test_settings"}
-    args = [django_settings.REDIS_URL, prefix, str(FROZEN), str(count), str(limit)]
+    args = [REDIS_FOR_TESTS, prefix, str(FROZEN), str(count), str(limit)]
     children = [
         subprocess.Popen(
             [sys.executable, "-c", CHILD_SCRIPT, *args],
@@ -423,7 +423,7 @@ def test_a_slot_never_released_expires_after_its_ttl(new_limiter, clock) -> None
 def test_a_cancelled_finish_still_releases_the_slot(prefix: str) -> None:
     # One connection: the finish has to queue behind another admission, and is cancelled while it waits,
     # as when the client of a finished stream disconnects.
-    limiter = Limiter(redis_url=django_settings.REDIS_URL, prefix=prefix, now=Clock(), max_connections=1)
+    limiter = Limiter(redis_url=REDIS_FOR_TESTS, prefix=prefix, now=Clock(), max_connections=1)
     plan = make_plan(concurrent=1)
     principal, neighbour = make_principal(plan, org_id=1), make_principal(plan, key_id=2, org_id=2)
 
@@ -629,7 +629,7 @@ def test_a_429_carries_retry_after_and_the_surface_headers(new_limiter, clock, s
 
 
 def test_every_redis_key_has_a_ttl(prefix: str, clock: Clock) -> None:
-    limiter = Limiter(redis_url=django_settings.REDIS_URL, prefix=prefix, now=clock)
+    limiter = Limiter(redis_url=REDIS_FOR_TESTS, prefix=prefix, now=clock)
     principal = make_principal(make_plan(rpm=10, tpm=1000, concurrent=5, window_requests=50, weekly=100))
 
     async def body() -> None:
@@ -640,7 +640,7 @@ def test_every_redis_key_has_a_ttl(prefix: str, clock: Clock) -> None:
         await limiter.aclose()
 
     run(body)
-    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    client = redis.Redis.from_url(REDIS_FOR_TESTS)
     keys = sorted(k.decode() for k in client.scan_iter(match=f"{prefix}:*", count=1000))
     ttls = {key: client.pttl(key) for key in keys}
     client.close()
@@ -652,7 +652,7 @@ def test_from_settings_reads_the_prefix_and_the_fail_mode(settings) -> None:  # 
     settings.PORTAL_LIMITS_PREFIX = "custom"
     settings.PORTAL_LIMITS_FAIL_MODE = "closed"
     limiter = Limiter.from_settings()
-    assert (limiter.prefix, limiter.fail_mode, limiter.redis_url) == ("custom", "closed", settings.REDIS_URL)
+    assert (limiter.prefix, limiter.fail_mode, limiter.redis_url) == ("custom", "closed", settings.REDIS_URL or None)
     settings.PORTAL_LIMITS_FAIL_MODE = "sideways"
     with pytest.raises(ValueError):
         Limiter.from_settings()

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
-from django.conf import settings as django_settings
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -27,6 +26,7 @@ from billing.views import allowances_for, duration_words, window_adjective
 from gateway.auth import Principal
 from gateway.errors import QuotaExceeded
 from gateway.limits import WEEKLY, WINDOW, Limiter
+from tests.conftest import REDIS_FOR_TESTS
 from tests.portal_support import Team, add_member, ensure_site_and_plans, make_team, portal_settings  # noqa: F401
 from usage.models import UsageEvent
 
@@ -296,10 +296,10 @@ def test_weekly_warning_threshold_is_exact(team: Team, clock: Clock) -> None:
 def redis_limiter(monkeypatch: pytest.MonkeyPatch) -> Iterator[Limiter]:
     """A limiter on the real Redis with a prefix of its own and the frozen clock, in place of the process-wide one."""
     prefix = f"billtest-{uuid.uuid4().hex[:12]}"
-    limiter = Limiter(redis_url=django_settings.REDIS_URL, prefix=prefix, now=lambda: FROZEN.timestamp())
+    limiter = Limiter(redis_url=REDIS_FOR_TESTS, prefix=prefix, now=lambda: FROZEN.timestamp())
     monkeypatch.setattr(gateway.limits, "limiter", limiter)
     yield limiter
-    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    client = redis.Redis.from_url(REDIS_FOR_TESTS)
     keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
     if keys:
         client.delete(*keys)

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.browser.support import CHROMIUM, DESKTOP, PHONE, PortalServer, shot
-from tests.conftest import ALIAS, wait_until_gateway_caught_up, wait_until_usage_written
+from tests.conftest import ALIAS, needs_shared_redis, wait_until_gateway_caught_up, wait_until_usage_written
 from tests.portal_support import PASSWORD
 
 pytestmark = pytest.mark.skipif(
@@ -28,6 +28,7 @@ def sign_in(page, portal: PortalServer) -> None:  # noqa: ANN001
     page.wait_for_url(f"{portal.url}/portal/api-keys")
 
 
+@needs_shared_redis  # the page reads the limiter's Redis counters of another process
 def test_billing_page_near_the_limit_on_desktop_and_phone(portal: PortalServer, browser) -> None:  # noqa: ANN001
     from apikeys.services import apikey_create
     from billing.models import ModelPrice, Plan
