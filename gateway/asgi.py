@@ -20,7 +20,8 @@ from django.urls import Resolver404, resolve
 
 from gateway import metrics
 from gateway.errors import GatewayError
-from gateway.pipeline import new_request_id
+from gateway.pipeline import Exchange, new_request_id
+from gateway.recorder import recorder
 from gateway.surfaces import ANTHROPIC_MESSAGES, OPENAI_CHAT, json_response
 
 log = logging.getLogger("gateway")
@@ -28,8 +29,12 @@ log = logging.getLogger("gateway")
 GATEWAY_URLCONF = "gateway.urls"
 
 
+def is_v1_path(path: str) -> bool:
+    return path.startswith("/v1/") or path == "/v1"
+
+
 def is_gateway_path(path: str) -> bool:
-    return path.startswith("/v1/") or path in ("/v1", "/health", "/metrics")
+    return is_v1_path(path) or path in ("/health", "/metrics")
 
 
 class GatewayApplication:
@@ -94,23 +99,31 @@ class GatewayApplication:
                 await abandon()
 
     async def _response(self, scope: dict[str, Any], body_file: Any) -> HttpResponse:
+        request: ASGIRequest | None = None
         try:
             request = ASGIRequest(scope, body_file)
             match = resolve(request.path_info, urlconf=GATEWAY_URLCONF)
             return await match.func(request, *match.args, **match.kwargs)
         except (Resolver404, UnicodeDecodeError):
-            return self._error(scope, 404, "unknown route")
+            return self._error(scope, 404, "unknown route", request=request)
         except GatewayError as err:
-            return self._error(scope, err.status, err.message)
+            return self._error(scope, err.status, err.message, request=request)
         except Exception:
             # Never a traceback to the customer: log it with an id they can quote.
             request_id = new_request_id()
             log.exception("unhandled error on %s request_id=%s", scope.get("path"), request_id)
-            return self._error(scope, 500, "internal error; quote this request id to support", request_id=request_id)
+            return self._error(scope, 500, "internal error; quote this request id to support", request_id=request_id, request=request)
 
-    def _error(self, scope: dict[str, Any], status: int, message: str, *, request_id: str | None = None) -> HttpResponse:
+    def _error(
+        self, scope: dict[str, Any], status: int, message: str, *, request_id: str | None = None, request: ASGIRequest | None = None
+    ) -> HttpResponse:
         request_id = request_id or new_request_id()
         surface = ANTHROPIC_MESSAGES if scope["path"].startswith("/v1/messages") else OPENAI_CHAT
+        if request is not None and is_v1_path(scope["path"]):
+            # Every /v1 request leaves its request log row, as the views write: an unknown route (`/v1`,
+            # or `/v1/models/..` once a client normalised it) and a crash (whose id the customer quotes) too.
+            recorder.ensure_started()
+            recorder.record(usage=None, log_row=Exchange(request=request, surface=surface, request_id=request_id).log_row(status))
         err = GatewayError(message)
         headers = {"x-request-id": request_id}
         if surface.anthropic:

@@ -85,16 +85,14 @@ def _register_shutdown() -> None:
 
 
 def _install_graceful_sigterm(reactor: Any) -> None:
-    draining = False
+    draining: list[asyncio.Future[None]] = []  # the drain task, held so it cannot be garbage-collected mid-way
 
     def begin() -> None:
-        nonlocal draining
         if draining:
             log.warning("second SIGTERM: stopping without waiting for the requests in flight")
             _stop(reactor)
             return
-        draining = True
-        asyncio.ensure_future(_drain_then_stop(reactor))
+        draining.append(asyncio.ensure_future(_drain_then_stop(reactor)))
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         reactor.callFromThread(begin)  # a signal handler may run between any two bytecodes: hop onto the loop

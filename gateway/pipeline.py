@@ -114,14 +114,14 @@ class Exchange:
         return RequestLogRecord(
             request_id=self.request_id,
             method=self.request.method or "",
-            path=self.request.path[:300],
+            path=_storable(self.request.path, 300),
             status=status,
             created_at=self.created_at,
             organization_id=self.principal.organization_id if self.principal else None,
             client_ip=meta.get("REMOTE_ADDR") or None,
-            user_agent=meta.get("HTTP_USER_AGENT", "")[:300],
+            user_agent=_storable(meta.get("HTTP_USER_AGENT", ""), 300),
             duration_ms=ms(time.perf_counter() - self.started),
-            client_request_id=meta.get("HTTP_X_REQUEST_ID", "")[:128],
+            client_request_id=_storable(meta.get("HTTP_X_REQUEST_ID", ""), 128),
             key_id=self.principal.key_id if self.principal else None,
         )
 
@@ -152,6 +152,11 @@ class Exchange:
             ttfb_ms=ms(ttfb) if ttfb is not None else None,
             duration_ms=ms(now - self.started),
         )
+
+
+def _storable(text: str, limit: int) -> str:
+    """Client-sent text for a log row: PostgreSQL refuses NUL in text (`/v1/models/%00` is a path with one)."""
+    return text.replace("\x00", "\ufffd")[:limit]
 
 
 def _read_body(request: HttpRequest) -> object:

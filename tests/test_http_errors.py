@@ -693,7 +693,7 @@ def test_router_422_is_400_and_other_statuses_are_502(gateway: LiveGateway, key:
         assert sim.stats()["requests_total"] == before + len(ROUTES)
 
 
-def test_hanging_upstream_is_503_within_the_alias_timeout(gateway: LiveGateway, key: IssuedKey, sim: Any) -> None:
+def test_hanging_upstream_is_503_once_each_session_had_the_alias_timeout(gateway: LiveGateway, key: IssuedKey, sim: Any) -> None:
     from routerpools.models import ModelAlias
 
     alias = ModelAlias.objects.get(alias=ALIAS)
@@ -705,7 +705,8 @@ def test_hanging_upstream_is_503_within_the_alias_timeout(gateway: LiveGateway, 
         started = time.monotonic()
         response = post(gateway, route, key.raw, body=good_body(route, stream=stream), timeout=15)
         elapsed = time.monotonic() - started
-        assert 1.8 <= elapsed < 4.0, elapsed
+        # Each of the two sessions gets the alias's 2 s (the gateway's own 20 s bound the request as a whole).
+        assert 3.8 <= elapsed < 6.0, elapsed
         UNAVAILABLE.check(route, response, model=ALIAS, pool=ALIAS)
         assert_no_leak(sim, response)
         assert sim.stats()["last_request"]["timeout"] == 2  # the router is told the alias timeout too

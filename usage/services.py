@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 
-from django.db import IntegrityError, transaction
+from django.db import DataError, IntegrityError, transaction
 
 from accounts.models import Organization
 from apikeys.models import ApiKey
 from apikeys.services import apikeys_touch_last_used
 from billing.services import ledger_debits_for_usage
 from usage.models import RequestLog, UsageEvent
+
+logger = logging.getLogger("usage")
 
 
 @dataclass(slots=True)
@@ -74,9 +77,10 @@ def usage_record_batch(*, usage: list[UsageRecord], logs: list[RequestLogRecord]
             ledger_debits_for_usage(rows=usage)
             if last_used:
                 apikeys_touch_last_used(last_used=last_used)
-    except IntegrityError:
-        # A key or organization deleted while its rows waited in the queue: one bad row must
-        # not block the batch forever. Write row by row, detaching rows from what is gone.
+    except (IntegrityError, DataError):
+        # A key or organization deleted while its rows waited in the queue, or a value the database
+        # refuses: one bad row must not block the batch forever. Write row by row, detaching rows
+        # from what is gone and dropping (with an error line) a row the database will never take.
         for row in [*usage_rows, *log_rows]:
             _save_detached(row)
         # From the records, not the detached rows: a deleted key must not spare its organization
@@ -103,6 +107,8 @@ def _save_detached(row: UsageEvent | RequestLog) -> None:
     try:
         with transaction.atomic():
             model.objects.bulk_create([row], ignore_conflicts=True)
+    except DataError as exc:
+        logger.error("dropped a %s row the database refuses (%s) request_id=%s", model.__name__, exc.__class__.__name__, row.request_id)
     except IntegrityError:
         # Detach the row only from what is gone: a deleted key's usage still belongs to its organization.
         if row.organization_id is not None and not Organization.objects.filter(pk=row.organization_id).exists():
