@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
-
-import httpx
 
 from tests.conftest import ROOT, LiveGateway
 
@@ -23,26 +17,6 @@ class PortalServer(LiveGateway):
     """A LiveGateway serving the project, mail written to files."""
 
     mail_dir: Path
-
-    def start(self) -> PortalServer:
-        fd, name = tempfile.mkstemp(prefix="daphne-portal-", suffix=".log")
-        os.close(fd)
-        self.log_path = Path(name)
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "portal_project.asgi:application"],
-                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"daphne exited early:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code in (200, 503):
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError(f"daphne did not answer /health in time:\n{self.log()}")
 
     def mail_to(self, address: str, *, after: float = 0.0, timeout: float = 10.0) -> str:
         """The newest mail file holding this address, written after `after` (a time.time())."""
