@@ -73,9 +73,16 @@ class UsageRecorder:
         """Write everything buffered now; False when the database refused (the rows stay queued)."""
         assert self._flush_lock is not None
         async with self._flush_lock:
-            while self._logs or self._usage:
-                usage, self._usage = self._usage[:BATCH_SIZE], self._usage[BATCH_SIZE:]
-                logs, self._logs = self._logs[:BATCH_SIZE], self._logs[BATCH_SIZE:]
+            # What is buffered now, and no more: rows that arrive during the writes wait for the next
+            # round. Draining until empty kept the writer busy back to back under steady traffic
+            # (batches of a few rows, each paying a transaction and two lookups, the worker thread
+            # holding the GIL against the event loop): that cost 2-3 ms per request at one connection.
+            pending_usage, pending_logs = len(self._usage), len(self._logs)
+            while pending_usage > 0 or pending_logs > 0:
+                take_usage, take_logs = min(pending_usage, BATCH_SIZE), min(pending_logs, BATCH_SIZE)
+                pending_usage, pending_logs = pending_usage - take_usage, pending_logs - take_logs
+                usage, self._usage = self._usage[:take_usage], self._usage[take_usage:]
+                logs, self._logs = self._logs[:take_logs], self._logs[take_logs:]
                 self._writing = len(usage) + len(logs)
                 try:
                     await db_call(usage_record_batch, usage=usage, logs=logs)
@@ -101,10 +108,14 @@ class UsageRecorder:
         """On shutdown: write all that is buffered, retrying a few times."""
         if self._flush_lock is None:
             self._flush_lock = asyncio.Lock()
-        for attempt in range(attempts):
+        attempt = 0
+        while attempt < attempts:
             if await self.flush():
-                return True
-            await asyncio.sleep(min(MAX_BACKOFF_S, 0.5 * (attempt + 1)))
+                if not (self._usage or self._logs):
+                    return True
+                continue  # rows recorded while that round was written (a stream that just ended)
+            attempt += 1
+            await asyncio.sleep(min(MAX_BACKOFF_S, 0.5 * attempt))
         log.critical("shutting down with %d usage rows unwritten", self.depth)
         return False
 
