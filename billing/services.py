@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from billing.models import ClosedBillingDay, LedgerEntry, ModelPrice, Plan, PlanSubscription, UsageDailyRollup
+from usage.bulk import insert_ignoring_conflicts
 from usage.models import UsageEvent
 
 log = logging.getLogger("billing")
@@ -120,6 +121,12 @@ def _is_billable(row: BillableUsage) -> bool:
     return row.status in BILLABLE_STATUSES and row.total_tokens > 0 and row.organization_id is not None
 
 
+DEBIT_COLUMNS = (
+    "organization_id", "kind", "amount_micros", "request_id", "alias", "input_tokens", "output_tokens", "created_at", "memo",
+    "created_by_id",
+)
+
+
 def ledger_debits_for_usage(*, rows: Iterable[BillableUsage]) -> int:
     """Write one debit per billable usage row, skipping requests already debited; returns the debits offered.
 
@@ -133,7 +140,7 @@ def ledger_debits_for_usage(*, rows: Iterable[BillableUsage]) -> int:
         Organization.objects.filter(pk__in={row.organization_id for row in billable.values()}).values_list("pk", "plan_id")
     )
     prices = _price_table(aliases={row.alias for row in billable.values()}, plan_ids={p for p in plan_of.values() if p})
-    debits: list[LedgerEntry] = []
+    debits: list[tuple[object, ...]] = []
     unpriced: set[str] = set()
     # Sorted: concurrent writers take the unique-index locks in one order and cannot deadlock on them.
     for request_id in sorted(billable):
@@ -151,22 +158,14 @@ def ledger_debits_for_usage(*, rows: Iterable[BillableUsage]) -> int:
             output_micros_per_million=price.output_micros_per_million,
         )
         debits.append(
-            LedgerEntry(
-                organization_id=row.organization_id,
-                kind=LedgerEntry.Kind.DEBIT,
-                amount_micros=-cost,
-                request_id=request_id,
-                alias=row.alias,
-                input_tokens=row.prompt_tokens,
-                output_tokens=row.completion_tokens,
-                created_at=row.created_at,
-            )
+            (row.organization_id, LedgerEntry.Kind.DEBIT.value, -cost, request_id, row.alias, row.prompt_tokens,
+             row.completion_tokens, row.created_at, "", None)
         )
     if unpriced - _warned_unpriced:
         # Once per alias and process: a batch is written every fraction of a second.
         log.warning("no price for alias(es) %s: their requests are debited 0", ", ".join(sorted(unpriced - _warned_unpriced)))
         _warned_unpriced.update(unpriced)
-    LedgerEntry.objects.bulk_create(debits, ignore_conflicts=True)
+    insert_ignoring_conflicts(LedgerEntry, DEBIT_COLUMNS, debits)
     return len(debits)
 
 

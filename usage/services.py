@@ -12,6 +12,7 @@ from accounts.models import Organization
 from apikeys.models import ApiKey
 from apikeys.services import apikeys_touch_last_used
 from billing.services import ledger_debits_for_usage
+from usage.bulk import insert_ignoring_conflicts
 from usage.models import RequestLog, UsageEvent
 
 logger = logging.getLogger("usage")
@@ -66,12 +67,10 @@ def usage_record_batch(*, usage: list[UsageRecord], logs: list[RequestLogRecord]
     # the unique-index locks in one order and cannot deadlock.
     usage = sorted(usage, key=lambda u: u.request_id)
     logs = sorted(logs, key=lambda log: log.request_id)
-    usage_rows = [UsageEvent(**_values(u)) for u in usage]
-    log_rows = [_log_row(log) for log in logs]
     try:
         with transaction.atomic():
-            UsageEvent.objects.bulk_create(usage_rows, ignore_conflicts=True)
-            RequestLog.objects.bulk_create(log_rows, ignore_conflicts=True)
+            insert_ignoring_conflicts(UsageEvent, USAGE_COLUMNS, [_tuple(u, USAGE_COLUMNS) for u in usage])
+            insert_ignoring_conflicts(RequestLog, LOG_COLUMNS, [_tuple(log, LOG_COLUMNS) for log in logs])
             # Debits for ok and cancelled rows with tokens (ledger_debits_for_usage picks them),
             # committed with their events; idempotent on the request id like the rows themselves.
             ledger_debits_for_usage(rows=usage)
@@ -81,7 +80,7 @@ def usage_record_batch(*, usage: list[UsageRecord], logs: list[RequestLogRecord]
         # A key or organization deleted while its rows waited in the queue, or a value the database
         # refuses: one bad row must not block the batch forever. Write row by row, detaching rows
         # from what is gone and dropping (with an error line) a row the database will never take.
-        for row in [*usage_rows, *log_rows]:
+        for row in [*(UsageEvent(**_values(u)) for u in usage), *(_log_row(log) for log in logs)]:
             _save_detached(row)
         # From the records, not the detached rows: a deleted key must not spare its organization
         # the bill. Debits of deleted organizations are skipped; a failure here retries the batch.
@@ -89,6 +88,14 @@ def usage_record_batch(*, usage: list[UsageRecord], logs: list[RequestLogRecord]
             ledger_debits_for_usage(rows=usage)
         if last_used:
             apikeys_touch_last_used(last_used=last_used)  # keys that are gone are simply not matched
+
+
+USAGE_COLUMNS = tuple(f.name for f in fields(UsageRecord))  # the UsageEvent attnames, all of them
+LOG_COLUMNS = tuple(f.name for f in fields(RequestLogRecord) if f.name != "key_id")
+
+
+def _tuple(record: UsageRecord | RequestLogRecord, columns: tuple[str, ...]) -> tuple[object, ...]:
+    return tuple(getattr(record, name) for name in columns)
 
 
 def _values(record: UsageRecord | RequestLogRecord) -> dict[str, object]:

@@ -1,0 +1,140 @@
+"""The usage writer: batches stay whole under steady traffic, and the bulk insert behaves like bulk_create."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.db import DataError, connection
+from django.utils import timezone
+
+import gateway.recorder as recorder_module
+from billing.models import LedgerEntry
+from billing.services import plans_seed_defaults
+from gateway.recorder import UsageRecorder
+from tests.conftest import issue_key
+from usage.bulk import insert_ignoring_conflicts
+from usage.models import RequestLog, UsageEvent
+from usage.services import LOG_COLUMNS, RequestLogRecord, UsageRecord, usage_record_batch
+
+
+def _rows(prefix: str, n: int, *, organization_id: int, key_id: int) -> list[tuple[UsageRecord, RequestLogRecord]]:
+    now = timezone.now()
+    return [
+        (
+            UsageRecord(request_id=f"{prefix}{i}", organization_id=organization_id, api_key_id=key_id, alias="m",
+                        route="chat.completions", status="ok", http_status=200, created_at=now, prompt_tokens=3,
+                        completion_tokens=4, total_tokens=7),
+            RequestLogRecord(request_id=f"{prefix}{i}", method="POST", path="/v1/chat/completions", status=200, created_at=now,
+                             organization_id=organization_id, key_id=key_id),
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_flush_writes_what_was_buffered_when_it_began_and_leaves_later_rows_for_the_next_round(monkeypatch) -> None:  # noqa: ANN001
+    plans_seed_defaults()
+    key = issue_key(slug="writer")
+    rec = UsageRecorder()
+    early = _rows("req_early", 5, organization_id=key.organization_id, key_id=key.key_id)
+    late = _rows("req_late", 3, organization_id=key.organization_id, key_id=key.key_id)
+    batches: list[list[str]] = []
+    lock = threading.Lock()
+
+    def write_and_receive_more(*, usage: list[UsageRecord], logs: list[RequestLogRecord]) -> None:
+        with lock:
+            batches.append([u.request_id for u in usage])
+            first = len(batches) == 1
+        usage_record_batch(usage=usage, logs=logs)
+        if first:
+            # Requests answered while the first batch was being written.
+            for u, log_row in late:
+                rec.record(usage=u, log_row=log_row)
+
+    monkeypatch.setattr(recorder_module, "usage_record_batch", write_and_receive_more)
+
+    async def main() -> tuple[bool, int, bool, int]:
+        rec.ensure_started()
+        try:
+            for u, log_row in early:
+                rec.record(usage=u, log_row=log_row)
+            first_ok = await rec.flush()
+            depth_after_first = rec.depth
+            second_ok = await rec.flush()
+            return first_ok, depth_after_first, second_ok, rec.depth
+        finally:
+            rec.stop()
+
+    first_ok, depth_after_first, second_ok, depth_after_second = async_to_sync(main)()
+    gc.collect()  # the worker threads' database connections close now, not at test database teardown
+    assert first_ok and second_ok
+    # The rows that arrived during the first write were not chased in the same round.
+    assert batches == [[f"req_early{i}" for i in range(5)], [f"req_late{i}" for i in range(3)]]
+    assert depth_after_first == 6  # three usage rows and three request logs still buffered
+    assert depth_after_second == 0
+    assert UsageEvent.objects.count() == 8
+    assert RequestLog.objects.count() == 8
+    assert LedgerEntry.objects.filter(kind=LedgerEntry.Kind.DEBIT).count() == 8
+
+
+@pytest.mark.django_db(transaction=True)
+def test_drain_on_shutdown_also_writes_the_rows_recorded_while_it_was_writing(monkeypatch) -> None:  # noqa: ANN001
+    plans_seed_defaults()
+    key = issue_key(slug="drainer")
+    rec = UsageRecorder()
+    early = _rows("req_d_early", 2, organization_id=key.organization_id, key_id=key.key_id)
+    late = _rows("req_d_late", 2, organization_id=key.organization_id, key_id=key.key_id)
+    calls = []
+
+    def write_and_receive_more(*, usage: list[UsageRecord], logs: list[RequestLogRecord]) -> None:
+        calls.append(len(usage))
+        usage_record_batch(usage=usage, logs=logs)
+        if len(calls) == 1:
+            for u, log_row in late:  # a stream that ended during the drain
+                rec.record(usage=u, log_row=log_row)
+
+    monkeypatch.setattr(recorder_module, "usage_record_batch", write_and_receive_more)
+
+    async def main() -> bool:
+        for u, log_row in early:
+            rec.record(usage=u, log_row=log_row)
+        return await rec.drain()
+
+    drained = async_to_sync(main)()
+    gc.collect()
+    assert drained is True
+    assert calls == [2, 2]
+    assert sorted(UsageEvent.objects.values_list("request_id", flat=True)) == sorted(u.request_id for u, _ in early + late)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_bulk_insert_skips_rows_already_written_and_takes_null_columns() -> None:
+    now = timezone.now()
+    rows = [
+        ("req_b1", None, "GET", "/v1/models", None, "", 200, 1, "", now),
+        ("req_b2", None, "POST", "/v1/messages", "10.0.0.7", "sdk/1.0", 400, 2, "client-7", now),
+    ]
+    columns = ("request_id", "organization_id", "method", "path", "client_ip", "user_agent", "status", "duration_ms",
+               "client_request_id", "created_at")
+    assert set(columns) == set(LOG_COLUMNS)
+    insert_ignoring_conflicts(RequestLog, columns, rows)
+    insert_ignoring_conflicts(RequestLog, columns, [*rows, ("req_b3", None, "GET", "/health", None, "", 200, 0, "", now)])
+    stored = {r.request_id: r for r in RequestLog.objects.all()}
+    assert sorted(stored) == ["req_b1", "req_b2", "req_b3"]
+    assert stored["req_b2"].client_ip == "10.0.0.7"
+    assert stored["req_b2"].client_request_id == "client-7"
+    assert stored["req_b1"].client_ip is None
+    assert stored["req_b1"].created_at == now
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite does not enforce varchar lengths")
+@pytest.mark.django_db(transaction=True)
+def test_the_bulk_insert_refuses_a_value_too_long_for_its_column_rather_than_truncating_it() -> None:
+    now = timezone.now()
+    columns = ("request_id", "method", "path", "status", "created_at", "user_agent", "duration_ms", "client_request_id")
+    with pytest.raises(DataError):
+        insert_ignoring_conflicts(RequestLog, columns, [("req_long", "POST", "/v1/" + "x" * 400, 200, now, "", 0, "")])
+    assert not RequestLog.objects.exists()
