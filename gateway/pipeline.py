@@ -387,7 +387,8 @@ async def _relay(
         while not ended:
             remaining = call.deadline - time.monotonic()  # the stream, too, ends when its upstream's time is up
             try:
-                chunk = await asyncio.wait_for(raw_iter.__anext__(), timeout=max(0.001, remaining))
+                async with asyncio.timeout(max(0.001, remaining)):  # not wait_for: no task per chunk
+                    chunk = await raw_iter.__anext__()
             except StopAsyncIteration:
                 break
             if first_byte_at is None:

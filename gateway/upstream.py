@@ -250,7 +250,9 @@ class UpstreamPool:
             request = self.client.build_request("POST", url, json=body, headers=headers, timeout=timeout)
             try:
                 # The deadline covers the wait for the status line; a hung upstream must not hold us.
-                response = await asyncio.wait_for(self.client.send(request, stream=True), timeout=remaining)
+                # (asyncio.timeout, not wait_for: no extra task per call on the hot path.)
+                async with asyncio.timeout(remaining):
+                    response = await self.client.send(request, stream=True)
             except (TimeoutError, httpx.TransportError) as exc:
                 self.mark_failed(upstream)
                 log.warning("upstream %s failed before answering (%s) request_id=%s", upstream.label, exc.__class__.__name__, request_id)
@@ -264,7 +266,8 @@ class UpstreamPool:
                 await self._raise_for_status(upstream, response, request_id)
             if not stream:
                 try:
-                    await asyncio.wait_for(response.aread(), timeout=max(0.001, attempt_deadline - time.monotonic()))
+                    async with asyncio.timeout(max(0.001, attempt_deadline - time.monotonic())):
+                        await response.aread()
                 except (TimeoutError, httpx.TransportError) as exc:
                     await response.aclose()
                     self.mark_failed(upstream)

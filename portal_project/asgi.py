@@ -16,6 +16,10 @@ from gateway.lifecycle import on_server_start  # noqa: E402
 
 on_server_start()
 
+from portal_project import twisted_tuning  # noqa: E402
+
+twisted_tuning.install()
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import path  # noqa: E402
