@@ -65,7 +65,7 @@ def base_env(sim_url: str) -> dict[str, str]:
             "PORTAL_ROUTER_MODEL_SESSIONS_JSON": json.dumps({"oss-20b": [101]}),
             "PORTAL_DEFAULT_MODEL": "oss-20b",
             "PORTAL_LIMITS_PREFIX": f"lim-bench-{int(time.time())}",
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": "INFO",  # the gateway writes its JSON access line per request, as in production
             "FLOOR_UPSTREAM": f"{sim_url}/api/v3/completions/101",
         }
     )
@@ -115,7 +115,7 @@ def wrk(url: str, *, connections: int, duration: int, body: dict, headers: dict[
 
 def start_daphne(env: dict[str, str], port: int, app: str = "portal_project.asgi:application") -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app],
+        [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port), app],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     for _ in range(150):

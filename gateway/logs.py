@@ -30,6 +30,9 @@ class JsonFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", "")
         if request_id:
             line["request_id"] = request_id
+        fields = getattr(record, "fields", None)  # structured values given as extra={"fields": {...}}
+        if fields:
+            line.update(fields)
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False)

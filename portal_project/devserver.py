@@ -92,7 +92,7 @@ def main() -> None:
     )
     wait_http(f"http://127.0.0.1:{SIM_PORT}/api/v1/status")
     server = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(PORT), "portal_project.asgi:application"], cwd=ROOT, env=env
+        [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(PORT), "portal_project.asgi:application"], cwd=ROOT, env=env
     )
     wait_http(f"http://127.0.0.1:{PORT}/health")
     base = f"http://127.0.0.1:{PORT}"

@@ -79,7 +79,7 @@ class LiveGateway:
         self.log_path = Path(name)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "portal_project.asgi:application"],
+                [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(self.port), "portal_project.asgi:application"],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
