@@ -100,6 +100,8 @@ class _EnvelopeStream(StreamWriter):
 
 def json_response(body: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
     response = HttpResponse(json_compact(body), status=status, content_type="application/json")
+    # Sized, so daphne sends it as one body instead of chunked framing (Django leaves this to middleware).
+    response["Content-Length"] = str(len(response.content))
     if headers:
         for name, value in headers.items():
             response[name] = value

@@ -212,6 +212,12 @@ def test_every_completion_response_reports_the_gateways_own_overhead(
         if status == 200:
             assert total_ms >= 300 and overhead < total_ms - 250, (path, overhead, total_ms)  # the 300 ms upstream wait excluded
         assert overhead < 250, (path, status, overhead)
+        if not body.get("stream"):
+            # A JSON answer or error is sized (one body, no chunked framing); a stream is not.
+            assert response.headers["content-length"] == str(len(response.content)), (path, status)
+            assert "transfer-encoding" not in response.headers
+        else:
+            assert "content-length" not in response.headers
 
 
 # --- structured logs --------------------------------------------------------------------------------------------------------
