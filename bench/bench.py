@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -141,6 +142,62 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each thread of a process, by thread name."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        label = "event loop" if task.name == str(pid) else f"worker threads ({name.rstrip('0123456789_')})"
+        out[label] = out.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def sequential(port: int, path: str, body: dict, headers: dict[str, str], pid: int, count: int = 4000) -> dict[str, Any]:
+    """One keep-alive connection, one request at a time, from a plain socket client: latency percentiles
+    that include every request (wrk's at one connection do not add up to its own request rate), and the
+    server's CPU per request by thread, from /proc."""
+    payload = json.dumps(body).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    request = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(payload)}\r\n{head}\r\n".encode() + payload
+    conn = socket.create_connection(("127.0.0.1", port))
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def one() -> None:
+        conn.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        header, rest = data.split(b"\r\n\r\n", 1)
+        length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", header)
+        if length is None:
+            raise SystemExit(f"sequential: an answer without Content-Length: {header[:200]!r}")
+        while len(rest) < int(length.group(1)):
+            rest += conn.recv(65536)
+
+    for _ in range(200):
+        one()
+    cpu_before = thread_cpu_s(pid)
+    latencies = []
+    for _ in range(count):
+        started = time.perf_counter()
+        one()
+        latencies.append((time.perf_counter() - started) * 1000)
+    cpu_after = thread_cpu_s(pid)
+    conn.close()
+    latencies.sort()
+    return {
+        "requests": count,
+        "p50_ms": round(latencies[count // 2], 3),
+        "p90_ms": round(latencies[int(count * 0.9)], 3),
+        "p99_ms": round(latencies[int(count * 0.99)], 3),
+        "max_ms": round(latencies[-1], 2),
+        "cpu_ms_per_request": {k: round((cpu_after.get(k, 0.0) - v) * 1000 / count, 3) for k, v in cpu_before.items()},
+    }
 
 
 async def hold_streams(url: str, key: str, count: int, pid: int) -> dict[str, Any]:
@@ -291,6 +348,13 @@ def main() -> None:
             for c in conns:
                 run(f"gateway ({transport})", url, CHAT, auth, c)
             run(f"gateway ({transport})", url, CHAT_STREAM, auth, 32, "stream-64")
+            if transport == "aiohttp":
+                direct_seq = sequential(sim.port, "/api/v3/completions/101", DIRECT, plain, proc.pid, count=2000)
+                gateway_seq = sequential(port, "/v1/chat/completions", CHAT, auth, proc.pid)
+                extra["sequential"] = {"direct": {k: v for k, v in direct_seq.items() if k != "cpu_ms_per_request"}, "gateway": gateway_seq}
+                print(f"  sequential, one connection: direct p50 {direct_seq['p50_ms']} ms; gateway p50 {gateway_seq['p50_ms']} ms, "
+                      f"p90 {gateway_seq['p90_ms']}, p99 {gateway_seq['p99_ms']}, max {gateway_seq['max_ms']}; "
+                      f"gateway CPU per request {gateway_seq['cpu_ms_per_request']}", flush=True)
             if args.streams and transport == "aiohttp":
                 sim.configure(global_={"token_delay_ms": 20})
                 extra["concurrent_streams"] = asyncio.run(hold_streams(url, key, args.streams, proc.pid))
