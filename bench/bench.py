@@ -86,11 +86,12 @@ def prepare_database(env: dict[str, str]) -> str:
     return sh(sys.executable, "manage.py", "issue_key", "--org", "bench", "--name", "bench", env=env)
 
 
-def count_usage_rows() -> int:
+def count_usage_rows(request_ids: list[str]) -> int:
+    """How many of these requests have their usage row (request ids are unique: a row is never doubled)."""
     import psycopg
 
     with psycopg.connect(DB_URL.replace("postgres://", "postgresql://")) as conn:
-        return conn.execute("SELECT count(*) FROM usage_usageevent").fetchone()[0]
+        return conn.execute("SELECT count(*) FROM usage_usageevent WHERE request_id = ANY(%s)", [request_ids]).fetchone()[0]
 
 
 def wrk(url: str, *, connections: int, duration: int, body: dict, headers: dict[str, str]) -> dict[str, float]:
@@ -245,6 +246,7 @@ async def soak(url: str, key: str, seconds: int, rate: int, pid: int) -> dict[st
     import aiohttp
 
     sent = ok = errors = 0
+    request_ids: list[str] = []
     samples: list[tuple[float, float]] = []
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
@@ -254,6 +256,8 @@ async def soak(url: str, key: str, seconds: int, rate: int, pid: int) -> dict[st
             try:
                 async with session.post(url, json=CHAT, headers={"Authorization": f"Bearer {key}"}) as resp:
                     await resp.read()
+                    if "x-request-id" in resp.headers:
+                        request_ids.append(resp.headers["x-request-id"])
                     ok += resp.status == 200
                     errors += resp.status != 200
             except Exception:
@@ -275,7 +279,7 @@ async def soak(url: str, key: str, seconds: int, rate: int, pid: int) -> dict[st
             await asyncio.sleep(0.002)
         await asyncio.gather(*tasks)
     warm = [rss for t, rss in samples if t >= min(60, seconds / 5)] or [samples[-1][1]]
-    return {"seconds": seconds, "rate": rate, "sent": sent, "ok": ok, "errors": errors, "rss_samples": samples,
+    return {"seconds": seconds, "rate": rate, "sent": sent, "ok": ok, "errors": errors, "request_ids": request_ids, "rss_samples": samples,
             "rss_after_warmup_mb": warm[0], "rss_end_mb": samples[-1][1], "rss_growth_after_warmup_mb": round(samples[-1][1] - warm[0], 1)}
 
 
@@ -361,10 +365,11 @@ def main() -> None:
                 sim.configure(global_={"token_delay_ms": 0})
                 print(f"  concurrent streams: {extra['concurrent_streams']}", flush=True)
             if args.soak and transport == "aiohttp":
-                rows_before = count_usage_rows()
                 result = asyncio.run(soak(url, key, args.soak, args.soak_rate, proc.pid))
-                time.sleep(2)
-                result["usage_rows_written"] = count_usage_rows() - rows_before
+                time.sleep(2)  # the last usage batch
+                ids = result.pop("request_ids")
+                result["answered_with_request_id"] = len(ids)
+                result["usage_rows_of_those_requests"] = count_usage_rows(ids)
                 extra["soak"] = result
                 print(f"  soak: { {k: v for k, v in result.items() if k != 'rss_samples'} }", flush=True)
         finally:
