@@ -40,4 +40,6 @@ clean:
 	rm -rf $(VENV) db.sqlite3 test_db.sqlite3 .pytest_cache .ruff_cache
 
 bench: $(STAMP)
+	@command -v wrk >/dev/null || { echo "installing wrk from Debian's packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(PY) bench/bench.py --duration 10

@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -315,6 +316,8 @@ def main() -> None:
     parser.add_argument("--soak", type=int, default=0, help="soak seconds (600 for the 10-minute soak)")
     parser.add_argument("--soak-rate", type=int, default=100)
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("bench: wrk is not installed (Debian: apt-get install wrk; `make bench` installs it)")
     conns = [int(c) for c in args.connections.split(",")]
 
     sim = SimulatorServer(port=0, answer_tokens=64).start()
