@@ -67,6 +67,7 @@ TTL_MARGIN_S = 120  # keys outlive their window a little: a late settle still fi
 SOCKET_TIMEOUT_S = 0.25
 CALL_TIMEOUT_S = 0.3  # hard cap on one Redis round trip, connect included
 CIRCUIT_OPEN_S = 1.0
+MAX_PENDING_RELEASES = 10_000  # slot releases kept for retry during an outage; beyond, the TTL frees them
 OUTAGE_LOG_EVERY_S = 10.0
 DEFAULT_SLOT_TTL_S = 300
 SWEEP_EVERY = 4096
@@ -375,10 +376,14 @@ class Limiter:
     redis_failures: int = 0
     fallback_admissions: int = 0
     denials: int = 0
+    releases_retried: int = 0
     local: LocalStore = field(default_factory=LocalStore)
     _binding: _RedisBinding | None = field(default=None, repr=False)
     _circuit_open_until: float = 0.0
     _last_outage_log: float = field(default=-math.inf)
+    # Concurrency slots whose release Redis did not take (an outage, a timeout): released as soon as
+    # Redis answers again, before the next admission, instead of staying taken until their TTL.
+    _pending_releases: list[Admission] = field(default_factory=list, repr=False)
 
     @classmethod
     def from_settings(cls) -> Limiter:
@@ -406,6 +411,8 @@ class Limiter:
         backend: Literal["redis", "local"] = "local"
         outcome: Outcome | None = None
         if self.redis_url:
+            if self._pending_releases and time.monotonic() >= self._circuit_open_until:
+                await self._retry_releases()
             try:
                 outcome = await self._redis_admit(checks, now=now, member=request_id)
                 backend = "redis"
@@ -484,15 +491,32 @@ class Limiter:
         try:
             await self._redis_finish(admission, delta=delta)
         except RedisUnavailable as exc:
-            # The slot expires by its TTL; the token settlement is lost (the reservation stands).
+            # The slot is released again once Redis answers (or expires by its TTL). The token settlement
+            # is not retried: a timed-out call may have been applied, and applying it twice would refund
+            # twice; the reservation stands, which errs on the customer's limit, not on our bill.
             self._on_redis_failure(exc)
+            if admission.slot_keys and len(self._pending_releases) < MAX_PENDING_RELEASES:
+                self._pending_releases.append(admission)
+
+    async def _retry_releases(self) -> None:
+        """Release the slots a failed finish left taken (ZREM: idempotent, safe to repeat)."""
+        pending, self._pending_releases = self._pending_releases, []
+        for i, admission in enumerate(pending):
+            try:
+                await self._call(lambda b: b.finish, list(admission.slot_keys), [0, 0, admission.request_id])
+            except RedisUnavailable as exc:
+                self._pending_releases[:0] = pending[i:]
+                self._on_redis_failure(exc)
+                return
+        self.releases_retried += len(pending)
 
     def reset_for_tests(self) -> None:
         self.local.clear()
         self._binding = None
         self._circuit_open_until = 0.0
         self._last_outage_log = -math.inf
-        self.redis_failures = self.fallback_admissions = self.denials = 0
+        self.redis_failures = self.fallback_admissions = self.denials = self.releases_retried = 0
+        self._pending_releases = []
 
     async def aclose(self) -> None:
         binding, self._binding = self._binding, None
