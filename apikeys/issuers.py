@@ -10,7 +10,9 @@ and the portal look the same in both modes. Unkey learns:
   that never changes, so renaming an organization does not break its keys.
 - `meta`: `{"apiKeyId", "organizationId", "planSlug"}`.
 - `ratelimits`: `requests`, the plan's requests_per_minute per 60 000 ms, applied on every verification.
-  It is fixed when the key is created; the local limiter still enforces the current plan on every request.
+  When the organization changes plan, or its plan's requests_per_minute is edited, the organization's live
+  keys are updated at Unkey (`unkey_sync_plan`, from signals in apikeys/signals.py): an upgraded customer
+  must not be refused by Unkey at the old rate. The local limiter enforces the current plan either way.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 
@@ -64,13 +67,12 @@ def display_parts(raw: str) -> tuple[str, str, str]:
 
 def unkey_issue(*, api_key_id: int, organization: Organization, name: str, expires_at: datetime | None) -> UnkeyIssued:
     """Create the key at Unkey for our row `api_key_id`; raises KeyIssuerUnavailable when Unkey cannot."""
-    plan = organization.plan
-    ratelimits = [RatelimitSpec(REQUESTS_LIMIT, plan.requests_per_minute, MINUTE_MS)] if plan is not None else []
+    meta, ratelimits = unkey_plan_fields(organization, api_key_id)
     try:
         created = unkey_client().create_key(
             name=name,
             external_id=organization.slug,
-            meta={"apiKeyId": api_key_id, "organizationId": organization.pk, "planSlug": plan.slug if plan else None},
+            meta=meta,
             prefix=KEY_PREFIX,
             byte_length=UNKEY_BYTE_LENGTH,
             expires_ms=int(expires_at.timestamp() * 1000) if expires_at is not None else None,
@@ -92,6 +94,36 @@ def unkey_issue(*, api_key_id: int, organization: Organization, name: str, expir
         last_four=last_four,
         raw=created.key,
     )
+
+
+def unkey_plan_fields(organization: Organization, api_key_id: int) -> tuple[dict[str, Any], list[RatelimitSpec]]:
+    """What Unkey holds about a key that follows its organization's plan: its meta and its named ratelimit."""
+    plan = organization.plan
+    ratelimits = [RatelimitSpec(REQUESTS_LIMIT, plan.requests_per_minute, MINUTE_MS)] if plan is not None else []
+    meta = {"apiKeyId": api_key_id, "organizationId": organization.pk, "planSlug": plan.slug if plan else None}
+    return meta, ratelimits
+
+
+def unkey_sync_plan(*, organization: Organization) -> tuple[int, int]:
+    """Bring the organization's live Unkey keys to its current plan; returns (updated, failed).
+
+    A failure is logged, not raised: the plan change stands, the local limiter enforces the new plan, and
+    the next plan change or `manage.py` re-run retries. Called after the plan change has committed.
+    """
+    from apikeys.models import ApiKey
+
+    live = ApiKey.objects.filter(organization=organization, issuer=ApiKey.Issuer.UNKEY, revoked_at__isnull=True).exclude(external_id="")
+    updated = failed = 0
+    for key_id, external_id in live.values_list("pk", "external_id"):
+        meta, ratelimits = unkey_plan_fields(organization, key_id)
+        try:
+            unkey_client().update_key(external_id, meta=meta, ratelimits=[r.as_json() for r in ratelimits])
+        except UnkeyError as exc:
+            failed += 1
+            log.error("could not update Unkey key %s to the plan of organization %s: %s", external_id, organization.slug, exc)
+            continue
+        updated += 1
+    return updated, failed
 
 
 def unkey_disable(*, key_id: str) -> bool:

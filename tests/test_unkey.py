@@ -33,7 +33,8 @@ from apikeys.keys import generate_key
 from apikeys.models import ApiKey, ApiKeyEvent
 from apikeys.services import apikey_create, apikey_find, apikey_revoke
 from apikeys.unkey import RatelimitSpec, RatelimitState, UnkeyClient, UnkeyError, Verification
-from billing.services import plans_seed_defaults
+from billing.models import Plan
+from billing.services import plans_seed_defaults, subscription_start
 from gateway.auth import AuthUnavailable, unkey_refusal
 from gateway.errors import AuthenticationFailed, PermissionDenied, QuotaExceeded, RateLimited
 from gateway.invalidation import bump_epoch
@@ -381,6 +382,46 @@ def test_apikey_create_issues_at_unkey_and_keeps_only_metadata(unkey_mode: FakeU
 
 
 @pytest.mark.django_db
+def test_a_plan_change_or_a_plan_edit_reaches_the_organizations_live_unkey_keys(
+    unkey_mode: FakeUnkey, django_capture_on_commit_callbacks, caplog: pytest.LogCaptureFixture  # noqa: ANN001
+) -> None:
+    plans_seed_defaults()
+    org = organization_create(slug="acme", name="Acme", plan_slug="free")
+    live = apikey_create(organization=org, name="live", actor_label="tests")
+    revoked = apikey_create(organization=org, name="old", actor_label="tests")
+    with django_capture_on_commit_callbacks(execute=True):
+        apikey_revoke(api_key=revoked.api_key, actor_label="tests")
+    live_row = ApiKey.objects.get(pk=live.api_key.pk)
+    free, pro = Plan.objects.get(slug="free"), Plan.objects.get(slug="pro")
+    assert unkey_mode.key(live_row.external_id).ratelimits["requests"].limit == free.requests_per_minute
+
+    with django_capture_on_commit_callbacks(execute=True):
+        subscription_start(organization=org, plan=pro)  # the upgrade
+    fake_key = unkey_mode.key(live_row.external_id)
+    assert fake_key.ratelimits["requests"].limit == pro.requests_per_minute
+    assert fake_key.meta == {"apiKeyId": live_row.pk, "organizationId": org.pk, "planSlug": "pro"}
+    updates = unkey_mode.recorded("updateKey")
+    assert [u["keyId"] for u in updates if "ratelimits" in u] == [live_row.external_id]  # not the revoked key
+
+    with django_capture_on_commit_callbacks(execute=True):
+        pro.requests_per_minute = 777  # staff edit the plan itself
+        pro.save()
+    assert unkey_mode.key(live_row.external_id).ratelimits["requests"].limit == 777
+
+    with django_capture_on_commit_callbacks(execute=True):
+        org.name = "Acme Inc"  # not a plan change: Unkey is not called
+        org.save()
+    assert len(unkey_mode.recorded("updateKey")) == len(updates) + 1
+
+    unkey_mode.configure(fail_status=503, only=["updateKey"])
+    with caplog.at_level(logging.ERROR, logger="apikeys.issuers"), django_capture_on_commit_callbacks(execute=True):
+        subscription_start(organization=org, plan=free)  # Unkey down: the change stands, an error line says so
+    assert Organization.objects.get(pk=org.pk).plan_id == free.pk
+    assert any("could not update Unkey key" in r.getMessage() for r in caplog.records)
+    assert ROOT_KEY not in caplog.text
+
+
+@pytest.mark.django_db
 def test_apikey_create_with_unkey_down_creates_nothing(unkey_mode: FakeUnkey, caplog: pytest.LogCaptureFixture) -> None:
     plans_seed_defaults()
     org = Organization.objects.create(slug="acme", name="Acme")
@@ -714,6 +755,21 @@ def test_unkey_rate_limited_is_429_with_retry_after_and_rate_limit_headers(unkey
     with pytest.raises(openai.RateLimitError) as info:
         client.chat.completions.create(model=ALIAS, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     assert info.value.code == "rate_limit_exceeded"
+
+
+def test_an_upgraded_organization_is_not_refused_by_unkey_at_its_old_plans_rate(
+    unkey_gateway: LiveGateway, unkey_mode: FakeUnkey
+) -> None:
+    small = Plan.objects.create(slug=f"small{secrets.token_hex(3)}", name="Small", requests_per_minute=2)
+    key = issue_key(slug="upgrader", plan=small.slug)
+    row = ApiKey.objects.get(pk=key.key_id)
+    assert unkey_mode.key(row.external_id).ratelimits["requests"].limit == 2
+    subscription_start(organization=Organization.objects.get(pk=key.organization_id), plan=Plan.objects.get(slug="pro"))
+    assert unkey_mode.key(row.external_id).ratelimits["requests"].limit == 600
+    wait_until_gateway_caught_up(unkey_gateway)
+    responses = [chat(unkey_gateway, key.raw) for _ in range(4)]
+    assert [r.status_code for r in responses] == [200] * 4, responses[-1].text
+    assert responses[-1].headers["x-ratelimit-limit-requests"] == "600"
 
 
 @pytest.mark.parametrize(
