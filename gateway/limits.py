@@ -499,15 +499,19 @@ class Limiter:
                 self._pending_releases.append(admission)
 
     async def _retry_releases(self) -> None:
-        """Release the slots a failed finish left taken (ZREM: idempotent, safe to repeat)."""
+        """Release the slots a failed finish left taken: one ZREM per slot set with all its members, in one
+        pipelined round trip (ZREM is idempotent, so a release Redis did take is harmless to repeat)."""
         pending, self._pending_releases = self._pending_releases, []
-        for i, admission in enumerate(pending):
-            try:
-                await self._call(lambda b: b.finish, list(admission.slot_keys), [0, 0, admission.request_id])
-            except RedisUnavailable as exc:
-                self._pending_releases[:0] = pending[i:]
-                self._on_redis_failure(exc)
-                return
+        members: dict[str, list[str]] = {}
+        for admission in pending:
+            for key in admission.slot_keys:
+                members.setdefault(key, []).append(admission.request_id)
+        try:
+            await self._call(lambda b: _zrem_members(b, members), [], [])
+        except RedisUnavailable as exc:
+            self._pending_releases[:0] = pending
+            self._on_redis_failure(exc)
+            return
         self.releases_retried += len(pending)
 
     def reset_for_tests(self) -> None:
@@ -717,6 +721,16 @@ def _mget(binding: _RedisBinding) -> Callable[..., Any]:
         return await binding.client.mget(keys)
 
     return read
+
+
+def _zrem_members(binding: _RedisBinding, members: dict[str, list[str]]) -> Callable[..., Any]:
+    async def release(*, keys: list[str], args: list[Any]) -> Any:
+        pipe = binding.client.pipeline(transaction=False)
+        for key, names in members.items():
+            pipe.zrem(key, *names)
+        return await pipe.execute()
+
+    return release
 
 
 def _seconds_until(reset_at: float, now: float) -> int:

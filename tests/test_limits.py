@@ -692,36 +692,39 @@ def test_a_dead_redis_fails_open_to_the_in_process_limiter_and_logs_once(prefix:
     assert max(durations) < 0.5, durations
 
 
-def test_a_slot_whose_release_failed_in_a_redis_stall_is_released_when_redis_answers_again(prefix: str) -> None:
+def test_slots_whose_release_failed_in_a_redis_stall_are_released_when_redis_answers_again(prefix: str) -> None:
     # A real stall: CLIENT PAUSE holds every write on the Redis server for 700 ms, longer than the
-    # limiter's 300 ms call timeout. The clock is frozen, so the slot cannot expire by its TTL here.
+    # limiter's 300 ms call timeout. The clock is frozen, so the slots cannot expire by their TTL here.
     limiter = Limiter(redis_url=REDIS_FOR_TESTS, prefix=prefix, now=Clock(), fail_mode="open")
-    principal = make_principal(make_plan(concurrent=1))
+    principal = make_principal(make_plan(concurrent=2))
     admin = redis.Redis.from_url(REDIS_FOR_TESTS)
 
-    async def body() -> tuple[str, str, str]:
-        first = await limiter.admit(principal, request_id="r1")
-        assert first.backend == "redis"
+    async def body() -> tuple[list[str], list[str], list[str]]:
+        first = [await limiter.admit(principal, request_id=f"r{i}") for i in (1, 2)]
+        assert [a.backend for a in first] == ["redis", "redis"]
         admin.execute_command("CLIENT", "PAUSE", 700, "WRITE")
-        await limiter.finish(first, actual_tokens=None)  # times out: the slot is still taken in Redis
-        assert limiter.redis_failures == 1
-        slot_key = first.slot_keys[0]
+        for admission in first:
+            await limiter.finish(admission, actual_tokens=None)  # each times out: the slots stay taken in Redis
+        assert limiter.redis_failures == 1  # the second finish found the circuit open
+        slot_keys = first[0].slot_keys  # the key's and the organization's concurrency sets
         await asyncio.sleep(1.2)  # the pause is over and the limiter's circuit has closed again
-        held = [m.decode() for m in admin.zrange(slot_key, 0, -1)]
-        second = await limiter.admit(principal, request_id="r2")  # released first, then admitted
-        await limiter.finish(second, actual_tokens=None)
+        held = sorted(m.decode() for key in slot_keys for m in admin.zrange(key, 0, -1))
+        second = [await limiter.admit(principal, request_id=f"r{i}") for i in (3, 4)]  # released first, then admitted
+        now_held = sorted(m.decode() for key in slot_keys for m in admin.zrange(key, 0, -1))
+        for admission in second:
+            await limiter.finish(admission, actual_tokens=None)
         await limiter.aclose()
-        return ",".join(held), second.backend, ",".join(m.decode() for m in admin.zrange(slot_key, 0, -1))
+        return held, [a.backend for a in second], now_held
 
     try:
-        held_before, backend, held_after = run(body)
+        held_before, backends, held_after = run(body)
     finally:
         admin.execute_command("CLIENT", "UNPAUSE")
         admin.close()
-    assert held_before == "r1"  # what used to stay taken until the slot's TTL (300 s)
-    assert backend == "redis"
-    assert held_after == ""
-    assert limiter.releases_retried == 1
+    assert held_before == ["r1", "r1", "r2", "r2"]  # what used to stay taken until the slots' TTL (300 s)
+    assert backends == ["redis", "redis"]  # a limit of 2 admits two more: both old slots are free
+    assert held_after == ["r3", "r3", "r4", "r4"]
+    assert limiter.releases_retried == 2
 
 
 def test_a_dead_redis_fails_closed_with_503_when_configured(prefix: str) -> None:
