@@ -108,7 +108,8 @@ def unkey_sync_plan(*, organization: Organization) -> tuple[int, int]:
     """Bring the organization's live Unkey keys to its current plan; returns (updated, failed).
 
     A failure is logged, not raised: the plan change stands, the local limiter enforces the new plan, and
-    the next plan change or `manage.py` re-run retries. Called after the plan change has committed.
+    the next change of the organization's plan (or an edit of its rate) retries. Called after the change
+    has committed.
     """
     from apikeys.models import ApiKey
 

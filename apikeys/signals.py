@@ -7,6 +7,7 @@ admin, the portal, manage.py); a failure is logged by unkey_sync_plan and does n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -19,49 +20,37 @@ def _watching() -> bool:
     return settings.PORTAL_KEY_ISSUER == "unkey"
 
 
-def _remember_plan(sender: Any, instance: Any, **kwargs: Any) -> None:
-    if kwargs.get("raw") or instance.pk is None or not _watching():
-        return
-    instance._plan_before_save = sender.objects.filter(pk=instance.pk).values_list("plan_id", flat=True).first()
+def _watch_field(model: Any, field: str, organizations: Callable[[Any], Any]) -> None:
+    """When a saved `model` row's `field` changed, sync the Unkey keys of `organizations(row)` (a queryset)."""
+    attname = model._meta.get_field(field).attname
+    marker = f"_unkey_{attname}_before_save"
+
+    def before(sender: Any, instance: Any, **kwargs: Any) -> None:
+        if kwargs.get("raw") or instance.pk is None or not _watching():
+            return
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and field not in update_fields:
+            return
+        setattr(instance, marker, sender.objects.filter(pk=instance.pk).values_list(attname, flat=True).first())
+
+    def after(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+        if kwargs.get("raw") or created or marker not in instance.__dict__:
+            return
+        if instance.__dict__.pop(marker) != getattr(instance, attname):
+            _sync_after_commit(organizations(instance))
+
+    # weak=False: the receivers are closures, held by nothing else.
+    pre_save.connect(before, sender=model, weak=False, dispatch_uid=f"unkey-sync-before-{model.__name__}-{attname}")
+    post_save.connect(after, sender=model, weak=False, dispatch_uid=f"unkey-sync-after-{model.__name__}-{attname}")
 
 
-def _organization_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
-    if kwargs.get("raw") or created or not hasattr(instance, "_plan_before_save"):
-        return
-    if instance.__dict__.pop("_plan_before_save") == instance.plan_id:
-        return
-    _sync_after_commit([instance.pk])
-
-
-def _remember_rate(sender: Any, instance: Any, **kwargs: Any) -> None:
-    if kwargs.get("raw") or instance.pk is None or not _watching():
-        return
-    instance._rpm_before_save = sender.objects.filter(pk=instance.pk).values_list("requests_per_minute", flat=True).first()
-
-
-def _plan_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
-    if kwargs.get("raw") or created or not hasattr(instance, "_rpm_before_save"):
-        return
-    if instance.__dict__.pop("_rpm_before_save") == instance.requests_per_minute:
-        return
-    from accounts.models import Organization
-
-    _sync_after_commit(list(Organization.objects.filter(plan=instance).values_list("pk", flat=True)))
-
-
-def _sync_after_commit(organization_ids: list[int]) -> None:
-    from apikeys.models import ApiKey
-
-    if not organization_ids or not ApiKey.objects.filter(
-        organization_id__in=organization_ids, issuer=ApiKey.Issuer.UNKEY, revoked_at__isnull=True
-    ).exists():
-        return
+def _sync_after_commit(organizations: Any) -> None:
+    """After commit, bring the live Unkey keys of these organizations (a queryset) to their current plan."""
 
     def sync() -> None:
-        from accounts.models import Organization
         from apikeys.issuers import unkey_sync_plan
 
-        for organization in Organization.objects.filter(pk__in=organization_ids).select_related("plan"):
+        for organization in organizations.select_related("plan"):
             unkey_sync_plan(organization=organization)
 
     transaction.on_commit(sync)
@@ -71,7 +60,5 @@ def connect_signals() -> None:
     from accounts.models import Organization
     from billing.models import Plan
 
-    pre_save.connect(_remember_plan, sender=Organization, dispatch_uid="unkey-plan-before")
-    post_save.connect(_organization_saved, sender=Organization, dispatch_uid="unkey-plan-sync")
-    pre_save.connect(_remember_rate, sender=Plan, dispatch_uid="unkey-rate-before")
-    post_save.connect(_plan_saved, sender=Plan, dispatch_uid="unkey-rate-sync")
+    _watch_field(Organization, "plan", lambda organization: Organization.objects.filter(pk=organization.pk))
+    _watch_field(Plan, "requests_per_minute", lambda plan: Organization.objects.filter(plan=plan))
