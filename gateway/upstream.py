@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import logging
 import os
 import random
@@ -17,6 +16,7 @@ import httpx
 from django.conf import settings
 
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamUnavailable
+from gateway.translate.common import json_compact
 from routerpools.selectors import AliasRoute, Upstream
 
 log = logging.getLogger("gateway.upstream")
@@ -246,7 +246,7 @@ class UpstreamPool:
         started = time.perf_counter()
         attempts = 0
         transport = self.transport
-        content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        content = json_compact(body).encode()  # once, for every attempt
         for upstream in self.candidates(route):
             now = time.monotonic()
             attempt_deadline = min(deadline, now + attempt_timeout)

@@ -37,7 +37,7 @@ application = ProtocolTypeRouter(
 
 # Everything imported and built so far (Django, the URL resolvers, the apps' modules: ~100k
 # objects) lives as long as the process. Out of the collector's sight, a full collection
-# scans only what requests leave behind: ~5 ms instead of ~90 ms, which at one connection
+# scans only what requests leave behind: ~8 ms instead of ~90 ms, which at one connection
 # showed as a 40-100 ms stall in one request of every few hundred (bench/README.md).
 gc.collect()
 gc.freeze()

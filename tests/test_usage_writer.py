@@ -34,13 +34,14 @@ def _rows(prefix: str, n: int, *, organization_id: int, key_id: int) -> list[tup
     ]
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_flush_writes_what_was_buffered_when_it_began_and_leaves_later_rows_for_the_next_round(monkeypatch) -> None:  # noqa: ANN001
+def _receiving_mid_write(monkeypatch, slug: str, early: int, late: int):  # noqa: ANN001, ANN202
+    """A recorder holding `early` rows whose first database write receives `late` more (requests answered
+    meanwhile); returns the recorder, both row lists and the request ids of each batch written."""
     plans_seed_defaults()
-    key = issue_key(slug="writer")
+    key = issue_key(slug=slug)
     rec = UsageRecorder()
-    early = _rows("req_early", 5, organization_id=key.organization_id, key_id=key.key_id)
-    late = _rows("req_late", 3, organization_id=key.organization_id, key_id=key.key_id)
+    early_rows = _rows(f"req_{slug}_early", early, organization_id=key.organization_id, key_id=key.key_id)
+    late_rows = _rows(f"req_{slug}_late", late, organization_id=key.organization_id, key_id=key.key_id)
     batches: list[list[str]] = []
     lock = threading.Lock()
 
@@ -50,17 +51,22 @@ def test_a_flush_writes_what_was_buffered_when_it_began_and_leaves_later_rows_fo
             first = len(batches) == 1
         usage_record_batch(usage=usage, logs=logs)
         if first:
-            # Requests answered while the first batch was being written.
-            for u, log_row in late:
+            for u, log_row in late_rows:
                 rec.record(usage=u, log_row=log_row)
 
     monkeypatch.setattr(recorder_module, "usage_record_batch", write_and_receive_more)
+    for u, log_row in early_rows:
+        rec.record(usage=u, log_row=log_row)
+    return rec, early_rows, late_rows, batches
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_flush_writes_what_was_buffered_when_it_began_and_leaves_later_rows_for_the_next_round(monkeypatch) -> None:  # noqa: ANN001
+    rec, early, late, batches = _receiving_mid_write(monkeypatch, "writer", 5, 3)
 
     async def main() -> tuple[bool, int, bool, int]:
         rec.ensure_started()
         try:
-            for u, log_row in early:
-                rec.record(usage=u, log_row=log_row)
             first_ok = await rec.flush()
             depth_after_first = rec.depth
             second_ok = await rec.flush()
@@ -72,7 +78,7 @@ def test_a_flush_writes_what_was_buffered_when_it_began_and_leaves_later_rows_fo
     gc.collect()  # the worker threads' database connections close now, not at test database teardown
     assert first_ok and second_ok
     # The rows that arrived during the first write were not chased in the same round.
-    assert batches == [[f"req_early{i}" for i in range(5)], [f"req_late{i}" for i in range(3)]]
+    assert batches == [[u.request_id for u, _ in early], [u.request_id for u, _ in late]]
     assert depth_after_first == 6  # three usage rows and three request logs still buffered
     assert depth_after_second == 0
     assert UsageEvent.objects.count() == 8
@@ -82,31 +88,12 @@ def test_a_flush_writes_what_was_buffered_when_it_began_and_leaves_later_rows_fo
 
 @pytest.mark.django_db(transaction=True)
 def test_drain_on_shutdown_also_writes_the_rows_recorded_while_it_was_writing(monkeypatch) -> None:  # noqa: ANN001
-    plans_seed_defaults()
-    key = issue_key(slug="drainer")
-    rec = UsageRecorder()
-    early = _rows("req_d_early", 2, organization_id=key.organization_id, key_id=key.key_id)
-    late = _rows("req_d_late", 2, organization_id=key.organization_id, key_id=key.key_id)
-    calls = []
+    rec, early, late, batches = _receiving_mid_write(monkeypatch, "drainer", 2, 2)  # a stream ends during the drain
 
-    def write_and_receive_more(*, usage: list[UsageRecord], logs: list[RequestLogRecord]) -> None:
-        calls.append(len(usage))
-        usage_record_batch(usage=usage, logs=logs)
-        if len(calls) == 1:
-            for u, log_row in late:  # a stream that ended during the drain
-                rec.record(usage=u, log_row=log_row)
-
-    monkeypatch.setattr(recorder_module, "usage_record_batch", write_and_receive_more)
-
-    async def main() -> bool:
-        for u, log_row in early:
-            rec.record(usage=u, log_row=log_row)
-        return await rec.drain()
-
-    drained = async_to_sync(main)()
+    drained = async_to_sync(rec.drain)()
     gc.collect()
     assert drained is True
-    assert calls == [2, 2]
+    assert [len(batch) for batch in batches] == [2, 2]
     assert sorted(UsageEvent.objects.values_list("request_id", flat=True)) == sorted(u.request_id for u, _ in early + late)
 
 
