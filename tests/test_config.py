@@ -145,6 +145,18 @@ def test_debug_on_allows_the_dev_secret() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_makemigrations_runs_without_the_production_secret_and_other_commands_do_not() -> None:
+    env = base_env(SECRET_KEY=None, PORTAL_API_KEY_PEPPER=None)
+    migrations = subprocess.run(
+        [sys.executable, "manage.py", "makemigrations", "--check", "--dry-run"], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=60,
+    )
+    assert migrations.returncode == 0, migrations.stdout + migrations.stderr
+    assert "No changes detected" in migrations.stdout
+    refused = manage_check(env)
+    assert refused.returncode == 2 and "SECRET_KEY" in refused.stderr, refused.stderr
+
+
 # --- parse_router_env: the valid formats of CONFIG.md ---------------------------------------------
 
 
