@@ -31,7 +31,7 @@ from accounts.models import Organization
 from apikeys.models import ApiKey
 from billing.models import LedgerEntry, ModelAccessOverride, ModelPrice, Plan
 from billing.selectors import organization_balance
-from gateway.limits import MONDAY_OFFSET_S, WEEK_S, week_start
+from gateway.limits import MONDAY_OFFSET_S, WEEK_S, format_duration, week_start
 from routerpools.models import ModelAlias, RouterPool
 from routerpools.simulator import SimulatorServer, estimate_prompt_tokens, simulated_tokens
 from tests.conftest import (
@@ -554,7 +554,8 @@ def test_requests_per_minute_per_key_then_per_organization(gateway: LiveGateway)
         message = expect_error(refused, path, "rate_limited")
         wait = int(refused.headers["retry-after"])
         assert 1 <= wait <= 60
-        assert message == f"API key requests per minute limit of 5 reached; resets in {wait}s", message
+        # 60 s (refused on the minute boundary) reads 1m0s, as OpenAI writes it
+        assert message == f"API key requests per minute limit of 5 reached; resets in {format_duration(wait)}", message
         if path == ENVELOPE:
             assert error_details(refused) == {
                 "limit": "requests_per_minute",
@@ -923,7 +924,7 @@ def test_a_429_carries_retry_after_and_says_which_limit_and_when(gateway: LiveGa
         retry = refused.headers["retry-after"]
         assert retry.isdigit() and abs(int(retry) - (60 - before % 60)) <= 1.5
         message = expect_error(refused, path, "rate_limited")
-        assert message == f"API key requests per minute limit of 1 reached; resets in {retry}s"
+        assert message == f"API key requests per minute limit of 1 reached; resets in {format_duration(int(retry))}"
         got = ratelimit_headers(refused, path)
         if path == MESSAGES:
             assert got["anthropic-ratelimit-requests-remaining"] == "0"
