@@ -230,6 +230,9 @@ LOGIN_URL = "/accounts/login/"
 PORTAL_RATELIMIT_SIGNIN = env_str("PORTAL_RATELIMIT_SIGNIN", "10/m")  # sign-in POSTs per IP
 PORTAL_RATELIMIT_SIGNUP = env_str("PORTAL_RATELIMIT_SIGNUP", "20/h")  # sign-up POSTs per IP
 PORTAL_RATELIMIT_KEY_CREATE = env_str("PORTAL_RATELIMIT_KEY_CREATE", "20/h")  # key creations per user
+# An open live usage feed re-checks its session and membership this often (one query), besides closing at once when a
+# sign-out, password change or removal pushes a recheck: the longest a feed outlives access the push missed.
+PORTAL_LIVE_SESSION_CHECK_S = float(env_int("PORTAL_LIVE_SESSION_CHECK_MS", 2000, minimum=100)) / 1000
 # Mail: the console by default, SMTP as soon as EMAIL_HOST is set, or any backend named in EMAIL_BACKEND.
 EMAIL_HOST = env_str("EMAIL_HOST")
 if EMAIL_HOST and not env_str("EMAIL_BACKEND"):

@@ -158,7 +158,10 @@
         if (data.type === "ready") { retry = 1000; setStatus("open", "Live"); }
         else if (data.type === "request") addRow(data);
       };
-      socket.onclose = function () {
+      socket.onclose = function (event) {
+        // 4401: this session was signed out; 4403: no longer a member. Reconnecting would only be refused.
+        if (event.code === 4401) { setStatus("closed", "Signed out: reload to sign in"); return; }
+        if (event.code === 4403) { setStatus("closed", "No longer a member of this organization"); return; }
         setStatus("closed", "Reconnecting…");
         setTimeout(connect, retry);
         retry = Math.min(retry * 2, 30000);
