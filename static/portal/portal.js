@@ -225,7 +225,11 @@
           method: "POST",
           credentials: "same-origin",
           signal: controller.signal,
-          headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken(), "Accept": "text/event-stream" },
+          headers: {
+            "Content-Type": "application/json", "X-CSRFToken": csrfToken(), "Accept": "text/event-stream",
+            // The organization this page shows: a member removed meanwhile is refused, not charged elsewhere.
+            "X-Portal-Organization": playground.dataset.organization || "",
+          },
           body: JSON.stringify({
             model: document.getElementById("pg-model").value,
             messages: history,
