@@ -235,3 +235,35 @@ def test_a_membership_gone_without_a_signal_closes_the_feed(rechecked: LiveGatew
     with connection.cursor() as cursor:  # a repair by hand in the database: no Django signal
         cursor.execute("DELETE FROM accounts_membership WHERE id = %s", [membership.pk])
     assert feed.wait_closed() == NOT_A_MEMBER
+
+
+# --- Losing the organization ----------------------------------------------------------------------------------
+
+
+def test_a_removed_member_loses_the_organizations_feed_and_playground_at_once(
+    pushed: LiveGateway, open_feed: Callable[..., FeedSocket]
+) -> None:
+    owner = make_user("boss@example.com")
+    member = make_user("temp@example.com")
+    org = make_org("shop", owner=owner)
+    other = make_org("temps-own", owner=member)
+    add_member(org, member, Membership.Role.MEMBER)
+    member_http = sign_in(pushed.url, member.email)
+    shop_feed = open_feed(pushed.url, session_of(member_http), org=org.pk)
+    own_feed = open_feed(pushed.url, session_of(member_http), org=other.pk)
+    owner_http = sign_in(pushed.url, owner.email)
+    target = Membership.objects.get(user=member, organization=org)
+    removed = post_form(owner_http, f"/portal/organization/members/{target.pk}/remove")
+    assert removed.status_code == 302 and not Membership.objects.filter(pk=target.pk).exists()
+    assert shop_feed.wait_closed() == NOT_A_MEMBER
+    assert_still_streams(own_feed, other.pk)  # the same session's feed of its own organization goes on
+    # A playground page left open on the shop is refused, not charged to the organization the session falls back to.
+    member_http.get("/portal/playground")
+    refused = member_http.post(
+        "/portal/playground/chat/completions",
+        json={"model": "oss-20b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
+        headers={"X-CSRFToken": member_http.cookies["csrftoken"], "X-Portal-Organization": str(org.pk)},
+    )
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "not_a_member"
+    assert not feed_refused(pushed.url, session_of(member_http), org=other.pk)
+    assert feed_refused(pushed.url, session_of(member_http), org=org.pk)
