@@ -142,7 +142,14 @@ def test_endpoint_key_can_be_cleared(staff: Client, pool: RouterPool) -> None:
 def test_endpoint_added_with_a_key(staff: Client, pool: RouterPool) -> None:
     response = staff.post(
         reverse("admin:routerpools_routerendpoint_add"),
-        {"pool": pool.pk, "base_url": "http://10.0.0.6:5010", "auth_key": "fresh-key", "weight": "1", "enabled": "on", "_save": "Save"},
+        {
+            "pool": pool.pk,
+            "base_url": "http://10.0.0.6:5010",
+            "auth_key": "fresh-key",
+            "weight": "1",
+            "enabled": "on",
+            "_save": "Save",
+        },
     )
     assert response.status_code == 302, response.content
     assert RouterEndpoint.objects.get(base_url="http://10.0.0.6:5010").auth_key == "fresh-key"
@@ -231,7 +238,10 @@ def door(settings):  # noqa: ANN001, ANN201
 
     settings.RATELIMIT_CACHE_PREFIX = f"rl-admin-{uuid.uuid4().hex}:"
     # allauth keeps its own counters (failed sign-ins per account and per address) in the cache: a fresh namespace.
-    settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "KEY_PREFIX": f"admin-{uuid.uuid4().hex[:8]}"}}
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {**settings.CACHES["default"], "KEY_PREFIX": f"admin-{uuid.uuid4().hex[:8]}"},
+    }
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.MFA_TOTP_TOLERANCE = 1  # three codes valid at once, so a test need not wait for the next period
     ensure_site_and_plans()
@@ -249,7 +259,9 @@ def signed_in_to_admin(client: Client) -> bool:
 def test_the_admin_has_no_password_form_of_its_own(door: User) -> None:
     client = Client()
     assert client.get("/admin/")["Location"] == "/admin/login/?next=/admin/"
-    assert client.get("/admin/login/?next=/admin/billing/plan/")["Location"] == "/accounts/login/?next=%2Fadmin%2Fbilling%2Fplan%2F"
+    assert (
+        client.get("/admin/login/?next=/admin/billing/plan/")["Location"] == "/accounts/login/?next=%2Fadmin%2Fbilling%2Fplan%2F"
+    )
     assert client.get("/admin/login/?next=https://evil.example/")["Location"] == "/accounts/login/?next=%2Fadmin%2F"
     # The old form's POST signs no one in, whatever it carries.
     posted = client.post("/admin/login/", {"username": door.email, "password": STAFF_PASSWORD})
@@ -261,7 +273,9 @@ def test_forty_wrong_passwords_then_the_right_one_does_not_get_in(door: User) ->
     client = Client()
     for i in range(40):
         client.post("/admin/login/", {"username": door.email, "password": f"guess-{i}"})
+    client.post("/admin/login/?next=/admin/", {"username": door.email, "password": STAFF_PASSWORD})
     assert not signed_in_to_admin(client)
+    # Through the one door there is, allauth's form, the same guessing is cut off.
     statuses = [staff_sign_in(client, door.email, f"guess-{i}").status_code for i in range(40)]
     assert statuses[:10] == [200] * 10 and set(statuses[10:]) == {429}  # the portal's sign-in limit, per address
     right = staff_sign_in(client, door.email)
@@ -271,7 +285,9 @@ def test_forty_wrong_passwords_then_the_right_one_does_not_get_in(door: User) ->
 
 def test_guessing_from_many_addresses_locks_the_account(door: User) -> None:
     for i in range(40):
-        Client(REMOTE_ADDR=f"198.51.100.{i + 1}").post("/accounts/login/?next=/admin/", {"login": door.email, "password": f"guess-{i}"})
+        Client(REMOTE_ADDR=f"198.51.100.{i + 1}").post(
+            "/accounts/login/?next=/admin/", {"login": door.email, "password": f"guess-{i}"}
+        )
     client = Client(REMOTE_ADDR="192.0.2.200")  # an address that never guessed, with the right password
     response = staff_sign_in(client, door.email)
     assert response.status_code == 200 and "Too many failed login attempts" in response.content.decode()
@@ -330,7 +346,9 @@ def test_with_mfa_required_staff_set_up_totp_and_every_admin_session_passes_it(d
     # A password is not enough: no authenticator yet, so the admin sends staff to set one up.
     assert client.get("/admin/")["Location"] == "/admin/login/?next=/admin/"
     setup = client.get("/admin/login/?next=/admin/", follow=True)
-    assert setup.redirect_chain[-1][0] == "/accounts/reauthenticate/?next=%2Faccounts%2F2fa%2Ftotp%2Factivate%2F"  # allauth's rule
+    assert (
+        setup.redirect_chain[-1][0] == "/accounts/reauthenticate/?next=%2Faccounts%2F2fa%2Ftotp%2Factivate%2F"
+    )  # allauth's rule
     assert "The admin needs two-factor authentication" in setup.content.decode()
     activate = client.post(setup.redirect_chain[-1][0], {"password": STAFF_PASSWORD}, follow=True)
     assert activate.redirect_chain[-1][0] == "/accounts/2fa/totp/activate/"
@@ -381,7 +399,9 @@ def test_with_mfa_off_a_password_is_enough_and_customers_may_still_use_totp(door
     assert portal.get("/portal/api-keys", HTTP_ACCEPT="text/html").status_code == 200  # never required of customers
 
 
-@pytest.mark.parametrize(("debug", "value", "expected"), [("0", None, "True"), ("1", None, "False"), ("0", "0", "False"), ("1", "1", "True")])
+@pytest.mark.parametrize(
+    ("debug", "value", "expected"), [("0", None, "True"), ("1", None, "False"), ("0", "0", "False"), ("1", "1", "True")]
+)
 def test_mfa_for_the_admin_defaults_to_on_unless_debug(debug: str, value: str | None, expected: str) -> None:
     from tests.test_config import base_env
 

@@ -267,3 +267,51 @@ def test_a_removed_member_loses_the_organizations_feed_and_playground_at_once(
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "not_a_member"
     assert not feed_refused(pushed.url, session_of(member_http), org=other.pk)
     assert feed_refused(pushed.url, session_of(member_http), org=org.pk)
+
+
+# --- The admin's door --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def admin_door(transactional_db, simulator) -> Iterator[LiveGateway]:  # noqa: ANN001
+    """A daphne of its own with production's sign-in limit and admin two-factor: the guessing below uses up its
+    per-address budget, which no other test should inherit."""
+    ensure_site_and_plans()
+    server = LiveGateway(
+        env=live_gateway_env(
+            simulator.base_url, PORTAL_ADMIN_REQUIRE_MFA="1", PORTAL_CACHE_PREFIX=f"admin-door-{uuid.uuid4().hex[:8]}"
+        )
+    ).start()
+    yield server
+    server.stop()
+
+
+def test_forty_admin_passwords_then_the_right_one_get_nowhere(admin_door: LiveGateway) -> None:
+    staff = User.objects.create_superuser(email="root@example.com", password="the-real-admin-pass-9")
+    http = httpx.Client(base_url=admin_door.url, timeout=30)
+    http.get("/accounts/login/")
+    for i in range(40):
+        response = post_form(http, "/admin/login/?next=/admin/", {"username": staff.email, "password": f"guess-{i}"})
+        assert response.status_code == 302 and response.headers["location"].startswith("/accounts/login/")
+    post_form(http, "/admin/login/?next=/admin/", {"username": staff.email, "password": "the-real-admin-pass-9"})
+    assert http.get("/admin/").status_code == 302  # the admin's own form signs no one in
+    statuses = [
+        post_form(http, "/accounts/login/?next=/admin/", {"login": staff.email, "password": f"guess-{i}"}).status_code
+        for i in range(40)
+    ]
+    assert statuses[:10] == [200] * 10 and set(statuses[10:]) == {429}
+    right = post_form(http, "/accounts/login/?next=/admin/", {"login": staff.email, "password": "the-real-admin-pass-9"})
+    assert right.status_code == 429
+    assert http.get("/admin/").status_code == 302
+
+
+def test_a_staff_password_alone_does_not_open_the_admin_when_two_factor_is_required(admin_door: LiveGateway) -> None:
+    staff = User.objects.create_superuser(email="root2@example.com", password="the-real-admin-pass-9")
+    http = httpx.Client(base_url=admin_door.url, timeout=30)
+    http.get("/accounts/login/")
+    signed = post_form(http, "/accounts/login/?next=/admin/", {"login": staff.email, "password": "the-real-admin-pass-9"})
+    assert signed.status_code == 302 and signed.headers["location"] == "/admin/"
+    assert http.get("/admin/").headers["location"] == "/admin/login/?next=/admin/"
+    sent = http.get("/admin/login/?next=/admin/")
+    assert sent.status_code == 302 and sent.headers["location"] == "/accounts/2fa/totp/activate/"
+    assert http.get("/admin/accounts/user/").status_code == 302
