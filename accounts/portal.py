@@ -9,6 +9,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
+from django.db.models import Exists
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django_ratelimit import ALL
@@ -21,6 +22,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from accounts.models import Invitation, Membership, Organization, User
+from accounts.selectors import invitations_pending, invitations_pending_for
 from accounts.services import personal_organization_create
 from billing.models import ModelAccessOverride
 from routerpools.models import ModelAlias
@@ -38,9 +40,10 @@ class PortalContext:
     lost_organization: bool = False
 
     def pending_invitations(self) -> list[Invitation]:
-        """Invitations waiting for this user's answer (a query: templates read it once, with {% with %})."""
-        from accounts.selectors import invitations_pending_for
-
+        """Invitations waiting for this user's answer; templates read it once, with {% with %}. The memberships query
+        already said whether there are any, so the usual page (none) costs no query for the banner."""
+        if not getattr(self.membership, "has_pending_invitations", True):
+            return []
         return invitations_pending_for(user=self.user)
 
     @property
@@ -65,7 +68,12 @@ class NotAMember(LookupError):
 
 
 def user_memberships(user: User) -> list[Membership]:
-    return list(Membership.objects.filter(user=user).select_related("organization__plan").order_by("created_at", "id"))
+    return list(
+        Membership.objects.filter(user=user)
+        .select_related("organization__plan")
+        .annotate(has_pending_invitations=Exists(invitations_pending(user=user)))
+        .order_by("created_at", "id")
+    )
 
 
 def portal_context(request: HttpRequest, *, org: str | None = None) -> PortalContext:
