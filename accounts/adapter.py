@@ -45,4 +45,3 @@ class StaffAwareEmailVerificationStage(EmailVerificationStage):
         if user is not None and user.is_staff and not EmailAddress.objects.filter(user=user).exists():
             return None, True
         return super().handle()
-

@@ -96,7 +96,18 @@ class InvitationAdmin(admin.ModelAdmin):
         return False
 
 
-MEMBERSHIP_EVENT_FIELDS = ["organization", "email", "user", "action", "old_role", "new_role", "actor", "actor_label", "source_ip", "created_at"]
+MEMBERSHIP_EVENT_FIELDS = [
+    "organization",
+    "email",
+    "user",
+    "action",
+    "old_role",
+    "new_role",
+    "actor",
+    "actor_label",
+    "source_ip",
+    "created_at",
+]
 
 
 @admin.register(MembershipEvent)

@@ -59,7 +59,9 @@ class PortalAdminSite(admin.AdminSite):
             return render(request, "portal/forbidden.html", {"message": "This account has no access to the admin."}, status=403)
         missing = admin_second_factor_missing(request)
         if missing == SETUP:
-            messages.info(request, "The admin needs two-factor authentication: set up an authenticator app, then open the admin again.")
+            messages.info(
+                request, "The admin needs two-factor authentication: set up an authenticator app, then open the admin again."
+            )
             return HttpResponseRedirect(reverse("mfa_activate_totp"))
         if missing == AUTHENTICATE:
             return HttpResponseRedirect(f"{reverse('mfa_reauthenticate')}?{urlencode({REDIRECT_FIELD_NAME: target})}")

@@ -109,7 +109,10 @@ class Invitation(models.Model):
     @property
     def is_pending(self) -> bool:
         return (
-            self.accepted_at is None and self.cancelled_at is None and self.declined_at is None and self.expires_at > timezone.now()
+            self.accepted_at is None
+            and self.cancelled_at is None
+            and self.declined_at is None
+            and self.expires_at > timezone.now()
         )
 
 

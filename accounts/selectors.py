@@ -14,7 +14,11 @@ def invitations_pending(*, user: User) -> QuerySet[Invitation]:
     """Pending invitations to one of the user's verified addresses, from organizations they are not in yet."""
     verified = EmailAddress.objects.filter(user=user, verified=True).annotate(address=Lower("email")).values("address")
     return Invitation.objects.filter(
-        email__in=verified, accepted_at__isnull=True, cancelled_at__isnull=True, declined_at__isnull=True, expires_at__gt=timezone.now()
+        email__in=verified,
+        accepted_at__isnull=True,
+        cancelled_at__isnull=True,
+        declined_at__isnull=True,
+        expires_at__gt=timezone.now(),
     ).exclude(organization__memberships__user=user)
 
 

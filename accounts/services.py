@@ -67,7 +67,9 @@ def personal_organization_create(*, user: User) -> Organization:
     plan_slug = "free" if Plan.objects.filter(slug="free").exists() else None  # else the default plan
     for _ in range(5):  # a random suffix; retry the rare collision instead of failing a sign-up
         try:
-            return organization_create(slug=_personal_slug(user.email), name=f"{local}'s workspace", plan_slug=plan_slug, owner=user)
+            return organization_create(
+                slug=_personal_slug(user.email), name=f"{local}'s workspace", plan_slug=plan_slug, owner=user
+            )
         except OrganizationExists:
             continue
     raise OrganizationExists("could not find a free slug for a personal organization")
@@ -123,7 +125,9 @@ def _answerable(invitation: Invitation, user: User) -> Invitation:
 def invitation_accept(*, invitation: Invitation, user: User, source_ip: str | None = None) -> Membership:
     """Join the inviting organization with the invitation's role; a membership the user already has is kept as is."""
     locked = _answerable(invitation, user)
-    membership, made = Membership.objects.get_or_create(user=user, organization_id=locked.organization_id, defaults={"role": locked.role})
+    membership, made = Membership.objects.get_or_create(
+        user=user, organization_id=locked.organization_id, defaults={"role": locked.role}
+    )
     locked.accepted_at = timezone.now()
     locked.accepted_by = user
     locked.save(update_fields=["accepted_at", "accepted_by"])
@@ -246,11 +250,20 @@ def organization_transfer_ownership(
         old = target.role
         target.role = Membership.Role.OWNER
         target.save(update_fields=["role"])
-        _membership_event(target, MembershipEvent.Action.ROLE_CHANGED, old_role=old, new_role=target.role, actor=actor, source_ip=source_ip)
+        _membership_event(
+            target, MembershipEvent.Action.ROLE_CHANGED, old_role=old, new_role=target.role, actor=actor, source_ip=source_ip
+        )
     if step_down:
         mine.role = Membership.Role.ADMIN
         mine.save(update_fields=["role"])
-        _membership_event(mine, MembershipEvent.Action.ROLE_CHANGED, old_role=Membership.Role.OWNER, new_role=mine.role, actor=actor, source_ip=source_ip)
+        _membership_event(
+            mine,
+            MembershipEvent.Action.ROLE_CHANGED,
+            old_role=Membership.Role.OWNER,
+            new_role=mine.role,
+            actor=actor,
+            source_ip=source_ip,
+        )
     return target
 
 
@@ -308,11 +321,22 @@ def user_delete(*, user: User, source_ip: str | None = None) -> int:
     revoked = 0
     now = timezone.now()
     for org in impact.closing:
-        for key in apikey_list(organization=org).filter(revoked_at__isnull=True).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now)):
+        for key in (
+            apikey_list(organization=org)
+            .filter(revoked_at__isnull=True)
+            .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        ):
             apikey_revoke(api_key=key, actor=user, actor_label="account deleted", source_ip=source_ip)
             revoked += 1
     for membership in Membership.objects.filter(user=user).select_related("user"):
-        _membership_event(membership, MembershipEvent.Action.LEFT, old_role=membership.role, actor=None, actor_label="account deleted", source_ip=source_ip)
+        _membership_event(
+            membership,
+            MembershipEvent.Action.LEFT,
+            old_role=membership.role,
+            actor=None,
+            actor_label="account deleted",
+            source_ip=source_ip,
+        )
     user.delete()
     return revoked
 

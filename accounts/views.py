@@ -105,12 +105,16 @@ def delete_account(request: HttpRequest) -> HttpResponse:
                 revoked = user_delete(user=ctx.user, source_ip=client_ip(request))
             except LastOwner as exc:
                 form.add_error(None, str(exc))
-                return render_portal(request, "accounts/delete_account.html", {"nav": "profile", "form": form, "impact": _deletion_impact(ctx)})
+                return render_portal(
+                    request, "accounts/delete_account.html", {"nav": "profile", "form": form, "impact": _deletion_impact(ctx)}
+                )
             logout(request)
             note = f" {revoked} API key{'s' if revoked != 1 else ''} revoked." if revoked else ""
             messages.success(request, f"Your account is deleted.{note}")
             return redirect("account_login")
-    return render_portal(request, "accounts/delete_account.html", {"nav": "profile", "form": form, "impact": _deletion_impact(ctx)})
+    return render_portal(
+        request, "accounts/delete_account.html", {"nav": "profile", "form": form, "impact": _deletion_impact(ctx)}
+    )
 
 
 @portal_page
@@ -139,7 +143,11 @@ def organization(request: HttpRequest) -> HttpResponse:
                     messages.success(request, f"Invitation sent to {invitation.email}.")
                 return redirect("portal:organization")
     members = list(Membership.objects.filter(organization=org).select_related("user").order_by("created_at", "id"))
-    pending = [i for i in Invitation.objects.filter(organization=org, accepted_at__isnull=True, cancelled_at__isnull=True) if i.is_pending]
+    pending = [
+        i
+        for i in Invitation.objects.filter(organization=org, accepted_at__isnull=True, cancelled_at__isnull=True)
+        if i.is_pending
+    ]
     owners = sum(1 for m in members if m.role == Membership.Role.OWNER)
     return render_portal(
         request,
@@ -187,7 +195,10 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
     found = Invitation.objects.filter(token=token).select_related("organization", "invited_by").first()
     if found is None or not found.is_pending:
         return render(request, "accounts/invitation.html", {"invitation": None}, status=404)
-    answerable = request.user.is_authenticated and EmailAddress.objects.filter(user=request.user, email__iexact=found.email, verified=True).exists()
+    answerable = (
+        request.user.is_authenticated
+        and EmailAddress.objects.filter(user=request.user, email__iexact=found.email, verified=True).exists()
+    )
     return render(request, "accounts/invitation.html", {"invitation": found, "answerable": answerable})
 
 
@@ -236,7 +247,9 @@ def _safe_next(request: HttpRequest) -> str:
 
 
 def _member(ctx: PortalContext, membership_id: int) -> Membership | None:
-    return Membership.objects.filter(pk=membership_id, organization=ctx.organization).select_related("user", "organization").first()
+    return (
+        Membership.objects.filter(pk=membership_id, organization=ctx.organization).select_related("user", "organization").first()
+    )
 
 
 def _membership_refused(request: HttpRequest, exc: MembershipError) -> HttpResponse:
@@ -281,7 +294,9 @@ def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
         messages.error(request, "Choose owner, admin or member.")
         return redirect(reverse("portal:organization") + "#members")
     try:
-        changed = membership_change_role(membership=member, role=form.cleaned_data["role"], actor=ctx.user, source_ip=client_ip(request))
+        changed = membership_change_role(
+            membership=member, role=form.cleaned_data["role"], actor=ctx.user, source_ip=client_ip(request)
+        )
     except MembershipError as exc:
         return _membership_refused(request, exc)
     messages.success(request, f"{member.user.email} is now {changed.get_role_display().lower()}.")
@@ -294,7 +309,12 @@ def transfer_ownership(request: HttpRequest) -> HttpResponse:
     ctx: PortalContext = request.portal  # type: ignore[attr-defined]
     if not ctx.is_owner:
         return forbidden(request, "Only owners of this organization can hand it over.")
-    others = Membership.objects.filter(organization=ctx.organization).exclude(user=ctx.user).select_related("user").order_by("created_at", "id")
+    others = (
+        Membership.objects.filter(organization=ctx.organization)
+        .exclude(user=ctx.user)
+        .select_related("user")
+        .order_by("created_at", "id")
+    )
     form = TransferForm(members=others)
     if request.method == "POST":
         form = TransferForm(request.POST, members=others)
@@ -312,14 +332,21 @@ def transfer_ownership(request: HttpRequest) -> HttpResponse:
             note = " You are an admin now." if form.cleaned_data["step_down"] else ""
             messages.success(request, f"{target.user.email} is an owner of {ctx.organization.name}.{note}")
             return redirect(reverse("portal:organization") + "#members")
-    return render_portal(request, "accounts/transfer_ownership.html", {"nav": "organization", "form": form, "has_others": others.exists()})
+    return render_portal(
+        request, "accounts/transfer_ownership.html", {"nav": "organization", "form": form, "has_others": others.exists()}
+    )
 
 
 @portal_page
 def leave_organization(request: HttpRequest) -> HttpResponse:
     """GET: what leaving does, to confirm. POST: leave the organization the portal is showing."""
     ctx: PortalContext = request.portal  # type: ignore[attr-defined]
-    sole_owner = ctx.is_owner and not Membership.objects.filter(organization=ctx.organization, role=Membership.Role.OWNER).exclude(pk=ctx.membership.pk).exists()
+    sole_owner = (
+        ctx.is_owner
+        and not Membership.objects.filter(organization=ctx.organization, role=Membership.Role.OWNER)
+        .exclude(pk=ctx.membership.pk)
+        .exists()
+    )
     if request.method == "POST":
         try:
             membership_leave(membership=ctx.membership, source_ip=client_ip(request))

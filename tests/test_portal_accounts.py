@@ -164,7 +164,11 @@ def test_owner_invites_by_email_and_the_invitee_accepts_after_sign_up(team: Team
 
 def test_signing_in_asks_instead_of_joining_and_switching(team: Team) -> None:
     invitation = Invitation.objects.create(
-        organization=team.globex, email=team.member.email, role="member", token="tok-1", invited_by=team.outsider,
+        organization=team.globex,
+        email=team.member.email,
+        role="member",
+        token="tok-1",
+        invited_by=team.outsider,
         expires_at=team.globex.created_at.replace(year=2100),
     )
     client = Client()
@@ -185,7 +189,11 @@ def test_signing_in_asks_instead_of_joining_and_switching(team: Team) -> None:
 
 def test_an_invitation_is_answered_only_by_its_address(team: Team) -> None:
     invitation = Invitation.objects.create(
-        organization=team.globex, email=team.member.email, role="admin", token="tok-3", expires_at=team.globex.created_at.replace(year=2100)
+        organization=team.globex,
+        email=team.member.email,
+        role="admin",
+        token="tok-3",
+        expires_at=team.globex.created_at.replace(year=2100),
     )
     for intruder in (team.admin, team.owner):  # signed in, but with another address: ids are guessable
         client = team.client(intruder)
@@ -211,7 +219,11 @@ def test_an_unverified_address_does_not_claim_an_invitation(team: Team) -> None:
     user = make_user("squatter@example.com", verified=False)
     EmailAddress.objects.create(user=user, email="victim@example.com", verified=False, primary=False)
     Invitation.objects.create(
-        organization=team.acme, email="victim@example.com", role="admin", token="tok-2", expires_at=team.acme.created_at.replace(year=2100)
+        organization=team.acme,
+        email="victim@example.com",
+        role="admin",
+        token="tok-2",
+        expires_at=team.acme.created_at.replace(year=2100),
     )
     client = Client()
     client.force_login(user)
@@ -278,7 +290,8 @@ def test_password_change_from_the_profile_returns_to_it(team: Team) -> None:
     client = Client()
     sign_in(client, team.member.email)
     response = client.post(
-        "/accounts/password/change/", {"oldpassword": PASSWORD, "password1": "brand-new-secret-42", "password2": "brand-new-secret-42"}
+        "/accounts/password/change/",
+        {"oldpassword": PASSWORD, "password1": "brand-new-secret-42", "password2": "brand-new-secret-42"},
     )
     assert response.status_code == 302 and response["Location"] == "/portal/profile"
     team.member.refresh_from_db()
@@ -286,7 +299,10 @@ def test_password_change_from_the_profile_returns_to_it(team: Team) -> None:
 
 
 def test_sign_out_everywhere_else_ends_the_other_sessions_only(team: Team) -> None:
-    laptop, phone = Client(HTTP_USER_AGENT="Mozilla/5.0 (Macintosh; Mac OS X) Chrome/130.0"), Client(HTTP_USER_AGENT="Mozilla/5.0 (Linux; Android 14) Chrome/130.0")
+    laptop, phone = (
+        Client(HTTP_USER_AGENT="Mozilla/5.0 (Macintosh; Mac OS X) Chrome/130.0"),
+        Client(HTTP_USER_AGENT="Mozilla/5.0 (Linux; Android 14) Chrome/130.0"),
+    )
     sign_in(laptop, team.member.email)
     sign_in(phone, team.member.email)
     assert UserSession.objects.filter(user=team.member).count() == 2
@@ -312,7 +328,10 @@ def test_delete_account_says_which_keys_go_then_revokes_them(team: Team) -> None
     assert "<strong>Solo</strong> — it closes; its 2 active keys will be revoked." in profile
     assert "<strong>Shared</strong>" not in profile and "<strong>Acme</strong>" not in profile  # others own those
     confirm = client.get("/portal/profile/delete").content.decode()
-    assert "You are the only member of <strong>Solo</strong>: it closes with your account. Its 2 active API keys are revoked" in confirm
+    assert (
+        "You are the only member of <strong>Solo</strong>: it closes with your account. Its 2 active API keys are revoked"
+        in confirm
+    )
     wrong = client.post("/portal/profile/delete", {"password": "nope"})
     assert wrong.status_code == 200 and "That is not your password." in wrong.content.decode()
     assert User.objects.filter(pk=solo.pk).exists()
@@ -368,7 +387,11 @@ def test_owner_removes_a_member_after_confirming(team: Team) -> None:
     assert not Membership.objects.filter(pk=target.pk).exists()
     event = MembershipEvent.objects.get(organization=team.acme, action="removed")
     assert (event.user, event.email, event.old_role, event.actor, event.source_ip) == (
-        team.member, "member@acme.test", "member", team.owner, "203.0.113.9"
+        team.member,
+        "member@acme.test",
+        "member",
+        team.owner,
+        "203.0.113.9",
     )
 
 
@@ -443,7 +466,10 @@ def test_ownership_is_handed_over_with_or_without_stepping_down(team: Team) -> N
     assert (membership(team, team.member).role, membership(team, team.owner).role) == ("owner", "owner")
     owner.post("/portal/organization/transfer", {"member": membership(team, team.admin).pk, "step_down": "on"})
     assert (membership(team, team.admin).role, membership(team, team.owner).role) == ("owner", "admin")
-    assert team.client(team.owner).post("/portal/organization/transfer", {"member": membership(team, team.admin).pk}).status_code == 403
+    assert (
+        team.client(team.owner).post("/portal/organization/transfer", {"member": membership(team, team.admin).pk}).status_code
+        == 403
+    )
 
 
 def test_members_leave_and_lose_the_organization(team: Team) -> None:
@@ -474,7 +500,10 @@ def test_a_removed_members_open_session_falls_back_and_is_told(team: Team) -> No
     assert "no longer a member" not in member.get("/portal/usage").content.decode()  # said once
     # The playground page names its organization; a page left open on acme is refused, not charged to globex.
     refused = member.post(
-        "/portal/playground/chat/completions", data="{}", content_type="application/json", HTTP_X_PORTAL_ORGANIZATION=str(team.acme.pk)
+        "/portal/playground/chat/completions",
+        data="{}",
+        content_type="application/json",
+        HTTP_X_PORTAL_ORGANIZATION=str(team.acme.pk),
     )
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "not_a_member"
 
@@ -502,7 +531,10 @@ def test_two_owners_removing_each_other_at_once_leave_one_owner(team: Team) -> N
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=remove, args=(second, team.owner)), threading.Thread(target=remove, args=(first, second.user))]
+    threads = [
+        threading.Thread(target=remove, args=(second, team.owner)),
+        threading.Thread(target=remove, args=(first, second.user)),
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -557,8 +589,17 @@ def test_docs_follow_the_organizations_model_overrides(team: Team) -> None:
 
 def test_every_page_needs_sign_in() -> None:
     client = Client()
-    for url in ("/portal/", "/portal/usage", "/portal/api-keys", "/portal/docs", "/portal/profile", "/portal/profile/delete",
-                "/portal/organization", "/portal/playground", "/portal/billing"):
+    for url in (
+        "/portal/",
+        "/portal/usage",
+        "/portal/api-keys",
+        "/portal/docs",
+        "/portal/profile",
+        "/portal/profile/delete",
+        "/portal/organization",
+        "/portal/playground",
+        "/portal/billing",
+    ):
         response = client.get(url)
         assert response.status_code == 302, url
         assert response["Location"].startswith("/accounts/login/?next=/portal/"), url
