@@ -1,4 +1,4 @@
-"""Staff views of users, organizations, memberships and (read-only) invitations."""
+"""Staff views of users, organizations, memberships and (read-only) invitations and membership audit."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.http import HttpRequest
 from django.utils import timezone
 
-from accounts.models import Invitation, Membership, Organization, User
+from accounts.models import Invitation, Membership, MembershipEvent, Organization, User
 
 
 @admin.register(User)
@@ -60,6 +60,7 @@ INVITATION_FIELDS = [
     "accepted_at",
     "accepted_by",
     "cancelled_at",
+    "declined_at",
 ]
 
 
@@ -81,6 +82,8 @@ class InvitationAdmin(admin.ModelAdmin):
             return "accepted"
         if invitation.cancelled_at is not None:
             return "cancelled"
+        if invitation.declined_at is not None:
+            return "declined"
         return "expired" if invitation.expires_at <= timezone.now() else "pending"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -90,4 +93,39 @@ class InvitationAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Invitation | None = None) -> bool:
+        return False
+
+
+MEMBERSHIP_EVENT_FIELDS = [
+    "organization",
+    "email",
+    "user",
+    "action",
+    "old_role",
+    "new_role",
+    "actor",
+    "actor_label",
+    "source_ip",
+    "created_at",
+]
+
+
+@admin.register(MembershipEvent)
+class MembershipEventAdmin(admin.ModelAdmin):
+    """Read-only audit of joins, removals, departures and role changes, written by accounts.services."""
+
+    list_display = ["created_at", "organization", "email", "action", "old_role", "new_role", "actor", "source_ip"]
+    list_filter = ["action"]
+    list_select_related = ["organization", "actor"]
+    search_fields = ["email", "organization__slug"]
+    fields = MEMBERSHIP_EVENT_FIELDS
+    readonly_fields = MEMBERSHIP_EVENT_FIELDS
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: MembershipEvent | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: MembershipEvent | None = None) -> bool:
         return False

@@ -44,7 +44,10 @@ class ProfileForm(forms.Form):
 class InviteForm(forms.Form):
     email = forms.EmailField(label="Email address")
     role = forms.ChoiceField(
-        choices=[(Membership.Role.MEMBER, "Member: sees keys and usage"), (Membership.Role.ADMIN, "Admin: also creates and revokes keys")],
+        choices=[
+            (Membership.Role.MEMBER, "Member: sees keys and usage"),
+            (Membership.Role.ADMIN, "Admin: also creates and revokes keys"),
+        ],
         initial=Membership.Role.MEMBER,
     )
 
@@ -61,3 +64,19 @@ class DeleteAccountForm(forms.Form):
         if not self.user.check_password(password):
             raise forms.ValidationError("That is not your password.")
         return password
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Membership.Role.choices)
+
+
+class TransferForm(forms.Form):
+    member = forms.ModelChoiceField(queryset=Membership.objects.none(), label="New owner", empty_label=None)
+    step_down = forms.BooleanField(required=False, label="Step down to admin myself")
+
+    def __init__(self, *args: Any, members: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["member"].queryset = members
+        self.fields["member"].label_from_instance = lambda m: (
+            f"{m.user.name or m.user.email} ({m.user.email}, {m.get_role_display().lower()})"
+        )

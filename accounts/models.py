@@ -85,7 +85,7 @@ class Membership(models.Model):
 
 
 class Invitation(models.Model):
-    """An owner's invitation by email: the invitee becomes a member on signing in with that (verified) address."""
+    """An owner's invitation by email: a user who holds that address, verified, may accept or decline it."""
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="invitations")
     email = models.EmailField()
@@ -97,6 +97,7 @@ class Invitation(models.Model):
     accepted_at = models.DateTimeField(null=True, blank=True)
     accepted_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     cancelled_at = models.DateTimeField(null=True, blank=True)
+    declined_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -107,4 +108,36 @@ class Invitation(models.Model):
 
     @property
     def is_pending(self) -> bool:
-        return self.accepted_at is None and self.cancelled_at is None and self.expires_at > timezone.now()
+        return (
+            self.accepted_at is None
+            and self.cancelled_at is None
+            and self.declined_at is None
+            and self.expires_at > timezone.now()
+        )
+
+
+class MembershipEvent(models.Model):
+    """Audit of who joined, left, was removed from or changed role in an organization, by whom and from where."""
+
+    class Action(models.TextChoices):
+        JOINED = "joined", "Joined"
+        ROLE_CHANGED = "role_changed", "Role changed"
+        REMOVED = "removed", "Removed"
+        LEFT = "left", "Left"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="membership_events")
+    user = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    email = models.EmailField(help_text="the member's address at the time: kept when the account goes")
+    action = models.CharField(max_length=16, choices=Action.choices)
+    old_role = models.CharField(max_length=16, choices=Membership.Role.choices, blank=True)
+    new_role = models.CharField(max_length=16, choices=Membership.Role.choices, blank=True)
+    actor = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    actor_label = models.CharField(max_length=200, blank=True, help_text="e.g. 'account deleted' when no one else acted")
+    source_ip = models.GenericIPAddressField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.email} {self.action} in {self.organization}"

@@ -7,7 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
+from django.db.models import Exists
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django_ratelimit import ALL
@@ -19,7 +21,8 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from accounts.models import Membership, Organization, User
+from accounts.models import Invitation, Membership, Organization, User
+from accounts.selectors import invitations_pending, invitations_pending_for
 from accounts.services import personal_organization_create
 from billing.models import ModelAccessOverride
 from routerpools.models import ModelAlias
@@ -33,6 +36,15 @@ class PortalContext:
     user: User
     membership: Membership
     memberships: tuple[Membership, ...]
+    # The organization this session was working in is no longer the user's: `membership` is a fallback.
+    lost_organization: bool = False
+
+    def pending_invitations(self) -> list[Invitation]:
+        """Invitations waiting for this user's answer; templates read it once, with {% with %}. The memberships query
+        already said whether there are any, so the usual page (none) costs no query for the banner."""
+        if not getattr(self.membership, "has_pending_invitations", True):
+            return []
+        return invitations_pending_for(user=self.user)
 
     @property
     def organization(self) -> Organization:
@@ -56,7 +68,12 @@ class NotAMember(LookupError):
 
 
 def user_memberships(user: User) -> list[Membership]:
-    return list(Membership.objects.filter(user=user).select_related("organization__plan").order_by("created_at", "id"))
+    return list(
+        Membership.objects.filter(user=user)
+        .select_related("organization__plan")
+        .annotate(has_pending_invitations=Exists(invitations_pending(user=user)))
+        .order_by("created_at", "id")
+    )
 
 
 def portal_context(request: HttpRequest, *, org: str | None = None) -> PortalContext:
@@ -74,10 +91,17 @@ def portal_context(request: HttpRequest, *, org: str | None = None) -> PortalCon
         chosen = next((m for m in memberships if m.organization.slug == org or str(m.organization_id) == org), None)
         if chosen is None:
             raise NotAMember(org)
-    else:
-        wanted = request.session.get(SESSION_ORG_KEY)
-        chosen = next((m for m in memberships if m.organization_id == wanted), memberships[0])
-    return PortalContext(user=user, membership=chosen, memberships=tuple(memberships))
+        return PortalContext(user=user, membership=chosen, memberships=tuple(memberships))
+    # Memberships are read on every request, so a member removed a moment ago acts for nothing of that
+    # organization's from their next request on: the session's choice falls back to one they still have.
+    wanted = request.session.get(SESSION_ORG_KEY)
+    chosen = next((m for m in memberships if m.organization_id == wanted), None)
+    lost = chosen is None and wanted is not None
+    if chosen is None:
+        chosen = memberships[0]
+    if lost:
+        request.session[SESSION_ORG_KEY] = chosen.organization_id
+    return PortalContext(user=user, membership=chosen, memberships=tuple(memberships), lost_organization=lost)
 
 
 def portal_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -87,7 +111,9 @@ def portal_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())
-        request.portal = portal_context(request)  # type: ignore[attr-defined]
+        ctx = request.portal = portal_context(request)  # type: ignore[attr-defined]
+        if ctx.lost_organization:
+            messages.warning(request, f"You are no longer a member of the organization you were working in; this is {ctx.organization.name}.")
         return view(request, *args, **kwargs)
 
     return wrapped

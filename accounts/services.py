@@ -36,14 +36,16 @@ def user_get_or_create(*, email: str) -> tuple[User, bool]:
 # --- Portal: personal organizations, invitations, account deletion -----------------------------
 # Added for the customer portal; the functions above are unchanged.
 
+import logging  # noqa: E402
 import secrets  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from datetime import timedelta  # noqa: E402
 
 from django.db.models import Count, Q  # noqa: E402
 from django.utils import timezone  # noqa: E402
 from django.utils.text import slugify  # noqa: E402
 
-from accounts.models import Invitation  # noqa: E402
+from accounts.models import Invitation, MembershipEvent  # noqa: E402
 from apikeys.services import apikey_list, apikey_revoke  # noqa: E402
 from billing.models import Plan  # noqa: E402
 
@@ -65,7 +67,9 @@ def personal_organization_create(*, user: User) -> Organization:
     plan_slug = "free" if Plan.objects.filter(slug="free").exists() else None  # else the default plan
     for _ in range(5):  # a random suffix; retry the rare collision instead of failing a sign-up
         try:
-            return organization_create(slug=_personal_slug(user.email), name=f"{local}'s workspace", plan_slug=plan_slug, owner=user)
+            return organization_create(
+                slug=_personal_slug(user.email), name=f"{local}'s workspace", plan_slug=plan_slug, owner=user
+            )
         except OrganizationExists:
             continue
     raise OrganizationExists("could not find a free slug for a personal organization")
@@ -100,52 +104,239 @@ def invitation_cancel(*, invitation: Invitation) -> Invitation:
     return invitation
 
 
+def _verified_address(user: User, email: str) -> bool:
+    from allauth.account.models import EmailAddress
+
+    return EmailAddress.objects.filter(user=user, email__iexact=email, verified=True).exists()
+
+
+def _answerable(invitation: Invitation, user: User) -> Invitation:
+    """The invitation locked for an answer from this user: pending, and to one of their verified addresses."""
+    locked = Invitation.objects.select_for_update().select_related("organization").get(pk=invitation.pk)
+    if not locked.is_pending:
+        raise InvitationError("This invitation expired, was cancelled or was already answered.")
+    # The invitation names an address, not a person: only someone who proved they hold it may answer.
+    if not _verified_address(user, locked.email):
+        raise InvitationError("This invitation is for an address you have not confirmed on your account.")
+    return locked
+
+
 @transaction.atomic
-def invitations_accept(*, user: User, emails: list[str]) -> list[Membership]:
-    """Turn pending invitations to these (verified) addresses into memberships; an existing membership is kept as is."""
-    now = timezone.now()
-    wanted = {e.strip().lower() for e in emails if e}
-    if not wanted:
-        return []
-    created: list[Membership] = []
-    pending = (
-        Invitation.objects.select_for_update()
-        .filter(email__in=wanted, accepted_at__isnull=True, cancelled_at__isnull=True, expires_at__gt=now)
-        .order_by("created_at")
+def invitation_accept(*, invitation: Invitation, user: User, source_ip: str | None = None) -> Membership:
+    """Join the inviting organization with the invitation's role; a membership the user already has is kept as is."""
+    locked = _answerable(invitation, user)
+    membership, made = Membership.objects.get_or_create(
+        user=user, organization_id=locked.organization_id, defaults={"role": locked.role}
     )
-    for invitation in pending:
-        membership, made = Membership.objects.get_or_create(
-            user=user, organization_id=invitation.organization_id, defaults={"role": invitation.role}
+    locked.accepted_at = timezone.now()
+    locked.accepted_by = user
+    locked.save(update_fields=["accepted_at", "accepted_by"])
+    if made:
+        _membership_event(membership, MembershipEvent.Action.JOINED, new_role=membership.role, actor=user, source_ip=source_ip)
+    return membership
+
+
+@transaction.atomic
+def invitation_decline(*, invitation: Invitation, user: User) -> Invitation:
+    locked = _answerable(invitation, user)
+    locked.declined_at = timezone.now()
+    locked.save(update_fields=["declined_at"])
+    return locked
+
+
+# --- Members: roles, removal, leaving, ownership ----------------------------------------------------------------
+# Every change locks the organization's row first, so two owners acting at once cannot leave it without one.
+
+log = logging.getLogger("accounts.audit")
+
+
+class MembershipError(ValueError):
+    """A membership change that is not allowed; the message says why, to the person who asked."""
+
+
+class NotAnOwner(MembershipError):
+    pass
+
+
+class LastOwner(MembershipError):
+    pass
+
+
+def _membership_event(
+    membership: Membership,
+    action: str,
+    *,
+    old_role: str = "",
+    new_role: str = "",
+    actor: User | None,
+    actor_label: str = "",
+    source_ip: str | None = None,
+) -> MembershipEvent:
+    event = MembershipEvent.objects.create(
+        organization_id=membership.organization_id,
+        user_id=membership.user_id,
+        email=membership.user.email,
+        action=action,
+        old_role=old_role,
+        new_role=new_role,
+        actor=actor,
+        actor_label=actor_label,
+        source_ip=source_ip,
+    )
+    log.info(
+        "membership %s: %s in organization %s (%s -> %s) by %s",
+        action, membership.user.email, membership.organization_id, old_role or "-", new_role or "-",
+        actor.email if actor is not None else actor_label or "-",
+    )  # fmt: skip
+    return event
+
+
+def _locked(membership: Membership) -> tuple[Membership, int]:
+    """The membership re-read under its organization's lock, and how many owners the organization has now."""
+    Organization.objects.select_for_update().filter(pk=membership.organization_id).first()
+    current = Membership.objects.select_related("user").filter(pk=membership.pk).first()
+    if current is None:
+        raise MembershipError("That person is no longer a member.")
+    owners = Membership.objects.filter(organization_id=current.organization_id, role=Membership.Role.OWNER).count()
+    return current, owners
+
+
+def _require_owner(actor: User, organization_id: int) -> Membership:
+    mine = Membership.objects.filter(user=actor, organization_id=organization_id).first()
+    if mine is None or mine.role != Membership.Role.OWNER:
+        raise NotAnOwner("Only owners of this organization can do that.")
+    return mine
+
+
+@transaction.atomic
+def membership_remove(*, membership: Membership, actor: User, source_ip: str | None = None) -> None:
+    current, owners = _locked(membership)
+    _require_owner(actor, current.organization_id)
+    if current.role == Membership.Role.OWNER and owners == 1:
+        raise LastOwner(f"{current.user.email} is the last owner: make someone else owner first.")
+    _membership_event(current, MembershipEvent.Action.REMOVED, old_role=current.role, actor=actor, source_ip=source_ip)
+    current.delete()  # accounts.live closes the member's live feeds of this organization once this commits
+
+
+@transaction.atomic
+def membership_change_role(*, membership: Membership, role: str, actor: User, source_ip: str | None = None) -> Membership:
+    if role not in Membership.Role.values:
+        raise MembershipError("A role is owner, admin or member.")
+    current, owners = _locked(membership)
+    _require_owner(actor, current.organization_id)
+    if current.role == role:
+        return current
+    if current.role == Membership.Role.OWNER and owners == 1:
+        raise LastOwner("The last owner cannot step down: make someone else owner first.")
+    old = current.role
+    current.role = role
+    current.save(update_fields=["role"])
+    _membership_event(current, MembershipEvent.Action.ROLE_CHANGED, old_role=old, new_role=role, actor=actor, source_ip=source_ip)
+    return current
+
+
+@transaction.atomic
+def organization_transfer_ownership(
+    *, organization: Organization, to_membership: Membership, actor: User, step_down: bool = False, source_ip: str | None = None
+) -> Membership:
+    """Make another member owner; with `step_down` the acting owner becomes an admin in the same transaction."""
+    if to_membership.organization_id != organization.pk:
+        raise MembershipError("That person is not a member of this organization.")
+    target, _ = _locked(to_membership)
+    mine = _require_owner(actor, organization.pk)
+    if target.pk == mine.pk:
+        raise MembershipError("Choose another member to hand the organization to.")
+    if target.role != Membership.Role.OWNER:
+        old = target.role
+        target.role = Membership.Role.OWNER
+        target.save(update_fields=["role"])
+        _membership_event(
+            target, MembershipEvent.Action.ROLE_CHANGED, old_role=old, new_role=target.role, actor=actor, source_ip=source_ip
         )
-        if made:
-            created.append(membership)
-        invitation.accepted_at = now
-        invitation.accepted_by = user
-        invitation.save(update_fields=["accepted_at", "accepted_by"])
-    return created
+    if step_down:
+        mine.role = Membership.Role.ADMIN
+        mine.save(update_fields=["role"])
+        _membership_event(
+            mine,
+            MembershipEvent.Action.ROLE_CHANGED,
+            old_role=Membership.Role.OWNER,
+            new_role=mine.role,
+            actor=actor,
+            source_ip=source_ip,
+        )
+    return target
+
+
+@transaction.atomic
+def membership_leave(*, membership: Membership, source_ip: str | None = None) -> None:
+    current, owners = _locked(membership)
+    if current.role == Membership.Role.OWNER and owners == 1:
+        raise LastOwner(f"You are the last owner of {current.organization.name}: make someone else owner before you leave.")
+    _membership_event(current, MembershipEvent.Action.LEFT, old_role=current.role, actor=current.user, source_ip=source_ip)
+    current.delete()
+
+
+# --- Deleting an account --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeletionImpact:
+    """What deleting an account does to the organizations it alone owns."""
+
+    closing: list[Organization]  # no other member: their active keys are revoked with the account
+    blocking: list[Organization]  # other members would be left without an owner: hand these over first
 
 
 def organizations_solely_owned(*, user: User) -> list[Organization]:
-    """Organizations in which this user is the only owner: what deleting the account leaves without one."""
+    """Organizations in which this user is the only owner, each with `members`: how many people it has."""
     owned = Membership.objects.filter(user=user, role=Membership.Role.OWNER).values("organization_id")
-    # pk__in rather than a join on memberships, so that the count below sees every owner, not only this one.
+    # pk__in rather than a join on memberships, so that the counts below see every membership, not only this one.
     return list(
         Organization.objects.filter(pk__in=owned)
-        .annotate(owners=Count("memberships", filter=Q(memberships__role=Membership.Role.OWNER), distinct=True))
+        .annotate(
+            owners=Count("memberships", filter=Q(memberships__role=Membership.Role.OWNER), distinct=True),
+            members=Count("memberships", distinct=True),
+        )
         .filter(owners=1)
         .order_by("name")
     )
 
 
+def user_deletion_impact(*, user: User) -> DeletionImpact:
+    orgs = organizations_solely_owned(user=user)
+    return DeletionImpact(closing=[o for o in orgs if o.members == 1], blocking=[o for o in orgs if o.members > 1])
+
+
 @transaction.atomic
 def user_delete(*, user: User, source_ip: str | None = None) -> int:
-    """Delete an account; the active keys of organizations it alone owned are revoked first. Returns how many."""
+    """Delete an account; the active keys of organizations it was the only member of are revoked first. Returns how many.
+
+    Refused (LastOwner) while the user is the only owner of an organization that has other members."""
+    mine = Membership.objects.filter(user=user).values("organization_id")
+    list(Organization.objects.select_for_update().filter(pk__in=mine).order_by("pk").values_list("pk", flat=True))
+    impact = user_deletion_impact(user=user)
+    if impact.blocking:
+        names = ", ".join(org.name for org in impact.blocking)
+        raise LastOwner(f"You are the only owner of {names}: make another member owner before you delete your account.")
     revoked = 0
     now = timezone.now()
-    for org in organizations_solely_owned(user=user):
-        for key in apikey_list(organization=org).filter(revoked_at__isnull=True).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now)):
+    for org in impact.closing:
+        for key in (
+            apikey_list(organization=org)
+            .filter(revoked_at__isnull=True)
+            .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        ):
             apikey_revoke(api_key=key, actor=user, actor_label="account deleted", source_ip=source_ip)
             revoked += 1
+    for membership in Membership.objects.filter(user=user).select_related("user"):
+        _membership_event(
+            membership,
+            MembershipEvent.Action.LEFT,
+            old_role=membership.role,
+            actor=None,
+            actor_label="account deleted",
+            source_ip=source_ip,
+        )
     user.delete()
     return revoked
 

@@ -14,5 +14,11 @@ urlpatterns = [
     path("organization", views.organization, name="organization"),
     path("organization/switch", views.switch_organization, name="switch-organization"),
     path("organization/invitations/<int:invitation_id>/cancel", views.invitation_cancel_view, name="invitation-cancel"),
+    path("organization/members/<int:membership_id>/remove", views.member_remove, name="member-remove"),
+    path("organization/members/<int:membership_id>/role", views.member_role, name="member-role"),
+    path("organization/transfer", views.transfer_ownership, name="organization-transfer"),
+    path("organization/leave", views.leave_organization, name="organization-leave"),
+    path("invitations/<int:invitation_id>/accept", views.invitation_accept_view, name="invitation-accept"),
+    path("invitations/<int:invitation_id>/decline", views.invitation_decline_view, name="invitation-decline"),
     path("invitations/<str:token>", views.invitation, name="invitation"),
 ]

@@ -19,16 +19,24 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from accounts.forms import DeleteAccountForm, InviteForm, ProfileForm
+from accounts.forms import DeleteAccountForm, InviteForm, ProfileForm, RoleForm, TransferForm
 from accounts.models import Invitation, Membership
 from accounts.portal import SESSION_ORG_KEY, PortalContext, client_ip, forbidden, portal_page, render_portal
 from accounts.services import (
     InvitationError,
+    LastOwner,
+    MembershipError,
+    NotAnOwner,
+    invitation_accept,
     invitation_cancel,
     invitation_create,
-    invitations_accept,
-    organizations_solely_owned,
+    invitation_decline,
+    membership_change_role,
+    membership_leave,
+    membership_remove,
+    organization_transfer_ownership,
     user_delete,
+    user_deletion_impact,
     user_update_profile,
 )
 from apikeys.models import ApiKey
@@ -43,18 +51,22 @@ def _sessions(request: HttpRequest) -> list[UserSession]:
     return sorted(UserSession.objects.purge_and_list(request.user), key=lambda s: s.created_at, reverse=True)
 
 
-def _deletion_impact(ctx: PortalContext) -> list[dict[str, object]]:
-    """The organizations left without an owner if this user goes, with the keys that would be revoked."""
-    orgs = organizations_solely_owned(user=ctx.user)
+def _deletion_impact(ctx: PortalContext) -> dict[str, list[dict[str, object]]]:
+    """The organizations this user alone owns: those closed with the account (their active keys revoked), and those
+    that block the deletion because other members would be left without an owner."""
+    impact = user_deletion_impact(user=ctx.user)
     now = timezone.now()
     active = (
-        ApiKey.objects.filter(organization__in=orgs, revoked_at__isnull=True)
+        ApiKey.objects.filter(organization__in=impact.closing, revoked_at__isnull=True)
         .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
         .values("organization_id")
         .annotate(n=Count("id"))
     )
     counts = {row["organization_id"]: row["n"] for row in active}
-    return [{"organization": org, "active_keys": counts.get(org.pk, 0)} for org in orgs]
+    return {
+        "closing": [{"organization": org, "active_keys": counts.get(org.pk, 0)} for org in impact.closing],
+        "blocking": [{"organization": org, "members": org.members} for org in impact.blocking],
+    }
 
 
 @portal_page
@@ -89,12 +101,20 @@ def delete_account(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         form = DeleteAccountForm(request.POST, user=ctx.user)
         if form.is_valid():
-            revoked = user_delete(user=ctx.user, source_ip=client_ip(request))
+            try:
+                revoked = user_delete(user=ctx.user, source_ip=client_ip(request))
+            except LastOwner as exc:
+                form.add_error(None, str(exc))
+                return render_portal(
+                    request, "accounts/delete_account.html", {"nav": "profile", "form": form, "impact": _deletion_impact(ctx)}
+                )
             logout(request)
             note = f" {revoked} API key{'s' if revoked != 1 else ''} revoked." if revoked else ""
             messages.success(request, f"Your account is deleted.{note}")
             return redirect("account_login")
-    return render_portal(request, "accounts/delete_account.html", {"nav": "profile", "form": form, "impact": _deletion_impact(ctx)})
+    return render_portal(
+        request, "accounts/delete_account.html", {"nav": "profile", "form": form, "impact": _deletion_impact(ctx)}
+    )
 
 
 @portal_page
@@ -122,12 +142,25 @@ def organization(request: HttpRequest) -> HttpResponse:
                 else:
                     messages.success(request, f"Invitation sent to {invitation.email}.")
                 return redirect("portal:organization")
-    members = Membership.objects.filter(organization=org).select_related("user").order_by("created_at", "id")
-    pending = [i for i in Invitation.objects.filter(organization=org, accepted_at__isnull=True, cancelled_at__isnull=True) if i.is_pending]
+    members = list(Membership.objects.filter(organization=org).select_related("user").order_by("created_at", "id"))
+    pending = [
+        i
+        for i in Invitation.objects.filter(organization=org, accepted_at__isnull=True, cancelled_at__isnull=True)
+        if i.is_pending
+    ]
+    owners = sum(1 for m in members if m.role == Membership.Role.OWNER)
     return render_portal(
         request,
         "accounts/organization.html",
-        {"nav": "organization", "members": members, "invitations": pending, "form": form},
+        {
+            "nav": "organization",
+            "members": members,
+            "invitations": pending,
+            "form": form,
+            "roles": Membership.Role.choices,
+            "last_owner": ctx.is_owner and owners == 1,
+            "others": [m for m in members if m.user_id != ctx.user.pk],
+        },
     )
 
 
@@ -157,18 +190,172 @@ def invitation_cancel_view(request: HttpRequest, invitation_id: int) -> HttpResp
 
 
 def invitation(request: HttpRequest, token: str) -> HttpResponse:
-    """The link in an invitation email: join now when signed in with that verified address, else how to."""
+    """The link in an invitation email: Accept and Decline for the invitee signed in with that verified address,
+    else how to get there. Nothing is joined by opening it."""
     found = Invitation.objects.filter(token=token).select_related("organization", "invited_by").first()
     if found is None or not found.is_pending:
         return render(request, "accounts/invitation.html", {"invitation": None}, status=404)
-    if request.user.is_authenticated:
-        verified = list(EmailAddress.objects.filter(user=request.user, verified=True).values_list("email", flat=True))
-        if found.email in {e.lower() for e in verified}:
-            invitations_accept(user=request.user, emails=[found.email])
-            request.session[SESSION_ORG_KEY] = found.organization_id
-            messages.success(request, f"You joined {found.organization.name}.")
-            return redirect("portal:organization")
-    return render(request, "accounts/invitation.html", {"invitation": found})
+    answerable = (
+        request.user.is_authenticated
+        and EmailAddress.objects.filter(user=request.user, email__iexact=found.email, verified=True).exists()
+    )
+    return render(request, "accounts/invitation.html", {"invitation": found, "answerable": answerable})
+
+
+def _answer(request: HttpRequest, invitation_id: int, accept: bool) -> HttpResponse:
+    ctx: PortalContext = request.portal  # type: ignore[attr-defined]
+    # Only invitations to this user's verified addresses exist for them: ids are guessable, addresses are not shown.
+    found = next((i for i in ctx.pending_invitations() if i.pk == invitation_id), None)
+    if found is None:
+        return render_portal(request, "portal/not_found.html", {"what": "invitation"}, status=404)
+    try:
+        if accept:
+            membership = invitation_accept(invitation=found, user=ctx.user, source_ip=client_ip(request))
+        else:
+            invitation_decline(invitation=found, user=ctx.user)
+    except InvitationError as exc:
+        messages.error(request, str(exc))
+        return redirect("portal:organization")
+    if not accept:
+        messages.success(request, f"You declined the invitation to {found.organization.name}.")
+        return redirect(_safe_next(request))
+    request.session[SESSION_ORG_KEY] = membership.organization_id
+    messages.success(request, f"You joined {found.organization.name} as {membership.get_role_display().lower()}.")
+    return redirect("portal:organization")
+
+
+@require_POST
+@portal_page
+def invitation_accept_view(request: HttpRequest, invitation_id: int) -> HttpResponse:
+    return _answer(request, invitation_id, accept=True)
+
+
+@require_POST
+@portal_page
+def invitation_decline_view(request: HttpRequest, invitation_id: int) -> HttpResponse:
+    return _answer(request, invitation_id, accept=False)
+
+
+def _safe_next(request: HttpRequest) -> str:
+    target = request.POST.get("next") or reverse("portal:home")
+    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        target = reverse("portal:home")
+    return target
+
+
+# --- Members: remove, change role, hand over, leave ---------------------------------------------------------------
+
+
+def _member(ctx: PortalContext, membership_id: int) -> Membership | None:
+    return (
+        Membership.objects.filter(pk=membership_id, organization=ctx.organization).select_related("user", "organization").first()
+    )
+
+
+def _membership_refused(request: HttpRequest, exc: MembershipError) -> HttpResponse:
+    if isinstance(exc, NotAnOwner):
+        return forbidden(request, str(exc))
+    messages.error(request, str(exc))
+    return redirect(reverse("portal:organization") + "#members")
+
+
+@portal_page
+def member_remove(request: HttpRequest, membership_id: int) -> HttpResponse:
+    """GET: what removing this member does, to confirm. POST: remove them."""
+    ctx: PortalContext = request.portal  # type: ignore[attr-defined]
+    member = _member(ctx, membership_id)
+    if member is None:
+        return render_portal(request, "portal/not_found.html", {"what": "member"}, status=404)
+    if not ctx.is_owner:
+        return forbidden(request, "Only owners of this organization can remove members.")
+    if member.user_id == ctx.user.pk:
+        return redirect("portal:organization-leave")
+    if request.method == "POST":
+        try:
+            membership_remove(membership=member, actor=ctx.user, source_ip=client_ip(request))
+        except MembershipError as exc:
+            return _membership_refused(request, exc)
+        messages.success(request, f"{member.user.email} is no longer a member of {ctx.organization.name}.")
+        return redirect(reverse("portal:organization") + "#members")
+    return render_portal(request, "accounts/member_remove.html", {"nav": "organization", "member": member})
+
+
+@require_POST
+@portal_page
+def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
+    ctx: PortalContext = request.portal  # type: ignore[attr-defined]
+    member = _member(ctx, membership_id)
+    if member is None:
+        return render_portal(request, "portal/not_found.html", {"what": "member"}, status=404)
+    if not ctx.is_owner:
+        return forbidden(request, "Only owners of this organization can change roles.")
+    form = RoleForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose owner, admin or member.")
+        return redirect(reverse("portal:organization") + "#members")
+    try:
+        changed = membership_change_role(
+            membership=member, role=form.cleaned_data["role"], actor=ctx.user, source_ip=client_ip(request)
+        )
+    except MembershipError as exc:
+        return _membership_refused(request, exc)
+    messages.success(request, f"{member.user.email} is now {changed.get_role_display().lower()}.")
+    return redirect(reverse("portal:organization") + "#members")
+
+
+@portal_page
+def transfer_ownership(request: HttpRequest) -> HttpResponse:
+    """GET: choose the member to make owner. POST: make them owner, and step down to admin if asked."""
+    ctx: PortalContext = request.portal  # type: ignore[attr-defined]
+    if not ctx.is_owner:
+        return forbidden(request, "Only owners of this organization can hand it over.")
+    others = (
+        Membership.objects.filter(organization=ctx.organization)
+        .exclude(user=ctx.user)
+        .select_related("user")
+        .order_by("created_at", "id")
+    )
+    form = TransferForm(members=others)
+    if request.method == "POST":
+        form = TransferForm(request.POST, members=others)
+        if form.is_valid():
+            try:
+                target = organization_transfer_ownership(
+                    organization=ctx.organization,
+                    to_membership=form.cleaned_data["member"],
+                    actor=ctx.user,
+                    step_down=form.cleaned_data["step_down"],
+                    source_ip=client_ip(request),
+                )
+            except MembershipError as exc:
+                return _membership_refused(request, exc)
+            note = " You are an admin now." if form.cleaned_data["step_down"] else ""
+            messages.success(request, f"{target.user.email} is an owner of {ctx.organization.name}.{note}")
+            return redirect(reverse("portal:organization") + "#members")
+    return render_portal(
+        request, "accounts/transfer_ownership.html", {"nav": "organization", "form": form, "has_others": others.exists()}
+    )
+
+
+@portal_page
+def leave_organization(request: HttpRequest) -> HttpResponse:
+    """GET: what leaving does, to confirm. POST: leave the organization the portal is showing."""
+    ctx: PortalContext = request.portal  # type: ignore[attr-defined]
+    sole_owner = (
+        ctx.is_owner
+        and not Membership.objects.filter(organization=ctx.organization, role=Membership.Role.OWNER)
+        .exclude(pk=ctx.membership.pk)
+        .exists()
+    )
+    if request.method == "POST":
+        try:
+            membership_leave(membership=ctx.membership, source_ip=client_ip(request))
+        except MembershipError as exc:
+            return _membership_refused(request, exc)
+        request.session.pop(SESSION_ORG_KEY, None)
+        messages.success(request, f"You left {ctx.organization.name}.")
+        return redirect("portal:home")
+    return render_portal(request, "accounts/leave_organization.html", {"nav": "organization", "sole_owner": sole_owner})
 
 
 @require_POST

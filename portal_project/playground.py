@@ -12,7 +12,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_POST
 
-from accounts.portal import PortalContext, models_for_organization, portal_context, portal_page, render_portal
+from accounts.portal import NotAMember, PortalContext, models_for_organization, portal_context, portal_page, render_portal
 from apikeys.issuers import KeyIssuerUnavailable
 from apikeys.services import apikey_get_or_create_playground
 from gateway.auth import principal_of
@@ -37,11 +37,16 @@ class _NotSignedIn(Exception):
     pass
 
 
+ORG_HEADER = "X-Portal-Organization"  # the organization the page was rendered for (portal.js sends it)
+
+
 def _playground_key_public_id(request: HttpRequest) -> str:
     # Sync: the session, the memberships and the key row are ORM work, done in a worker thread.
     if not request.user.is_authenticated:
         raise _NotSignedIn
-    organization = portal_context(request).organization
+    # The page names its organization, so a member removed while the page was open is refused (NotAMember) instead
+    # of being charged to whichever organization the session falls back to.
+    organization = portal_context(request, org=request.headers.get(ORG_HEADER) or None).organization
     return apikey_get_or_create_playground(organization=organization).public_id
 
 
@@ -59,6 +64,8 @@ async def playground_completion(request: HttpRequest) -> HttpResponse:
         public_id = await sync_to_async(_playground_key_public_id)(request)
     except _NotSignedIn:
         return _error(PermissionDenied("sign in to the portal to use the playground", code="not_signed_in"))
+    except NotAMember:
+        return _error(PermissionDenied("you are no longer a member of this organization; reload the page", code="not_a_member"))
     except KeyIssuerUnavailable:
         return _error(UpstreamUnavailable("the playground cannot start right now; try again shortly"))
     # The key's record comes from the gateway's own cache and becomes a principal the way /v1 makes one,

@@ -23,7 +23,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "accounts.apps.PortalAdminConfig",  # django.contrib.admin, signed in through allauth (accounts/admin_site.py)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -219,7 +219,7 @@ LOGGING = {
 # Kept in one block so the gateway and billing settings above stay untouched by portal work.
 # usersessions records each sign-in (IP, browser), so the profile page can end all sessions but the current one.
 # Its middleware only refreshes "last seen" (USERSESSIONS_TRACK_ACTIVITY), which costs a write per page: left out.
-INSTALLED_APPS += ["allauth.usersessions", "drf_spectacular"]
+INSTALLED_APPS += ["allauth.usersessions", "allauth.mfa", "drf_spectacular"]
 ACCOUNT_ADAPTER = "accounts.adapter.PortalAccountAdapter"
 ACCOUNT_FORMS = {"login": "accounts.forms.PortalLoginForm", "signup": "accounts.forms.PortalSignupForm"}
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Cortensor] "
@@ -230,6 +230,15 @@ LOGIN_URL = "/accounts/login/"
 PORTAL_RATELIMIT_SIGNIN = env_str("PORTAL_RATELIMIT_SIGNIN", "10/m")  # sign-in POSTs per IP
 PORTAL_RATELIMIT_SIGNUP = env_str("PORTAL_RATELIMIT_SIGNUP", "20/h")  # sign-up POSTs per IP
 PORTAL_RATELIMIT_KEY_CREATE = env_str("PORTAL_RATELIMIT_KEY_CREATE", "20/h")  # key creations per user
+# Two-factor sign-in (allauth.mfa): TOTP authenticator apps with recovery codes, for anyone from the profile page.
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+MFA_TOTP_ISSUER = "Cortensor"
+# The admin (/admin/) signs staff in through allauth's form; with this on, only a session that passed TOTP gets in,
+# and a staff user without an authenticator is sent to set one up. On unless DEBUG: `make run` keeps a plain login.
+PORTAL_ADMIN_REQUIRE_MFA = env_bool("PORTAL_ADMIN_REQUIRE_MFA", not DEBUG)
+# An open live usage feed re-checks its session and membership this often (one query), besides closing at once when a
+# sign-out, password change or removal pushes a recheck: the longest a feed outlives access the push missed.
+PORTAL_LIVE_SESSION_CHECK_S = float(env_int("PORTAL_LIVE_SESSION_CHECK_MS", 2000, minimum=100)) / 1000
 # Mail: the console by default, SMTP as soon as EMAIL_HOST is set, or any backend named in EMAIL_BACKEND.
 EMAIL_HOST = env_str("EMAIL_HOST")
 if EMAIL_HOST and not env_str("EMAIL_BACKEND"):

@@ -10,6 +10,8 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production")
 os.environ.setdefault("PORTAL_API_KEY_PEPPER", "test-pepper")
 os.environ.setdefault("ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
+# Tests reach the admin with force_login (no second factor); tests/test_admin.py turns the requirement on.
+os.environ.setdefault("PORTAL_ADMIN_REQUIRE_MFA", "0")
 # Only in the pytest process itself (pytest sets PYTEST_VERSION): the live gateways it starts load these
 # settings too, with an environment stripped of PYTEST_* and holding their own maps, which they must keep.
 if "PYTEST_VERSION" in os.environ:

@@ -10,7 +10,7 @@ from allauth.usersessions.models import UserSession
 from django.core import mail
 from django.test import Client
 
-from accounts.models import Invitation, Membership, Organization, User
+from accounts.models import Invitation, Membership, MembershipEvent, Organization, User
 from apikeys.models import ApiKey
 from apikeys.services import apikey_create
 from tests.portal_support import (  # noqa: F401
@@ -123,7 +123,7 @@ def team() -> Team:
     return make_team()
 
 
-def test_owner_invites_by_email_and_the_invitee_joins_on_sign_up(team: Team) -> None:
+def test_owner_invites_by_email_and_the_invitee_accepts_after_sign_up(team: Team) -> None:
     owner = team.client(team.owner)
     response = owner.post("/portal/organization", {"email": "Newbie@Example.com", "role": "admin"})
     assert response.status_code == 302
@@ -139,38 +139,98 @@ def test_owner_invites_by_email_and_the_invitee_joins_on_sign_up(team: Team) -> 
     assert landing.status_code == 200 and "Join Acme" in landing.content.decode()
     sign_up(invitee, "newbie@example.com")
     user = User.objects.get(email="newbie@example.com")
-    assert not Membership.objects.filter(user=user, organization=team.acme).exists()  # not before the address is verified
     confirm_from_mail(invitee, mail.outbox[-1])
+    # Confirming the address joins nothing: the portal asks.
+    assert not Membership.objects.filter(user=user, organization=team.acme).exists()
+    page = invitee.get("/portal/api-keys", HTTP_ACCEPT="text/html").content.decode()
+    assert "invited you (newbie@example.com) to join <strong>Acme</strong> as admin" in page
+    assert "acme backend" not in page  # still in their own workspace
+    landing = invitee.get(f"/portal/invitations/{invitation.token}").content.decode()
+    assert "Accept and join" in landing and "Decline" in landing
+    assert invitee.get(f"/portal/invitations/{invitation.pk}/accept").status_code == 405  # never on a GET
+    accepted = invitee.post(f"/portal/invitations/{invitation.pk}/accept", follow=True)
+    assert accepted.redirect_chain[-1][0] == "/portal/organization"
+    assert "You joined Acme as admin." in accepted.content.decode()
     membership = Membership.objects.get(user=user, organization=team.acme)
     assert membership.role == "admin"
     invitation.refresh_from_db()
     assert invitation.accepted_by == user and invitation.accepted_at is not None
-    # The new member works in the organization they joined.
-    assert "acme backend" in invitee.get("/portal/api-keys", HTTP_ACCEPT="text/html").content.decode()
+    assert MembershipEvent.objects.get(organization=team.acme, user=user).action == "joined"
+    # The new member works in the organization they joined, and the banner is gone.
+    page = invitee.get("/portal/api-keys", HTTP_ACCEPT="text/html").content.decode()
+    assert "acme backend" in page and "pending-invitations" not in page
     assert invitee.get(f"/portal/invitations/{invitation.token}").status_code == 404  # used up
 
 
-def test_an_existing_user_gets_the_invitation_on_sign_in(team: Team) -> None:
+def test_signing_in_asks_instead_of_joining_and_switching(team: Team) -> None:
     invitation = Invitation.objects.create(
-        organization=team.globex, email=team.member.email, role="member", token="tok-1", invited_by=team.outsider,
+        organization=team.globex,
+        email=team.member.email,
+        role="member",
+        token="tok-1",
+        invited_by=team.outsider,
         expires_at=team.globex.created_at.replace(year=2100),
     )
-    response = sign_in(Client(), team.member.email)
-    assert response.status_code == 302
-    assert Membership.objects.filter(user=team.member, organization=team.globex, role="member").exists()
+    client = Client()
+    assert sign_in(client, team.member.email).status_code == 302
+    assert not Membership.objects.filter(user=team.member, organization=team.globex).exists()
+    page = client.get("/portal/api-keys", HTTP_ACCEPT="text/html").content.decode()
+    assert "acme backend" in page and "globex backend" not in page  # still acting for acme
+    assert "Gus Globex invited you (member@acme.test) to join <strong>Globex</strong> as member." in page
+    declined = client.post(f"/portal/invitations/{invitation.pk}/decline", {"next": "/portal/usage"})
+    assert declined.status_code == 302 and declined["Location"] == "/portal/usage"
     invitation.refresh_from_db()
-    assert invitation.accepted_by == team.member
+    assert invitation.declined_at is not None and not invitation.is_pending and invitation.accepted_at is None
+    assert not Membership.objects.filter(user=team.member, organization=team.globex).exists()
+    assert "pending-invitations" not in client.get("/portal/usage").content.decode()
+    assert client.post(f"/portal/invitations/{invitation.pk}/accept").status_code == 404  # a decline is final
+    assert not Membership.objects.filter(user=team.member, organization=team.globex).exists()
+
+
+def test_an_invitation_is_answered_only_by_its_address(team: Team) -> None:
+    invitation = Invitation.objects.create(
+        organization=team.globex,
+        email=team.member.email,
+        role="admin",
+        token="tok-3",
+        expires_at=team.globex.created_at.replace(year=2100),
+    )
+    for intruder in (team.admin, team.owner):  # signed in, but with another address: ids are guessable
+        client = team.client(intruder)
+        assert client.post(f"/portal/invitations/{invitation.pk}/accept").status_code == 404
+        assert client.post(f"/portal/invitations/{invitation.pk}/decline").status_code == 404
+        assert "Accept and join" not in client.get("/portal/invitations/tok-3").content.decode()
+    assert not Membership.objects.filter(organization=team.globex).exclude(user=team.outsider).exists()
+    invitation.refresh_from_db()
+    assert invitation.is_pending
+    assert Client().post(f"/portal/invitations/{invitation.pk}/accept").status_code == 302  # to sign-in
+    assert invitation_accept_raises(invitation, team.admin)
+
+
+def invitation_accept_raises(invitation: Invitation, user: User) -> bool:
+    from accounts.services import InvitationError, invitation_accept
+
+    with pytest.raises(InvitationError):
+        invitation_accept(invitation=invitation, user=user)
+    return True
 
 
 def test_an_unverified_address_does_not_claim_an_invitation(team: Team) -> None:
     user = make_user("squatter@example.com", verified=False)
     EmailAddress.objects.create(user=user, email="victim@example.com", verified=False, primary=False)
     Invitation.objects.create(
-        organization=team.acme, email="victim@example.com", role="admin", token="tok-2", expires_at=team.acme.created_at.replace(year=2100)
+        organization=team.acme,
+        email="victim@example.com",
+        role="admin",
+        token="tok-2",
+        expires_at=team.acme.created_at.replace(year=2100),
     )
     client = Client()
     client.force_login(user)
     assert client.get("/portal/invitations/tok-2").status_code == 200
+    assert "pending-invitations" not in client.get("/portal/usage").content.decode()
+    invitation = Invitation.objects.get(token="tok-2")
+    assert client.post(f"/portal/invitations/{invitation.pk}/accept").status_code == 404
     assert not Membership.objects.filter(user=user, organization=team.acme).exists()
 
 
@@ -230,7 +290,8 @@ def test_password_change_from_the_profile_returns_to_it(team: Team) -> None:
     client = Client()
     sign_in(client, team.member.email)
     response = client.post(
-        "/accounts/password/change/", {"oldpassword": PASSWORD, "password1": "brand-new-secret-42", "password2": "brand-new-secret-42"}
+        "/accounts/password/change/",
+        {"oldpassword": PASSWORD, "password1": "brand-new-secret-42", "password2": "brand-new-secret-42"},
     )
     assert response.status_code == 302 and response["Location"] == "/portal/profile"
     team.member.refresh_from_db()
@@ -238,7 +299,10 @@ def test_password_change_from_the_profile_returns_to_it(team: Team) -> None:
 
 
 def test_sign_out_everywhere_else_ends_the_other_sessions_only(team: Team) -> None:
-    laptop, phone = Client(HTTP_USER_AGENT="Mozilla/5.0 (Macintosh; Mac OS X) Chrome/130.0"), Client(HTTP_USER_AGENT="Mozilla/5.0 (Linux; Android 14) Chrome/130.0")
+    laptop, phone = (
+        Client(HTTP_USER_AGENT="Mozilla/5.0 (Macintosh; Mac OS X) Chrome/130.0"),
+        Client(HTTP_USER_AGENT="Mozilla/5.0 (Linux; Android 14) Chrome/130.0"),
+    )
     sign_in(laptop, team.member.email)
     sign_in(phone, team.member.email)
     assert UserSession.objects.filter(user=team.member).count() == 2
@@ -252,29 +316,231 @@ def test_sign_out_everywhere_else_ends_the_other_sessions_only(team: Team) -> No
 
 
 def test_delete_account_says_which_keys_go_then_revokes_them(team: Team) -> None:
-    shared = make_org("shared", owner=team.owner)
+    solo = make_user("solo@example.com")
+    own = make_org("solo", owner=solo)
+    own_keys = [apikey_create(organization=own, name=f"solo key {i}").api_key for i in range(2)]
+    shared = make_org("shared", owner=solo)
     add_member(shared, team.admin, Membership.Role.OWNER)
     shared_key = apikey_create(organization=shared, name="shared key").api_key
-    second = apikey_create(organization=team.acme, name="second acme key").api_key
-    client = team.client(team.owner)
+    add_member(team.acme, solo, Membership.Role.MEMBER)
+    client = team.client(solo)
     profile = client.get("/portal/profile").content.decode()
-    assert "<strong>Acme</strong> — its 2 active keys will be revoked." in profile
-    assert "<strong>Shared</strong>" not in profile  # another owner remains there
+    assert "<strong>Solo</strong> — it closes; its 2 active keys will be revoked." in profile
+    assert "<strong>Shared</strong>" not in profile and "<strong>Acme</strong>" not in profile  # others own those
     confirm = client.get("/portal/profile/delete").content.decode()
-    assert "You are the only owner of <strong>Acme</strong>: its 2 active API keys are revoked" in confirm
+    assert (
+        "You are the only member of <strong>Solo</strong>: it closes with your account. Its 2 active API keys are revoked"
+        in confirm
+    )
     wrong = client.post("/portal/profile/delete", {"password": "nope"})
     assert wrong.status_code == 200 and "That is not your password." in wrong.content.decode()
-    assert User.objects.filter(pk=team.owner.pk).exists()
+    assert User.objects.filter(pk=solo.pk).exists()
     done = client.post("/portal/profile/delete", {"password": PASSWORD}, follow=True)
     assert done.redirect_chain[-1][0] == "/accounts/login/"
     assert "Your account is deleted. 2 API keys revoked." in done.content.decode()
-    assert not User.objects.filter(email="owner@acme.test").exists()
-    assert ApiKey.objects.get(pk=team.acme_key_id).revoked_at is not None
-    assert ApiKey.objects.get(pk=second.pk).revoked_at is not None
+    assert not User.objects.filter(email="solo@example.com").exists()
+    assert all(ApiKey.objects.get(pk=k.pk).revoked_at is not None for k in own_keys)
     assert ApiKey.objects.get(pk=shared_key.pk).revoked_at is None
-    assert ApiKey.objects.get(pk=team.globex_key_id).revoked_at is None
-    assert Organization.objects.filter(pk=team.acme.pk).exists()  # the organization and its usage stay
+    assert ApiKey.objects.get(pk=team.acme_key_id).revoked_at is None
+    assert Organization.objects.filter(pk=own.pk).exists()  # the organization and its usage stay
+    left = MembershipEvent.objects.filter(email="solo@example.com", action="left", actor_label="account deleted")
+    assert sorted(e.organization.slug for e in left) == ["acme", "shared", "solo"]
     assert client.get("/portal/profile").status_code == 302
+
+
+def test_the_last_owner_cannot_delete_their_account_before_handing_over(team: Team) -> None:
+    client = team.client(team.owner)
+    assert "hand it over before you delete your account" in client.get("/portal/profile").content.decode()
+    confirm = client.get("/portal/profile/delete").content.decode()
+    assert 'id="deletion-blocked"' in confirm and "<strong>Acme</strong> (3 members)" in confirm
+    refused = client.post("/portal/profile/delete", {"password": PASSWORD})
+    assert refused.status_code == 200
+    assert "You are the only owner of Acme: make another member owner before you delete your account." in refused.content.decode()
+    assert User.objects.filter(pk=team.owner.pk).exists()
+    assert ApiKey.objects.get(pk=team.acme_key_id).revoked_at is None
+    # Handed over, the account goes and the organization carries on with its keys.
+    client.post("/portal/organization/transfer", {"member": Membership.objects.get(user=team.admin).pk, "step_down": "on"})
+    assert client.post("/portal/profile/delete", {"password": PASSWORD}).status_code == 302
+    assert not User.objects.filter(pk=team.owner.pk).exists()
+    assert ApiKey.objects.get(pk=team.acme_key_id).revoked_at is None
+    assert Membership.objects.get(user=team.admin, organization=team.acme).role == "owner"
+
+
+# --- Members: removal, roles, hand-over, leaving ------------------------------------------------------------------
+
+
+def membership(team: Team, user: User) -> Membership:
+    return Membership.objects.get(user=user, organization=team.acme)
+
+
+def test_owner_removes_a_member_after_confirming(team: Team) -> None:
+    owner = team.client(team.owner)
+    target = membership(team, team.member)
+    listing = owner.get("/portal/organization").content.decode()
+    assert f'href="/portal/organization/members/{target.pk}/remove"' in listing
+    confirm = owner.get(f"/portal/organization/members/{target.pk}/remove")
+    assert confirm.status_code == 200 and "Remove Mia Member from Acme?" in confirm.content.decode()
+    assert Membership.objects.filter(pk=target.pk).exists()  # a GET removes nothing
+    done = owner.post(f"/portal/organization/members/{target.pk}/remove", REMOTE_ADDR="203.0.113.9", follow=True)
+    assert done.redirect_chain[-1][0] == "/portal/organization#members"
+    assert "member@acme.test is no longer a member of Acme." in done.content.decode()
+    assert not Membership.objects.filter(pk=target.pk).exists()
+    event = MembershipEvent.objects.get(organization=team.acme, action="removed")
+    assert (event.user, event.email, event.old_role, event.actor, event.source_ip) == (
+        team.member,
+        "member@acme.test",
+        "member",
+        team.owner,
+        "203.0.113.9",
+    )
+
+
+def test_only_owners_remove_members_and_change_roles(team: Team) -> None:
+    target = membership(team, team.member)
+    for who in (team.admin, team.member):
+        client = team.client(who)
+        page = client.get("/portal/organization").content.decode()
+        assert "/remove" not in page and 'name="role"' not in page
+        assert client.post(f"/portal/organization/members/{target.pk}/remove").status_code == 403
+        assert client.post(f"/portal/organization/members/{target.pk}/role", {"role": "admin"}).status_code == 403
+        assert client.post("/portal/organization/transfer", {"member": target.pk}).status_code == 403
+    outsider = team.client(team.outsider)  # another organization's owner: not found, not forbidden
+    assert outsider.post(f"/portal/organization/members/{target.pk}/remove").status_code == 404
+    assert outsider.post(f"/portal/organization/members/{target.pk}/role", {"role": "owner"}).status_code == 404
+    target.refresh_from_db()
+    assert target.role == "member"
+    assert not MembershipEvent.objects.exists()
+
+
+def test_owner_changes_roles(team: Team) -> None:
+    owner = team.client(team.owner)
+    target = membership(team, team.member)
+    response = owner.post(f"/portal/organization/members/{target.pk}/role", {"role": "admin"}, follow=True)
+    assert "member@acme.test is now admin." in response.content.decode()
+    target.refresh_from_db()
+    assert target.role == "admin"
+    event = MembershipEvent.objects.get(action="role_changed")
+    assert (event.old_role, event.new_role, event.actor) == ("member", "admin", team.owner)
+    bad = owner.post(f"/portal/organization/members/{target.pk}/role", {"role": "emperor"}, follow=True)
+    assert "Choose owner, admin or member." in bad.content.decode()
+    target.refresh_from_db()
+    assert target.role == "admin"
+
+
+def test_the_last_owner_cannot_be_removed_demoted_or_leave(team: Team) -> None:
+    from accounts.services import LastOwner, membership_change_role, membership_leave, membership_remove
+
+    owner = team.client(team.owner)
+    mine = membership(team, team.owner)
+    assert owner.get(f"/portal/organization/members/{mine.pk}/remove")["Location"] == "/portal/organization/leave"
+    with pytest.raises(LastOwner):
+        membership_change_role(membership=mine, role="member", actor=team.owner)
+    with pytest.raises(LastOwner):
+        membership_remove(membership=mine, actor=team.owner)
+    demoted = owner.post(f"/portal/organization/members/{mine.pk}/role", {"role": "member"}, follow=True)
+    assert "The last owner cannot step down: make someone else owner first." in demoted.content.decode()
+    leave_page = owner.get("/portal/organization/leave").content.decode()
+    assert "You are the only owner of Acme" in leave_page and "Leave organization</button>" not in leave_page
+    left = owner.post("/portal/organization/leave", follow=True)
+    assert "You are the last owner of Acme: make someone else owner before you leave." in left.content.decode()
+    with pytest.raises(LastOwner):
+        membership_leave(membership=mine)
+    mine.refresh_from_db()
+    assert mine.role == "owner"
+    # With a second owner, the first may step down or leave.
+    owner.post(f"/portal/organization/members/{membership(team, team.admin).pk}/role", {"role": "owner"})
+    assert owner.post(f"/portal/organization/members/{mine.pk}/role", {"role": "admin"}).status_code == 302
+    mine.refresh_from_db()
+    assert mine.role == "admin"
+
+
+def test_ownership_is_handed_over_with_or_without_stepping_down(team: Team) -> None:
+    owner = team.client(team.owner)
+    page = owner.get("/portal/organization/transfer").content.decode()
+    assert "Adam Admin (admin@acme.test, admin)" in page and "Mia Member (member@acme.test, member)" in page
+    assert "Gus Globex" not in page
+    foreign = Membership.objects.get(user=team.outsider, organization=team.globex)
+    refused = owner.post("/portal/organization/transfer", {"member": foreign.pk})
+    assert refused.status_code == 200 and "Select a valid choice" in refused.content.decode()
+    owner.post("/portal/organization/transfer", {"member": membership(team, team.member).pk})
+    assert (membership(team, team.member).role, membership(team, team.owner).role) == ("owner", "owner")
+    owner.post("/portal/organization/transfer", {"member": membership(team, team.admin).pk, "step_down": "on"})
+    assert (membership(team, team.admin).role, membership(team, team.owner).role) == ("owner", "admin")
+    assert (
+        team.client(team.owner).post("/portal/organization/transfer", {"member": membership(team, team.admin).pk}).status_code
+        == 403
+    )
+
+
+def test_members_leave_and_lose_the_organization(team: Team) -> None:
+    add_member(team.globex, team.member, Membership.Role.MEMBER)
+    client = team.client(team.member)
+    assert "Leave…" in client.get("/portal/organization").content.decode()
+    confirm = client.get("/portal/organization/leave")
+    assert confirm.status_code == 200 and "Leave Acme?" in confirm.content.decode()
+    done = client.post("/portal/organization/leave", follow=True)
+    assert "You left Acme." in done.content.decode()
+    assert not Membership.objects.filter(user=team.member, organization=team.acme).exists()
+    assert MembershipEvent.objects.get(action="left").actor == team.member
+    page = client.get("/portal/api-keys", HTTP_ACCEPT="text/html").content.decode()
+    assert "globex backend" in page and "acme backend" not in page
+
+
+def test_a_removed_members_open_session_falls_back_and_is_told(team: Team) -> None:
+    add_member(team.globex, team.member, Membership.Role.MEMBER)
+    member = team.client(team.member)
+    member.post("/portal/organization/switch", {"organization": team.acme.pk, "next": "/portal/api-keys"})
+    assert "acme backend" in member.get("/portal/api-keys", HTTP_ACCEPT="text/html").content.decode()
+    team.client(team.owner).post(f"/portal/organization/members/{membership(team, team.member).pk}/remove")
+    page = member.get("/portal/api-keys", HTTP_ACCEPT="text/html").content.decode()
+    assert "acme backend" not in page and "globex backend" in page
+    assert "You are no longer a member of the organization you were working in; this is Globex." in page
+    assert member.get(f"/portal/api-keys?org={team.acme.slug}", HTTP_ACCEPT="application/json").status_code == 404
+    assert member.get("/portal/usage-summary?org=acme", HTTP_ACCEPT="application/json").status_code == 404
+    assert "no longer a member" not in member.get("/portal/usage").content.decode()  # said once
+    # The playground page names its organization; a page left open on acme is refused, not charged to globex.
+    refused = member.post(
+        "/portal/playground/chat/completions",
+        data="{}",
+        content_type="application/json",
+        HTTP_X_PORTAL_ORGANIZATION=str(team.acme.pk),
+    )
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "not_a_member"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_owners_removing_each_other_at_once_leave_one_owner(team: Team) -> None:
+    import threading
+
+    from django.db import connection
+
+    from accounts.services import MembershipError, membership_remove
+
+    add_member(team.acme, make_user("second@acme.test"), Membership.Role.OWNER)
+    first, second = membership(team, team.owner), Membership.objects.get(user__email="second@acme.test")
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def remove(target: Membership, actor: User) -> None:
+        try:
+            barrier.wait(timeout=5)
+            membership_remove(membership=target, actor=actor)
+            outcomes.append("removed")
+        except MembershipError:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=remove, args=(second, team.owner)),
+        threading.Thread(target=remove, args=(first, second.user)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=15)
+    assert sorted(outcomes) == ["refused", "removed"]
+    assert Membership.objects.filter(organization=team.acme, role="owner").count() == 1
 
 
 # --- The other pages ------------------------------------------------------------------------------------------------
@@ -323,8 +589,17 @@ def test_docs_follow_the_organizations_model_overrides(team: Team) -> None:
 
 def test_every_page_needs_sign_in() -> None:
     client = Client()
-    for url in ("/portal/", "/portal/usage", "/portal/api-keys", "/portal/docs", "/portal/profile", "/portal/profile/delete",
-                "/portal/organization", "/portal/playground", "/portal/billing"):
+    for url in (
+        "/portal/",
+        "/portal/usage",
+        "/portal/api-keys",
+        "/portal/docs",
+        "/portal/profile",
+        "/portal/profile/delete",
+        "/portal/organization",
+        "/portal/playground",
+        "/portal/billing",
+    ):
         response = client.get(url)
         assert response.status_code == 302, url
         assert response["Location"].startswith("/accounts/login/?next=/portal/"), url

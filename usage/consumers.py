@@ -16,7 +16,9 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
+from django.conf import settings
 
+from accounts.live import CLOSE_NOT_A_MEMBER, CLOSE_SIGNED_OUT, SocketAccess, session_group, socket_access, user_group
 from accounts.models import Membership, User
 from apikeys.models import ApiKey
 
@@ -87,25 +89,42 @@ async def _send(messages: dict[int, dict[str, Any]]) -> None:
 
 
 class UsageFeedConsumer(AsyncJsonWebsocketConsumer):
-    """Authenticated by the portal session; `?org=<id>` picks one of the user's organizations."""
+    """Authenticated by the portal session; `?org=<id>` picks one of the user's organizations.
 
-    group: str | None = None
+    The socket stays open only while the session that opened it is signed in and the user is still a member: it
+    re-checks both every PORTAL_LIVE_SESSION_CHECK_MS and whenever accounts.live pushes a recheck to its user's or
+    its session's group (sign-out, password change, removal...), and closes with 4401 (signed out) or 4403 (no longer
+    a member).
+    """
+
+    joined: tuple[str, ...] = ()
+    access: SocketAccess | None = None
+    watcher: asyncio.Task[None] | None = None
+    closing = False
 
     async def connect(self) -> None:
         user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.close(code=4401)
+        session = self.scope.get("session")
+        session_key = session.session_key if session is not None else None
+        if user is None or not user.is_authenticated or not session_key:
+            await self.close(code=CLOSE_SIGNED_OUT)
             return
         organization_id = await database_sync_to_async(self._organization_id)(user)
         if organization_id is None:
-            await self.close(code=4403)
+            await self.close(code=CLOSE_NOT_A_MEMBER)
             return
         self.organization_id = organization_id
+        self.access = SocketAccess(user_id=user.pk, session_key=session_key, organization_id=organization_id)
         self.key_labels = await database_sync_to_async(self._key_labels)()
-        self.group = usage_group(organization_id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.joined = (usage_group(organization_id), user_group(user.pk), session_group(session_key))
+        for group in self.joined:
+            await self.channel_layer.group_add(group, self.channel_name)
+        # Access may have ended while the groups were being joined, before any push could reach this socket.
+        if await self._access_ended():
+            return
         await self.accept()
         await self.send_json({"type": "ready", "organization_id": organization_id})
+        self.watcher = asyncio.create_task(self._watch())
 
     def _organization_id(self, user: User) -> int | None:
         from accounts.portal import SESSION_ORG_KEY  # here, so the gateway importing this module pulls in no portal code
@@ -126,14 +145,44 @@ class UsageFeedConsumer(AsyncJsonWebsocketConsumer):
         keys = ApiKey.objects.filter(organization_id=self.organization_id).only("id", "name", "prefix", "last_four")
         return {key.pk: {"name": key.name, "masked": key.masked} for key in keys}
 
+    async def _watch(self) -> None:
+        interval = settings.PORTAL_LIVE_SESSION_CHECK_S
+        while not self.closing:
+            await asyncio.sleep(interval)
+            await self._access_ended()
+
+    async def _access_ended(self) -> bool:
+        """Check the socket's access now; close it when it ended. A check the database cannot answer keeps it open:
+        nothing is published while the database is away, and the next check runs an interval later."""
+        if self.closing or self.access is None:
+            return self.closing
+        try:
+            code = await database_sync_to_async(socket_access)(self.access)
+        except Exception as exc:
+            log.warning("live usage feed could not check its session: %s", exc.__class__.__name__)
+            return False
+        if code is None or self.closing:
+            return self.closing
+        self.closing = True
+        await self.close(code=code)
+        return True
+
+    async def access_recheck(self, message: dict[str, Any]) -> None:
+        await self._access_ended()
+
     async def disconnect(self, code: int) -> None:
-        if self.group is not None:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        self.closing = True
+        if self.watcher is not None and self.watcher is not asyncio.current_task():
+            self.watcher.cancel()
+        for group in self.joined:
+            await self.channel_layer.group_discard(group, self.channel_name)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         pass  # the feed only speaks; anything sent to it is ignored
 
     async def usage_events(self, message: dict[str, Any]) -> None:
+        if self.closing:
+            return
         for event in message["events"]:
             key_id = event.get("api_key_id")
             if key_id is not None and key_id not in self.key_labels:

@@ -84,6 +84,7 @@
     }));
     var MAX_ROWS = 25;
     var retry = 1000;
+    var ended = null;  // the close code that ended the feed for good, once a reconnect confirmed it
 
     function setStatus(state, text) {
       if (!status) return;
@@ -155,10 +156,22 @@
       var socket = new WebSocket(scheme + location.host + latest.dataset.liveUrl);
       socket.onmessage = function (message) {
         var data = JSON.parse(message.data);
-        if (data.type === "ready") { retry = 1000; setStatus("open", "Live"); }
+        if (data.type === "ready") { retry = 1000; ended = null; setStatus("open", "Live"); }
         else if (data.type === "request") addRow(data);
       };
-      socket.onclose = function () {
+      socket.onclose = function (event) {
+        // 4401: the session that opened the feed ended; 4403: no longer a member. One reconnect tells a session
+        // that only changed its key (a password change keeps this browser signed in) from one that is gone.
+        if (ended === null && (event.code === 4401 || event.code === 4403)) {
+          ended = event.code;
+          setStatus("closed", "Checking…");
+          setTimeout(connect, 250);
+          return;
+        }
+        if (ended !== null) {
+          setStatus("closed", ended === 4401 ? "Signed out: reload to sign in" : "No longer a member of this organization");
+          return;
+        }
         setStatus("closed", "Reconnecting…");
         setTimeout(connect, retry);
         retry = Math.min(retry * 2, 30000);
@@ -222,7 +235,11 @@
           method: "POST",
           credentials: "same-origin",
           signal: controller.signal,
-          headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken(), "Accept": "text/event-stream" },
+          headers: {
+            "Content-Type": "application/json", "X-CSRFToken": csrfToken(), "Accept": "text/event-stream",
+            // The organization this page shows: a member removed meanwhile is refused, not charged elsewhere.
+            "X-Portal-Organization": playground.dataset.organization || "",
+          },
           body: JSON.stringify({
             model: document.getElementById("pg-model").value,
             messages: history,
