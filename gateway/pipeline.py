@@ -36,6 +36,7 @@ from gateway.logs import request_id_var
 from gateway.recorder import recorder
 from gateway.state import state
 from gateway.surfaces import ENVELOPE_ROUTE, AnswerContext, StreamWriter, Surface, json_response
+from gateway.translate.bounds import JSONTooDeep, loads_bounded
 from gateway.translate.common import CompletionRequest, StopMatcher, Usage, cut_at_stop, estimate_tokens
 from gateway.translate.prompt import render_prompt
 from gateway.translate.router import RouterDelta, RouterStreamReader, build_router_body, parse_router_completion
@@ -173,7 +174,9 @@ def _read_body(request: HttpRequest) -> object:
     if not raw:
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
-        return json.loads(raw)
+        return loads_bounded(raw)
+    except JSONTooDeep as exc:
+        raise InvalidRequest(f"the request body is nested deeper than {exc.limit} levels") from None
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("the request body is not valid JSON") from None
 
@@ -308,7 +311,7 @@ async def _complete(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, b
     try:
         data = json.loads(call.response.content)
         result = parse_router_completion(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: JSON nested a thousand levels deep
         log.warning("upstream %s sent a body that is not JSON request_id=%s", call.upstream.label, ex.request_id)
         await ex.release(0)
         return _refuse(ex, UpstreamError(), call)

@@ -1,0 +1,72 @@
+"""The bounds on what one request may hold: JSON nesting, and every client-sized field each surface's parser loops over."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.translate.bounds import MAX_JSON_DEPTH, JSONTooDeep, loads_bounded
+from gateway.translate.router import RouterStreamReader
+from gateway.translate.sse import SSEEvent
+
+
+def nested(depth: int, inner: str = "") -> str:
+    return "[" * depth + inner + "]" * depth
+
+
+# --- JSON nesting ------------------------------------------------------------------------------------------------------
+
+
+def test_the_limit_is_64_levels_counting_the_outermost() -> None:
+    assert MAX_JSON_DEPTH == 64
+    assert loads_bounded(nested(64).encode()) == json.loads(nested(64))
+    with pytest.raises(JSONTooDeep) as refused:
+        loads_bounded(nested(65).encode())
+    assert refused.value.limit == 64 and isinstance(refused.value, ValueError)
+
+
+@pytest.mark.parametrize("depth", [65, 200, 999, 1000, 5000, 100_000])
+def test_deeper_documents_are_refused_however_deep(depth: int) -> None:
+    # Past ~1,000 levels the decoder raises RecursionError, which is not a ValueError: it is refused the same way.
+    for text in (nested(depth), '{"a":' * depth + "1" + "}" * depth):
+        with pytest.raises(JSONTooDeep):
+            loads_bounded(text.encode())
+        with pytest.raises(JSONTooDeep):
+            loads_bounded(text)
+
+
+def test_objects_and_arrays_both_count_and_the_deepest_branch_decides() -> None:
+    shallow_wide = json.dumps({"a": [[{"b": [1]}]] * 50, "c": [[]] * 200})
+    assert loads_bounded(shallow_wide) == json.loads(shallow_wide)
+    deep_branch = json.dumps({"model": "m", "x": [1, 2, {"y": json.loads(nested(62))}]})  # 1 + 1 + 1 + 62 = 65
+    with pytest.raises(JSONTooDeep):
+        loads_bounded(deep_branch)
+    assert loads_bounded(deep_branch, max_depth=65) == json.loads(deep_branch)
+
+
+def test_brackets_inside_strings_are_text_not_nesting() -> None:
+    text = json.dumps({"content": "[" * 5000 + "{" * 5000, "code": 'x = [[[[{"a": "\\"[["}]]]]'})
+    assert loads_bounded(text.encode()) == json.loads(text)
+
+
+def test_other_encodings_json_accepts_are_measured_too() -> None:
+    for encoding in ("utf-16", "utf-32"):
+        with pytest.raises(JSONTooDeep):
+            loads_bounded(nested(100).encode(encoding))
+        assert loads_bounded(nested(64).encode(encoding)) == json.loads(nested(64))
+
+
+def test_invalid_json_is_still_a_value_error_and_not_a_nesting_refusal() -> None:
+    for raw in (b"[" * 100, b'{"a": ', b"\xff\xfe\x00"):
+        with pytest.raises(ValueError) as refused:
+            loads_bounded(raw)
+        assert not isinstance(refused.value, JSONTooDeep)
+
+
+def test_a_router_chunk_nested_a_thousand_levels_is_a_protocol_error_not_a_crash() -> None:
+    reader = RouterStreamReader()
+    assert reader.feed(SSEEvent(None, nested(100_000))) is None
+    assert reader.protocol_errors == 1
+    delta = reader.feed(SSEEvent(None, '{"id": "a", "choices": [{"text": "ok"}]}'))
+    assert delta is not None and delta.text == "ok"
