@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -32,7 +31,8 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.limits import Admission, LimitsUnavailable, limiter
-from gateway.logs import request_id_var
+from gateway.logs import new_request_id as new_request_id  # where it used to live; made once per request in asgi.py
+from gateway.logs import request_id_of, request_id_var
 from gateway.recorder import recorder
 from gateway.state import state
 from gateway.surfaces import ENVELOPE_ROUTE, AnswerContext, StreamWriter, Surface, json_response
@@ -51,10 +51,6 @@ log = logging.getLogger("gateway")
 CLIENT_CLOSED = 499  # recorded when the client hung up before any response was sent
 
 
-def new_request_id() -> str:
-    return f"req_{os.urandom(12).hex()}"
-
-
 def ms(seconds: float) -> int:
     return max(0, int(seconds * 1000))
 
@@ -65,7 +61,7 @@ class Exchange:
 
     request: HttpRequest
     surface: Surface
-    request_id: str = field(default_factory=new_request_id)
+    request_id: str = ""  # the HTTP request's one id (gateway/asgi.py), read from the request unless given
     started: float = field(default_factory=time.perf_counter)
     created_at: datetime = field(default_factory=timezone.now)
     principal: Principal | None = None
@@ -74,6 +70,10 @@ class Exchange:
     admission: Admission | None = None
     upstream_started: float | None = None
     upstream_answered: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.request_id:
+            self.request_id = request_id_of(self.request)
 
     def headers(self) -> dict[str, str]:
         headers = {"x-request-id": self.request_id}

@@ -161,5 +161,14 @@ ANTHROPIC_MESSAGES = Surface(
 ENVELOPE = Surface(route=ENVELOPE_ROUTE, anthropic=False, parse=envelope.parse_envelope_request, stream_writer=_EnvelopeStream)
 
 
+def surface_for_path(path: str) -> Surface:
+    """The surface whose shape every answer on `path` takes, errors included: a route and everything below it."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return ANTHROPIC_MESSAGES
+    if path == "/v1/completions" or path.startswith("/v1/completions/"):
+        return ENVELOPE
+    return OPENAI_CHAT
+
+
 def loads_json(raw: bytes) -> object:
     return json.loads(raw)
