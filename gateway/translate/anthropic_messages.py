@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.errors import GatewayError
+from gateway.translate.bounds import MAX_ANTHROPIC_STOPS
 from gateway.translate.common import (
     ChatMessage,
     CompletionRequest,
     Usage,
+    bounded_stops,
     invalid_type,
     invalid_value,
     is_int,
@@ -132,11 +134,12 @@ def _parse_stop_sequences(value: object) -> list[str]:
         return []
     if not isinstance(value, list):
         raise invalid_type("stop_sequences", "an array of strings", value)
+    if len(value) > MAX_ANTHROPIC_STOPS:
+        raise invalid_value("stop_sequences", f"at most {MAX_ANTHROPIC_STOPS} stop sequences are allowed, got {len(value)}.")
     for i, item in enumerate(value):
         if not isinstance(item, str):
             raise invalid_type(f"stop_sequences[{i}]", "a string", item)
-    # An empty stop would match everywhere and end every answer before it began.
-    return [s for s in value if s]
+    return bounded_stops(value, "stop_sequences")
 
 
 def _stop(finish_reason: str, stop_sequence: str | None) -> tuple[str, str | None]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.errors import GatewayError
+from gateway.translate.bounds import MAX_OPENAI_STOPS
 from gateway.translate.common import (
     ChatMessage,
     CompletionRequest,
     Usage,
+    bounded_stops,
     invalid_type,
     invalid_value,
     is_int,
@@ -28,7 +30,6 @@ from gateway.translate.common import (
 
 _ROLES = frozenset({"system", "developer", "user", "assistant"})
 _NO_TOOLS = "Tool calling is not offered on hosted routes."
-_MAX_STOPS = 4
 
 
 def parse_chat_request(body: object) -> CompletionRequest:
@@ -144,18 +145,15 @@ def _parse_stop(value: object) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
-        stops = [value]
-    elif isinstance(value, list):
-        if len(value) > _MAX_STOPS:
-            raise invalid_value("stop", f"at most {_MAX_STOPS} stop sequences are allowed, got {len(value)}.")
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                raise invalid_type(f"stop[{i}]", "a string", item)
-        stops = value
-    else:
+        return bounded_stops([value], "stop", listed=False)
+    if not isinstance(value, list):
         raise invalid_type("stop", "a string or an array of strings", value)
-    # An empty stop would match everywhere and end every answer before it began.
-    return [s for s in stops if s]
+    if len(value) > MAX_OPENAI_STOPS:
+        raise invalid_value("stop", f"at most {MAX_OPENAI_STOPS} stop sequences are allowed, got {len(value)}.")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise invalid_type(f"stop[{i}]", "a string", item)
+    return bounded_stops(value, "stop")
 
 
 def _finish(reason: str) -> str:

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from gateway.translate.bounds import MAX_JSON_DEPTH, JSONTooDeep, loads_bounded
+from gateway.errors import InvalidRequest
+from gateway.translate.anthropic_messages import parse_messages_request
+from gateway.translate.bounds import (
+    MAX_ANTHROPIC_STOPS,
+    MAX_JSON_DEPTH,
+    MAX_OPENAI_STOPS,
+    MAX_STOP_CHARS,
+    MAX_STOPS_TOTAL_CHARS,
+    JSONTooDeep,
+    loads_bounded,
+)
+from gateway.translate.openai_chat import parse_chat_request
 from gateway.translate.router import RouterStreamReader
 from gateway.translate.sse import SSEEvent
 
@@ -70,3 +83,44 @@ def test_a_router_chunk_nested_a_thousand_levels_is_a_protocol_error_not_a_crash
     assert reader.protocol_errors == 1
     delta = reader.feed(SSEEvent(None, '{"id": "a", "choices": [{"text": "ok"}]}'))
     assert delta is not None and delta.text == "ok"
+
+
+# --- the fields each parser loops over ---------------------------------------------------------------------------------
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+MESSAGES = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def refusal(parse: Callable[[object], object], body: dict[str, Any]) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as refused:
+        parse(body)
+    return refused.value
+
+
+@pytest.mark.parametrize(
+    ("parse", "base", "extra", "param"),
+    [
+        (parse_chat_request, CHAT, {"stop": ["a"] * 5}, "stop"),
+        (parse_chat_request, CHAT, {"stop": "x" * 257}, "stop"),
+        (parse_chat_request, CHAT, {"stop": ["a", "x" * 257]}, "stop[1]"),
+        (parse_messages_request, MESSAGES, {"stop_sequences": ["a"] * 33}, "stop_sequences"),
+        (parse_messages_request, MESSAGES, {"stop_sequences": [""] * 100_000}, "stop_sequences"),
+        (parse_messages_request, MESSAGES, {"stop_sequences": ["a", "b", "x" * 257]}, "stop_sequences[2]"),
+        (parse_messages_request, MESSAGES, {"stop_sequences": [f"{i:02d}" + "x" * 63 for i in range(32)]}, "stop_sequences"),
+    ],
+)
+def test_stop_strings_are_bounded_in_number_length_and_total(
+    parse: Callable[[object], object], base: dict[str, Any], extra: dict[str, Any], param: str
+) -> None:
+    err = refusal(parse, {**base, **extra})
+    assert err.param == param and err.code == "invalid_value" and f"'{param}'" in err.message
+
+
+def test_stop_strings_at_the_limits_are_kept() -> None:
+    assert MAX_OPENAI_STOPS == 4 and MAX_ANTHROPIC_STOPS == 32 and MAX_STOP_CHARS == 256 and MAX_STOPS_TOTAL_CHARS == 2048
+    four = ["a" * 256, "b" * 256, "c" * 256, "d" * 256]
+    assert parse_chat_request({**CHAT, "stop": four}).stop == four
+    assert parse_chat_request({**CHAT, "stop": "s" * 256}).stop == ["s" * 256]
+    thirty_two = [f"{i:02d}" + "x" * 62 for i in range(32)]  # 2,048 characters
+    assert parse_messages_request({**MESSAGES, "stop_sequences": thirty_two}).stop == thirty_two
+    assert parse_messages_request({**MESSAGES, "stop_sequences": ["", "a", ""]}).stop == ["a"]
