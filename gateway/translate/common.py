@@ -10,7 +10,15 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from gateway.errors import InvalidRequest
-from gateway.translate.bounds import MAX_STOP_CHARS, MAX_STOPS_TOTAL_CHARS
+from gateway.translate.bounds import (
+    MAX_CONTENT_PARTS,
+    MAX_METADATA_KEY_CHARS,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_VALUE_CHARS,
+    MAX_MODEL_CHARS,
+    MAX_STOP_CHARS,
+    MAX_STOPS_TOTAL_CHARS,
+)
 
 # Compact, ASCII-only JSON: escaped non-ASCII can never be split or mis-decoded on the way
 # out (a lone surrogate from upstream stays valid), and the C encoder is fastest this way.
@@ -244,6 +252,15 @@ def type_name(value: object) -> str:
     return type(value).__name__
 
 
+_SHOWN_CHARS = 40
+
+
+def shown(value: object) -> str:
+    """A client's value quoted in an error message, cut short: a refusal never echoes a megabyte back."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
+
+
 def invalid_type(param: str, expected: str, value: object) -> InvalidRequest:
     return InvalidRequest(
         f"Invalid type for '{param}': expected {expected}, but got {type_name(value)} instead.",
@@ -282,7 +299,7 @@ def optional_number(body: dict[str, Any], key: str, low: float, high: float) -> 
         raise invalid_type(key, "a number", value)
     # NaN fails both comparisons, so it is refused here too.
     if not low <= value <= high:
-        raise invalid_value(key, f"must be between {low:g} and {high:g}, got {value!r}.")
+        raise invalid_value(key, f"must be between {low:g} and {high:g}, got {shown(value)}.")
     return float(value)
 
 
@@ -293,7 +310,7 @@ def optional_positive_int(body: dict[str, Any], key: str) -> int | None:
     if not is_int(value):
         raise invalid_type(key, "an integer", value)
     if value < 1:
-        raise invalid_value(key, f"must be at least 1, got {value}.")
+        raise invalid_value(key, f"must be at least 1, got {shown(value)}.")
     return value
 
 
@@ -326,6 +343,42 @@ def required_model(body: dict[str, Any]) -> str:
         raise invalid_type("model", "a string", value)
     if not value:
         raise invalid_value("model", "must not be empty.")
+    return bounded_model(value)
+
+
+def bounded_model(model: str) -> str:
+    if len(model) > MAX_MODEL_CHARS:
+        raise invalid_value("model", f"must be at most {MAX_MODEL_CHARS} characters long, got {len(model)}.")
+    return model
+
+
+def bounded_str(body: dict[str, Any], key: str, limit: int, *, param: str | None = None) -> str | None:
+    """An optional string field of at most `limit` characters."""
+    value = body.get(key)
+    if value is None:
+        return None
+    param = param or key
+    if not isinstance(value, str):
+        raise invalid_type(param, "a string", value)
+    if len(value) > limit:
+        raise invalid_value(param, f"must be at most {limit} characters long, got {len(value)}.")
+    return value
+
+
+def optional_metadata(body: dict[str, Any], key: str = "metadata") -> dict[str, Any] | None:
+    """`metadata`: at most MAX_METADATA_KEYS entries with short keys, each a string, number, boolean or null."""
+    value = optional_object(body, key)
+    if value is None:
+        return None
+    if len(value) > MAX_METADATA_KEYS:
+        raise invalid_value(key, f"at most {MAX_METADATA_KEYS} entries are allowed, got {len(value)}.")
+    for name, item in value.items():
+        if len(name) > MAX_METADATA_KEY_CHARS:
+            raise invalid_value(key, f"keys must be at most {MAX_METADATA_KEY_CHARS} characters long, got {len(name)}.")
+        if isinstance(item, (list, dict)):
+            raise invalid_type(f"{key}.{name}", "a string, a number, a boolean or null", item)
+        if isinstance(item, str) and len(item) > MAX_METADATA_VALUE_CHARS:
+            raise invalid_value(f"{key}.{name}", f"must be at most {MAX_METADATA_VALUE_CHARS} characters long, got {len(item)}.")
     return value
 
 
@@ -348,6 +401,8 @@ def bounded_stops(stops: list[str], param: str, *, listed: bool = True) -> list[
 
 def text_blocks(value: list[Any], param: str) -> str:
     """Joins a list of `{"type":"text","text":…}` parts, refusing any other kind of part."""
+    if len(value) > MAX_CONTENT_PARTS:
+        raise invalid_value(param, f"at most {MAX_CONTENT_PARTS} content parts are allowed, got {len(value)}.")
     texts: list[str] = []
     for j, part in enumerate(value):
         where = f"{param}[{j}]"
@@ -357,7 +412,7 @@ def text_blocks(value: list[Any], param: str) -> str:
         if kind != "text":
             if not isinstance(kind, str):
                 raise missing(f"{where}.type") if kind is None else invalid_type(f"{where}.type", "a string", kind)
-            raise unsupported_value(f"{where}.type", f"content of type '{kind}' is not supported; only text is.")
+            raise unsupported_value(f"{where}.type", f"content of type '{shown(kind)}' is not supported; only text is.")
         text = part.get("text")
         if not isinstance(text, str):
             raise missing(f"{where}.text") if text is None else invalid_type(f"{where}.text", "a string", text)

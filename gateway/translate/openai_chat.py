@@ -5,24 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.errors import GatewayError
-from gateway.translate.bounds import MAX_OPENAI_STOPS
+from gateway.translate.bounds import MAX_MESSAGES, MAX_OPENAI_STOPS, MAX_USER_CHARS
 from gateway.translate.common import (
     ChatMessage,
     CompletionRequest,
     Usage,
     bounded_stops,
+    bounded_str,
     invalid_type,
     invalid_value,
     is_int,
     json_compact,
     missing,
     optional_bool,
+    optional_metadata,
     optional_number,
     optional_object,
     optional_positive_int,
-    optional_str,
     require_object,
     required_model,
+    shown,
     text_blocks,
     unsupported_parameter,
     unsupported_value,
@@ -69,8 +71,8 @@ def parse_chat_request(body: object) -> CompletionRequest:
         stop=_parse_stop(body.get("stop")),
         stream=stream,
         include_usage=include_usage,
-        metadata=optional_object(body, "metadata"),
-        user=optional_str(body, "user"),
+        metadata=optional_metadata(body),
+        user=bounded_str(body, "user", MAX_USER_CHARS),
     )
 
 
@@ -111,6 +113,8 @@ def _parse_messages(body: dict[str, Any]) -> list[ChatMessage]:
         raise invalid_type("messages", "an array", raw)
     if not raw:
         raise invalid_value("messages", "must contain at least one message.")
+    if len(raw) > MAX_MESSAGES:
+        raise invalid_value("messages", f"at most {MAX_MESSAGES} messages are allowed, got {len(raw)}.")
     messages: list[ChatMessage] = []
     for i, message in enumerate(raw):
         where = f"messages[{i}]"
@@ -124,7 +128,7 @@ def _parse_messages(body: dict[str, Any]) -> list[ChatMessage]:
         if role in ("tool", "function"):
             raise unsupported_value(f"{where}.role", f"messages with role '{role}' are not supported. {_NO_TOOLS}")
         if role not in _ROLES:
-            raise invalid_value(f"{where}.role", f"'{role}' is not one of 'system', 'developer', 'user', 'assistant'.")
+            raise invalid_value(f"{where}.role", f"'{shown(role)}' is not one of 'system', 'developer', 'user', 'assistant'.")
         for key in ("tool_calls", "function_call"):
             if message.get(key):
                 raise unsupported_parameter(f"{where}.{key}", _NO_TOOLS)

@@ -12,13 +12,21 @@ from gateway.errors import InvalidRequest
 from gateway.translate.anthropic_messages import parse_messages_request
 from gateway.translate.bounds import (
     MAX_ANTHROPIC_STOPS,
+    MAX_CONTENT_PARTS,
     MAX_JSON_DEPTH,
+    MAX_MESSAGES,
+    MAX_METADATA_KEY_CHARS,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_VALUE_CHARS,
+    MAX_MODEL_CHARS,
     MAX_OPENAI_STOPS,
     MAX_STOP_CHARS,
     MAX_STOPS_TOTAL_CHARS,
+    MAX_USER_CHARS,
     JSONTooDeep,
     loads_bounded,
 )
+from gateway.translate.envelope import parse_envelope_request
 from gateway.translate.openai_chat import parse_chat_request
 from gateway.translate.router import RouterStreamReader
 from gateway.translate.sse import SSEEvent
@@ -124,3 +132,81 @@ def test_stop_strings_at_the_limits_are_kept() -> None:
     thirty_two = [f"{i:02d}" + "x" * 62 for i in range(32)]  # 2,048 characters
     assert parse_messages_request({**MESSAGES, "stop_sequences": thirty_two}).stop == thirty_two
     assert parse_messages_request({**MESSAGES, "stop_sequences": ["", "a", ""]}).stop == ["a"]
+
+
+def _messages(n: int) -> list[dict[str, str]]:
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(n)]
+
+
+def _parts(n: int) -> list[dict[str, str]]:
+    return [{"type": "text", "text": "p"} for _ in range(n)]
+
+
+SIZE_CASES = [
+    (parse_chat_request, CHAT, {"messages": _messages(2049)}, "messages"),
+    (parse_messages_request, MESSAGES, {"messages": _messages(2049)}, "messages"),
+    (parse_chat_request, CHAT, {"messages": [{"role": "user", "content": _parts(257)}]}, "messages[0].content"),
+    (parse_messages_request, MESSAGES, {"messages": [{"role": "user", "content": _parts(257)}]}, "messages[0].content"),
+    (parse_messages_request, MESSAGES, {"system": _parts(257)}, "system"),
+    (parse_chat_request, CHAT, {"model": "m" * 257}, "model"),
+    (parse_messages_request, MESSAGES, {"model": "m" * 257}, "model"),
+    (parse_envelope_request, {"prompt": "hi"}, {"model": "m" * 257}, "model"),
+    (parse_chat_request, CHAT, {"user": "u" * 257}, "user"),
+    (parse_chat_request, CHAT, {"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+    (parse_chat_request, CHAT, {"metadata": {"k" * 65: "v"}}, "metadata"),
+    (parse_chat_request, CHAT, {"metadata": {"k": "v" * 513}}, "metadata.k"),
+    (parse_chat_request, CHAT, {"metadata": {"k": ["nested"]}}, "metadata.k"),
+    (parse_messages_request, MESSAGES, {"metadata": {"user_id": "u" * 257}}, "metadata.user_id"),
+    (parse_messages_request, MESSAGES, {"metadata": {"user_id": "u", "extra": {"deep": 1}}}, "metadata.extra"),
+]
+
+
+@pytest.mark.parametrize(("parse", "base", "extra", "param"), SIZE_CASES)
+def test_sizes_the_client_chooses_are_refused_naming_the_field(
+    parse: Callable[[object], object], base: dict[str, Any], extra: dict[str, Any], param: str
+) -> None:
+    err = refusal(parse, {**base, **extra})
+    assert err.param == param and f"'{param}'" in err.message, err.message
+
+
+def test_sizes_at_the_limits_are_accepted() -> None:
+    assert (MAX_MESSAGES, MAX_CONTENT_PARTS, MAX_MODEL_CHARS, MAX_USER_CHARS) == (2048, 256, 256, 256)
+    assert (MAX_METADATA_KEYS, MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS) == (16, 64, 512)
+    metadata = {**{f"k{i}": "v" * 512 for i in range(14)}, "k" * 64: 1, "flag": None}
+    chat = parse_chat_request({**CHAT, "messages": _messages(2047) + [{"role": "user", "content": _parts(256)}],
+                               "model": "m" * 256, "user": "u" * 256, "metadata": metadata})  # fmt: skip
+    assert len(chat.messages or []) == 2048 and chat.user == "u" * 256 and chat.metadata == metadata
+    anthropic = parse_messages_request({**MESSAGES, "system": _parts(256), "metadata": {"user_id": "u" * 256}})
+    assert anthropic.user == "u" * 256 and anthropic.system == "\n".join(["p"] * 256)
+    assert parse_envelope_request({"prompt": "hi", "model": "m" * 256}).model == "m" * 256
+
+
+@pytest.mark.parametrize(
+    ("parse", "base", "extra", "param"),
+    [
+        (parse_chat_request, CHAT, {"messages": [{"role": "r" * 100_000, "content": "hi"}]}, "messages[0].role"),
+        (parse_messages_request, MESSAGES, {"messages": [{"role": "r" * 100_000, "content": "hi"}]}, "messages[0].role"),
+        (
+            parse_chat_request,
+            CHAT,
+            {"messages": [{"role": "user", "content": [{"type": "t" * 100_000}]}]},
+            "messages[0].content[0].type",
+        ),
+        (parse_chat_request, CHAT, {"temperature": 10**4000}, "temperature"),
+        (parse_chat_request, CHAT, {"max_tokens": -(10**4000)}, "max_tokens"),
+        (parse_messages_request, MESSAGES, {"top_k": -(10**4000)}, "top_k"),
+    ],
+)
+def test_a_refusal_quotes_at_most_a_short_piece_of_what_it_refused(
+    parse: Callable[[object], object], base: dict[str, Any], extra: dict[str, Any], param: str
+) -> None:
+    err = refusal(parse, {**base, **extra})
+    assert err.param == param and len(err.message) < 200, err.message
+    assert "characters)" in err.message  # it says how long the value was instead
+
+
+def test_short_values_are_still_quoted_whole() -> None:
+    assert (
+        "'robot' is not one of" in refusal(parse_chat_request, {**CHAT, "messages": [{"role": "robot", "content": "x"}]}).message
+    )
+    assert "got 9." in refusal(parse_chat_request, {**CHAT, "temperature": 9}).message
