@@ -29,10 +29,11 @@ NEUTRALIZER = "\u200b"  # ZERO WIDTH SPACE: not whitespace to a tokenizer or to 
 # A name without spaces or brackets between `<|` and `|>` (or the fullwidth bar `｜` some tokenizers use).
 _SPECIAL_TOKEN = re.compile(r"<([|｜])([^\s<>|｜]*)([|｜])>")
 _LINE_BREAKS = r"\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # where str.splitlines ends a line
-_PLAIN_HEADER = re.compile(
-    rf"(?:^|(?<=[{_LINE_BREAKS}]))(\s*)({'|'.join(sorted(set(_PLAIN_LABELS.values())))})(?=[^\S{_LINE_BREAKS}]*:)",
-    re.IGNORECASE,
-)
+_HEADER = rf"((?i:{'|'.join(sorted(set(_PLAIN_LABELS.values())))}))(?=[^\S{_LINE_BREAKS}]*:)"
+# Two patterns rather than one with a look-behind, and case folded only for the header word: a pattern that
+# begins with a (case-sensitive) line break lets the regex engine skip in C to the few places a header can start.
+_PLAIN_HEADER_FIRST = re.compile(rf"(\s*){_HEADER}")
+_PLAIN_HEADER_AFTER_BREAK = re.compile(rf"([{_LINE_BREAKS}]\s*){_HEADER}")
 
 
 def _role(role: str) -> str:
@@ -41,16 +42,28 @@ def _role(role: str) -> str:
 
 
 def _no_tokens(text: str) -> str:
-    if "<" not in text:  # the common case, settled in C
+    if "<|" not in text and "<｜" not in text:  # the common case, settled in C
         return text
     return _SPECIAL_TOKEN.sub(rf"<{NEUTRALIZER}\1\2\3{NEUTRALIZER}>", text)
+
+
+# One of these is in the case-folded text wherever the header pattern can match: the regex engine's case folding
+# also takes 'ſ' for 's' (so does casefold) and 'ı', 'İ' for 'i' (casefold does not; 'stant' holds no 'i').
+_HEADER_HINTS = ("system", "user", "stant")
 
 
 def _no_plain_turns(text: str) -> str:
     text = _no_tokens(text)
     if ":" not in text:
         return text
-    return _PLAIN_HEADER.sub(rf"\1{NEUTRALIZER}\2", text)
+    folded = text.casefold()
+    if not any(hint in folded for hint in _HEADER_HINTS):  # most text, settled in C
+        return text
+    text = _PLAIN_HEADER_AFTER_BREAK.sub(rf"\1{NEUTRALIZER}\2", text)
+    first = _PLAIN_HEADER_FIRST.match(text)
+    if first is not None:
+        text = f"{text[: first.end(1)]}{NEUTRALIZER}{text[first.end(1) :]}"
+    return text
 
 
 def render_prompt(messages: list[ChatMessage], fmt: str, system: str | None = None) -> str:
