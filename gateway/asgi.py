@@ -20,10 +20,11 @@ from django.http import HttpResponse
 from django.urls import Resolver404, resolve
 
 from gateway import metrics
-from gateway.errors import GatewayError
-from gateway.pipeline import Exchange, new_request_id
+from gateway.errors import GatewayError, InternalError, InvalidRequest
+from gateway.logs import SCOPE_KEY, new_request_id, request_id_var
+from gateway.pipeline import Exchange
 from gateway.recorder import recorder
-from gateway.surfaces import ANTHROPIC_MESSAGES, OPENAI_CHAT, json_response
+from gateway.surfaces import json_response, surface_for_path
 
 log = logging.getLogger("gateway")
 
@@ -86,14 +87,18 @@ class GatewayApplication:
         metrics.INFLIGHT_REQUESTS.inc()  # what a graceful shutdown waits for (gateway/lifecycle.py)
         started = time.perf_counter()
         noted = _Noted()
+        # The request's one id, made here and nowhere else: the views, the pipeline, the error paths and the
+        # playground read it from the scope, and every log line of the request (its tasks too) from the context.
+        noted.request_id = scope[SCOPE_KEY] = new_request_id()
+        request_id_var.set(noted.request_id)
 
         async def send_noting(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 noted.status = message["status"]
-                for name, value in message.get("headers", ()):
-                    if name == b"x-request-id":
-                        noted.request_id = value.decode("latin-1")
-                        break
+                headers = message.get("headers") or ()
+                if not any(name == b"x-request-id" for name, _ in headers):
+                    # A portal page, /health: every response names the id its log lines carry.
+                    message = {**message, "headers": [*headers, (b"x-request-id", noted.request_id.encode())]}
             await send(message)
 
         try:
@@ -157,26 +162,26 @@ class GatewayApplication:
             match = resolve(request.path_info, urlconf=GATEWAY_URLCONF)
             return await match.func(request, *match.args, **match.kwargs)
         except (Resolver404, UnicodeDecodeError):
-            return self._error(scope, 404, "unknown route", request=request)
+            return self._error(scope, InvalidRequest("unknown route"), status=404, request=request)
         except GatewayError as err:
-            return self._error(scope, err.status, err.message, request=request)
+            return self._error(scope, err, request=request)
         except Exception:
-            # Never a traceback to the customer: log it with an id they can quote.
-            request_id = new_request_id()
-            log.exception("unhandled error on %s request_id=%s", scope.get("path"), request_id)
-            return self._error(scope, 500, "internal error; quote this request id to support", request_id=request_id, request=request)
+            # Never a traceback to the customer: log it with the id they are given to quote.
+            log.exception("unhandled error on %s request_id=%s", scope.get("path"), scope[SCOPE_KEY])
+            return self._error(scope, InternalError(), request=request)
 
     def _error(
-        self, scope: dict[str, Any], status: int, message: str, *, request_id: str | None = None, request: ASGIRequest | None = None
+        self, scope: dict[str, Any], err: GatewayError, *, status: int | None = None, request: ASGIRequest | None = None
     ) -> HttpResponse:
-        request_id = request_id or new_request_id()
-        surface = ANTHROPIC_MESSAGES if scope["path"].startswith("/v1/messages") else OPENAI_CHAT
+        """An error answered here rather than by a view: in the shape of the route the path belongs to."""
+        request_id = scope[SCOPE_KEY]
+        surface = surface_for_path(scope["path"])
+        status = status or surface.error_status(err)
         if request is not None and is_v1_path(scope["path"]):
             # Every /v1 request leaves its request log row, as the views write: an unknown route (`/v1`,
             # or `/v1/models/..` once a client normalised it) and a crash (whose id the customer quotes) too.
             recorder.ensure_started()
-            recorder.record(usage=None, log_row=Exchange(request=request, surface=surface, request_id=request_id).log_row(status))
-        err = GatewayError(message)
+            recorder.record(usage=None, log_row=Exchange(request=request, surface=surface).log_row(status))
         headers = {"x-request-id": request_id}
         if surface.anthropic:
             headers["request-id"] = request_id

@@ -37,6 +37,14 @@ class GatewayError(Exception):
         return self.anthropic_status or self.status
 
 
+class InternalError(GatewayError):
+    """A fault of the gateway itself: the customer gets the request id to quote, never a traceback."""
+
+    status = 500
+    envelope_code = "internal_error"
+    default_message = "internal error; quote this request id to support"
+
+
 class InvalidRequest(GatewayError):
     status = 400
     openai_type = "invalid_request_error"

@@ -5,9 +5,36 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import time
+from typing import Any
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+# Where an HTTP request's one id travels: made at the ASGI entry (gateway/asgi.py GatewayApplication), kept in
+# the scope, which Django's request objects carry as `request.scope`.
+SCOPE_KEY = "request_id"
+
+
+def new_request_id() -> str:
+    return f"req_{os.urandom(12).hex()}"
+
+
+def request_id_of(request: Any) -> str:
+    """The id of the HTTP request `request` belongs to; made here only for a request that came in another way
+    (Django's test client), and then kept on it, so every caller still sees the one id."""
+    holder = getattr(request, "scope", None)
+    if holder is None:
+        holder = request.META
+    request_id = holder.get(SCOPE_KEY)
+    if not request_id:
+        request_id = holder[SCOPE_KEY] = new_request_id()
+    return request_id
+
+
+def current_request_id() -> str:
+    """The id of the request this code runs for (set at the ASGI entry), or a new one outside any request."""
+    return request_id_var.get() or new_request_id()
 
 
 class RequestIdFilter(logging.Filter):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -32,10 +31,12 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.limits import Admission, LimitsUnavailable, limiter
-from gateway.logs import request_id_var
+from gateway.logs import new_request_id as new_request_id  # where it used to live; made once per request in asgi.py
+from gateway.logs import request_id_of, request_id_var
 from gateway.recorder import recorder
 from gateway.state import state
 from gateway.surfaces import ENVELOPE_ROUTE, AnswerContext, StreamWriter, Surface, json_response
+from gateway.translate.bounds import JSONTooDeep, loads_bounded
 from gateway.translate.common import CompletionRequest, StopMatcher, Usage, cut_at_stop, estimate_tokens
 from gateway.translate.prompt import render_prompt
 from gateway.translate.router import RouterDelta, RouterStreamReader, build_router_body, parse_router_completion
@@ -50,10 +51,6 @@ log = logging.getLogger("gateway")
 CLIENT_CLOSED = 499  # recorded when the client hung up before any response was sent
 
 
-def new_request_id() -> str:
-    return f"req_{os.urandom(12).hex()}"
-
-
 def ms(seconds: float) -> int:
     return max(0, int(seconds * 1000))
 
@@ -64,7 +61,7 @@ class Exchange:
 
     request: HttpRequest
     surface: Surface
-    request_id: str = field(default_factory=new_request_id)
+    request_id: str = ""  # the HTTP request's one id (gateway/asgi.py), read from the request unless given
     started: float = field(default_factory=time.perf_counter)
     created_at: datetime = field(default_factory=timezone.now)
     principal: Principal | None = None
@@ -73,6 +70,10 @@ class Exchange:
     admission: Admission | None = None
     upstream_started: float | None = None
     upstream_answered: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.request_id:
+            self.request_id = request_id_of(self.request)
 
     def headers(self) -> dict[str, str]:
         headers = {"x-request-id": self.request_id}
@@ -173,7 +174,9 @@ def _read_body(request: HttpRequest) -> object:
     if not raw:
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
-        return json.loads(raw)
+        return loads_bounded(raw)
+    except JSONTooDeep as exc:
+        raise InvalidRequest(f"the request body is nested deeper than {exc.limit} levels") from None
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("the request body is not valid JSON") from None
 
@@ -308,7 +311,7 @@ async def _complete(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, b
     try:
         data = json.loads(call.response.content)
         result = parse_router_completion(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: JSON nested a thousand levels deep
         log.warning("upstream %s sent a body that is not JSON request_id=%s", call.upstream.label, ex.request_id)
         await ex.release(0)
         return _refuse(ex, UpstreamError(), call)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +10,7 @@ from django.http import HttpResponse
 
 from gateway.errors import GatewayError
 from gateway.translate import anthropic_messages, envelope, openai_chat
+from gateway.translate.bounds import loads_bounded
 from gateway.translate.common import CompletionRequest, Usage, json_compact
 from gateway.translate.router import RouterDelta
 
@@ -161,5 +161,14 @@ ANTHROPIC_MESSAGES = Surface(
 ENVELOPE = Surface(route=ENVELOPE_ROUTE, anthropic=False, parse=envelope.parse_envelope_request, stream_writer=_EnvelopeStream)
 
 
+def surface_for_path(path: str) -> Surface:
+    """The surface whose shape every answer on `path` takes, errors included: a route and everything below it."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return ANTHROPIC_MESSAGES
+    if path == "/v1/completions" or path.startswith("/v1/completions/"):
+        return ENVELOPE
+    return OPENAI_CHAT
+
+
 def loads_json(raw: bytes) -> object:
-    return json.loads(raw)
+    return loads_bounded(raw)  # refuses JSON nested deeper than MAX_JSON_DEPTH (a ValueError), never a RecursionError

@@ -21,7 +21,7 @@ from gateway.limits import limiter
 from gateway.pipeline import Exchange, _read_body, handle_completion
 from gateway.recorder import recorder
 from gateway.state import state
-from gateway.surfaces import ANTHROPIC_MESSAGES, ENVELOPE, OPENAI_CHAT, Surface, json_response
+from gateway.surfaces import ANTHROPIC_MESSAGES, ENVELOPE, OPENAI_CHAT, Surface, json_response, surface_for_path
 from gateway.translate.anthropic_messages import parse_messages_request
 from gateway.translate.common import estimate_tokens
 from gateway.translate.prompt import render_prompt
@@ -137,7 +137,7 @@ async def count_tokens(request: HttpRequest) -> HttpResponse:
 
 @csrf_exempt
 async def not_found(request: HttpRequest) -> HttpResponse:
-    surface = ANTHROPIC_MESSAGES if request.path.startswith("/v1/messages") else OPENAI_CHAT
+    surface = surface_for_path(request.path)
     ex = Exchange(request=request, surface=surface)
     err = InvalidRequest(f"unknown route {request.method} {request.path[:100]}")
     return _logged(ex, json_response(surface.error_body(err, request_id=ex.request_id), status=404, headers=ex.headers()))

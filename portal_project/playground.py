@@ -17,7 +17,8 @@ from apikeys.issuers import KeyIssuerUnavailable
 from apikeys.services import apikey_get_or_create_playground
 from gateway.auth import principal_of
 from gateway.errors import GatewayError, PermissionDenied, UpstreamUnavailable
-from gateway.pipeline import handle_completion, new_request_id
+from gateway.logs import current_request_id
+from gateway.pipeline import handle_completion
 from gateway.state import state
 from gateway.surfaces import OPENAI_CHAT
 
@@ -51,7 +52,7 @@ def _playground_key_public_id(request: HttpRequest) -> str:
 
 
 def _error(err: GatewayError) -> HttpResponse:
-    request_id = new_request_id()
+    request_id = current_request_id()  # the one id of this HTTP request, made at the ASGI entry
     response = OPENAI_CHAT.error_response(err, request_id=request_id)
     response["x-request-id"] = request_id
     return response

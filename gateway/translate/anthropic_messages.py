@@ -5,21 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.errors import GatewayError
+from gateway.translate.bounds import MAX_ANTHROPIC_STOPS, MAX_MESSAGES, MAX_USER_CHARS
 from gateway.translate.common import (
     ChatMessage,
     CompletionRequest,
     Usage,
+    bounded_stops,
     invalid_type,
     invalid_value,
     is_int,
     json_compact,
     missing,
     optional_bool,
+    optional_metadata,
     optional_number,
-    optional_object,
     optional_positive_int,
     require_object,
     required_model,
+    shown,
     text_blocks,
     unsupported_parameter,
     unsupported_value,
@@ -47,10 +50,12 @@ def parse_messages_request(body: object) -> CompletionRequest:
         if not is_int(top_k):
             raise invalid_type("top_k", "an integer", top_k)
         if top_k < 0:
-            raise invalid_value("top_k", f"must be at least 0, got {top_k}.")
+            raise invalid_value("top_k", f"must be at least 0, got {shown(top_k)}.")
 
-    metadata = optional_object(body, "metadata")
+    metadata = optional_metadata(body)
     user_id = metadata.get("user_id") if metadata else None
+    if isinstance(user_id, str) and len(user_id) > MAX_USER_CHARS:
+        raise invalid_value("metadata.user_id", f"must be at most {MAX_USER_CHARS} characters long, got {len(user_id)}.")
 
     return CompletionRequest(
         surface="anthropic_messages",
@@ -93,6 +98,8 @@ def _parse_messages(body: dict[str, Any]) -> list[ChatMessage]:
         raise invalid_type("messages", "an array", raw)
     if not raw:
         raise invalid_value("messages", "must contain at least one message.")
+    if len(raw) > MAX_MESSAGES:
+        raise invalid_value("messages", f"at most {MAX_MESSAGES} messages are allowed, got {len(raw)}.")
     messages: list[ChatMessage] = []
     for i, message in enumerate(raw):
         where = f"messages[{i}]"
@@ -105,7 +112,7 @@ def _parse_messages(body: dict[str, Any]) -> list[ChatMessage]:
             raise invalid_type(f"{where}.role", "a string", role)
         if role not in _ROLES:
             hint = " Use the top-level 'system' field." if role == "system" else ""
-            raise invalid_value(f"{where}.role", f"'{role}' is not one of 'user', 'assistant'.{hint}")
+            raise invalid_value(f"{where}.role", f"'{shown(role)}' is not one of 'user', 'assistant'.{hint}")
         content = message.get("content")
         if isinstance(content, str):
             text = content
@@ -132,11 +139,12 @@ def _parse_stop_sequences(value: object) -> list[str]:
         return []
     if not isinstance(value, list):
         raise invalid_type("stop_sequences", "an array of strings", value)
+    if len(value) > MAX_ANTHROPIC_STOPS:
+        raise invalid_value("stop_sequences", f"at most {MAX_ANTHROPIC_STOPS} stop sequences are allowed, got {len(value)}.")
     for i, item in enumerate(value):
         if not isinstance(item, str):
             raise invalid_type(f"stop_sequences[{i}]", "a string", item)
-    # An empty stop would match everywhere and end every answer before it began.
-    return [s for s in value if s]
+    return bounded_stops(value, "stop_sequences")
 
 
 def _stop(finish_reason: str, stop_sequence: str | None) -> tuple[str, str | None]:

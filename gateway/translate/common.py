@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
+from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 from gateway.errors import InvalidRequest
+from gateway.translate.bounds import (
+    MAX_CONTENT_PARTS,
+    MAX_METADATA_KEY_CHARS,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_VALUE_CHARS,
+    MAX_MODEL_CHARS,
+    MAX_STOP_CHARS,
+    MAX_STOPS_TOTAL_CHARS,
+)
 
 # Compact, ASCII-only JSON: escaped non-ASCII can never be split or mis-decoded on the way
 # out (a lone surrogate from upstream stays valid), and the C encoder is fastest this way.
@@ -63,23 +75,72 @@ class CompletionRequest:
     user: str | None = None
 
 
-def _earliest_stop(text: str, stops: list[str]) -> tuple[int, str | None]:
-    # At equal positions the shorter stop wins: it is the one a stream completes first,
-    # so streamed and non-streamed answers agree.
-    best, best_stop = -1, None
-    for stop in stops:
-        i = text.find(stop)
-        if i != -1 and (best == -1 or i < best or (i == best and len(stop) < len(best_stop))):
-            best, best_stop = i, stop
-    return best, best_stop
+class _StopAutomaton:
+    """Aho-Corasick over a request's stop strings: each character of the answer is one transition, whatever the
+    number or the length of the stops.
+
+    A state is a trie node: the longest tail of the text read so far that begins some stop. Its depth is how
+    much text must be held back (it may still become a stop); `out` is the length of the longest stop ending
+    there (the one that began earliest); `first` finds the next character that can begin a stop, so text
+    that cannot is skipped in C.
+    """
+
+    __slots__ = ("goto", "fail", "depth", "out", "first")
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        goto: list[dict[str, int]] = [{}]
+        depth = [0]
+        out = [0]
+        for stop in stops:
+            node = 0
+            for char in stop:
+                nxt = goto[node].get(char)
+                if nxt is None:
+                    nxt = len(goto)
+                    goto[node][char] = nxt
+                    goto.append({})
+                    depth.append(depth[node] + 1)
+                    out.append(0)
+                node = nxt
+            out[node] = len(stop)
+        fail = [0] * len(goto)
+        queue = deque(goto[0].values())
+        while queue:  # breadth first: a node's fallback is shallower, so settled before it
+            node = queue.popleft()
+            for char, child in goto[node].items():
+                queue.append(child)
+                back = fail[node]
+                while back and char not in goto[back]:
+                    back = fail[back]
+                target = goto[back].get(char, 0)
+                fail[child] = target if target != child else 0
+                if not out[child]:
+                    out[child] = out[fail[child]]
+        self.goto = goto
+        self.fail = fail
+        self.depth = depth
+        self.out = out
+        self.first = re.compile("[" + "".join(re.escape(char) for char in goto[0]) + "]").search
+
+
+@lru_cache(maxsize=64)
+def _automaton(stops: tuple[str, ...]) -> _StopAutomaton:
+    # Clients send the same few stops again and again; at most MAX_STOPS_TOTAL_CHARS states each.
+    return _StopAutomaton(stops)
 
 
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, str | None]:
-    """A whole answer cut before its earliest stop string, and the stop that matched (None when none did)."""
-    i, stop = _earliest_stop(text, [s for s in stops if s])
+    """A whole answer cut before its earliest stop string, and the stop that matched (None when none did).
+
+    The earliest stop wins and, of two starting at the same place, the shorter, as in a stream: this is the
+    streamed matcher fed the whole answer at once, so both ways agree by construction.
+    """
+    matcher = StopMatcher(stops)
+    kept, stop = matcher.feed(text)
     if stop is None:
-        return text, None
-    return text[:i], stop
+        kept += matcher.flush()
+        stop = matcher.matched
+    return kept, stop
 
 
 class StopMatcher:
@@ -88,55 +149,76 @@ class StopMatcher:
     `feed` returns the text safe to send now and the stop that matched, if one did (the
     caller then ends the stream; later feeds return nothing). Text that could still be
     the beginning of a stop is held back until it can no longer be, or until `flush`.
+    The work per chunk is one automaton step per character that may be part of a stop.
     """
 
-    __slots__ = ("_stops", "_held", "matched")
+    __slots__ = ("_auto", "_state", "_held", "_pending", "_pending_len", "matched")
 
     def __init__(self, stops: list[str] | None) -> None:
-        self._stops = [s for s in stops or () if s]
+        kept = tuple(dict.fromkeys(s for s in stops or () if s))
+        self._auto = _automaton(kept) if kept else None
+        self._state = 0
         self._held = ""
+        # A stop found in the held text that a longer stop, begun earlier, may still beat: its start in `_held`.
+        self._pending = -1
+        self._pending_len = 0
         # The stop that ended the stream; also set by `flush` in the rare case where a
         # shorter stop sat inside held text that turned out not to start a longer one.
         self.matched: str | None = None
 
     def feed(self, text: str) -> tuple[str, str | None]:
-        if not self._stops:
+        auto = self._auto
+        if auto is None:
             return text, None
         if self.matched is not None:
             return "", None
-        buf = self._held + text if self._held else text
-        found, stop = _earliest_stop(buf, self._stops)
-        # Earliest start of a tail that is a proper prefix of some stop: nothing from
-        # there on may leave until the next chunk settles it.
-        n = len(buf)
-        hold_from = found if stop is not None else n
-        for s in self._stops:
-            # Candidates start with the stop's first character; usually there is none,
-            # which keeps this to one find per stop on the per-token path.
-            first = s[0]
-            start = buf.find(first, max(0, n - len(s) + 1), hold_from)
-            while start != -1:
-                if s.startswith(buf[start:]):
-                    hold_from = start
+        held = self._held
+        buf = held + text if held else text
+        i, n = len(held), len(buf)
+        state, pending, pending_len = self._state, self._pending, self._pending_len
+        goto, fail, depth, out = auto.goto, auto.fail, auto.depth, auto.out
+        while i < n:
+            if not state:
+                found = auto.first(buf, i)
+                if found is None:
                     break
-                start = buf.find(first, start + 1, hold_from)
-        if stop is not None and hold_from >= found:
-            self.matched = stop
-            self._held = ""
-            return buf[:found], stop
+                i = found.start()
+            char = buf[i]
+            i += 1
+            while True:
+                nxt = goto[state].get(char)
+                if nxt is not None:
+                    state = nxt
+                    break
+                if not state:
+                    break
+                state = fail[state]
+            length = out[state]
+            if length and (pending < 0 or i - length < pending):
+                pending, pending_len = i - length, length
+            # No stop found later can begin before the tail the state stands for: at an equal start it would
+            # be the longer one, and the shorter wins.
+            if pending >= 0 and pending <= i - depth[state]:
+                self.matched = buf[pending : pending + pending_len]
+                self._held, self._state, self._pending = "", 0, -1
+                return buf[:pending], self.matched
+        hold_from = n - depth[state]
+        self._state = state
         self._held = buf[hold_from:]
+        self._pending = pending - hold_from if pending >= 0 else -1
+        self._pending_len = pending_len
         return buf[:hold_from], None
 
     def flush(self) -> str:
         """Held-back text at the end of the stream (cut if it turns out to hold a whole stop)."""
-        held, self._held = self._held, ""
+        held, pending = self._held, self._pending
+        self._held, self._state, self._pending = "", 0, -1
         if not held or self.matched is not None:
             return ""
-        found, stop = _earliest_stop(held, self._stops)
-        if stop is None:
+        if pending < 0:
             return held
-        self.matched = stop
-        return held[:found]
+        self.matched = held[pending : pending + self._pending_len]
+        return held[:pending]
 
 
 # Field checks shared by the request parsers. bool is a subclass of int in Python but
@@ -168,6 +250,15 @@ def type_name(value: object) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
+
+
+_SHOWN_CHARS = 40
+
+
+def shown(value: object) -> str:
+    """A client's value quoted in an error message, cut short: a refusal never echoes a megabyte back."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
 
 
 def invalid_type(param: str, expected: str, value: object) -> InvalidRequest:
@@ -208,7 +299,7 @@ def optional_number(body: dict[str, Any], key: str, low: float, high: float) -> 
         raise invalid_type(key, "a number", value)
     # NaN fails both comparisons, so it is refused here too.
     if not low <= value <= high:
-        raise invalid_value(key, f"must be between {low:g} and {high:g}, got {value!r}.")
+        raise invalid_value(key, f"must be between {low:g} and {high:g}, got {shown(value)}.")
     return float(value)
 
 
@@ -219,7 +310,7 @@ def optional_positive_int(body: dict[str, Any], key: str) -> int | None:
     if not is_int(value):
         raise invalid_type(key, "an integer", value)
     if value < 1:
-        raise invalid_value(key, f"must be at least 1, got {value}.")
+        raise invalid_value(key, f"must be at least 1, got {shown(value)}.")
     return value
 
 
@@ -252,11 +343,66 @@ def required_model(body: dict[str, Any]) -> str:
         raise invalid_type("model", "a string", value)
     if not value:
         raise invalid_value("model", "must not be empty.")
+    return bounded_model(value)
+
+
+def bounded_model(model: str) -> str:
+    if len(model) > MAX_MODEL_CHARS:
+        raise invalid_value("model", f"must be at most {MAX_MODEL_CHARS} characters long, got {len(model)}.")
+    return model
+
+
+def bounded_str(body: dict[str, Any], key: str, limit: int, *, param: str | None = None) -> str | None:
+    """An optional string field of at most `limit` characters."""
+    value = body.get(key)
+    if value is None:
+        return None
+    param = param or key
+    if not isinstance(value, str):
+        raise invalid_type(param, "a string", value)
+    if len(value) > limit:
+        raise invalid_value(param, f"must be at most {limit} characters long, got {len(value)}.")
     return value
+
+
+def optional_metadata(body: dict[str, Any], key: str = "metadata") -> dict[str, Any] | None:
+    """`metadata`: at most MAX_METADATA_KEYS entries with short keys, each a string, number, boolean or null."""
+    value = optional_object(body, key)
+    if value is None:
+        return None
+    if len(value) > MAX_METADATA_KEYS:
+        raise invalid_value(key, f"at most {MAX_METADATA_KEYS} entries are allowed, got {len(value)}.")
+    for name, item in value.items():
+        if len(name) > MAX_METADATA_KEY_CHARS:
+            raise invalid_value(key, f"keys must be at most {MAX_METADATA_KEY_CHARS} characters long, got {len(name)}.")
+        if isinstance(item, (list, dict)):
+            raise invalid_type(f"{key}.{name}", "a string, a number, a boolean or null", item)
+        if isinstance(item, str) and len(item) > MAX_METADATA_VALUE_CHARS:
+            raise invalid_value(f"{key}.{name}", f"must be at most {MAX_METADATA_VALUE_CHARS} characters long, got {len(item)}.")
+    return value
+
+
+def bounded_stops(stops: list[str], param: str, *, listed: bool = True) -> list[str]:
+    """Stop strings that passed their type checks, within MAX_STOP_CHARS each and MAX_STOPS_TOTAL_CHARS together;
+    the caller has bounded their number. `listed`: the field is an array (a too-long stop is named by index)."""
+    total = 0
+    for i, stop in enumerate(stops):
+        if len(stop) > MAX_STOP_CHARS:
+            raise invalid_value(
+                f"{param}[{i}]" if listed else param,
+                f"a stop sequence may be at most {MAX_STOP_CHARS} characters long, got {len(stop)}.",
+            )
+        total += len(stop)
+    if total > MAX_STOPS_TOTAL_CHARS:
+        raise invalid_value(param, f"the stop sequences may be at most {MAX_STOPS_TOTAL_CHARS} characters together, got {total}.")
+    # An empty stop would match everywhere and end every answer before it began.
+    return [s for s in stops if s]
 
 
 def text_blocks(value: list[Any], param: str) -> str:
     """Joins a list of `{"type":"text","text":…}` parts, refusing any other kind of part."""
+    if len(value) > MAX_CONTENT_PARTS:
+        raise invalid_value(param, f"at most {MAX_CONTENT_PARTS} content parts are allowed, got {len(value)}.")
     texts: list[str] = []
     for j, part in enumerate(value):
         where = f"{param}[{j}]"
@@ -266,7 +412,7 @@ def text_blocks(value: list[Any], param: str) -> str:
         if kind != "text":
             if not isinstance(kind, str):
                 raise missing(f"{where}.type") if kind is None else invalid_type(f"{where}.type", "a string", kind)
-            raise unsupported_value(f"{where}.type", f"content of type '{kind}' is not supported; only text is.")
+            raise unsupported_value(f"{where}.type", f"content of type '{shown(kind)}' is not supported; only text is.")
         text = part.get("text")
         if not isinstance(text, str):
             raise missing(f"{where}.text") if text is None else invalid_type(f"{where}.text", "a string", text)

@@ -7,6 +7,7 @@ from typing import Any
 from gateway.errors import GatewayError
 from gateway.translate.common import (
     CompletionRequest,
+    bounded_model,
     invalid_type,
     invalid_value,
     json_compact,
@@ -26,7 +27,7 @@ def parse_envelope_request(body: object) -> CompletionRequest:
     if model is not None:
         if not isinstance(model, str):
             raise invalid_type("model", "a string", model)
-        model = model or None
+        model = bounded_model(model) or None
     prompt = body.get("prompt")
     if prompt is None:
         raise missing("prompt")

@@ -5,22 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.errors import GatewayError
+from gateway.translate.bounds import MAX_MESSAGES, MAX_OPENAI_STOPS, MAX_USER_CHARS
 from gateway.translate.common import (
     ChatMessage,
     CompletionRequest,
     Usage,
+    bounded_stops,
+    bounded_str,
     invalid_type,
     invalid_value,
     is_int,
     json_compact,
     missing,
     optional_bool,
+    optional_metadata,
     optional_number,
     optional_object,
     optional_positive_int,
-    optional_str,
     require_object,
     required_model,
+    shown,
     text_blocks,
     unsupported_parameter,
     unsupported_value,
@@ -28,7 +32,6 @@ from gateway.translate.common import (
 
 _ROLES = frozenset({"system", "developer", "user", "assistant"})
 _NO_TOOLS = "Tool calling is not offered on hosted routes."
-_MAX_STOPS = 4
 
 
 def parse_chat_request(body: object) -> CompletionRequest:
@@ -68,8 +71,8 @@ def parse_chat_request(body: object) -> CompletionRequest:
         stop=_parse_stop(body.get("stop")),
         stream=stream,
         include_usage=include_usage,
-        metadata=optional_object(body, "metadata"),
-        user=optional_str(body, "user"),
+        metadata=optional_metadata(body),
+        user=bounded_str(body, "user", MAX_USER_CHARS),
     )
 
 
@@ -110,6 +113,8 @@ def _parse_messages(body: dict[str, Any]) -> list[ChatMessage]:
         raise invalid_type("messages", "an array", raw)
     if not raw:
         raise invalid_value("messages", "must contain at least one message.")
+    if len(raw) > MAX_MESSAGES:
+        raise invalid_value("messages", f"at most {MAX_MESSAGES} messages are allowed, got {len(raw)}.")
     messages: list[ChatMessage] = []
     for i, message in enumerate(raw):
         where = f"messages[{i}]"
@@ -123,7 +128,7 @@ def _parse_messages(body: dict[str, Any]) -> list[ChatMessage]:
         if role in ("tool", "function"):
             raise unsupported_value(f"{where}.role", f"messages with role '{role}' are not supported. {_NO_TOOLS}")
         if role not in _ROLES:
-            raise invalid_value(f"{where}.role", f"'{role}' is not one of 'system', 'developer', 'user', 'assistant'.")
+            raise invalid_value(f"{where}.role", f"'{shown(role)}' is not one of 'system', 'developer', 'user', 'assistant'.")
         for key in ("tool_calls", "function_call"):
             if message.get(key):
                 raise unsupported_parameter(f"{where}.{key}", _NO_TOOLS)
@@ -144,18 +149,15 @@ def _parse_stop(value: object) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
-        stops = [value]
-    elif isinstance(value, list):
-        if len(value) > _MAX_STOPS:
-            raise invalid_value("stop", f"at most {_MAX_STOPS} stop sequences are allowed, got {len(value)}.")
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                raise invalid_type(f"stop[{i}]", "a string", item)
-        stops = value
-    else:
+        return bounded_stops([value], "stop", listed=False)
+    if not isinstance(value, list):
         raise invalid_type("stop", "a string or an array of strings", value)
-    # An empty stop would match everywhere and end every answer before it began.
-    return [s for s in stops if s]
+    if len(value) > MAX_OPENAI_STOPS:
+        raise invalid_value("stop", f"at most {MAX_OPENAI_STOPS} stop sequences are allowed, got {len(value)}.")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise invalid_type(f"stop[{i}]", "a string", item)
+    return bounded_stops(value, "stop")
 
 
 def _finish(reason: str) -> str:

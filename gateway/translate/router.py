@@ -174,7 +174,7 @@ class RouterStreamReader:
             return RouterDelta("", None, None, True, None)
         try:
             chunk = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested a thousand levels deep
             self.protocol_errors += 1
             return None
         if not isinstance(chunk, dict):

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import random
+import sys
+from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.translate.common import StopMatcher, Usage, cut_at_stop, estimate_tokens
 
@@ -132,3 +136,133 @@ def test_streamed_cut_equals_whole_cut_for_any_chunking() -> None:
             out.append(matcher.flush())
             matched = matcher.matched
         assert ("".join(out), matched) == cut_at_stop(text, stops), (text, stops)
+
+
+# --- the matcher against a naive reference, and its cost ----------------------------------------------------------------
+
+
+def _naive_earliest(text: str, stops: list[str]) -> tuple[int, str | None]:
+    best, best_stop = -1, None
+    for stop in stops:
+        i = text.find(stop)
+        if i != -1 and (best == -1 or i < best or (i == best and len(stop) < len(best_stop))):
+            best, best_stop = i, stop
+    return best, best_stop
+
+
+def naive_cut(text: str, stops: list[str]) -> tuple[str, str | None]:
+    """The earliest stop wins; at the same position the shorter one."""
+    i, stop = _naive_earliest(text, [s for s in stops if s])
+    return (text, None) if stop is None else (text[:i], stop)
+
+
+class NaiveStopMatcher:
+    """The matcher as it was before the automaton: every stop looked at on every chunk. The reference."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self._stops = [s for s in stops if s]
+        self._held = ""
+        self.matched: str | None = None
+
+    def feed(self, text: str) -> tuple[str, str | None]:
+        if not self._stops:
+            return text, None
+        if self.matched is not None:
+            return "", None
+        buf = self._held + text
+        found, stop = _naive_earliest(buf, self._stops)
+        n = len(buf)
+        hold_from = found if stop is not None else n
+        for s in self._stops:
+            for start in range(max(0, n - len(s) + 1), hold_from):
+                if s.startswith(buf[start:]):
+                    hold_from = start
+                    break
+        if stop is not None and hold_from >= found:
+            self.matched, self._held = stop, ""
+            return buf[:found], stop
+        self._held = buf[hold_from:]
+        return buf[:hold_from], None
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        if not held or self.matched is not None:
+            return ""
+        found, stop = _naive_earliest(held, self._stops)
+        if stop is None:
+            return held
+        self.matched = stop
+        return held[:found]
+
+
+_ALPHABET = "ab\nc<|"
+stop_lists = st.lists(st.text(_ALPHABET, min_size=0, max_size=6), min_size=0, max_size=6)
+
+
+@settings(max_examples=1500, deadline=None, derandomize=True)
+@given(text=st.text(_ALPHABET, max_size=60), stops=stop_lists, cuts=st.lists(st.integers(0, 60), max_size=12))
+def test_the_matcher_agrees_with_the_naive_reference_chunk_by_chunk(text: str, stops: list[str], cuts: list[int]) -> None:
+    bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
+    chunks = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    matcher, reference = StopMatcher(stops), NaiveStopMatcher(stops)
+    for chunk in chunks:
+        assert matcher.feed(chunk) == reference.feed(chunk), (text, stops, chunks)
+        assert matcher.matched == reference.matched
+    assert matcher.flush() == reference.flush()
+    assert matcher.matched == reference.matched
+    assert cut_at_stop(text, stops) == naive_cut(text, stops)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(text=st.text(max_size=80), stops=st.lists(st.text(min_size=1, max_size=8), max_size=5), data=st.data())
+def test_any_text_streamed_in_any_chunks_is_cut_as_the_whole_text_is(text: str, stops: list[str], data: st.DataObject) -> None:
+    # Stops taken from the text itself, so they often match, overlap and share prefixes.
+    for _ in range(data.draw(st.integers(0, 3))):
+        a = data.draw(st.integers(0, len(text)))
+        stops.append(text[a : a + data.draw(st.integers(1, 6))])
+    cuts = sorted(set(data.draw(st.lists(st.integers(0, len(text)), max_size=10))) | {0, len(text)})
+    matcher = StopMatcher(stops)
+    out, matched = [], None
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        emitted, matched = matcher.feed(text[a:b])
+        out.append(emitted)
+        if matched is not None:
+            break
+    if matched is None:
+        out.append(matcher.flush())
+        matched = matcher.matched
+    assert ("".join(out), matched) == naive_cut(text, stops)
+
+
+def _calls_during(fn: Callable[[], object]) -> int:
+    """Python and C function calls made while `fn` runs: a count of work, not a measure of time."""
+    calls = 0
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        nonlocal calls
+        if event in ("call", "c_call"):
+            calls += 1
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def test_the_work_per_chunk_does_not_grow_with_the_number_of_stops() -> None:
+    rng = random.Random(7)
+    few = ["</answer>"]
+    many = few + ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz<>/ ") for _ in range(rng.randint(4, 12))) for _ in range(5000)]
+    chunks = ["The answer is", " forty", "-two, as ", "every reader", " of the guide knows: 42 </ans", "wer> and more"]
+    counts = {}
+    for name, stops in (("few", few), ("many", many)):
+        matcher = StopMatcher(stops)
+        counts[name] = [_calls_during(lambda chunk=chunk, matcher=matcher: matcher.feed(chunk)) for chunk in chunks]
+        assert matcher.matched == "</answer>"
+    # Per chunk at most a few calls a character, with one stop or with five thousand (where nearly every
+    # character may begin a stop, so none is skipped).
+    for name in counts:
+        for chunk, n in zip(chunks, counts[name], strict=True):
+            assert n <= 4 * len(chunk) + 8, (name, chunk, counts)
