@@ -161,6 +161,9 @@ PORTAL_DEFAULT_MODEL = PORTAL_ROUTER_ENV.default_model
 PORTAL_PUBLIC_BASE_URL = env_str("PORTAL_PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 PORTAL_UPSTREAM_TIMEOUT_S = env_int("PORTAL_UPSTREAM_TIMEOUT_S", 120, minimum=1)
 PORTAL_MAX_BODY_BYTES = env_int("PORTAL_MAX_BODY_BYTES", 1_048_576, minimum=1024)
+# How many proxies of ours append to X-Forwarded-For in front of the gateway; 0: the header is ignored and the
+# client is the TCP peer. Read once, in portal_project/proxies.py, for everything that wants the client's address.
+PORTAL_TRUSTED_PROXY_COUNT = env_int("PORTAL_TRUSTED_PROXY_COUNT", 0, minimum=0)
 # Let the gateway read bodies up to our own limit and answer 413 itself, in the caller's shape.
 DATA_UPLOAD_MAX_MEMORY_SIZE = PORTAL_MAX_BODY_BYTES + 1
 # How often each process checks whether keys, organizations or pools changed.
@@ -226,6 +229,10 @@ ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Cortensor] "
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_LOGOUT_REDIRECT_URL = "/accounts/login/"
 LOGIN_URL = "/accounts/login/"
+# allauth reads REMOTE_ADDR (its rate limits, usersessions): portal_project/proxies.py has already put the client
+# there from X-Forwarded-For as far as PORTAL_TRUSTED_PROXY_COUNT trusts it. Reading the header again would trust it twice.
+ALLAUTH_TRUSTED_PROXY_COUNT = 0
+ALLAUTH_TRUSTED_CLIENT_IP_HEADER = None
 # Rates in django-ratelimit's "N/period" form; each refusal is a 429.
 PORTAL_RATELIMIT_SIGNIN = env_str("PORTAL_RATELIMIT_SIGNIN", "10/m")  # sign-in POSTs per IP
 PORTAL_RATELIMIT_SIGNUP = env_str("PORTAL_RATELIMIT_SIGNUP", "20/h")  # sign-up POSTs per IP
