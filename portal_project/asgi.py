@@ -22,7 +22,11 @@ from django.conf import settings  # noqa: E402
 from portal_project import twisted_tuning  # noqa: E402
 from portal_project.proxies import trusted_proxies  # noqa: E402
 
-twisted_tuning.install()
+twisted_tuning.install(
+    max_body_bytes=settings.PORTAL_MAX_BODY_BYTES,
+    read_timeout_s=settings.PORTAL_REQUEST_READ_TIMEOUT_S,
+    keepalive_s=settings.PORTAL_KEEPALIVE_TIMEOUT_S,
+)
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402

@@ -161,6 +161,11 @@ PORTAL_DEFAULT_MODEL = PORTAL_ROUTER_ENV.default_model
 PORTAL_PUBLIC_BASE_URL = env_str("PORTAL_PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 PORTAL_UPSTREAM_TIMEOUT_S = env_int("PORTAL_UPSTREAM_TIMEOUT_S", 120, minimum=1)
 PORTAL_MAX_BODY_BYTES = env_int("PORTAL_MAX_BODY_BYTES", 1_048_576, minimum=1024)
+# The server layer (portal_project/twisted_tuning.py): a request's head and body must arrive within this many seconds
+# of its first byte (else 408 and the connection is closed); a connection idle between requests is closed after
+# the keep-alive timeout, which must stay above the idle timeout of the load balancer's connections to us.
+PORTAL_REQUEST_READ_TIMEOUT_S = env_int("PORTAL_REQUEST_READ_TIMEOUT_S", 30, minimum=1)
+PORTAL_KEEPALIVE_TIMEOUT_S = env_int("PORTAL_KEEPALIVE_TIMEOUT_S", 75, minimum=1)
 # How many proxies of ours append to X-Forwarded-For in front of the gateway; 0: the header is ignored and the
 # client is the TCP peer. Read once, in portal_project/proxies.py, for everything that wants the client's address.
 PORTAL_TRUSTED_PROXY_COUNT = env_int("PORTAL_TRUSTED_PROXY_COUNT", 0, minimum=0)

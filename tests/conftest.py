@@ -68,6 +68,7 @@ class LiveGateway:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    daphne_args: tuple[str, ...] = ()  # more daphne options, e.g. ("--proxy-headers",)
 
     @property
     def url(self) -> str:
@@ -79,7 +80,8 @@ class LiveGateway:
         self.log_path = Path(name)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(self.port), "portal_project.asgi:application"],
+                [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(self.port), *self.daphne_args,
+                 "portal_project.asgi:application"],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
