@@ -216,7 +216,7 @@ LOGGING = {
     "filters": {"request_id": {"()": "gateway.logs.RequestIdFilter"}},
     "formatters": {
         "json": {"()": "gateway.logs.JsonFormatter"},
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s request_id=%(request_id)s"},
+        "plain": {"()": "gateway.logs.PlainFormatter", "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s request_id=%(request_id)s"},
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},

@@ -465,3 +465,46 @@ def test_without_trusted_proxies_the_forwarded_header_is_ignored(gateway: LiveGa
     assert (
         wait_for(lambda: RequestLog.objects.filter(request_id=response.headers["x-request-id"]).first()).client_ip == "127.0.0.1"
     )
+
+
+# --- logs ------------------------------------------------------------------------------------------------------------------
+
+
+def test_secrets_in_urls_never_reach_the_log(gateway: LiveGateway) -> None:
+    secrets_sent = [secrets.token_hex(12) for _ in range(4)]
+    paths = [
+        f"/accounts/password/reset/key/4-{secrets_sent[0]}/",
+        f"/accounts/confirm-email/{secrets_sent[1]}/",
+        f"/portal/invitations/{secrets_sent[2]}",
+    ]
+    with httpx.Client(base_url=gateway.url, timeout=20) as client:
+        for path in paths:
+            assert client.get(path).status_code < 500
+        # A POST without a CSRF token: Django logs the path of the refusal itself (django.security.csrf) too.
+        refused = client.post(f"/accounts/password/reset/key/7-{secrets_sent[3]}/", data={"password1": "x"})
+        assert refused.status_code == 403
+    wait_for(lambda: "django.security.csrf" in gateway.log())
+    log = gateway.log()
+    assert [s for s in secrets_sent if s in log] == []
+    access = [json.loads(line) for line in log.splitlines() if '"logger": "access"' in line]
+    logged = {line["path"] for line in access}
+    assert {
+        "/accounts/password/reset/key/[redacted]/",
+        "/accounts/confirm-email/[redacted]/",
+        "/portal/invitations/[redacted]",
+    } <= logged
+
+
+def test_a_path_cannot_forge_a_line_of_the_plain_log(start_gateway: Callable[..., LiveGateway]) -> None:
+    gateway = start_gateway(LOG_FORMAT="plain")
+    forged = "2030-01-01 00:00:00,000 INFO access GET /admin/ 200 0.10ms request_id=req_forged"
+    sock = connect(gateway)
+    target = "/v1/x%0a" + forged.replace(" ", "%20") + "%1b[2J%e2%80%a8"
+    sock.sendall(head("GET", target))
+    assert read_answer(sock, method="GET").status in (401, 404)
+    sock.close()
+    wait_for(lambda: "req_forged" in gateway.log())
+    lines = gateway.log().splitlines()
+    assert [line for line in lines if line.startswith("2030-")] == []
+    line = next(line for line in lines if "req_forged" in line)
+    assert " INFO access GET /v1/x\\n2030-01-01 " in line and "\\x1b[2J\\u2028" in line and "\x1b" not in line
