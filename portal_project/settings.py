@@ -175,8 +175,13 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = PORTAL_MAX_BODY_BYTES + 1
 PORTAL_CACHE_POLL_S = float(env_int("PORTAL_CACHE_POLL_MS", 250, minimum=10)) / 1000
 PORTAL_USAGE_FLUSH_S = float(env_int("PORTAL_USAGE_FLUSH_MS", 200, minimum=10)) / 1000
 
-# /metrics (Prometheus); when set, scrapers must send `Authorization: Bearer <token>`.
+# The operators' token: /metrics (Prometheus) and the details of /health want `Authorization: Bearer <token>`.
+# Required when DEBUG is off; without it (DEBUG, `make run`) both are open to anyone.
 PORTAL_METRICS_TOKEN = env_str("PORTAL_METRICS_TOKEN")
+if not PORTAL_METRICS_TOKEN and not DEBUG and not env_bool("PORTAL_ALLOW_DEV_SECRET", False):
+    fail("PORTAL_METRICS_TOKEN", "must be set when DEBUG is off (the bearer token for /metrics and the details of /health)")
+if PORTAL_METRICS_TOKEN and len(PORTAL_METRICS_TOKEN) < 16:
+    fail("PORTAL_METRICS_TOKEN", f"must be at least 16 characters (a random token), got {len(PORTAL_METRICS_TOKEN)}")
 
 # Upstream health: a circuit opens after consecutive failures and half-opens after a cool-down;
 # every process probes each router's /api/v1/status in the background.

@@ -9,6 +9,7 @@ os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/portal
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production")
 os.environ.setdefault("PORTAL_API_KEY_PEPPER", "test-pepper")
+os.environ.setdefault("PORTAL_METRICS_TOKEN", "test-metrics-token-not-for-production")  # tests/conftest.py METRICS_TOKEN
 os.environ.setdefault("ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
 # Only in the pytest process itself (pytest sets PYTEST_VERSION): the live gateways it starts load these
 # settings too, with an environment stripped of PYTEST_* and holding their own maps, which they must keep.

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from routerpools.simulator import SimulatorServer
-from tests.conftest import IssuedKey, LiveGateway, live_gateway_env, wait_for, wait_until_gateway_caught_up
+from tests.conftest import METRICS_TOKEN, IssuedKey, LiveGateway, live_gateway_env, wait_for, wait_until_gateway_caught_up
 from tests.portal_support import PASSWORD
 from tests.support.traffic import CHAT, ENVELOPE, MESSAGES, body_for, headers_for, stream_completed
 
@@ -508,3 +508,19 @@ def test_a_path_cannot_forge_a_line_of_the_plain_log(start_gateway: Callable[...
     assert [line for line in lines if line.startswith("2030-")] == []
     line = next(line for line in lines if "req_forged" in line)
     assert " INFO access GET /v1/x\\n2030-01-01 " in line and "\\x1b[2J\\u2028" in line and "\x1b" not in line
+
+
+# --- /health and /metrics ----------------------------------------------------------------------------------------------------
+
+
+def test_strangers_see_no_traffic_latency_queues_or_pools(gateway: LiveGateway, api_key: IssuedKey) -> None:
+    httpx.post(f"{gateway.url}{CHAT}", json=body_for(CHAT), headers=headers_for(api_key.raw, CHAT), timeout=20)
+    for headers in ({}, {"authorization": "Bearer not-the-token-0123456789"}, {"authorization": b"Bearer \xff"}):
+        metrics = httpx.get(f"{gateway.url}/metrics", headers=headers, timeout=10)
+        assert metrics.status_code == 401 and "gateway_" not in metrics.text
+        health = httpx.get(f"{gateway.url}/health", headers=headers, timeout=10)
+        assert health.status_code == 200 and health.json() == {"status": "ok", "models": ["oss-20b"]}
+    operator = {"authorization": f"Bearer {METRICS_TOKEN}"}
+    assert "gateway_requests_total" in httpx.get(f"{gateway.url}/metrics", headers=operator, timeout=10).text
+    details = httpx.get(f"{gateway.url}/health", headers=operator, timeout=10).json()
+    assert {"checks", "pools", "usage_queue_depth", "cache_epoch", "duration_ms"} <= set(details)
