@@ -376,6 +376,33 @@ def test_slow_answers_and_streams_outlive_the_read_deadline(
             assert streamed.status_code == 200 and stream_completed(path, streamed.text), streamed.text
 
 
+def test_a_websocket_outlives_the_read_deadline_and_the_keep_alive_timeout(slow_gateway: LiveGateway) -> None:
+    # The live usage feed is upgraded from an HTTP request: once upgraded, neither deadline applies to it.
+    from tests.portal_support import make_org, make_user
+
+    make_org("sockets", owner=make_user("sockets@example.com"))
+    with httpx.Client(base_url=slow_gateway.url, timeout=20) as client:
+        assert sign_in(client, "sockets@example.com", PASSWORD, forwarded="").status_code == 302
+        cookie = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
+    sock = connect(slow_gateway)
+    sock.sendall(
+        head(
+            "GET",
+            "/portal/ws/usage",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            "Sec-WebSocket-Version: 13",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            f"Origin: http://127.0.0.1:{slow_gateway.port}",
+            f"Cookie: {cookie}",
+        )
+    )
+    sock.settimeout(10)
+    assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
+    assert not closed_by_server(sock, timeout=READ_DEADLINE_S + KEEPALIVE_S + 1.5), "the upgraded connection was cut"
+    sock.close()
+
+
 # --- the client's address -------------------------------------------------------------------------------------------------
 
 CSRF_FIELD = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
