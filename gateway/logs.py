@@ -36,13 +36,13 @@ def redact(text: str) -> str:
 
 # C0 and C1 control characters, DEL, and the Unicode line and paragraph separators: anything a terminal or a log
 # reader may take for the end of a line (or an escape sequence), written as a visible escape instead.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ESCAPES = {**{i: f"\\x{i:02x}" for i in [*range(0x20), *range(0x7F, 0xA0)]}, 0x2028: "\\u2028", 0x2029: "\\u2029"}
 _ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
 
 
 def escape_controls(text: str) -> str:
-    return text.translate(_ESCAPES) if _CONTROL.search(text) else text
+    # isprintable() is false for every character escaped here (and some others, which translate() leaves alone).
+    return text if text.isprintable() else text.translate(_ESCAPES)
 
 
 access_log = logging.getLogger("access")
@@ -96,10 +96,12 @@ class JsonFormatter(logging.Formatter):
             line["exc"] = redact(self.formatException(record.exc_info))
         text = json.dumps(line, ensure_ascii=False)
         # json.dumps escapes C0 controls but leaves DEL, C1 and the Unicode separators, which some readers break lines on.
-        return text.translate(_JSON_ESCAPES) if _JSON_UNESCAPED.search(text) else text
+        # Checked in that order because every line is checked: an ASCII line (nearly all) costs a memchr or two.
+        if text.isascii() and "\x7f" not in text:
+            return text
+        return text.translate(_JSON_ESCAPES)
 
 
-_JSON_UNESCAPED = re.compile("[\x7f-\x9f\u2028\u2029]")
 _JSON_ESCAPES = {i: f"\\u{i:04x}" for i in [*range(0x7F, 0xA0), 0x2028, 0x2029]}
 
 
