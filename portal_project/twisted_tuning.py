@@ -169,7 +169,7 @@ def _classes() -> tuple[type, type, type]:
         _portal_refused = False
 
         def dataReceived(self, data: bytes) -> None:
-            if not self._handlingRequest and self not in _reading:
+            if not self._handlingRequest and not self._portal_refused and self not in _reading:
                 _reading[self] = time.monotonic()
             super().dataReceived(data)
 
@@ -211,7 +211,11 @@ def _classes() -> tuple[type, type, type]:
 
     class _Factory(HTTPFactory):
         _portal = True
-        protocol = staticmethod(lambda: http._GenericHTTPChannelProtocol(_Channel()))
+
+        @staticmethod
+        def protocol() -> Any:
+            # What Twisted's own HTTPFactory.protocol builds (the wrapper that can switch to HTTP/2), around our channel.
+            return http._GenericHTTPChannelProtocol(_Channel())
 
         def __init__(self, server: Any) -> None:
             super().__init__(server)
