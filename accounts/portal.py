@@ -141,6 +141,8 @@ def models_for_organization(organization: Organization) -> list[ModelAlias]:
 
 
 def client_ip(request: HttpRequest) -> str | None:
+    """The client's address for audit rows: REMOTE_ADDR, already taken from X-Forwarded-For as far as our proxies are
+    trusted (portal_project/proxies.py). Never read X-Forwarded-For here: its left-most entries are the client's to forge."""
     return request.META.get("REMOTE_ADDR") or None
 
 

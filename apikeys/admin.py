@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from accounts.portal import client_ip
 from apikeys.models import ApiKey, ApiKeyEvent
 from apikeys.services import apikey_revoke
 
@@ -31,4 +32,4 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke selected keys")
     def revoke(self, request, queryset) -> None:  # noqa: ANN001
         for key in queryset:
-            apikey_revoke(api_key=key, actor=request.user, source_ip=request.META.get("REMOTE_ADDR"))
+            apikey_revoke(api_key=key, actor=request.user, source_ip=client_ip(request))

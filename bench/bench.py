@@ -63,6 +63,7 @@ def base_env(sim_url: str) -> dict[str, str]:
             "REDIS_URL": REDIS_URL,
             "SECRET_KEY": "bench-secret",
             "PORTAL_API_KEY_PEPPER": "bench-pepper",
+            "PORTAL_METRICS_TOKEN": "bench-metrics-token-not-secret",  # required with DEBUG off
             "PORTAL_ROUTER_POOLS_JSON": json.dumps({"oss-20b": sim_url}),
             "PORTAL_ROUTER_MODEL_SESSIONS_JSON": json.dumps({"oss-20b": [101]}),
             "PORTAL_DEFAULT_MODEL": "oss-20b",

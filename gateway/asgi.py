@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 from django.http import HttpResponse
 from django.urls import Resolver404, resolve
 
 from gateway import metrics
+from gateway.edge import too_large_response
 from gateway.errors import GatewayError, InternalError, InvalidRequest
-from gateway.logs import SCOPE_KEY, new_request_id, request_id_var
+from gateway.logs import SCOPE_KEY, access_log, log_access, new_request_id, request_id_var
 from gateway.pipeline import Exchange
 from gateway.recorder import recorder
 from gateway.surfaces import json_response, surface_for_path
@@ -39,9 +42,6 @@ def is_gateway_path(path: str) -> bool:
     return is_v1_path(path) or path in ("/health", "/metrics")
 
 
-access_log = logging.getLogger("access")
-
-
 class _Noted:
     __slots__ = ("status", "request_id")
 
@@ -51,29 +51,35 @@ class _Noted:
 
 
 def _log_access(scope: dict[str, Any], noted: _Noted, seconds: float) -> None:
-    """One JSON line per HTTP request, in place of daphne's plain-text access log (run daphne with -v 0).
-
-    The path without its query string; the client as daphne saw it (X-Forwarded-For with --proxy-headers).
-    """
     client = scope.get("client")
-    duration_ms = round(seconds * 1000, 2)
-    access_log.info(
-        "%s %s %d %.2fms",
-        scope["method"],
-        scope["path"],
-        noted.status,
-        duration_ms,
-        extra={
-            "request_id": noted.request_id,
-            "fields": {
-                "method": scope["method"],
-                "path": scope["path"],
-                "status": noted.status,
-                "duration_ms": duration_ms,
-                "client": client[0] if client else None,
-            },
-        },
+    log_access(
+        method=scope["method"],
+        path=scope["path"],
+        status=noted.status,
+        seconds=seconds,
+        client=client[0] if client else None,
+        request_id=noted.request_id,
     )
+
+
+async def _read_body_within(receive: Any, limit: int) -> Any:
+    """The request body as Django's ASGIHandler.read_body makes it, or None as soon as it passes `limit` bytes."""
+    body_file = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b")
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            body_file.close()
+            raise RequestAborted()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            body_file.close()
+            return None
+        body_file.write(chunk)
+        if not message.get("more_body", False):
+            body_file.seek(0)
+            return body_file
 
 
 class GatewayApplication:
@@ -113,8 +119,13 @@ class GatewayApplication:
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         try:
-            body_file = await self.django.read_body(receive)
+            body_file = await _read_body_within(receive, settings.PORTAL_MAX_BODY_BYTES)
         except RequestAborted:
+            return
+        if body_file is None:
+            # Under daphne the server layer refused this already (portal_project/twisted_tuning.py); this is the
+            # second line, for any other server: stop reading at the limit and answer before the rest arrives.
+            await self.django.send_response(too_large_response(scope["path"], request_id=scope[SCOPE_KEY]), send)
             return
         try:
             listener = asyncio.ensure_future(self.django.listen_for_disconnect(receive))

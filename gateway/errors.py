@@ -89,6 +89,17 @@ class RequestTooLarge(GatewayError):
     default_message = "request body too large"
 
 
+class RequestTimeout(GatewayError):
+    """The client took longer than PORTAL_REQUEST_READ_TIMEOUT_S to send its request (answered by the server layer)."""
+
+    status = 408
+    openai_type = "invalid_request_error"
+    openai_code = "request_timeout"
+    anthropic_type = "invalid_request_error"
+    envelope_code = "invalid_request"
+    default_message = "the request was not received in time"
+
+
 class RateLimited(GatewayError):
     status = 429
     openai_type = "rate_limit_error"

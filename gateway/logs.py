@@ -1,4 +1,9 @@
-"""Structured JSON log lines, each carrying the request id of the request that wrote it."""
+"""Log lines: JSON or plain, each carrying the request id of the request that wrote it, no secret from a URL, one line each.
+
+Both formats replace the secret part of the URLs that carry one (SECRET_PATHS) wherever it appears in
+a line, and neither lets client-sent text start a line of its own: JSON escapes it by construction; the
+plain format escapes control characters and indents a traceback under its record.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import contextvars
 import json
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -35,6 +41,58 @@ def request_id_of(request: Any) -> str:
 def current_request_id() -> str:
     """The id of the request this code runs for (set at the ASGI entry), or a new one outside any request."""
     return request_id_var.get() or new_request_id()
+# URL paths that carry a live secret: allauth's password-reset key (/password/reset/key/<uidb36>-<key>/), its
+# e-mail confirmation key, and the portal's invitation token. Whoever reads the logs must not be able to use them.
+SECRET_PATHS = (
+    "/accounts/password/reset/key/(?!done/)",
+    "/accounts/confirm-email/",
+    "/portal/invitations/",
+)
+REDACTED = "[redacted]"
+_SECRET_PATH = re.compile("(" + "|".join(SECRET_PATHS) + r")[^/\s?#\"']+")
+_SECRET_HINTS = ("/accounts/", "/invitations/")  # a substring test first: most lines (every /v1 one) have neither
+
+
+def redact(text: str) -> str:
+    """`text` with the secret part of every secret-bearing URL path in it replaced by REDACTED."""
+    if _SECRET_HINTS[0] in text or _SECRET_HINTS[1] in text:
+        return _SECRET_PATH.sub(r"\1" + REDACTED, text)
+    return text
+
+
+# C0 and C1 control characters, DEL, and the Unicode line and paragraph separators: anything a terminal or a log
+# reader may take for the end of a line (or an escape sequence), written as a visible escape instead.
+_ESCAPES = {**{i: f"\\x{i:02x}" for i in [*range(0x20), *range(0x7F, 0xA0)]}, 0x2028: "\\u2028", 0x2029: "\\u2029"}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def escape_controls(text: str) -> str:
+    # isprintable() is false for every character escaped here (and some others, which translate() leaves alone).
+    return text if text.isprintable() else text.translate(_ESCAPES)
+
+
+access_log = logging.getLogger("access")
+
+
+def log_access(*, method: str, path: str, status: int, seconds: float, client: str | None, request_id: str) -> None:
+    """One line per HTTP request at INFO (logger `access`), in place of daphne's plain-text access log (run daphne with -v 0).
+
+    Written by the ASGI entry for every request the application saw, and by the server layer for the ones it
+    refused before (gateway/edge.py). The path without its query string; status 0: the client left first.
+    """
+    duration_ms = round(seconds * 1000, 2)
+    path = redact(path)
+    access_log.info(
+        "%s %s %d %.2fms",
+        method,
+        path,
+        status,
+        duration_ms,
+        extra={
+            "request_id": request_id,
+            "fields": {"method": method, "path": path, "status": status, "duration_ms": duration_ms, "client": client},
+        },
+    )
 
 
 class RequestIdFilter(logging.Filter):
@@ -52,7 +110,7 @@ class JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         request_id = getattr(record, "request_id", "")
         if request_id:
@@ -61,5 +119,35 @@ class JsonFormatter(logging.Formatter):
         if fields:
             line.update(fields)
         if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False)
+            line["exc"] = redact(self.formatException(record.exc_info))
+        text = json.dumps(line, ensure_ascii=False)
+        # json.dumps escapes C0 controls but leaves DEL, C1 and the Unicode separators, which some readers break lines on.
+        # Checked in that order because every line is checked: an ASCII line (nearly all) costs a memchr or two.
+        if text.isascii() and "\x7f" not in text:
+            return text
+        return text.translate(_JSON_ESCAPES)
+
+
+_JSON_ESCAPES = {i: f"\\u{i:04x}" for i in [*range(0x7F, 0xA0), 0x2028, 0x2029]}
+
+
+class PlainFormatter(logging.Formatter):
+    """`LOG_FORMAT=plain` (what `make run` uses): one line per record whatever the client sent, then its traceback, indented.
+
+    A path with `%0a` in it (decoded by the server into a newline) would otherwise end the line and start a
+    forged record; every control character of the record's line is written as an escape, and the lines of a
+    traceback (which quote client text too) are indented so none can pass for a record.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = redact(record.getMessage())
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        text = escape_controls(self.formatMessage(record))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        extra = [record.exc_text or "", self.formatStack(record.stack_info) if record.stack_info else ""]
+        for block in extra:
+            if block:
+                text += "".join("\n    " + escape_controls(line) for line in redact(block).splitlines())
+        return text

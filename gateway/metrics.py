@@ -26,6 +26,10 @@ OVERHEAD = Histogram(
 )
 INFLIGHT_STREAMS = Gauge("gateway_inflight_streams", "SSE streams being relayed now", registry=registry)
 INFLIGHT_REQUESTS = Gauge("gateway_inflight_requests", "HTTP requests being served now, streams included", registry=registry)
+# Refused by the HTTP server before any application ran (gateway/edge.py): reason is body_too_large or read_timeout.
+EDGE_REFUSALS = Counter(
+    "gateway_edge_refusals_total", "Requests refused by the HTTP server before the application", ["reason"], registry=registry
+)
 USAGE_WRITE_FAILURES = Counter("gateway_usage_write_failures_total", "Usage batches the database refused", registry=registry)
 
 

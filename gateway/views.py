@@ -149,8 +149,22 @@ def _database_ok() -> bool:
         return cursor.fetchone() == (1,)
 
 
+def _operator(request: HttpRequest) -> bool:
+    """Whether the request carries PORTAL_METRICS_TOKEN as a Bearer token (anyone, when no token is set: DEBUG only)."""
+    token = settings.PORTAL_METRICS_TOKEN
+    if not token:
+        return True
+    # Bytes: compare_digest refuses non-ASCII str, and a client may send any latin-1 byte in a header.
+    sent = request.headers.get("authorization", "").encode("latin-1", "replace")
+    return hmac.compare_digest(sent, b"Bearer " + token.encode())
+
+
 async def health(request: HttpRequest) -> HttpResponse:
-    """Database and cache status and each alias's pool size; no URLs, no secrets."""
+    """Status (503 when the database or the cache is down) and the public model aliases, for anyone.
+
+    With PORTAL_METRICS_TOKEN as a Bearer token: also the checks, each alias's pool size and healthy upstream
+    count, the usage queue depth, the cache epoch and how long the checks took. Never URLs or secrets.
+    """
     started = time.perf_counter()
     checks: dict[str, object] = {}
     try:
@@ -168,33 +182,37 @@ async def health(request: HttpRequest) -> HttpResponse:
         checks["routing"] = f"error: {exc.__class__.__name__}"
     # The load balancer's first probe starts the routers' probes: a dead router shows before any traffic meets it.
     upstreams.ensure_health_checks(state.routes)
-    pools = [
-        {
-            "alias": r.alias,
-            "pool": r.pool_name,
-            "draining": r.pool_draining,
-            "endpoints": len({u.base_url for u in r.upstreams}),
-            "sessions": len({u.session_id for u in r.upstreams}),
-            "upstreams": len(r.upstreams),
-            "healthy": upstreams.healthy_count(r),
-        }
-        for r in sorted(state.snapshot.routes.values(), key=lambda r: r.alias)
-    ]
+    routes = sorted(state.snapshot.routes.values(), key=lambda r: r.alias)
     healthy = checks.get("database") == "ok" and checks.get("cache") == "ok"
-    body = {
-        "status": "ok" if healthy else "degraded",
-        "checks": checks,
-        "pools": pools,
-        "usage_queue_depth": recorder.depth,
-        "cache_epoch": state.epoch,
-        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-    }
-    return json_response(body, status=200 if healthy else 503)
+    body: dict[str, object] = {"status": "ok" if healthy else "degraded", "models": [r.alias for r in routes]}
+    if _operator(request):
+        body["checks"] = checks
+        body["pools"] = [
+            {
+                "alias": r.alias,
+                "pool": r.pool_name,
+                "draining": r.pool_draining,
+                "endpoints": len({u.base_url for u in r.upstreams}),
+                "sessions": len({u.session_id for u in r.upstreams}),
+                "upstreams": len(r.upstreams),
+                "healthy": upstreams.healthy_count(r),
+            }
+            for r in routes
+        ]
+        body["usage_queue_depth"] = recorder.depth
+        body["cache_epoch"] = state.epoch
+        body["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    response = json_response(body, status=200 if healthy else 503)
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 async def metrics_view(request: HttpRequest) -> HttpResponse:
-    """Prometheus exposition of this process (scrape every process: counters are per process)."""
-    token = settings.PORTAL_METRICS_TOKEN
-    if token and not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}"):
-        return HttpResponse("unauthorized\n", status=401, content_type="text/plain")
+    """Prometheus exposition of this process (scrape every process: counters are per process); PORTAL_METRICS_TOKEN only."""
+    if not _operator(request):
+        response = HttpResponse(
+            "unauthorized: send Authorization: Bearer <PORTAL_METRICS_TOKEN>\n", status=401, content_type="text/plain"
+        )
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
     return HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)

@@ -17,9 +17,16 @@ from gateway.lifecycle import on_server_start  # noqa: E402
 
 on_server_start()
 
-from portal_project import twisted_tuning  # noqa: E402
+from django.conf import settings  # noqa: E402
 
-twisted_tuning.install()
+from portal_project import twisted_tuning  # noqa: E402
+from portal_project.proxies import trusted_proxies  # noqa: E402
+
+twisted_tuning.install(
+    max_body_bytes=settings.PORTAL_MAX_BODY_BYTES,
+    read_timeout_s=settings.PORTAL_REQUEST_READ_TIMEOUT_S,
+    keepalive_s=settings.PORTAL_KEEPALIVE_TIMEOUT_S,
+)
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
@@ -27,12 +34,18 @@ from django.urls import path  # noqa: E402
 
 from usage.consumers import UsageFeedConsumer  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": GatewayApplication(django_application),
-        # The portal's live usage feed, signed in by the session cookie; other origins are refused.
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter([path("portal/ws/usage", UsageFeedConsumer.as_asgi())]))),
-    }
+# The client address (and scheme) as our proxies saw it, for everything below: one reading of X-Forwarded-For.
+application = trusted_proxies(
+    ProtocolTypeRouter(
+        {
+            "http": GatewayApplication(django_application),
+            # The portal's live usage feed, signed in by the session cookie; other origins are refused.
+            "websocket": AllowedHostsOriginValidator(
+                AuthMiddlewareStack(URLRouter([path("portal/ws/usage", UsageFeedConsumer.as_asgi())]))
+            ),
+        }
+    ),
+    count=settings.PORTAL_TRUSTED_PROXY_COUNT,
 )
 
 # Everything imported and built so far (Django, the URL resolvers, the apps' modules: ~100k

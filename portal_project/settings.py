@@ -161,14 +161,27 @@ PORTAL_DEFAULT_MODEL = PORTAL_ROUTER_ENV.default_model
 PORTAL_PUBLIC_BASE_URL = env_str("PORTAL_PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 PORTAL_UPSTREAM_TIMEOUT_S = env_int("PORTAL_UPSTREAM_TIMEOUT_S", 120, minimum=1)
 PORTAL_MAX_BODY_BYTES = env_int("PORTAL_MAX_BODY_BYTES", 1_048_576, minimum=1024)
+# The server layer (portal_project/twisted_tuning.py): a request's head and body must arrive within this many seconds
+# of its first byte (else 408 and the connection is closed); a connection idle between requests is closed after
+# the keep-alive timeout, which must stay above the idle timeout of the load balancer's connections to us.
+PORTAL_REQUEST_READ_TIMEOUT_S = env_int("PORTAL_REQUEST_READ_TIMEOUT_S", 30, minimum=1)
+PORTAL_KEEPALIVE_TIMEOUT_S = env_int("PORTAL_KEEPALIVE_TIMEOUT_S", 75, minimum=1)
+# How many proxies of ours append to X-Forwarded-For in front of the gateway; 0: the header is ignored and the
+# client is the TCP peer. Read once, in portal_project/proxies.py, for everything that wants the client's address.
+PORTAL_TRUSTED_PROXY_COUNT = env_int("PORTAL_TRUSTED_PROXY_COUNT", 0, minimum=0)
 # Let the gateway read bodies up to our own limit and answer 413 itself, in the caller's shape.
 DATA_UPLOAD_MAX_MEMORY_SIZE = PORTAL_MAX_BODY_BYTES + 1
 # How often each process checks whether keys, organizations or pools changed.
 PORTAL_CACHE_POLL_S = float(env_int("PORTAL_CACHE_POLL_MS", 250, minimum=10)) / 1000
 PORTAL_USAGE_FLUSH_S = float(env_int("PORTAL_USAGE_FLUSH_MS", 200, minimum=10)) / 1000
 
-# /metrics (Prometheus); when set, scrapers must send `Authorization: Bearer <token>`.
+# The operators' token: /metrics (Prometheus) and the details of /health want `Authorization: Bearer <token>`.
+# Required when DEBUG is off; without it (DEBUG, `make run`) both are open to anyone.
 PORTAL_METRICS_TOKEN = env_str("PORTAL_METRICS_TOKEN")
+if not PORTAL_METRICS_TOKEN and not DEBUG and not env_bool("PORTAL_ALLOW_DEV_SECRET", False):
+    fail("PORTAL_METRICS_TOKEN", "must be set when DEBUG is off (the bearer token for /metrics and the details of /health)")
+if PORTAL_METRICS_TOKEN and len(PORTAL_METRICS_TOKEN) < 16:
+    fail("PORTAL_METRICS_TOKEN", f"must be at least 16 characters (a random token), got {len(PORTAL_METRICS_TOKEN)}")
 
 # Upstream health: a circuit opens after consecutive failures and half-opens after a cool-down;
 # every process probes each router's /api/v1/status in the background.
@@ -208,7 +221,7 @@ LOGGING = {
     "filters": {"request_id": {"()": "gateway.logs.RequestIdFilter"}},
     "formatters": {
         "json": {"()": "gateway.logs.JsonFormatter"},
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s request_id=%(request_id)s"},
+        "plain": {"()": "gateway.logs.PlainFormatter", "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s request_id=%(request_id)s"},
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
@@ -226,6 +239,10 @@ ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Cortensor] "
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_LOGOUT_REDIRECT_URL = "/accounts/login/"
 LOGIN_URL = "/accounts/login/"
+# allauth reads REMOTE_ADDR (its rate limits, usersessions): portal_project/proxies.py has already put the client
+# there from X-Forwarded-For as far as PORTAL_TRUSTED_PROXY_COUNT trusts it. Reading the header again would trust it twice.
+ALLAUTH_TRUSTED_PROXY_COUNT = 0
+ALLAUTH_TRUSTED_CLIENT_IP_HEADER = None
 # Rates in django-ratelimit's "N/period" form; each refusal is a 429.
 PORTAL_RATELIMIT_SIGNIN = env_str("PORTAL_RATELIMIT_SIGNIN", "10/m")  # sign-in POSTs per IP
 PORTAL_RATELIMIT_SIGNUP = env_str("PORTAL_RATELIMIT_SIGNUP", "20/h")  # sign-up POSTs per IP

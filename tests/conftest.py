@@ -28,6 +28,8 @@ needs_shared_redis = pytest.mark.skipif(
     not os.environ.get("REDIS_URL"), reason="several gateway processes share limits only through Redis (REDIS_URL unset)"
 )
 ROUTER_KEY = "router-secret"
+# The live gateways' PORTAL_METRICS_TOKEN: /metrics and the details of /health (queue depth, cache epoch) want it.
+METRICS_TOKEN = "test-metrics-token-not-for-production"
 SESSION_102_KEY = "session-102-secret"
 ALIAS = "oss-20b"
 
@@ -68,10 +70,17 @@ class LiveGateway:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    daphne_args: tuple[str, ...] = ()  # more daphne options, e.g. ("--proxy-headers",)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def operator_headers(self) -> dict[str, str]:
+        """What /metrics and the details of /health want: this gateway's PORTAL_METRICS_TOKEN as a Bearer token."""
+        token = self.env.get("PORTAL_METRICS_TOKEN")
+        return {"authorization": f"Bearer {token}"} if token else {}
 
     def start(self) -> LiveGateway:
         fd, name = tempfile.mkstemp(prefix="daphne-", suffix=".log")
@@ -79,7 +88,8 @@ class LiveGateway:
         self.log_path = Path(name)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(self.port), "portal_project.asgi:application"],
+                [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(self.port), *self.daphne_args,
+                 "portal_project.asgi:application"],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
@@ -123,6 +133,7 @@ def live_gateway_env(sim_url: str, **overrides: str) -> dict[str, str]:
             "PORTAL_BREAKER_COOLDOWN_MS": "1000",
             "PORTAL_HEALTH_INTERVAL_MS": "1000",
             "LOG_LEVEL": "INFO",
+            "PORTAL_METRICS_TOKEN": METRICS_TOKEN,
             # Fresh rate-limit counters per test session: ids restart with each new test database.
             "PORTAL_LIMITS_PREFIX": f"lim-test-{uuid.uuid4().hex[:12]}",
         }
@@ -177,7 +188,7 @@ def wait_until_gateway_caught_up(gateway: LiveGateway, timeout: float = 10.0) ->
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{gateway.url}/health", timeout=2).json().get("cache_epoch") == epoch:
+            if httpx.get(f"{gateway.url}/health", headers=gateway.operator_headers, timeout=2).json().get("cache_epoch") == epoch:
                 return
         except (httpx.HTTPError, ValueError):
             pass
@@ -189,7 +200,7 @@ def wait_until_usage_written(gateway: LiveGateway, timeout: float = 10.0) -> Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{gateway.url}/health", timeout=2).json().get("usage_queue_depth") == 0:
+            if httpx.get(f"{gateway.url}/health", headers=gateway.operator_headers, timeout=2).json().get("usage_queue_depth") == 0:
                 return
         except (httpx.HTTPError, ValueError):
             pass

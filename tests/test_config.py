@@ -46,6 +46,7 @@ def base_env(**overrides: str | None) -> dict[str, str]:
             "DJANGO_SETTINGS_MODULE": "portal_project.settings",
             "SECRET_KEY": "config-test-secret-key",
             "PORTAL_API_KEY_PEPPER": "config-test-pepper",
+            "PORTAL_METRICS_TOKEN": "config-test-metrics-token",
             "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/portal",
             "REDIS_URL": "redis://127.0.0.1:6379/15",
             **VALID_ROUTER_ENV,
@@ -109,6 +110,12 @@ BAD_VALUES = [
     pytest.param("SECRET_KEY", {"SECRET_KEY": None}, id="secret-key-missing"),
     pytest.param("SECRET_KEY", {"SECRET_KEY": "   ", "DEBUG": "0"}, id="secret-key-blank-debug-0"),
     pytest.param("PORTAL_API_KEY_PEPPER", {"PORTAL_API_KEY_PEPPER": None}, id="pepper-missing-in-production"),
+    pytest.param("PORTAL_METRICS_TOKEN", {"PORTAL_METRICS_TOKEN": None}, id="metrics-token-missing-in-production"),
+    pytest.param("PORTAL_METRICS_TOKEN", {"PORTAL_METRICS_TOKEN": "metrics"}, id="metrics-token-short"),
+    pytest.param("PORTAL_TRUSTED_PROXY_COUNT", {"PORTAL_TRUSTED_PROXY_COUNT": "-1"}, id="trusted-proxies-negative"),
+    pytest.param("PORTAL_TRUSTED_PROXY_COUNT", {"PORTAL_TRUSTED_PROXY_COUNT": "all"}, id="trusted-proxies-not-int"),
+    pytest.param("PORTAL_REQUEST_READ_TIMEOUT_S", {"PORTAL_REQUEST_READ_TIMEOUT_S": "0"}, id="read-timeout-zero"),
+    pytest.param("PORTAL_KEEPALIVE_TIMEOUT_S", {"PORTAL_KEEPALIVE_TIMEOUT_S": "75s"}, id="keepalive-not-int"),
     pytest.param("DEBUG", {"DEBUG": "maybe"}, id="debug-not-bool"),
     pytest.param("DATABASE_URL", {"DATABASE_URL": "nosuchdb://x/y"}, id="database-url-scheme"),
     pytest.param("DATABASE_URL", {"DATABASE_URL": "postgres://127.0.0.1:notaport/portal"}, id="database-url-port"),
@@ -141,7 +148,7 @@ def test_the_error_line_says_what_is_wrong() -> None:
 
 
 def test_debug_on_allows_the_dev_secret() -> None:
-    result = manage_check(base_env(SECRET_KEY=None, PORTAL_API_KEY_PEPPER=None, DEBUG="1"))
+    result = manage_check(base_env(SECRET_KEY=None, PORTAL_API_KEY_PEPPER=None, PORTAL_METRICS_TOKEN=None, DEBUG="1"))
     assert result.returncode == 0, result.stderr
 
 

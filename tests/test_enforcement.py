@@ -1002,7 +1002,7 @@ def test_a_dead_redis_fails_open_to_per_process_limits(
     dead = LiveGateway(env=live_gateway_env(sim.base_url, REDIS_URL=DEAD_REDIS))
     own_gateways.append(dead)
     dead.start()
-    health = httpx.get(f"{dead.url}/health", timeout=10)
+    health = httpx.get(f"{dead.url}/health", headers=dead.operator_headers, timeout=10)
     assert health.status_code == 503 and health.json()["status"] == "degraded"
     assert health.json()["checks"]["database"] == "ok" and health.json()["checks"]["cache"] != "ok"
 

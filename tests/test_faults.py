@@ -77,7 +77,7 @@ def attempts(sim: SimulatorServer) -> dict[str, int]:
 
 
 def health(gateway: LiveGateway) -> dict[str, Any]:
-    return httpx.get(f"{gateway.url}/health", timeout=10).json()
+    return httpx.get(f"{gateway.url}/health", headers=gateway.operator_headers, timeout=10).json()
 
 
 def healthy_count(gateway: LiveGateway) -> int:
@@ -274,7 +274,7 @@ def test_a_router_failing_its_status_probe_leaves_the_healthy_count_within_two_i
     wait_for(lambda: healthy_count(gateway) == 0, timeout=5, interval=0.02)
     dropped_after = time.monotonic() - started
     assert dropped_after <= 2 * PROBE_MS / 1000 + 0.3, dropped_after
-    metrics = httpx.get(f"{gateway.url}/metrics", timeout=5).text
+    metrics = httpx.get(f"{gateway.url}/metrics", headers=gateway.operator_headers, timeout=5).text
     assert f'gateway_upstreams_healthy{{alias="{ALIAS}"}} 0.0' in metrics
     # Out of rotation is not out of service: with nothing healthy left the routers are still tried.
     assert chat(gateway, routed).status_code == 200
@@ -381,7 +381,7 @@ def _serve_through_an_outage(cluster: ThrowawayPostgres, env: dict[str, str], ra
             assert time.monotonic() - started < seconds + 3  # kept the pace: nothing waited on the database
             during = health(gateway)
             assert during["status"] == "degraded" and during["usage_queue_depth"] > 0
-            metrics = httpx.get(f"{gateway.url}/metrics", timeout=5).text
+            metrics = httpx.get(f"{gateway.url}/metrics", headers=gateway.operator_headers, timeout=5).text
             failures = [line for line in metrics.splitlines() if line.startswith("gateway_usage_write_failures_total ")]
             assert failures and float(failures[0].split()[1]) >= 1, failures
 

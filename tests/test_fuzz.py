@@ -207,7 +207,7 @@ def check_response(route: str, response: httpx.Response, gateway: LiveGateway) -
 
 def every_request_was_logged(gateway: LiveGateway, sent: int) -> None:
     """What was sent cannot have poisoned the usage queue: it drains, and each request left its one log row."""
-    wait_for(lambda: httpx.get(f"{gateway.url}/health", timeout=5).json()["usage_queue_depth"] == 0, timeout=15, interval=0.1)
+    wait_for(lambda: httpx.get(f"{gateway.url}/health", headers=gateway.operator_headers, timeout=5).json()["usage_queue_depth"] == 0, timeout=15, interval=0.1)
     assert RequestLog.objects.count() == sent
 
 

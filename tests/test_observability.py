@@ -39,8 +39,10 @@ ROUTE_LABEL = {CHAT: "chat.completions", MESSAGES: "messages", ENVELOPE: "comple
 HTTP = httpx.Client(timeout=30)
 
 
-def scrape(gateway: LiveGateway, **headers: str) -> httpx.Response:
-    return httpx.get(f"{gateway.url}/metrics", headers=headers, timeout=10)
+def scrape(gateway: LiveGateway, **headers: str | bytes) -> httpx.Response:
+    """GET /metrics, with the live gateways' token unless `headers` say otherwise (anonymous: authorization="")."""
+    sent = {**gateway.operator_headers, **headers}
+    return httpx.get(f"{gateway.url}/metrics", headers={k: v for k, v in sent.items() if v}, timeout=10)
 
 
 def samples(gateway: LiveGateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -170,19 +172,22 @@ def test_label_values_never_hold_keys_or_request_ids_and_the_series_do_not_grow_
 
 
 def test_metrics_token_protects_the_scrape(routed: IssuedKey, start_gateway: Callable[..., LiveGateway]) -> None:
-    gateway = start_gateway(PORTAL_METRICS_TOKEN="scrape-secret")
-    assert scrape(gateway).status_code == 401
+    gateway = start_gateway(PORTAL_METRICS_TOKEN="scrape-secret-0123")
+    assert scrape(gateway, authorization="").status_code == 401
     assert scrape(gateway, authorization="Bearer wrong").status_code == 401
-    assert scrape(gateway, authorization="scrape-secret").status_code == 401
-    refused = scrape(gateway, authorization="Bearer scrape-secret-and-more")
+    assert scrape(gateway, authorization="scrape-secret-0123").status_code == 401
+    assert scrape(gateway, authorization=b"Bearer scrape-secret-0123\xe9").status_code == 401  # a latin-1 byte: not a 500
+    refused = scrape(gateway, authorization="Bearer scrape-secret-0123-and-more")
     assert refused.status_code == 401 and "gateway_" not in refused.text and "scrape-secret" not in refused.text
-    allowed = scrape(gateway, authorization="Bearer scrape-secret")
+    assert refused.headers["www-authenticate"].startswith("Bearer")
+    allowed = scrape(gateway, authorization="Bearer scrape-secret-0123")
     assert allowed.status_code == 200 and "gateway_requests_total" in allowed.text
 
 
-def test_without_a_token_metrics_are_open(routed: IssuedKey, start_gateway: Callable[..., LiveGateway]) -> None:
-    gateway = start_gateway(PORTAL_METRICS_TOKEN="")
-    assert scrape(gateway).status_code == 200
+def test_without_a_token_metrics_are_open_under_debug_only(routed: IssuedKey, start_gateway: Callable[..., LiveGateway]) -> None:
+    # Production refuses to start without PORTAL_METRICS_TOKEN (tests/test_config.py); `make run` (DEBUG) may leave it out.
+    gateway = start_gateway(PORTAL_METRICS_TOKEN="", DEBUG="1")
+    assert scrape(gateway, authorization="").status_code == 200
 
 
 # --- x-gateway-overhead-ms ------------------------------------------------------------------------------------------------

@@ -546,10 +546,11 @@ def test_stop_sequence_cuts_the_answer(gateway: LiveGateway, key: IssuedKey, sim
 
 
 def test_health_reports_services_and_pool_sizes_without_secrets(gateway: LiveGateway, sim: Any) -> None:
-    response = httpx.get(f"{gateway.url}/health", timeout=10)
+    response = httpx.get(f"{gateway.url}/health", headers=gateway.operator_headers, timeout=10)
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok"
+    assert body["models"] == [ALIAS]
     assert body["checks"] == {"database": "ok", "cache": "ok"}
     assert body["pools"] == [{"alias": ALIAS, "pool": ALIAS, "draining": False, "endpoints": 1, "sessions": 2, "upstreams": 2, "healthy": 2}]
     assert isinstance(body["usage_queue_depth"], int)
@@ -557,3 +558,10 @@ def test_health_reports_services_and_pool_sizes_without_secrets(gateway: LiveGat
     text = response.text
     for secret in (sim.base_url, "127.0.0.1", "http://", "/api/", ROUTER_KEY, SESSION_102_KEY):
         assert secret not in text, secret
+
+
+def test_health_tells_anyone_the_status_and_the_models_and_nothing_more(gateway: LiveGateway) -> None:
+    for headers in ({}, {"authorization": "Bearer wrong-token-of-some-length"}, {"authorization": b"Bearer \xe9"}):
+        response = httpx.get(f"{gateway.url}/health", headers=headers, timeout=10)
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok", "models": [ALIAS]}

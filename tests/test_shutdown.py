@@ -66,7 +66,7 @@ def send_requests(gateway: LiveGateway, key: IssuedKey, count: int) -> list[str]
 
 
 def queue_depth(gateway: LiveGateway) -> int:
-    return httpx.get(f"{gateway.url}/health", timeout=5).json()["usage_queue_depth"]
+    return httpx.get(f"{gateway.url}/health", headers=gateway.operator_headers, timeout=5).json()["usage_queue_depth"]
 
 
 def test_sigterm_writes_every_buffered_row(routed: IssuedKey, sim: SimulatorServer, gateways: list[LiveGateway]) -> None:
