@@ -32,6 +32,7 @@ from apikeys.models import ApiKey
 from billing.models import LedgerEntry, ModelAccessOverride, ModelPrice, Plan
 from billing.selectors import organization_balance
 from gateway.limits import MONDAY_OFFSET_S, WEEK_S, format_duration, week_start
+from gateway.translate.common import estimate_tokens
 from routerpools.models import ModelAlias, RouterPool
 from routerpools.simulator import SimulatorServer, estimate_prompt_tokens, simulated_tokens
 from tests.conftest import (
@@ -287,8 +288,8 @@ def sim_answer(prompt: str, max_tokens: int) -> tuple[int, int]:
 
 
 def reservation(prompt: str, max_tokens: int) -> int:
-    """What the gateway reserves: its prompt estimate (4 characters a token) plus max_tokens."""
-    return (len(prompt) + 3) // 4 + max_tokens
+    """What the gateway reserves: its prompt estimate plus max_tokens (within the tokens per minute limit)."""
+    return estimate_tokens(prompt) + max_tokens
 
 
 @pytest.fixture
