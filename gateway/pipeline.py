@@ -125,8 +125,17 @@ class Exchange:
             key_id=self.principal.key_id if self.principal else None,
         )
 
-    def usage_row(self, *, status: str, http_status: int, call: UpstreamCall | None, streamed: bool, usage: Usage | None,
-                  error_code: str = "", ttfb: float | None = None) -> UsageRecord | None:
+    def usage_row(
+        self,
+        *,
+        status: str,
+        http_status: int,
+        call: UpstreamCall | None,
+        streamed: bool,
+        usage: Usage | None,
+        error_code: str = "",
+        ttfb: float | None = None,
+    ) -> UsageRecord | None:
         if self.route is None or self.principal is None:
             return None  # refused before a model was chosen: a request log row only
         now = time.perf_counter()
@@ -250,7 +259,8 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
         ex.admission = await limiter.admit(
             ex.principal,
             request_id=ex.request_id,
-            tokens=_reservation(ex.principal, ctx.prompt_tokens_estimate + body["max_tokens"]),
+            tokens=ctx.prompt_tokens_estimate,  # must fit whole: a prompt over the limit is refused
+            up_to_tokens=body["max_tokens"],  # capped at what the minute's budget leaves
             surface=ex.surface.limits_surface,
         )
         # The gateway's timeout bounds the request, every attempt included; each attempt gets the alias's timeout.
@@ -273,17 +283,12 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
         if isinstance(exc, asyncio.CancelledError):
             # The client hung up before an answer began (Django cancels the view): the request still
             # leaves its usage event and log line, with nginx's 499 "client closed request".
-            usage = ex.usage_row(status="cancelled", http_status=CLIENT_CLOSED, call=None, streamed=bool(creq and creq.stream), usage=None)
+            usage = ex.usage_row(
+                status="cancelled", http_status=CLIENT_CLOSED, call=None, streamed=bool(creq and creq.stream), usage=None
+            )
             ex.record(usage=usage, log_row=ex.log_row(CLIENT_CLOSED))
         await ex.release(None)
         raise
-
-
-def _reservation(principal: Principal, tokens: int) -> int:
-    # A request may ask for more tokens than a whole minute's budget (max_tokens: 32000 on a
-    # 20k plan): reserve at most the budget, so it runs when the minute is otherwise unused.
-    tpm = principal.plan.tokens_per_minute if principal.plan else None
-    return min(tokens, tpm) if tpm else tokens
 
 
 def _refuse(ex: Exchange, err: GatewayError, call: UpstreamCall | None = None) -> HttpResponse:
@@ -293,16 +298,25 @@ def _refuse(ex: Exchange, err: GatewayError, call: UpstreamCall | None = None) -
         response[name] = value
     ex.stamp_overhead(response)
     status = response.status_code
-    usage = ex.usage_row(status="error", http_status=status, call=call, streamed=False, usage=None, error_code=err.code or err.envelope_code)
+    usage = ex.usage_row(
+        status="error", http_status=status, call=call, streamed=False, usage=None, error_code=err.code or err.envelope_code
+    )
     ex.record(usage=usage, log_row=ex.log_row(status))
     return response
 
 
-async def _complete(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, body: dict[str, Any], deadline: float) -> HttpResponse:
+async def _complete(
+    ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, body: dict[str, Any], deadline: float
+) -> HttpResponse:
     assert ex.route is not None
     ex.upstream_started = time.perf_counter()
     call = await upstreams.call(
-        route=ex.route, body=body, stream=False, request_id=ex.request_id, deadline=deadline, attempt_timeout=_attempt_timeout(ex.route)
+        route=ex.route,
+        body=body,
+        stream=False,
+        request_id=ex.request_id,
+        deadline=deadline,
+        attempt_timeout=_attempt_timeout(ex.route),
     )
     ex.upstream_answered = time.perf_counter()
     try:
@@ -331,11 +345,18 @@ async def _complete(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, b
     return response
 
 
-async def _stream(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, body: dict[str, Any], deadline: float) -> HttpResponse:
+async def _stream(
+    ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, body: dict[str, Any], deadline: float
+) -> HttpResponse:
     assert ex.route is not None
     ex.upstream_started = time.perf_counter()
     call = await upstreams.call(
-        route=ex.route, body=body, stream=True, request_id=ex.request_id, deadline=deadline, attempt_timeout=_attempt_timeout(ex.route)
+        route=ex.route,
+        body=body,
+        stream=True,
+        request_id=ex.request_id,
+        deadline=deadline,
+        attempt_timeout=_attempt_timeout(ex.route),
     )
     ex.upstream_answered = time.perf_counter()
     writer = ex.surface.stream_writer(ctx)
@@ -350,8 +371,13 @@ async def _stream(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, bod
         await call.response.aclose()
         await ex.release(0)
         ex.record(
-            usage=ex.usage_row(status="cancelled", http_status=200, call=call, streamed=True,
-                               usage=Usage(ctx.prompt_tokens_estimate, 0, estimated=True)),
+            usage=ex.usage_row(
+                status="cancelled",
+                http_status=200,
+                call=call,
+                streamed=True,
+                usage=Usage(ctx.prompt_tokens_estimate, 0, estimated=True),
+            ),
             log_row=ex.log_row(200),
         )
 
@@ -365,7 +391,12 @@ async def _stream(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, bod
 
 
 async def _relay(
-    ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, call: UpstreamCall, writer: StreamWriter, started: list[bool],
+    ex: Exchange,
+    creq: CompletionRequest,
+    ctx: AnswerContext,
+    call: UpstreamCall,
+    writer: StreamWriter,
+    started: list[bool],
 ) -> AsyncIterator[bytes]:
     """Router bytes in, provider events out; the upstream is closed in `finally`, whatever ends the stream."""
     started[0] = True
@@ -397,7 +428,9 @@ async def _relay(
                 delta = reader.feed(event)
                 if reader.protocol_errors != protocol_errors:
                     protocol_errors = reader.protocol_errors
-                    log.warning("upstream %s sent a data line that is not JSON; skipped request_id=%s", call.upstream.label, ex.request_id)
+                    log.warning(
+                        "upstream %s sent a data line that is not JSON; skipped request_id=%s", call.upstream.label, ex.request_id
+                    )
                 if delta is None:
                     continue
                 if reader.upstream_error is not None:  # a router reporting a failure in-band
@@ -427,7 +460,9 @@ async def _relay(
         if finish_reason is None and stops.matched is not None:  # a stop found only when flushing
             finish_reason, stop_sequence = "stop_sequence", stops.matched
         usage = reader.usage or Usage(ctx.prompt_tokens_estimate, _estimate_chars(delivered_chars), estimated=True)
-        yield writer.finish(finish_reason=finish_reason or reader.finish_reason or "stop", stop_sequence=stop_sequence, usage=usage)
+        yield writer.finish(
+            finish_reason=finish_reason or reader.finish_reason or "stop", stop_sequence=stop_sequence, usage=usage
+        )
         status = "ok"
     except (TimeoutError, UpstreamError, httpx.TransportError) as exc:
         err = exc if isinstance(exc, GatewayError) else UpstreamError("the upstream model server failed mid-stream")
@@ -447,7 +482,9 @@ async def _relay(
         # cancels this task, and the CancelledError lands on the first await here; the awaits are shielded
         # so the upstream is still closed and the reservation still settled.
         ex.record(
-            usage=ex.usage_row(status=status, http_status=200, call=call, streamed=True, usage=usage, error_code=error_code, ttfb=ttfb),
+            usage=ex.usage_row(
+                status=status, http_status=200, call=call, streamed=True, usage=usage, error_code=error_code, ttfb=ttfb
+            ),
             log_row=ex.log_row(200),
         )
         try:
