@@ -83,6 +83,10 @@ WINDOW = "window_requests"
 WEEKLY = "weekly_requests"
 QUOTA_KINDS = frozenset({WINDOW, WEEKLY})
 REQUEST_KINDS = frozenset({RPM, WINDOW, WEEKLY})
+# What `/v1/messages/count_tokens` is admitted against: a request a minute like any other and a concurrency slot
+# (released at once), but not the plan's window and weekly allowances (what a plan sells is completions; an
+# SDK counting before it sends must not spend them), nor tokens per minute (counting generates none).
+COUNTING_KINDS = frozenset({RPM, CONCURRENCY})
 
 
 class LimitsUnavailable(GatewayError):
@@ -402,18 +406,27 @@ class Limiter:
 
     # --- public API ---------------------------------------------------------------------------------
     async def admit(
-        self, principal: Principal, *, request_id: str, tokens: int = 0, up_to_tokens: int = 0, surface: Surface = "openai"
+        self,
+        principal: Principal,
+        *,
+        request_id: str,
+        tokens: int = 0,
+        up_to_tokens: int = 0,
+        surface: Surface = "openai",
+        kinds: frozenset[str] | None = None,
     ) -> Admission:
         """Admit the request or raise RateLimited / QuotaExceeded (LimitsUnavailable when failing closed).
 
         `tokens` must fit the tokens per minute limits whole (the prompt: a request whose prompt alone is over a
         limit is refused as one that can never fit); `up_to_tokens` is reserved as far as the tightest limit leaves
         room after them (max_tokens: an answer may be asked longer than a minute's budget, and runs when the
-        minute is otherwise unused).
+        minute is otherwise unused). `kinds` limits the checks to those kinds of limit (None: all of them).
         """
         now = self.now()
         tokens = max(0, int(tokens))
         checks = self._checks(principal, now=now, tokens=tokens)
+        if kinds is not None:
+            checks = [c for c in checks if c.kind in kinds]
         if not checks:
             return Admission(request_id=request_id, surface=surface, now=now, requests=None, tokens=None)
         self._refuse_oversized_reservation(checks, now=now, tokens=tokens, surface=surface)

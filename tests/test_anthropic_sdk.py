@@ -358,7 +358,7 @@ def test_stop_sequence_spanning_two_router_chunks(split_writes: bool, gateway: L
     assert final.content[0].text == before
     assert final.stop_reason == "stop_sequence"
     assert final.stop_sequence == stop
-    assert final.usage.input_tokens == router_prompt_tokens(CHATML_HI)
+    assert final.usage.input_tokens == estimate_tokens(CHATML_HI)  # the stop ended the stream before the router's usage
     row = usage_row(request_id_of_message(final.id))
     assert row.status == "ok"
     assert row.completion_tokens == final.usage.output_tokens  # what the customer is told is what is recorded
