@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -125,17 +125,8 @@ class Exchange:
             key_id=self.principal.key_id if self.principal else None,
         )
 
-    def usage_row(
-        self,
-        *,
-        status: str,
-        http_status: int,
-        call: UpstreamCall | None,
-        streamed: bool,
-        usage: Usage | None,
-        error_code: str = "",
-        ttfb: float | None = None,
-    ) -> UsageRecord | None:
+    def usage_row(self, *, status: str, http_status: int, call: UpstreamCall | None, streamed: bool, usage: Usage | None,
+                  error_code: str = "", ttfb: float | None = None) -> UsageRecord | None:
         if self.route is None or self.principal is None:
             return None  # refused before a model was chosen: a request log row only
         now = time.perf_counter()
@@ -283,9 +274,7 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
         if isinstance(exc, asyncio.CancelledError):
             # The client hung up before an answer began (Django cancels the view): the request still
             # leaves its usage event and log line, with nginx's 499 "client closed request".
-            usage = ex.usage_row(
-                status="cancelled", http_status=CLIENT_CLOSED, call=None, streamed=bool(creq and creq.stream), usage=None
-            )
+            usage = ex.usage_row(status="cancelled", http_status=CLIENT_CLOSED, call=None, streamed=bool(creq and creq.stream), usage=None)
             ex.record(usage=usage, log_row=ex.log_row(CLIENT_CLOSED))
         await ex.release(None)
         raise
@@ -298,25 +287,16 @@ def _refuse(ex: Exchange, err: GatewayError, call: UpstreamCall | None = None) -
         response[name] = value
     ex.stamp_overhead(response)
     status = response.status_code
-    usage = ex.usage_row(
-        status="error", http_status=status, call=call, streamed=False, usage=None, error_code=err.code or err.envelope_code
-    )
+    usage = ex.usage_row(status="error", http_status=status, call=call, streamed=False, usage=None, error_code=err.code or err.envelope_code)
     ex.record(usage=usage, log_row=ex.log_row(status))
     return response
 
 
-async def _complete(
-    ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, body: dict[str, Any], deadline: float
-) -> HttpResponse:
+async def _complete(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, body: dict[str, Any], deadline: float) -> HttpResponse:
     assert ex.route is not None
     ex.upstream_started = time.perf_counter()
     call = await upstreams.call(
-        route=ex.route,
-        body=body,
-        stream=False,
-        request_id=ex.request_id,
-        deadline=deadline,
-        attempt_timeout=_attempt_timeout(ex.route),
+        route=ex.route, body=body, stream=False, request_id=ex.request_id, deadline=deadline, attempt_timeout=_attempt_timeout(ex.route)
     )
     ex.upstream_answered = time.perf_counter()
     try:
@@ -345,18 +325,11 @@ async def _complete(
     return response
 
 
-async def _stream(
-    ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, body: dict[str, Any], deadline: float
-) -> HttpResponse:
+async def _stream(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, body: dict[str, Any], deadline: float) -> HttpResponse:
     assert ex.route is not None
     ex.upstream_started = time.perf_counter()
     call = await upstreams.call(
-        route=ex.route,
-        body=body,
-        stream=True,
-        request_id=ex.request_id,
-        deadline=deadline,
-        attempt_timeout=_attempt_timeout(ex.route),
+        route=ex.route, body=body, stream=True, request_id=ex.request_id, deadline=deadline, attempt_timeout=_attempt_timeout(ex.route)
     )
     ex.upstream_answered = time.perf_counter()
     writer = ex.surface.stream_writer(ctx)
@@ -371,13 +344,8 @@ async def _stream(
         await call.response.aclose()
         await ex.release(0)
         ex.record(
-            usage=ex.usage_row(
-                status="cancelled",
-                http_status=200,
-                call=call,
-                streamed=True,
-                usage=Usage(ctx.prompt_tokens_estimate, 0, estimated=True),
-            ),
+            usage=ex.usage_row(status="cancelled", http_status=200, call=call, streamed=True,
+                               usage=Usage(ctx.prompt_tokens_estimate, 0, estimated=True)),
             log_row=ex.log_row(200),
         )
 
@@ -391,12 +359,7 @@ async def _stream(
 
 
 async def _relay(
-    ex: Exchange,
-    creq: CompletionRequest,
-    ctx: AnswerContext,
-    call: UpstreamCall,
-    writer: StreamWriter,
-    started: list[bool],
+    ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, call: UpstreamCall, writer: StreamWriter, started: list[bool],
 ) -> AsyncIterator[bytes]:
     """Router bytes in, provider events out; the upstream is closed in `finally`, whatever ends the stream."""
     started[0] = True
@@ -404,13 +367,14 @@ async def _relay(
     parser = SSEParser()
     reader = RouterStreamReader()
     stops = StopMatcher(creq.stop)
-    delivered_chars = 0
+    billed = _Delivered()
     status = "cancelled"  # unless the loop below reaches an end of its own
     error_code = ""
     first_byte_at: float | None = None
     finish_reason: str | None = None
     stop_sequence: str | None = None
     protocol_errors = 0
+    raw_iter: AsyncIterator[bytes] | None = None
     try:
         yield writer.start()
         raw_iter = call.response.aiter_raw()
@@ -428,9 +392,7 @@ async def _relay(
                 delta = reader.feed(event)
                 if reader.protocol_errors != protocol_errors:
                     protocol_errors = reader.protocol_errors
-                    log.warning(
-                        "upstream %s sent a data line that is not JSON; skipped request_id=%s", call.upstream.label, ex.request_id
-                    )
+                    log.warning("upstream %s sent a data line that is not JSON; skipped request_id=%s", call.upstream.label, ex.request_id)
                 if delta is None:
                     continue
                 if reader.upstream_error is not None:  # a router reporting a failure in-band
@@ -441,7 +403,9 @@ async def _relay(
                 text = delta.text
                 if text:
                     text, stop_sequence = stops.feed(text)
-                    delivered_chars += len(text)
+                    billed.add(text)
+                if delta.usage is not None:
+                    billed.reported()  # the router's count covers everything up to this chunk
                 out = writer.delta(delta, text)
                 if out:
                     yield out
@@ -453,16 +417,14 @@ async def _relay(
             raise UpstreamError("the upstream model server ended the stream early")
         tail = stops.flush()
         if tail:
-            delivered_chars += len(tail)
+            billed.add(tail)
             out = writer.delta(RouterDelta(tail, None, None, False, None), tail)
             if out:
                 yield out
         if finish_reason is None and stops.matched is not None:  # a stop found only when flushing
             finish_reason, stop_sequence = "stop_sequence", stops.matched
-        usage = reader.usage or Usage(ctx.prompt_tokens_estimate, _estimate_chars(delivered_chars), estimated=True)
-        yield writer.finish(
-            finish_reason=finish_reason or reader.finish_reason or "stop", stop_sequence=stop_sequence, usage=usage
-        )
+        usage = billed.usage(reader, ctx)
+        yield writer.finish(finish_reason=finish_reason or reader.finish_reason or "stop", stop_sequence=stop_sequence, usage=usage)
         status = "ok"
     except (TimeoutError, UpstreamError, httpx.TransportError) as exc:
         err = exc if isinstance(exc, GatewayError) else UpstreamError("the upstream model server failed mid-stream")
@@ -471,27 +433,108 @@ async def _relay(
         yield writer.error(err)
     finally:
         metrics.INFLIGHT_STREAMS.dec()
-        if status == "ok":
-            usage = reader.usage or Usage(ctx.prompt_tokens_estimate, _estimate_chars(delivered_chars), estimated=True)
-        else:
-            usage = Usage(ctx.prompt_tokens_estimate, _estimate_chars(delivered_chars), estimated=True)
-            if reader.usage is not None and status == "error":
-                usage = reader.usage
         ttfb = (first_byte_at - ex.started) if first_byte_at is not None else None
-        # Recorded before anything is awaited: SDKs hang up as soon as they read the last event, Django then
-        # cancels this task, and the CancelledError lands on the first await here; the awaits are shielded
-        # so the upstream is still closed and the reservation still settled.
-        ex.record(
-            usage=ex.usage_row(
-                status=status, http_status=200, call=call, streamed=True, usage=usage, error_code=error_code, ttfb=ttfb
-            ),
-            log_row=ex.log_row(200),
-        )
+
+        def record() -> int:
+            usage = billed.usage(reader, ctx)
+            ex.record(
+                usage=ex.usage_row(status=status, http_status=200, call=call, streamed=True, usage=usage, error_code=error_code, ttfb=ttfb),
+                log_row=ex.log_row(200),
+            )
+            return usage.total_tokens
+
+        if status == "cancelled" and raw_iter is not None and billed.awaits_usage(reader):
+            # The client left after text and before the router's count (a client reading every delta and hanging
+            # up just before the final chunk): read on for the usage chunk, briefly, in a task of its own, so a
+            # second cancellation of this one cannot cut it short; it records the row whatever happens.
+            settle = asyncio.ensure_future(_settle_cancelled(ex, call, parser, reader, billed, record))
+            recorder.track(settle)
+            await asyncio.shield(settle)
+        else:
+            # Recorded before anything is awaited: SDKs hang up as soon as they read the last event, Django then
+            # cancels this task, and the CancelledError lands on the first await here; the awaits are shielded
+            # so the upstream is still closed and the reservation still settled.
+            total = record()
+            try:
+                await asyncio.shield(call.response.aclose())
+            finally:
+                await asyncio.shield(ex.release(total))
+
+
+class _Delivered:
+    """The text a stream delivered, and how much of it the router's last usage report already counts.
+
+    A stream is billed the router's count where one came, plus an estimate of the text delivered after it:
+    never less than the router reported, and text it had not yet counted is not free. The pieces are kept,
+    not their estimate: appending is all the per-token path pays, the estimate runs once, only when needed.
+    """
+
+    __slots__ = ("pieces", "counted")
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.counted = 0  # pieces covered by the router's last usage report
+
+    def add(self, text: str) -> None:
+        if text:
+            self.pieces.append(text)
+
+    def reported(self) -> None:
+        self.counted = len(self.pieces)
+
+    def awaits_usage(self, reader: RouterStreamReader) -> bool:
+        """Text went out that no usage report covers yet, and the router has not ended: its count may be next."""
+        return len(self.pieces) > self.counted and not reader.saw_done
+
+    def usage(self, reader: RouterStreamReader, ctx: AnswerContext) -> Usage:
+        reported = reader.usage
+        after = self.pieces[self.counted:] if reported is not None else self.pieces
+        extra = estimate_tokens("".join(after)) if after else 0
+        if reported is None:
+            return Usage(ctx.prompt_tokens_estimate, extra, estimated=True)
+        if not extra:
+            return reported
+        return Usage(reported.prompt_tokens, reported.completion_tokens + extra, estimated=True)
+
+
+async def _settle_cancelled(
+    ex: Exchange, call: UpstreamCall, parser: SSEParser, reader: RouterStreamReader, billed: _Delivered, record: Callable[[], int],
+) -> None:
+    """After the client left: up to PORTAL_CANCEL_USAGE_GRACE_MS for the router's usage chunk, then record, close, release.
+
+    Only what carries no text is awaited: the next text chunk means the answer was not at its end (the client
+    left mid-answer), so its usage is not due, and the upstream is closed at once. The cancellation that ended
+    the relay was thrown into its iterator, which is finished: the response's byte stream is read afresh (on the
+    default aiohttp transport the connection is untouched; httpx's own transport closes it on a cancelled read,
+    and then there is nothing to wait for).
+    """
+    try:
+        grace = min(settings.PORTAL_CANCEL_USAGE_GRACE_S, call.deadline - time.monotonic())
+        if grace > 0:
+            raw: AsyncIterator[bytes] = aiter(call.response.stream)  # type: ignore[arg-type]
+            async with asyncio.timeout(grace):
+                while not await _usage_chunk_read(raw, parser, reader, billed):
+                    pass
+    except (TimeoutError, StopAsyncIteration, UpstreamError, httpx.HTTPError):
+        pass  # no usage within the grace: the estimate of the delivered text stands
+    except Exception:
+        log.exception("reading a cancelled stream's usage failed; billed from the delivered text request_id=%s", ex.request_id)
+    finally:
+        total = record()  # whatever happened, this task's own cancellation included
         try:
             await asyncio.shield(call.response.aclose())
         finally:
-            await asyncio.shield(ex.release(usage.total_tokens))
+            await asyncio.shield(ex.release(total))
 
 
-def _estimate_chars(chars: int) -> int:
-    return (chars + 3) // 4
+async def _usage_chunk_read(raw: AsyncIterator[bytes], parser: SSEParser, reader: RouterStreamReader, billed: _Delivered) -> bool:
+    """Read one network chunk of a stream nobody listens to any more; True once waiting is over."""
+    for event in parser.feed(await anext(raw)):
+        delta = reader.feed(event)
+        if delta is None:
+            continue
+        if delta.usage is not None:
+            billed.reported()  # the router's count covers all that was delivered (and this chunk, if it had text)
+        if delta.done or delta.usage is not None or delta.text:
+            return True  # the count came, the stream ended, or more answer came (so the usage was not due)
+    return False

@@ -17,6 +17,7 @@ log = logging.getLogger("gateway.recorder")
 
 BATCH_SIZE = 500
 MAX_BACKOFF_S = 5.0
+SETTLE_MARGIN_S = 2.0  # beyond the usage grace, for closing the upstream and settling the reservation
 
 
 class UsageRecorder:
@@ -34,6 +35,7 @@ class UsageRecorder:
         self.rows_written = 0
         self._writing = 0
         self._publishing: set[asyncio.Future[None]] = set()
+        self._settling: set[asyncio.Future[None]] = set()
 
     @property
     def depth(self) -> int:
@@ -55,6 +57,11 @@ class UsageRecorder:
         self._logs.append(log_row)
         if self._wake is not None and len(self._logs) >= BATCH_SIZE:
             self._wake.set()
+
+    def track(self, task: asyncio.Future[None]) -> None:
+        """A task that will record a row shortly (a cancelled stream waiting for its usage): drain() waits for it."""
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     async def _run(self) -> None:
         interval = settings.PORTAL_USAGE_FLUSH_S
@@ -108,6 +115,9 @@ class UsageRecorder:
         """On shutdown: write all that is buffered, retrying a few times."""
         if self._flush_lock is None:
             self._flush_lock = asyncio.Lock()
+        if self._settling:
+            # Rows still to come from streams whose clients left: each waits at most the usage grace.
+            await asyncio.wait(set(self._settling), timeout=settings.PORTAL_CANCEL_USAGE_GRACE_S + SETTLE_MARGIN_S)
         attempt = 0
         while attempt < attempts:
             if await self.flush():

@@ -166,6 +166,12 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = PORTAL_MAX_BODY_BYTES + 1
 # How often each process checks whether keys, organizations or pools changed.
 PORTAL_CACHE_POLL_S = float(env_int("PORTAL_CACHE_POLL_MS", 250, minimum=10)) / 1000
 PORTAL_USAGE_FLUSH_S = float(env_int("PORTAL_USAGE_FLUSH_MS", 200, minimum=10)) / 1000
+# A client that hangs up right after the last text of a stream, before the router's usage chunk: keep reading the
+# upstream this long for that chunk (the router's count is billed, not an estimate), then close it. 0: never wait.
+PORTAL_CANCEL_USAGE_GRACE_MS = env_int("PORTAL_CANCEL_USAGE_GRACE_MS", 1000, minimum=0)
+if PORTAL_CANCEL_USAGE_GRACE_MS > 10_000:
+    fail("PORTAL_CANCEL_USAGE_GRACE_MS", f"must be at most 10000 (it holds an upstream after its client left), got {PORTAL_CANCEL_USAGE_GRACE_MS}")
+PORTAL_CANCEL_USAGE_GRACE_S = PORTAL_CANCEL_USAGE_GRACE_MS / 1000
 
 # /metrics (Prometheus); when set, scrapers must send `Authorization: Bearer <token>`.
 PORTAL_METRICS_TOKEN = env_str("PORTAL_METRICS_TOKEN")

@@ -7,21 +7,26 @@ outage that would hold rows in memory without bound.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from billing.models import Plan
+from billing.models import LedgerEntry, ModelPrice, Plan
 from gateway.translate.common import estimate_tokens
-from routerpools.models import ModelAlias, RouterPool
+from routerpools.models import ModelAlias, RouterEndpoint, RouterPool, RouterSession
 from routerpools.simulator import SimulatorServer
 from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, wait_for, wait_until_gateway_caught_up
+from tests.support.scripted_router import DONE, ScriptedRouter, Step, chunk
+from usage.models import UsageEvent
 
 CHAT, MESSAGES, ENVELOPE, COUNT = "/v1/chat/completions", "/v1/messages", "/v1/completions", "/v1/messages/count_tokens"
 HTTP = httpx.Client(timeout=30)
+CHATML_HI = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 
 
 def make_plan(*, rpm: int = 1000, tpm: int | None = None, concurrent: int | None = None, window_requests: int | None = None,
@@ -160,3 +165,157 @@ def test_count_tokens_takes_a_concurrency_slot_and_gives_it_back_at_once(gateway
     sim.configure(token_delay_ms=0)
     wait_for(lambda: sim.stats()["streams_open"] == 0)  # the gateway closed the upstream: the slot is free
     assert post(gateway, key, COUNT).status_code == 200
+
+
+# --- streams that end early: cancelled by the client, failed upstream -------------------------------------------------
+
+SCRIPTED = "scripted-cjk"
+CJK = "人工智能正在改变世界"  # ten characters, at least a token each to any tokenizer
+
+
+@pytest.fixture
+def scripted(gateway: LiveGateway) -> Iterator[ScriptedRouter]:
+    """An alias on a router that streams what the test scripts, priced at 1 micro-unit an input token, 2 an output."""
+    router = ScriptedRouter().start()
+    pool = RouterPool.objects.create(name="scripted-pool")
+    RouterEndpoint.objects.create(pool=pool, base_url=router.base_url)
+    RouterSession.objects.create(pool=pool, session_id=1)
+    ModelAlias.objects.create(alias=SCRIPTED, pool=pool, upstream_timeout_s=3)
+    ModelPrice.objects.create(alias=SCRIPTED, input_micros_per_million=1_000_000, output_micros_per_million=2_000_000)
+    wait_until_gateway_caught_up(gateway)
+    yield router
+    router.stop()
+
+
+def text_steps(text: str, *, every_s: float = 0.02, usage_per_char: tuple[int, int] | None = None) -> list[Step]:
+    """One chunk a character; with `usage_per_char` = (prompt, tokens a character) each chunk carries the running count."""
+    return [
+        Step(every_s, chunk(ch, usage=None if usage_per_char is None else (usage_per_char[0], usage_per_char[1] * (i + 1))))
+        for i, ch in enumerate(text)
+    ]
+
+
+def read_deltas_then_hang_up(gateway: LiveGateway, key: IssuedKey, *, deltas: int) -> tuple[str, str]:
+    """Stream a chat completion of the scripted alias, read `deltas` text deltas, hang up; (request id, text read)."""
+    body = {"model": SCRIPTED, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 64, "stream": True}
+    text = ""
+    with httpx.stream("POST", f"{gateway.url}{CHAT}", json=body, headers=headers_for(key, CHAT), timeout=20) as response:
+        assert response.status_code == 200
+        rid = response.headers["x-request-id"]
+        seen = 0
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            choices = json.loads(line[6:])["choices"]
+            if choices and choices[0]["delta"].get("content"):
+                text += choices[0]["delta"]["content"]
+                seen += 1
+                if seen == deltas:
+                    break  # hang up: every text delta read, the final chunk not yet
+    return rid, text
+
+
+def stream_to_the_end(gateway: LiveGateway, key: IssuedKey) -> tuple[str, str]:
+    """(request id, the raw SSE body) of a scripted stream read to its end."""
+    body = {"model": SCRIPTED, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 64, "stream": True}
+    with httpx.stream("POST", f"{gateway.url}{CHAT}", json=body, headers=headers_for(key, CHAT), timeout=20) as response:
+        assert response.status_code == 200
+        return response.headers["x-request-id"], response.read().decode()
+
+
+def usage_and_debit(rid: str) -> tuple[UsageEvent, LedgerEntry | None]:
+    row = wait_for(lambda: UsageEvent.objects.filter(request_id=rid).first(), timeout=10)
+    debits = list(LedgerEntry.objects.filter(request_id=rid, kind=LedgerEntry.Kind.DEBIT))
+    assert len(debits) <= 1  # idempotent on the request id: never two
+    return row, (debits[0] if debits else None)
+
+
+def test_hanging_up_just_before_the_usage_chunk_still_pays_the_routers_count(
+    gateway: LiveGateway, api_key: IssuedKey, scripted: ScriptedRouter
+) -> None:
+    # The router counts 25 tokens for the ten characters (a tokenizer that splits them) and 500 for the prompt;
+    # its final chunk comes 300 ms after the last text, and the client leaves as soon as it has the text.
+    scripted.script = [*text_steps(CJK), Step(0.3, chunk("", finish="stop", usage=(500, 25))), Step(0, DONE)]
+    rid, text = read_deltas_then_hang_up(gateway, api_key, deltas=len(CJK))
+    assert text == CJK
+    row, debit = usage_and_debit(rid)
+    assert (row.status, row.prompt_tokens, row.completion_tokens, row.estimated) == ("cancelled", 500, 25, False)
+    assert debit is not None and (debit.input_tokens, debit.output_tokens, debit.amount_micros) == (500, 25, -(500 + 2 * 25))
+    assert scripted.finished == 1  # the gateway read on, within the grace, to the router's usage
+
+
+def test_hanging_up_mid_answer_closes_the_upstream_at_once_and_pays_at_least_a_token_a_character(
+    gateway: LiveGateway, api_key: IssuedKey, scripted: ScriptedRouter
+) -> None:
+    long_answer = CJK * 5
+    scripted.script = [
+        *text_steps(long_answer, every_s=0.05),
+        Step(0.05, chunk("", finish="stop", usage=(500, 50))),
+        Step(0, DONE),
+    ]
+    rid, text = read_deltas_then_hang_up(gateway, api_key, deltas=10)
+    assert text == CJK
+    wait_for(lambda: scripted.cut == 1, timeout=1.5)  # not waiting a grace out: more text was still coming
+    row, debit = usage_and_debit(rid)
+    assert (row.status, row.prompt_tokens, row.estimated) == ("cancelled", estimate_tokens(CHATML_HI), True)
+    # What was relayed before the hang-up was noticed (ten characters, perhaps one or two more): a token a character.
+    assert 10 <= row.completion_tokens <= 13
+    assert debit is not None and debit.output_tokens == row.completion_tokens
+
+
+def test_hanging_up_mid_answer_pays_no_less_than_the_routers_running_count(
+    gateway: LiveGateway, api_key: IssuedKey, scripted: ScriptedRouter
+) -> None:
+    # Every chunk carries the router's count so far: three tokens a character.
+    scripted.script = [
+        *text_steps(CJK * 3, every_s=0.05, usage_per_char=(400, 3)),
+        Step(0, chunk("", finish="stop")),
+        Step(0, DONE),
+    ]
+    rid, text = read_deltas_then_hang_up(gateway, api_key, deltas=5)
+    assert text == CJK[:5]
+    row, debit = usage_and_debit(rid)
+    assert row.status == "cancelled" and row.prompt_tokens == 400
+    assert 15 <= row.completion_tokens <= 3 * 7  # the router's count for what it sent before the hang-up was seen
+    assert debit is not None and debit.output_tokens == row.completion_tokens
+
+
+@pytest.mark.parametrize("how", ["dropped", "deadline"])
+def test_a_stream_that_fails_after_delivering_tokens_is_billed_for_them_once(
+    how: str, gateway: LiveGateway, api_key: IssuedKey, scripted: ScriptedRouter
+) -> None:
+    # The router drops the connection after five characters, or stalls past the alias's 3 s timeout.
+    end = Step(0, drop=True) if how == "dropped" else Step(6, chunk("", finish="stop", usage=(1, 1)))
+    scripted.script = [*text_steps(CJK[:5]), end]
+    rid, body = stream_to_the_end(gateway, api_key)
+    assert '"error"' in body.splitlines()[-2] or '"error"' in body  # the failure reached the client in its shape
+    row, debit = usage_and_debit(rid)
+    assert (row.status, row.error_code) == ("error", "upstream_error")
+    assert row.completion_tokens == estimate_tokens(CJK[:5]) >= 5
+    assert debit is not None and (debit.input_tokens, debit.output_tokens) == (row.prompt_tokens, row.completion_tokens)
+
+
+def test_a_failed_stream_uses_the_routers_count_so_far_and_one_that_delivered_nothing_costs_nothing(
+    gateway: LiveGateway, api_key: IssuedKey, scripted: ScriptedRouter
+) -> None:
+    scripted.script = [*text_steps(CJK[:4], usage_per_char=(300, 2)), Step(0, drop=True)]
+    rid, _ = stream_to_the_end(gateway, api_key)
+    row, debit = usage_and_debit(rid)
+    assert (row.status, row.prompt_tokens, row.completion_tokens) == ("error", 300, 8)
+    assert debit is not None and debit.amount_micros == -(300 + 2 * 8)
+
+    scripted.script = [Step(0.01, chunk("")), Step(0, drop=True)]  # a chunk, but no text at all
+    rid, _ = stream_to_the_end(gateway, api_key)
+    row, debit = usage_and_debit(rid)
+    assert (row.status, row.completion_tokens) == ("error", 0)
+    assert debit is None
+
+
+def test_a_whole_stream_is_billed_the_routers_count_once(
+    gateway: LiveGateway, api_key: IssuedKey, scripted: ScriptedRouter
+) -> None:
+    scripted.script = [*text_steps(CJK), Step(0, chunk("", finish="stop", usage=(500, 25))), Step(0, DONE)]
+    rid, body = stream_to_the_end(gateway, api_key)
+    row, debit = usage_and_debit(rid)
+    assert (row.status, row.prompt_tokens, row.completion_tokens, row.estimated) == ("ok", 500, 25, False)
+    assert debit is not None and debit.amount_micros == -(500 + 2 * 25)
