@@ -27,6 +27,29 @@ OVERHEAD = Histogram(
 INFLIGHT_STREAMS = Gauge("gateway_inflight_streams", "SSE streams being relayed now", registry=registry)
 INFLIGHT_REQUESTS = Gauge("gateway_inflight_requests", "HTTP requests being served now, streams included", registry=registry)
 USAGE_WRITE_FAILURES = Counter("gateway_usage_write_failures_total", "Usage batches the database refused", registry=registry)
+# Requests refused before anyone was authenticated (bad keys, unknown routes): counted here instead of a row each.
+ANONYMOUS_REFUSALS = Counter(
+    "gateway_anonymous_refusals_total", "Requests refused without an authenticated principal", ["route", "status"], registry=registry
+)
+REQUEST_LOGS_DROPPED = Counter(
+    "gateway_request_logs_dropped_total", "Request log rows dropped, oldest first, over the in-memory bound", registry=registry
+)
+
+# The route label of a path a client chose: one of these, or "other"; never the path itself.
+_ROUTE_LABELS = {
+    "/v1/chat/completions": "chat.completions",
+    "/v1/completions": "completions",
+    "/v1/messages": "messages",
+    "/v1/messages/count_tokens": "count_tokens",
+    "/v1/models": "models",
+}
+
+
+def route_label(path: str) -> str:
+    label = _ROUTE_LABELS.get(path)
+    if label is not None:
+        return label
+    return "models" if path.startswith("/v1/models/") else "other"
 
 
 class _StateCollector:
@@ -44,6 +67,19 @@ class _StateCollector:
         depth = GaugeMetricFamily("gateway_usage_queue_depth", "Usage and log rows not yet written")
         depth.add_metric([], recorder.depth)
         yield depth
+        rows = GaugeMetricFamily("gateway_usage_backlog_rows", "Rows waiting in memory for the database, by kind", labels=["kind"])
+        rows.add_metric(["usage"], recorder.usage_backlog)
+        rows.add_metric(["request_log"], recorder.depth - recorder.usage_backlog)
+        yield rows
+        bound = GaugeMetricFamily("gateway_usage_backlog_limit", "The in-memory bound of each kind of row", labels=["kind"])
+        bound.add_metric(["usage"], recorder.usage_max)
+        bound.add_metric(["request_log"], recorder.log_max)
+        yield bound
+        backlog = GaugeMetricFamily(
+            "gateway_usage_backlog_state", "0 ok; 1 usage backlog over 80% of its bound; 2 at the bound, billable requests refused"
+        )
+        backlog.add_metric([], recorder.backlog_state)
+        yield backlog
         queries = GaugeMetricFamily("gateway_db_queries", "Database statements run by this process so far")
         queries.add_metric([], dbstats.queries_executed())
         yield queries

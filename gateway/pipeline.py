@@ -33,7 +33,7 @@ from gateway.errors import (
 )
 from gateway.limits import Admission, LimitsUnavailable, limiter
 from gateway.logs import request_id_var
-from gateway.recorder import recorder
+from gateway.recorder import UsageBacklogFull, recorder
 from gateway.state import state
 from gateway.surfaces import ENVELOPE_ROUTE, AnswerContext, StreamWriter, Surface, json_response
 from gateway.translate.common import CompletionRequest, StopMatcher, Usage, cut_at_stop, estimate_tokens
@@ -233,6 +233,8 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
         recorder.ensure_started()
         upstreams.ensure_health_checks(state.routes)
         ex.principal = principal or await authenticate(request.headers, surface=surface.limits_surface)
+        if recorder.usage_backlog_full:  # the database is away and usage rows reached their bound (recorder.py)
+            raise UsageBacklogFull(headers={"retry-after": "5"})
         creq = surface.parse(_read_body(request))
         ex.model = creq.model
         ex.route = _resolve(creq.model, ex.principal, surface)

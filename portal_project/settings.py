@@ -172,6 +172,15 @@ PORTAL_CANCEL_USAGE_GRACE_MS = env_int("PORTAL_CANCEL_USAGE_GRACE_MS", 1000, min
 if PORTAL_CANCEL_USAGE_GRACE_MS > 10_000:
     fail("PORTAL_CANCEL_USAGE_GRACE_MS", f"must be at most 10000 (it holds an upstream after its client left), got {PORTAL_CANCEL_USAGE_GRACE_MS}")
 PORTAL_CANCEL_USAGE_GRACE_S = PORTAL_CANCEL_USAGE_GRACE_MS / 1000
+# What may wait in memory while the database is away (gateway/recorder.py): usage rows are never dropped, so at
+# this many the gateway refuses billable requests with 503 until they drain (alarming at 80%); request log rows
+# over theirs are dropped, oldest first, and counted.
+PORTAL_USAGE_QUEUE_MAX = env_int("PORTAL_USAGE_QUEUE_MAX", 100_000, minimum=10)
+PORTAL_REQUEST_LOG_QUEUE_MAX = env_int("PORTAL_REQUEST_LOG_QUEUE_MAX", 100_000, minimum=10)
+# Requests refused before authentication are counted in metrics, not written; 1 in N still leaves a row (0: none).
+PORTAL_ANONYMOUS_LOG_SAMPLE = env_int("PORTAL_ANONYMOUS_LOG_SAMPLE", 0, minimum=0)
+# `manage.py prune_request_logs` deletes request log rows older than this many days (0: keep them forever).
+PORTAL_REQUEST_LOG_RETENTION_DAYS = env_int("PORTAL_REQUEST_LOG_RETENTION_DAYS", 30, minimum=0)
 
 # /metrics (Prometheus); when set, scrapers must send `Authorization: Bearer <token>`.
 PORTAL_METRICS_TOKEN = env_str("PORTAL_METRICS_TOKEN")

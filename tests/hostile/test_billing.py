@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -21,8 +21,11 @@ from gateway.translate.common import estimate_tokens
 from routerpools.models import ModelAlias, RouterEndpoint, RouterPool, RouterSession
 from routerpools.simulator import SimulatorServer
 from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, wait_for, wait_until_gateway_caught_up
+from tests.support.relay import CuttableRelay
 from tests.support.scripted_router import DONE, ScriptedRouter, Step, chunk
-from usage.models import UsageEvent
+from usage.models import RequestLog, UsageEvent
+
+pytest_plugins = ["tests.support.fixtures"]
 
 CHAT, MESSAGES, ENVELOPE, COUNT = "/v1/chat/completions", "/v1/messages", "/v1/completions", "/v1/messages/count_tokens"
 HTTP = httpx.Client(timeout=30)
@@ -319,3 +322,95 @@ def test_a_whole_stream_is_billed_the_routers_count_once(
     row, debit = usage_and_debit(rid)
     assert (row.status, row.prompt_tokens, row.completion_tokens, row.estimated) == ("ok", 500, 25, False)
     assert debit is not None and debit.amount_micros == -(500 + 2 * 25)
+
+
+# --- anonymous floods and database outages ----------------------------------------------------------------------------
+
+
+def anonymous_refusals(gateway: LiveGateway) -> dict[tuple[str, str], float]:
+    counts: dict[tuple[str, str], float] = {}
+    for line in HTTP.get(f"{gateway.url}/metrics").text.splitlines():
+        if line.startswith("gateway_anonymous_refusals_total{"):
+            labels, value = line.rsplit(" ", 1)
+            route = labels.split('route="', 1)[1].split('"', 1)[0]
+            status = labels.split('status="', 1)[1].split('"', 1)[0]
+            counts[(route, status)] = float(value)
+    return counts
+
+
+def test_an_anonymous_flood_is_counted_in_metrics_and_writes_no_rows(gateway: LiveGateway, sim: SimulatorServer) -> None:
+    before = anonymous_refusals(gateway)
+    rids: list[str] = []
+    for i in range(60):
+        for path in (CHAT, MESSAGES, ENVELOPE, COUNT):
+            headers = {"authorization": f"Bearer ctr_forged{i}"} if i % 2 else {}
+            response = HTTP.post(f"{gateway.url}{path}", json=body_for(path), headers=headers)
+            assert response.status_code == 401
+            rids.append(response.headers["x-request-id"])
+        unknown = HTTP.get(f"{gateway.url}/v1/secret-{uuid.uuid4().hex}/../{i}")
+        assert unknown.status_code == 404
+        rids.append(unknown.headers["x-request-id"])
+    after = anonymous_refusals(gateway)
+    for label in (("chat.completions", "401"), ("messages", "401"), ("completions", "401"), ("count_tokens", "401")):
+        assert after.get(label, 0) - before.get(label, 0) == 60, label
+    assert after.get(("other", "404"), 0) - before.get(("other", "404"), 0) == 60
+    assert all(route in {"chat.completions", "completions", "messages", "count_tokens", "models", "other"} for route, _ in after)
+    wait_for(lambda: HTTP.get(f"{gateway.url}/health").json()["usage_queue_depth"] == 0)
+    assert not RequestLog.objects.filter(request_id__in=rids).exists()
+    assert sim.stats()["requests_total"] == 0
+
+
+def _database_url_via(port: int) -> str:
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        pytest.skip("a database outage needs a database server")
+    user = db.get("USER") or "postgres"
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{user}{password}@127.0.0.1:{port}/{db['NAME']}"
+
+
+def test_a_database_outage_fills_the_usage_backlog_to_its_bound_then_refuses_and_loses_nothing(
+    start_gateway: Callable[..., LiveGateway], routed: IssuedKey, sim: SimulatorServer
+) -> None:
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    relay = CuttableRelay((db.get("HOST") or "127.0.0.1", int(db.get("PORT") or 5432))).start()
+    try:
+        gw = start_gateway(
+            DATABASE_URL=_database_url_via(relay.port), PORTAL_USAGE_QUEUE_MAX="10", PORTAL_REQUEST_LOG_QUEUE_MAX="10",
+            PORTAL_USAGE_FLUSH_MS="50",
+        )  # fmt: skip
+        assert post(gw, routed, CHAT).status_code == 200  # the key is in the gateway's cache before the outage
+        wait_for(lambda: HTTP.get(f"{gw.url}/health").json()["usage_queue_depth"] == 0)
+
+        relay.cut()
+        served = [post(gw, routed, (CHAT, MESSAGES, ENVELOPE)[i % 3], text=f"outage {i}") for i in range(10)]
+        assert [r.status_code for r in served] == [200] * 10  # served from the cache while the database is away
+        routed_before = sim.stats()["requests_total"]
+        for path in (CHAT, MESSAGES, ENVELOPE):
+            refused = post(gw, routed, path)
+            status, kind, message = refusal(refused, path)
+            assert status == 503 and kind in ("api_error", "usage_backlog_full"), refused.text
+            assert "cannot record usage" in message and refused.headers["retry-after"] == "5"
+            if path == CHAT:
+                assert refused.json()["error"]["code"] == "usage_backlog_full"
+        assert sim.stats()["requests_total"] == routed_before  # refused before any router
+        assert post(gw, routed, COUNT).status_code == 200  # counting bills nothing: still answered
+        log = gw.log()
+        assert "80% of its bound of 10" in log and "refusing billable requests" in log
+        metrics_text = HTTP.get(f"{gw.url}/metrics").text
+        assert "gateway_usage_backlog_state 2.0" in metrics_text
+        assert "gateway_request_logs_dropped_total" in metrics_text
+
+        relay.start()  # the database is back: the backlog drains and requests are taken again
+        wait_for(lambda: HTTP.get(f"{gw.url}/health").json()["usage_queue_depth"] == 0, timeout=30, interval=0.2)
+        assert post(gw, routed, CHAT).status_code == 200
+        rids = [r.headers["x-request-id"] for r in served]
+        assert UsageEvent.objects.filter(request_id__in=rids, status="ok").count() == 10  # not one usage row lost
+        assert LedgerEntry.objects.filter(request_id__in=rids, kind=LedgerEntry.Kind.DEBIT).count() == 10
+        assert "taking billable requests again" in gw.log()
+    finally:
+        relay.cut()
