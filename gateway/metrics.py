@@ -67,14 +67,12 @@ class _StateCollector:
         depth = GaugeMetricFamily("gateway_usage_queue_depth", "Usage and log rows not yet written")
         depth.add_metric([], recorder.depth)
         yield depth
-        rows = GaugeMetricFamily("gateway_usage_backlog_rows", "Rows waiting in memory for the database, by kind", labels=["kind"])
-        rows.add_metric(["usage"], recorder.usage_backlog)
-        rows.add_metric(["request_log"], recorder.depth - recorder.usage_backlog)
-        yield rows
-        bound = GaugeMetricFamily("gateway_usage_backlog_limit", "The in-memory bound of each kind of row", labels=["kind"])
-        bound.add_metric(["usage"], recorder.usage_max)
-        bound.add_metric(["request_log"], recorder.log_max)
-        yield bound
+        for name, what, rows, bound in (
+            ("usage", "Usage rows", recorder.usage_backlog, recorder.usage_max),
+            ("request_log", "Request log rows", recorder.depth - recorder.usage_backlog, recorder.log_max),
+        ):
+            yield GaugeMetricFamily(f"gateway_{name}_backlog_rows", f"{what} waiting in memory for the database", value=rows)
+            yield GaugeMetricFamily(f"gateway_{name}_backlog_limit", f"{what} that may wait in memory", value=bound)
         backlog = GaugeMetricFamily(
             "gateway_usage_backlog_state", "0 ok; 1 usage backlog over 80% of its bound; 2 at the bound, billable requests refused"
         )
