@@ -132,7 +132,9 @@ class UsageRecorder:
         REQUEST_LOGS_DROPPED.inc(dropped)
         log.error(
             "request log queue over its bound of %d rows (database away?): dropped the %d oldest; %d dropped so far",
-            self.log_max, dropped, self.logs_dropped,
+            self.log_max,
+            dropped,
+            self.logs_dropped,
         )
 
     def _check_backlog(self) -> None:
@@ -143,13 +145,17 @@ class UsageRecorder:
                 self.backlog_state = FULL
                 log.critical(
                     "usage backlog at its bound of %d rows (the database is not taking writes): refusing billable "
-                    "requests with 503 until it drains", self.usage_max,
+                    "requests with 503 until it drains",
+                    self.usage_max,
                 )
         elif backlog >= self._usage_warn_at:
             if self.backlog_state == OK:
                 log.critical(
                     "usage backlog at %d rows, %d%% of its bound of %d (the database is not taking writes): billable "
-                    "requests will be refused at the bound", backlog, int(WARN_FRACTION * 100), self.usage_max,
+                    "requests will be refused at the bound",
+                    backlog,
+                    int(WARN_FRACTION * 100),
+                    self.usage_max,
                 )
             if self.backlog_state == FULL:
                 log.warning("usage backlog down to %d rows: taking billable requests again", backlog)
