@@ -80,6 +80,7 @@ def subscription_start(*, organization: Any, plan: Plan) -> PlanSubscription:
 
 TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are per million tokens
 BILLABLE_STATUSES = frozenset({UsageEvent.Status.OK.value, UsageEvent.Status.CANCELLED.value})
+ERROR_STATUS = UsageEvent.Status.ERROR.value
 
 
 def request_cost_micros(
@@ -117,8 +118,12 @@ _warned_unpriced: set[str] = set()
 
 
 def _is_billable(row: BillableUsage) -> bool:
-    # An error that consumed no tokens costs nothing; a cancelled stream pays for what it used.
-    return row.status in BILLABLE_STATUSES and row.total_tokens > 0 and row.organization_id is not None
+    # A cancelled stream pays for what it used. A failed request pays for what it delivered: a stream that broke
+    # (or ran into its deadline) after tokens went out is billed them, prompt included; one that delivered no
+    # token, and every refusal, costs nothing.
+    if row.organization_id is None or row.total_tokens <= 0:
+        return False
+    return row.status in BILLABLE_STATUSES or (row.status == ERROR_STATUS and row.completion_tokens > 0)
 
 
 DEBIT_COLUMNS = (
@@ -128,7 +133,7 @@ DEBIT_COLUMNS = (
 
 
 def ledger_debits_for_usage(*, rows: Iterable[BillableUsage]) -> int:
-    """Write one debit per billable usage row, skipping requests already debited; returns the debits offered.
+    """Write one debit per billable usage row (`_is_billable`), skipping requests already debited; returns the debits offered.
 
     Called inside the usage batch's transaction, so an event and its debit commit together.
     Two queries per batch whatever its size: the organizations' plans, then the prices.

@@ -12,7 +12,9 @@ in-process store; the check-then-increment runs without an await in between, so 
 event loop.
 
 Tokens are reserved before the upstream call (prompt estimate + max_tokens) and settled afterwards from
-the real usage, in the window the reservation went to. Concurrency slots are members of a sorted set
+the real usage, in the window the reservation went to. Only the max_tokens part is capped at what the
+tightest tokens per minute limit leaves after the prompt; a prompt whose estimate alone exceeds a limit
+(the key's or the organization's) is refused, as it could never fit. Concurrency slots are members of a sorted set
 scored by an expiry, pruned by the script, so a crashed process leaks a slot for at most
 `PORTAL_LIMITS_SLOT_TTL_S`; `finish()` releases them exactly once. `peek()` reads the counters without
 changing them, for the headers of a response refused after authentication but before admission.
@@ -39,7 +41,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -81,6 +83,10 @@ WINDOW = "window_requests"
 WEEKLY = "weekly_requests"
 QUOTA_KINDS = frozenset({WINDOW, WEEKLY})
 REQUEST_KINDS = frozenset({RPM, WINDOW, WEEKLY})
+# What `/v1/messages/count_tokens` is admitted against: a request a minute like any other and a concurrency slot
+# (released at once), but not the plan's window and weekly allowances (what a plan sells is completions; an
+# SDK counting before it sends must not spend them), nor tokens per minute (counting generates none).
+COUNTING_KINDS = frozenset({RPM, CONCURRENCY})
 
 
 class LimitsUnavailable(GatewayError):
@@ -399,14 +405,38 @@ class Limiter:
         )
 
     # --- public API ---------------------------------------------------------------------------------
-    async def admit(self, principal: Principal, *, request_id: str, tokens: int = 0, surface: Surface = "openai") -> Admission:
-        """Admit the request or raise RateLimited / QuotaExceeded (LimitsUnavailable when failing closed)."""
+    async def admit(
+        self,
+        principal: Principal,
+        *,
+        request_id: str,
+        tokens: int = 0,
+        up_to_tokens: int = 0,
+        surface: Surface = "openai",
+        kinds: frozenset[str] | None = None,
+    ) -> Admission:
+        """Admit the request or raise RateLimited / QuotaExceeded (LimitsUnavailable when failing closed).
+
+        `tokens` must fit the tokens per minute limits whole (the prompt: a request whose prompt alone is over a
+        limit is refused as one that can never fit); `up_to_tokens` is reserved as far as the tightest limit leaves
+        room after them (max_tokens: an answer may be asked longer than a minute's budget, and runs when the
+        minute is otherwise unused). `kinds` limits the checks to those kinds of limit (None: all of them).
+        """
         now = self.now()
         tokens = max(0, int(tokens))
         checks = self._checks(principal, now=now, tokens=tokens)
+        if kinds is not None:
+            checks = [c for c in checks if c.kind in kinds]
         if not checks:
             return Admission(request_id=request_id, surface=surface, now=now, requests=None, tokens=None)
         self._refuse_oversized_reservation(checks, now=now, tokens=tokens, surface=surface)
+        if up_to_tokens > 0:
+            # Every scope's limit (the key's and the organization's), the tightest wins.
+            budget = min((c.limit for c in checks if c.kind == TPM), default=None)
+            extra = int(up_to_tokens) if budget is None else min(int(up_to_tokens), budget - tokens)
+            if extra > 0:
+                tokens += extra
+                checks = [replace(c, amount=tokens) if c.kind == TPM else c for c in checks]
 
         backend: Literal["redis", "local"] = "local"
         outcome: Outcome | None = None
@@ -581,7 +611,7 @@ class Limiter:
         return checks
 
     def _refuse_oversized_reservation(self, checks: list[Check], *, now: float, tokens: int, surface: Surface) -> None:
-        """A reservation larger than the whole token budget can never fit: say so instead of a misleading retry."""
+        """Tokens that must fit whole but exceed a scope's whole budget never will: say so instead of a misleading retry."""
         for check in checks:
             if check.kind == TPM and tokens > check.limit:
                 assert check.reset_at is not None
@@ -589,8 +619,8 @@ class Limiter:
                 admission = Admission(request_id="", surface=surface, now=now, requests=None, tokens=state)
                 self.denials += 1
                 raise RateLimited(
-                    f"request needs {tokens} tokens, more than the {_scope_word(check.scope)} tokens per minute "
-                    f"limit of {check.limit}; lower max_tokens or shorten the prompt",
+                    f"request needs at least {tokens} tokens for its prompt, more than the {_scope_word(check.scope)} "
+                    f"tokens per minute limit of {check.limit}, so it can never be admitted; shorten the prompt",
                     details={
                         "limit": TPM,
                         "scope": check.scope,

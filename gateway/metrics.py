@@ -31,6 +31,29 @@ EDGE_REFUSALS = Counter(
     "gateway_edge_refusals_total", "Requests refused by the HTTP server before the application", ["reason"], registry=registry
 )
 USAGE_WRITE_FAILURES = Counter("gateway_usage_write_failures_total", "Usage batches the database refused", registry=registry)
+# Requests refused before anyone was authenticated (bad keys, unknown routes): counted here instead of a row each.
+ANONYMOUS_REFUSALS = Counter(
+    "gateway_anonymous_refusals_total", "Requests refused without an authenticated principal", ["route", "status"], registry=registry
+)
+REQUEST_LOGS_DROPPED = Counter(
+    "gateway_request_logs_dropped_total", "Request log rows dropped, oldest first, over the in-memory bound", registry=registry
+)
+
+# The route label of a path a client chose: one of these, or "other"; never the path itself.
+_ROUTE_LABELS = {
+    "/v1/chat/completions": "chat.completions",
+    "/v1/completions": "completions",
+    "/v1/messages": "messages",
+    "/v1/messages/count_tokens": "count_tokens",
+    "/v1/models": "models",
+}
+
+
+def route_label(path: str) -> str:
+    label = _ROUTE_LABELS.get(path)
+    if label is not None:
+        return label
+    return "models" if path.startswith("/v1/models/") else "other"
 
 
 class _StateCollector:
@@ -48,6 +71,17 @@ class _StateCollector:
         depth = GaugeMetricFamily("gateway_usage_queue_depth", "Usage and log rows not yet written")
         depth.add_metric([], recorder.depth)
         yield depth
+        for name, what, rows, bound in (
+            ("usage", "Usage rows", recorder.usage_backlog, recorder.usage_max),
+            ("request_log", "Request log rows", recorder.depth - recorder.usage_backlog, recorder.log_max),
+        ):
+            yield GaugeMetricFamily(f"gateway_{name}_backlog_rows", f"{what} waiting in memory for the database", value=rows)
+            yield GaugeMetricFamily(f"gateway_{name}_backlog_limit", f"{what} that may wait in memory", value=bound)
+        backlog = GaugeMetricFamily(
+            "gateway_usage_backlog_state", "0 ok; 1 usage backlog over 80% of its bound; 2 at the bound, billable requests refused"
+        )
+        backlog.add_metric([], recorder.backlog_state)
+        yield backlog
         queries = GaugeMetricFamily("gateway_db_queries", "Database statements run by this process so far")
         queries.add_metric([], dbstats.queries_executed())
         yield queries

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -33,7 +33,7 @@ from gateway.errors import (
 from gateway.limits import Admission, LimitsUnavailable, limiter
 from gateway.logs import new_request_id as new_request_id  # where it used to live; made once per request in asgi.py
 from gateway.logs import request_id_of, request_id_var
-from gateway.recorder import recorder
+from gateway.recorder import UsageBacklogFull, recorder
 from gateway.state import state
 from gateway.surfaces import ENVELOPE_ROUTE, AnswerContext, StreamWriter, Surface, json_response
 from gateway.translate.bounds import JSONTooDeep, loads_bounded
@@ -236,6 +236,8 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
         recorder.ensure_started()
         upstreams.ensure_health_checks(state.routes)
         ex.principal = principal or await authenticate(request.headers, surface=surface.limits_surface)
+        if recorder.usage_backlog_full:  # the database is away and usage rows reached their bound (recorder.py)
+            raise UsageBacklogFull(headers={"retry-after": "5"})
         creq = surface.parse(_read_body(request))
         ex.model = creq.model
         ex.route = _resolve(creq.model, ex.principal, surface)
@@ -253,7 +255,8 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
         ex.admission = await limiter.admit(
             ex.principal,
             request_id=ex.request_id,
-            tokens=_reservation(ex.principal, ctx.prompt_tokens_estimate + body["max_tokens"]),
+            tokens=ctx.prompt_tokens_estimate,  # must fit whole: a prompt over the limit is refused
+            up_to_tokens=body["max_tokens"],  # capped at what the minute's budget leaves
             surface=ex.surface.limits_surface,
         )
         # The gateway's timeout bounds the request, every attempt included; each attempt gets the alias's timeout.
@@ -280,13 +283,6 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
             ex.record(usage=usage, log_row=ex.log_row(CLIENT_CLOSED))
         await ex.release(None)
         raise
-
-
-def _reservation(principal: Principal, tokens: int) -> int:
-    # A request may ask for more tokens than a whole minute's budget (max_tokens: 32000 on a
-    # 20k plan): reserve at most the budget, so it runs when the minute is otherwise unused.
-    tpm = principal.plan.tokens_per_minute if principal.plan else None
-    return min(tokens, tpm) if tpm else tokens
 
 
 def _refuse(ex: Exchange, err: GatewayError, call: UpstreamCall | None = None) -> HttpResponse:
@@ -376,13 +372,14 @@ async def _relay(
     parser = SSEParser()
     reader = RouterStreamReader()
     stops = StopMatcher(creq.stop)
-    delivered_chars = 0
+    billed = _Delivered()
     status = "cancelled"  # unless the loop below reaches an end of its own
     error_code = ""
     first_byte_at: float | None = None
     finish_reason: str | None = None
     stop_sequence: str | None = None
     protocol_errors = 0
+    raw_iter: AsyncIterator[bytes] | None = None
     try:
         yield writer.start()
         raw_iter = call.response.aiter_raw()
@@ -411,7 +408,9 @@ async def _relay(
                 text = delta.text
                 if text:
                     text, stop_sequence = stops.feed(text)
-                    delivered_chars += len(text)
+                    billed.add(text)
+                if delta.usage is not None:
+                    billed.reported()  # the router's count covers everything up to this chunk
                 out = writer.delta(delta, text)
                 if out:
                     yield out
@@ -423,13 +422,13 @@ async def _relay(
             raise UpstreamError("the upstream model server ended the stream early")
         tail = stops.flush()
         if tail:
-            delivered_chars += len(tail)
+            billed.add(tail)
             out = writer.delta(RouterDelta(tail, None, None, False, None), tail)
             if out:
                 yield out
         if finish_reason is None and stops.matched is not None:  # a stop found only when flushing
             finish_reason, stop_sequence = "stop_sequence", stops.matched
-        usage = reader.usage or Usage(ctx.prompt_tokens_estimate, _estimate_chars(delivered_chars), estimated=True)
+        usage = billed.usage(reader, ctx)
         yield writer.finish(finish_reason=finish_reason or reader.finish_reason or "stop", stop_sequence=stop_sequence, usage=usage)
         status = "ok"
     except (TimeoutError, UpstreamError, httpx.TransportError) as exc:
@@ -439,25 +438,108 @@ async def _relay(
         yield writer.error(err)
     finally:
         metrics.INFLIGHT_STREAMS.dec()
-        if status == "ok":
-            usage = reader.usage or Usage(ctx.prompt_tokens_estimate, _estimate_chars(delivered_chars), estimated=True)
-        else:
-            usage = Usage(ctx.prompt_tokens_estimate, _estimate_chars(delivered_chars), estimated=True)
-            if reader.usage is not None and status == "error":
-                usage = reader.usage
         ttfb = (first_byte_at - ex.started) if first_byte_at is not None else None
-        # Recorded before anything is awaited: SDKs hang up as soon as they read the last event, Django then
-        # cancels this task, and the CancelledError lands on the first await here; the awaits are shielded
-        # so the upstream is still closed and the reservation still settled.
-        ex.record(
-            usage=ex.usage_row(status=status, http_status=200, call=call, streamed=True, usage=usage, error_code=error_code, ttfb=ttfb),
-            log_row=ex.log_row(200),
-        )
+
+        def record() -> int:
+            usage = billed.usage(reader, ctx)
+            ex.record(
+                usage=ex.usage_row(status=status, http_status=200, call=call, streamed=True, usage=usage, error_code=error_code, ttfb=ttfb),
+                log_row=ex.log_row(200),
+            )
+            return usage.total_tokens
+
+        if status == "cancelled" and raw_iter is not None and billed.awaits_usage(reader):
+            # The client left after text and before the router's count (a client reading every delta and hanging
+            # up just before the final chunk): read on for the usage chunk, briefly, in a task of its own, so a
+            # second cancellation of this one cannot cut it short; it records the row whatever happens.
+            settle = asyncio.ensure_future(_settle_cancelled(ex, call, parser, reader, billed, record))
+            recorder.track(settle)
+            await asyncio.shield(settle)
+        else:
+            # Recorded before anything is awaited: SDKs hang up as soon as they read the last event, Django then
+            # cancels this task, and the CancelledError lands on the first await here; the awaits are shielded
+            # so the upstream is still closed and the reservation still settled.
+            total = record()
+            try:
+                await asyncio.shield(call.response.aclose())
+            finally:
+                await asyncio.shield(ex.release(total))
+
+
+class _Delivered:
+    """The text a stream delivered, and how much of it the router's last usage report already counts.
+
+    A stream is billed the router's count where one came, plus an estimate of the text delivered after it:
+    never less than the router reported, and text it had not yet counted is not free. The pieces are kept,
+    not their estimate: appending is all the per-token path pays, the estimate runs once, only when needed.
+    """
+
+    __slots__ = ("pieces", "counted")
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.counted = 0  # pieces covered by the router's last usage report
+
+    def add(self, text: str) -> None:
+        if text:
+            self.pieces.append(text)
+
+    def reported(self) -> None:
+        self.counted = len(self.pieces)
+
+    def awaits_usage(self, reader: RouterStreamReader) -> bool:
+        """Text went out that no usage report covers yet, and the router has not ended: its count may be next."""
+        return len(self.pieces) > self.counted and not reader.saw_done
+
+    def usage(self, reader: RouterStreamReader, ctx: AnswerContext) -> Usage:
+        reported = reader.usage
+        after = self.pieces[self.counted:] if reported is not None else self.pieces
+        extra = estimate_tokens("".join(after)) if after else 0
+        if reported is None:
+            return Usage(ctx.prompt_tokens_estimate, extra, estimated=True)
+        if not extra:
+            return reported
+        return Usage(reported.prompt_tokens, reported.completion_tokens + extra, estimated=True)
+
+
+async def _settle_cancelled(
+    ex: Exchange, call: UpstreamCall, parser: SSEParser, reader: RouterStreamReader, billed: _Delivered, record: Callable[[], int],
+) -> None:
+    """After the client left: up to PORTAL_CANCEL_USAGE_GRACE_MS for the router's usage chunk, then record, close, release.
+
+    Only what carries no text is awaited: the next text chunk means the answer was not at its end (the client
+    left mid-answer), so its usage is not due, and the upstream is closed at once. The cancellation that ended
+    the relay was thrown into its iterator, which is finished: the response's byte stream is read afresh (on the
+    default aiohttp transport the connection is untouched; httpx's own transport closes it on a cancelled read,
+    and then there is nothing to wait for).
+    """
+    try:
+        grace = min(settings.PORTAL_CANCEL_USAGE_GRACE_S, call.deadline - time.monotonic())
+        if grace > 0:
+            raw: AsyncIterator[bytes] = aiter(call.response.stream)  # type: ignore[arg-type]
+            async with asyncio.timeout(grace):
+                while not await _usage_chunk_read(raw, parser, reader, billed):
+                    pass
+    except (TimeoutError, StopAsyncIteration, UpstreamError, httpx.HTTPError):
+        pass  # no usage within the grace: the estimate of the delivered text stands
+    except Exception:
+        log.exception("reading a cancelled stream's usage failed; billed from the delivered text request_id=%s", ex.request_id)
+    finally:
+        total = record()  # whatever happened, this task's own cancellation included
         try:
             await asyncio.shield(call.response.aclose())
         finally:
-            await asyncio.shield(ex.release(usage.total_tokens))
+            await asyncio.shield(ex.release(total))
 
 
-def _estimate_chars(chars: int) -> int:
-    return (chars + 3) // 4
+async def _usage_chunk_read(raw: AsyncIterator[bytes], parser: SSEParser, reader: RouterStreamReader, billed: _Delivered) -> bool:
+    """Read one network chunk of a stream nobody listens to any more; True once waiting is over."""
+    for event in parser.feed(await anext(raw)):
+        delta = reader.feed(event)
+        if delta is None:
+            continue
+        if delta.usage is not None:
+            billed.reported()  # the router's count covers all that was delivered (and this chunk, if it had text)
+        if delta.done or delta.usage is not None or delta.text:
+            return True  # the count came, the stream ended, or more answer came (so the usage was not due)
+    return False

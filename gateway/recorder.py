@@ -1,4 +1,15 @@
-"""Usage events and request logs leave the request through this queue and reach the database in batches."""
+"""Usage events and request logs leave the request through this queue and reach the database in batches.
+
+What waits in memory is bounded, for a database that is away: request log rows beyond
+PORTAL_REQUEST_LOG_QUEUE_MAX are dropped, oldest first, and counted; usage rows (what bills) are never
+dropped: at PORTAL_USAGE_QUEUE_MAX of them the gateway refuses new billable requests with a 503 before they
+reach a router (`usage_backlog_full`, checked by the pipeline) until the writer brings the backlog down
+again, and it alarms first, at 80 %, with a critical log line and the `gateway_usage_backlog_state` gauge.
+Requests already running when the bound is reached still record their rows, so it can be passed by the
+number of requests in flight. Requests refused without an authenticated principal (bad or missing keys,
+unknown routes) write no row: they are counted in `gateway_anonymous_refusals_total` by route and
+status, and one in PORTAL_ANONYMOUS_LOG_SAMPLE of them (0: none) still leaves its row.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +20,8 @@ import logging
 from django.conf import settings
 
 from gateway.db import db_call
-from gateway.metrics import USAGE_WRITE_FAILURES
+from gateway.errors import GatewayError
+from gateway.metrics import ANONYMOUS_REFUSALS, REQUEST_LOGS_DROPPED, USAGE_WRITE_FAILURES, route_label
 from usage.consumers import apublish_usage_events
 from usage.services import RequestLogRecord, UsageRecord, usage_record_batch
 
@@ -17,13 +29,42 @@ log = logging.getLogger("gateway.recorder")
 
 BATCH_SIZE = 500
 MAX_BACKOFF_S = 5.0
+SETTLE_MARGIN_S = 2.0  # beyond the usage grace, for closing the upstream and settling the reservation
+WARN_FRACTION = 0.8  # of the usage bound: alarm here, before billable requests are refused
+REARM_FRACTION = 0.5  # the alarm sounds again once the backlog went below this and rose again
+LOG_TRIM_FRACTION = 0.9  # over the log bound, the oldest rows go down to this: one trim per tenth, not per row
+
+OK, WARNING, FULL = 0, 1, 2  # the backlog states, as gateway_usage_backlog_state reports them
+
+
+class UsageBacklogFull(GatewayError):
+    """The database has been away long enough that the usage rows waiting in memory reached their bound."""
+
+    status = 503
+    openai_type = "api_error"
+    openai_code = "usage_backlog_full"
+    anthropic_type = "api_error"
+    envelope_code = "usage_backlog_full"
+    default_message = "the service cannot record usage right now, so it takes no billable request; try again shortly"
+
+
+def _setting(name: str, default: int) -> int:
+    return int(getattr(settings, name, default))
 
 
 class UsageRecorder:
     """Buffers rows in memory; a background task writes them. A failed batch is kept and retried,
     and the write is idempotent on the request id, so a retry never doubles a row."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, usage_max: int | None = None, log_max: int | None = None, anonymous_sample: int | None = None) -> None:
+        self.usage_max = usage_max if usage_max is not None else _setting("PORTAL_USAGE_QUEUE_MAX", 100_000)
+        self.log_max = log_max if log_max is not None else _setting("PORTAL_REQUEST_LOG_QUEUE_MAX", 100_000)
+        self.anonymous_sample = anonymous_sample if anonymous_sample is not None else _setting("PORTAL_ANONYMOUS_LOG_SAMPLE", 0)
+        self._usage_warn_at = max(1, int(self.usage_max * WARN_FRACTION))
+        self._usage_rearm_at = int(self.usage_max * REARM_FRACTION)
+        self.backlog_state = OK
+        self._anonymous_seen = 0
+        self.logs_dropped = 0
         self._usage: list[UsageRecord] = []
         self._logs: list[RequestLogRecord] = []
         self._wake: asyncio.Event | None = None
@@ -33,7 +74,9 @@ class UsageRecorder:
         self.write_failures = 0
         self.rows_written = 0
         self._writing = 0
+        self._writing_usage = 0
         self._publishing: set[asyncio.Future[None]] = set()
+        self._settling: set[asyncio.Future[None]] = set()
 
     @property
     def depth(self) -> int:
@@ -49,12 +92,83 @@ class UsageRecorder:
             # A context of its own: started from some request, its log lines must not carry that request's id.
             self._task = loop.create_task(self._run(), name="gateway-usage-writer", context=contextvars.Context())
 
+    @property
+    def usage_backlog(self) -> int:
+        """Usage rows not yet known to be in the database."""
+        return len(self._usage) + self._writing_usage
+
+    @property
+    def usage_backlog_full(self) -> bool:
+        """New billable requests are refused (UsageBacklogFull) while this holds; O(1), for the request path."""
+        return self.backlog_state == FULL
+
     def record(self, *, usage: UsageRecord | None, log_row: RequestLogRecord) -> None:
         if usage is not None:
             self._usage.append(usage)
+            if len(self._usage) >= self._usage_warn_at:
+                self._check_backlog()
+        elif log_row.organization_id is None and not self._keeps_anonymous(log_row):
+            return  # refused without a principal: counted, not written
         self._logs.append(log_row)
+        if len(self._logs) > self.log_max:
+            self._drop_oldest_logs()
         if self._wake is not None and len(self._logs) >= BATCH_SIZE:
             self._wake.set()
+
+    def _keeps_anonymous(self, log_row: RequestLogRecord) -> bool:
+        """Count a request refused before anyone was authenticated; True for the one in N whose row is sampled."""
+        status = str(log_row.status) if 100 <= log_row.status <= 599 else "other"
+        ANONYMOUS_REFUSALS.labels(route_label(log_row.path), status).inc()
+        if self.anonymous_sample <= 0:
+            return False
+        self._anonymous_seen += 1
+        return self._anonymous_seen % self.anonymous_sample == 0
+
+    def _drop_oldest_logs(self) -> None:
+        keep = int(self.log_max * LOG_TRIM_FRACTION)
+        dropped = len(self._logs) - keep
+        del self._logs[:dropped]
+        self.logs_dropped += dropped
+        REQUEST_LOGS_DROPPED.inc(dropped)
+        log.error(
+            "request log queue over its bound of %d rows (database away?): dropped the %d oldest; %d dropped so far",
+            self.log_max,
+            dropped,
+            self.logs_dropped,
+        )
+
+    def _check_backlog(self) -> None:
+        """Move between ok, warning and full as the usage backlog crosses its thresholds; loud at each step up."""
+        backlog = self.usage_backlog
+        if backlog >= self.usage_max:
+            if self.backlog_state != FULL:
+                self.backlog_state = FULL
+                log.critical(
+                    "usage backlog at its bound of %d rows (the database is not taking writes): refusing billable "
+                    "requests with 503 until it drains",
+                    self.usage_max,
+                )
+        elif backlog >= self._usage_warn_at:
+            if self.backlog_state == OK:
+                log.critical(
+                    "usage backlog at %d rows, %d%% of its bound of %d (the database is not taking writes): billable "
+                    "requests will be refused at the bound",
+                    backlog,
+                    int(WARN_FRACTION * 100),
+                    self.usage_max,
+                )
+            if self.backlog_state == FULL:
+                log.warning("usage backlog down to %d rows: taking billable requests again", backlog)
+            self.backlog_state = WARNING
+        elif backlog < self._usage_rearm_at or self.backlog_state == FULL:
+            if self.backlog_state == FULL:
+                log.warning("usage backlog down to %d rows: taking billable requests again", backlog)
+            self.backlog_state = OK
+
+    def track(self, task: asyncio.Future[None]) -> None:
+        """A task that will record a row shortly (a cancelled stream waiting for its usage): drain() waits for it."""
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     async def _run(self) -> None:
         interval = settings.PORTAL_USAGE_FLUSH_S
@@ -84,19 +198,25 @@ class UsageRecorder:
                 usage, self._usage = self._usage[:take_usage], self._usage[take_usage:]
                 logs, self._logs = self._logs[:take_logs], self._logs[take_logs:]
                 self._writing = len(usage) + len(logs)
+                self._writing_usage = len(usage)
                 try:
                     await db_call(usage_record_batch, usage=usage, logs=logs)
                 except Exception as exc:
-                    self._writing = 0
+                    self._writing = self._writing_usage = 0
                     # Put the batch back in front, in order; it is retried with back-off.
                     self._usage[:0] = usage
                     self._logs[:0] = logs
+                    if len(self._logs) > self.log_max:
+                        self._drop_oldest_logs()
+                    self._check_backlog()
                     self.write_failures += 1
                     USAGE_WRITE_FAILURES.inc()
                     log.error("usage write failed, %d rows kept for retry: %s", self.depth, exc.__class__.__name__)
                     return False
-                self._writing = 0
+                self._writing = self._writing_usage = 0
                 self.rows_written += len(usage) + len(logs)
+                if self.backlog_state != OK:
+                    self._check_backlog()
                 if usage:
                     # The portal's live feed, off the write path: a slow channel layer must not delay writes.
                     task = asyncio.ensure_future(apublish_usage_events(usage))
@@ -108,6 +228,9 @@ class UsageRecorder:
         """On shutdown: write all that is buffered, retrying a few times."""
         if self._flush_lock is None:
             self._flush_lock = asyncio.Lock()
+        if self._settling:
+            # Rows still to come from streams whose clients left: each waits at most the usage grace.
+            await asyncio.wait(set(self._settling), timeout=settings.PORTAL_CANCEL_USAGE_GRACE_S + SETTLE_MARGIN_S)
         attempt = 0
         while attempt < attempts:
             if await self.flush():

@@ -16,8 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from gateway import metrics
 from gateway.auth import authenticate
 from gateway.db import db_call
-from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
-from gateway.limits import limiter
+from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, PermissionDenied, QuotaExceeded, RateLimited
+from gateway.limits import COUNTING_KINDS, LimitsUnavailable, limiter
 from gateway.pipeline import Exchange, _read_body, handle_completion
 from gateway.recorder import recorder
 from gateway.state import state
@@ -121,6 +121,7 @@ async def count_tokens(request: HttpRequest) -> HttpResponse:
     ex, refused = await _authenticated(request, ANTHROPIC_MESSAGES)
     if refused:
         return refused
+    assert ex.principal is not None
     try:
         body = _read_body(request)
         if isinstance(body, dict) and "max_tokens" not in body:
@@ -129,10 +130,24 @@ async def count_tokens(request: HttpRequest) -> HttpResponse:
         route = state.route(creq.model or "")
         if route is None:
             raise ModelNotFound(f"the model '{(creq.model or '')[:100]}' does not exist", param="model")
+        if not ex.principal.may_use(route.alias):  # as /v1/messages refuses it: the plan's list and the org's exceptions
+            raise PermissionDenied(
+                f"your plan does not include the model '{route.alias}'", param="model", code="model_not_allowed"
+            )
         prompt = render_prompt(creq.messages or [], route.prompt_format, system=creq.system)
+        # Admitted like a request (requests per minute, a concurrency slot), not against allowances or tokens
+        # (limits.COUNTING_KINDS says why), and released at once: counting holds nothing.
+        admission = await limiter.admit(
+            ex.principal, request_id=ex.request_id, surface=ex.surface.limits_surface, kinds=COUNTING_KINDS
+        )
     except GatewayError as err:
+        if isinstance(err, (RateLimited, QuotaExceeded, LimitsUnavailable)):
+            ex.admission = None  # the refusal carries the counters and retry-after of the limit it hit
         return _error(ex, err)
-    return _logged(ex, json_response({"input_tokens": estimate_tokens(prompt)}, headers=ex.headers()))
+    input_tokens = estimate_tokens(prompt)
+    await limiter.finish(admission)
+    ex.admission = await limiter.peek(ex.principal, surface=ex.surface.limits_surface)  # headers: after this request
+    return _logged(ex, json_response({"input_tokens": input_tokens}, headers=ex.headers()))
 
 
 @csrf_exempt

@@ -174,6 +174,21 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = PORTAL_MAX_BODY_BYTES + 1
 # How often each process checks whether keys, organizations or pools changed.
 PORTAL_CACHE_POLL_S = float(env_int("PORTAL_CACHE_POLL_MS", 250, minimum=10)) / 1000
 PORTAL_USAGE_FLUSH_S = float(env_int("PORTAL_USAGE_FLUSH_MS", 200, minimum=10)) / 1000
+# A client that hangs up right after the last text of a stream, before the router's usage chunk: keep reading the
+# upstream this long for that chunk (the router's count is billed, not an estimate), then close it. 0: never wait.
+PORTAL_CANCEL_USAGE_GRACE_MS = env_int("PORTAL_CANCEL_USAGE_GRACE_MS", 1000, minimum=0)
+if PORTAL_CANCEL_USAGE_GRACE_MS > 10_000:
+    fail("PORTAL_CANCEL_USAGE_GRACE_MS", f"must be at most 10000 (it holds an upstream after its client left), got {PORTAL_CANCEL_USAGE_GRACE_MS}")
+PORTAL_CANCEL_USAGE_GRACE_S = PORTAL_CANCEL_USAGE_GRACE_MS / 1000
+# What may wait in memory while the database is away (gateway/recorder.py): usage rows are never dropped, so at
+# this many the gateway refuses billable requests with 503 until they drain (alarming at 80%); request log rows
+# over theirs are dropped, oldest first, and counted.
+PORTAL_USAGE_QUEUE_MAX = env_int("PORTAL_USAGE_QUEUE_MAX", 100_000, minimum=10)
+PORTAL_REQUEST_LOG_QUEUE_MAX = env_int("PORTAL_REQUEST_LOG_QUEUE_MAX", 100_000, minimum=10)
+# Requests refused before authentication are counted in metrics, not written; 1 in N still leaves a row (0: none).
+PORTAL_ANONYMOUS_LOG_SAMPLE = env_int("PORTAL_ANONYMOUS_LOG_SAMPLE", 0, minimum=0)
+# `manage.py prune_request_logs` deletes request log rows older than this many days (0: keep them forever).
+PORTAL_REQUEST_LOG_RETENTION_DAYS = env_int("PORTAL_REQUEST_LOG_RETENTION_DAYS", 30, minimum=0)
 
 # The operators' token: /metrics (Prometheus) and the details of /health want `Authorization: Bearer <token>`.
 # Required when DEBUG is off; without it (DEBUG, `make run`) both are open to anyone.

@@ -166,7 +166,7 @@ def test_a_batch_costs_two_queries_and_one_insert_whatever_its_size(django_asser
 
 
 @pytest.mark.django_db
-def test_usage_batch_debits_each_ok_or_cancelled_request_with_tokens_once() -> None:
+def test_usage_batch_debits_each_request_that_used_tokens_once() -> None:
     org = make_org("acme")
     price(SMALL, 2_000_000, 8_000_000)
     batch = [
@@ -175,7 +175,8 @@ def test_usage_batch_debits_each_ok_or_cancelled_request_with_tokens_once() -> N
         usage("cancelled-1", org, status="cancelled", prompt=500, completion=3),  # 1_000_000_000 + 24_000_000 -> 1_024
         usage("ok-no-tokens", org),  # nothing to bill
         usage("error-1", org, status="error"),
-        usage("error-with-tokens", org, status="error", prompt=50, completion=0),  # errors are never billed
+        usage("error-with-tokens", org, status="error", prompt=50, completion=0),  # delivered nothing: not billed
+        usage("error-delivered", org, status="error", prompt=10, completion=4),  # failed mid-stream: 20 + 32 -> 52
     ]
     logs = [
         RequestLogRecord(
@@ -190,14 +191,14 @@ def test_usage_batch_debits_each_ok_or_cancelled_request_with_tokens_once() -> N
     ]
 
     usage_record_batch(usage=batch, logs=logs)
-    expected = {"ok-1": -480, "ok-2": -2, "cancelled-1": -1_024}
+    expected = {"ok-1": -480, "ok-2": -2, "cancelled-1": -1_024, "error-delivered": -52}
     assert debits() == expected
     first_ids = sorted(LedgerEntry.objects.values_list("pk", flat=True))
 
     usage_record_batch(usage=batch, logs=logs)  # the recorder retrying a batch it thinks failed
     assert debits() == expected
     assert sorted(LedgerEntry.objects.values_list("pk", flat=True)) == first_ids
-    assert UsageEvent.objects.count() == 6
+    assert UsageEvent.objects.count() == 7
     entry = LedgerEntry.objects.get(request_id="cancelled-1")
     assert (entry.organization_id, entry.alias, entry.input_tokens, entry.output_tokens, entry.created_at) == (
         org.pk,
@@ -206,7 +207,7 @@ def test_usage_batch_debits_each_ok_or_cancelled_request_with_tokens_once() -> N
         3,
         T0,
     )
-    assert organization_balance(org.pk) == -1_506
+    assert organization_balance(org.pk) == -1_558
 
 
 @pytest.mark.django_db(transaction=True)  # foreign keys are checked at commit: the batch must really commit

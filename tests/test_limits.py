@@ -365,12 +365,51 @@ def test_a_reservation_larger_than_the_whole_budget_is_refused_with_its_reason(n
         with pytest.raises(RateLimited) as denied:
             await limiter.admit(principal, request_id="huge", tokens=1001)
         assert denied.value.message == (
-            "request needs 1001 tokens, more than the API key tokens per minute limit of 1000; lower max_tokens or shorten the prompt"
+            "request needs at least 1001 tokens for its prompt, more than the API key tokens per minute limit of 1000, "
+            "so it can never be admitted; shorten the prompt"
         )
         assert denied.value.details is not None and denied.value.details["requested_tokens"] == 1001
         assert denied.value.headers["retry-after"] == "59"
         exact = await limiter.admit(principal, request_id="exact", tokens=1000)
         assert exact.tokens is not None and exact.tokens.remaining == 0
+        await limiter.aclose()
+
+    run(body)
+
+
+def test_only_the_up_to_part_is_capped_at_the_budget_and_a_prompt_over_it_is_refused(new_limiter) -> None:  # noqa: ANN001
+    limiter = new_limiter()
+    principal = make_principal(make_plan(tpm=1000))
+
+    async def body() -> None:
+        # A prompt of 300 asking for 5000 tokens of answer: the answer's part is cut to what the minute leaves.
+        capped = await limiter.admit(principal, request_id="long-answer", tokens=300, up_to_tokens=5000)
+        assert capped.reserved_tokens == 1000 and capped.tokens is not None and capped.tokens.remaining == 0
+        await limiter.finish(capped, actual_tokens=0)
+        small = await limiter.admit(principal, request_id="small", tokens=300, up_to_tokens=100)
+        assert small.reserved_tokens == 400
+        await limiter.finish(small, actual_tokens=0)
+        # The prompt alone over the budget: refused however small max_tokens is (it used to be capped and run).
+        with pytest.raises(RateLimited) as denied:
+            await limiter.admit(principal, request_id="big-prompt", tokens=1200, up_to_tokens=1)
+        assert denied.value.details is not None
+        assert (denied.value.details["limit"], denied.value.details["requested_tokens"]) == ("tokens_per_minute", 1200)
+        assert "tokens per minute limit of 1000" in denied.value.message
+        # A prompt of exactly the budget runs, with nothing reserved for its answer beyond it.
+        exact = await limiter.admit(principal, request_id="exact", tokens=1000, up_to_tokens=50)
+        assert exact.reserved_tokens == 1000
+        await limiter.aclose()
+
+    run(body)
+
+
+def test_without_a_token_limit_the_whole_request_is_reserved(new_limiter) -> None:  # noqa: ANN001
+    limiter = new_limiter()
+    principal = make_principal(make_plan(tpm=None))
+
+    async def body() -> None:
+        admission = await limiter.admit(principal, request_id="free", tokens=10**6, up_to_tokens=10**6)
+        assert admission.tokens is None
         await limiter.aclose()
 
     run(body)

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.translate.common import estimate_tokens
 from routerpools.simulator import simulated_tokens
 from tests.conftest import (
     ALIAS,
@@ -56,7 +57,11 @@ def answer(prompt: str, max_tokens: int) -> tuple[list[str], str, str]:
 
 
 def estimate(text: str) -> int:
-    return math.ceil(len(text) / 4)
+    return estimate_tokens(text)  # the gateway's own estimate, where the router reports no usage
+
+
+def simulator_prompt_tokens(text: str) -> int:
+    return math.ceil(len(text) / 4)  # what the simulator reports as prompt_tokens
 
 
 def sse(response: httpx.Response) -> list[tuple[str | None, str]]:
@@ -145,7 +150,7 @@ def _router_chunks(tokens: list[str], reason: str, prompt: str) -> list[dict[str
             "object": "text_completion",
             "choices": [{"index": 0, "text": "", "finish_reason": reason}],
             "model": "default",
-            "usage": {"prompt_tokens": estimate(prompt), "completion_tokens": len(tokens), "total_tokens": estimate(prompt) + len(tokens)},
+            "usage": {"prompt_tokens": simulator_prompt_tokens(prompt), "completion_tokens": len(tokens), "total_tokens": simulator_prompt_tokens(prompt) + len(tokens)},
         }
     )
     return chunks
@@ -275,7 +280,7 @@ def test_router_gets_the_chatml_prompt_our_request_id_and_the_capped_max_tokens(
     assert out["choices"] == [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None}, "logprobs": None,
                                "finish_reason": reason}]
     assert reason == "length"
-    assert out["usage"] == {"prompt_tokens": estimate(CHATML_HI), "completion_tokens": 10, "total_tokens": estimate(CHATML_HI) + 10}
+    assert out["usage"] == {"prompt_tokens": simulator_prompt_tokens(CHATML_HI), "completion_tokens": 10, "total_tokens": simulator_prompt_tokens(CHATML_HI) + 10}
 
     # max_completion_tokens is capped the same way; a request under the cap is sent as asked.
     post(gateway, CHAT, key, {"model": ALIAS, "messages": HI, "max_completion_tokens": 11})

@@ -125,3 +125,86 @@ def test_the_bulk_insert_refuses_a_value_too_long_for_its_column_rather_than_tru
     with pytest.raises(DataError):
         insert_ignoring_conflicts(RequestLog, columns, [("req_long", "POST", "/v1/" + "x" * 400, 200, now, "", 0, "")])
     assert not RequestLog.objects.exists()
+
+
+# --- what waits in memory is bounded; anonymous refusals are counted, not written ----------------------------------
+
+
+def _log(request_id: str, *, organization_id: int | None, status: int = 401, path: str = "/v1/chat/completions") -> RequestLogRecord:
+    return RequestLogRecord(request_id=request_id, method="POST", path=path, status=status, created_at=timezone.now(),
+                            organization_id=organization_id)  # fmt: skip
+
+
+def _usage(request_id: str) -> UsageRecord:
+    return UsageRecord(request_id=request_id, organization_id=1, api_key_id=1, alias="m", route="chat.completions",
+                       status="ok", http_status=200, created_at=timezone.now(), prompt_tokens=3, completion_tokens=4,
+                       total_tokens=7)  # fmt: skip
+
+
+def _anonymous_count(route: str, status: str) -> float:
+    from gateway.metrics import registry
+
+    return registry.get_sample_value("gateway_anonymous_refusals_total", {"route": route, "status": status}) or 0.0
+
+
+def test_requests_refused_before_authentication_are_counted_not_buffered() -> None:
+    rec = UsageRecorder(anonymous_sample=0)
+    before, before_other = _anonymous_count("chat.completions", "401"), _anonymous_count("other", "404")
+    for i in range(1000):
+        rec.record(usage=None, log_row=_log(f"anon{i}", organization_id=None))
+    rec.record(usage=None, log_row=_log("nope", organization_id=None, status=404, path="/v1/../etc/passwd%00"))
+    assert rec.depth == 0
+    assert _anonymous_count("chat.completions", "401") - before == 1000
+    assert _anonymous_count("other", "404") - before_other == 1  # a client's path never becomes a label
+    rec.record(usage=None, log_row=_log("known", organization_id=7, status=404))  # authenticated: a row as before
+    assert rec.depth == 1
+
+
+def test_one_in_n_anonymous_refusals_is_sampled_into_a_row() -> None:
+    rec = UsageRecorder(anonymous_sample=100)
+    for i in range(1000):
+        rec.record(usage=None, log_row=_log(f"anon{i}", organization_id=None))
+    assert rec.depth == 10
+
+
+def test_request_logs_over_their_bound_drop_oldest_first_and_usage_rows_are_never_dropped(caplog) -> None:  # noqa: ANN001
+    rec = UsageRecorder(usage_max=1000, log_max=100)
+    for i in range(250):
+        rec.record(usage=_usage(f"req{i}"), log_row=_log(f"req{i}", organization_id=1, status=200))
+    assert rec.usage_backlog == 250  # every billable row kept
+    assert len(rec._logs) <= 100 and rec.logs_dropped == 250 - len(rec._logs)
+    assert rec._logs[-1].request_id == "req249"  # the newest kept, the oldest gone
+    assert "dropped the" in caplog.text
+
+
+def test_the_usage_backlog_alarms_at_80_percent_refuses_at_the_bound_and_recovers(caplog, monkeypatch) -> None:  # noqa: ANN001
+    from gateway import recorder as recorder_module
+
+    rec = UsageRecorder(usage_max=100, log_max=10_000)
+    for i in range(79):
+        rec.record(usage=_usage(f"a{i}"), log_row=_log(f"a{i}", organization_id=1, status=200))
+    assert (rec.backlog_state, rec.usage_backlog_full) == (recorder_module.OK, False)
+    rec.record(usage=_usage("a79"), log_row=_log("a79", organization_id=1, status=200))
+    assert rec.backlog_state == recorder_module.WARNING and not rec.usage_backlog_full
+    assert any(r.levelname == "CRITICAL" and "80% of its bound of 100" in r.getMessage() for r in caplog.records)
+    for i in range(80, 100):
+        rec.record(usage=_usage(f"a{i}"), log_row=_log(f"a{i}", organization_id=1, status=200))
+    assert rec.usage_backlog_full
+    assert any(r.levelname == "CRITICAL" and "refusing billable requests" in r.getMessage() for r in caplog.records)
+    rec.record(usage=_usage("in-flight"), log_row=_log("in-flight", organization_id=1, status=200))
+    assert rec.usage_backlog == 101  # a request already running still records: never dropped
+
+    written: list[int] = []
+    monkeypatch.setattr(recorder_module, "usage_record_batch", lambda *, usage, logs: written.append(len(usage)))
+
+    async def flush() -> bool:
+        rec.ensure_started()
+        try:
+            return await rec.flush()
+        finally:
+            rec.stop()
+
+    assert async_to_sync(flush)() is True
+    assert sum(written) == 101 and rec.usage_backlog == 0
+    assert (rec.backlog_state, rec.usage_backlog_full) == (recorder_module.OK, False)
+    assert "taking billable requests again" in caplog.text

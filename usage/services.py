@@ -124,3 +124,22 @@ def _save_detached(row: UsageEvent | RequestLog) -> None:
             row.api_key_id = None
         with transaction.atomic():
             model.objects.bulk_create([row], ignore_conflicts=True)
+
+
+PRUNE_BATCH_SIZE = 5_000
+
+
+def request_logs_prune(*, before: datetime, batch_size: int = PRUNE_BATCH_SIZE) -> int:
+    """Delete request log rows created before `before`, a batch at a time; returns how many went.
+
+    Each batch is its own short statement (no long transaction, no lock on the table, writers carry on), and
+    running it again, or twice at once from cron, only finds less to delete. Usage events are billing
+    history and are never pruned here.
+    """
+    deleted = 0
+    while True:
+        ids = list(RequestLog.objects.filter(created_at__lt=before).values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            return deleted
+        count, _ = RequestLog.objects.filter(pk__in=ids).delete()
+        deleted += count

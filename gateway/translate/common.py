@@ -19,6 +19,7 @@ from gateway.translate.bounds import (
     MAX_STOP_CHARS,
     MAX_STOPS_TOTAL_CHARS,
 )
+from gateway.translate.tokens import estimate_tokens as estimate_tokens  # re-exported: callers count tokens from here
 
 # Compact, ASCII-only JSON: escaped non-ASCII can never be split or mis-decoded on the way
 # out (a lone surrogate from upstream stays valid), and the C encoder is fastest this way.
@@ -40,11 +41,6 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
-
-
-def estimate_tokens(text: str) -> int:
-    """About four characters a token, at least one for any non-empty text."""
-    return (len(text) + 3) // 4
 
 
 @dataclass(slots=True)

@@ -189,11 +189,11 @@ def test_recorded_stream_matches_golden_for_any_read_size(name: str, surface: st
         ("usage_at_end", "Usage comes last", "stop", Usage(15, 3, False)),
         ("no_usage", "No usage is reported here.", "stop", Usage(11, 7, True)),
         ("non_json", "Before after.", "stop", Usage(5, 2, False)),
-        ("multibyte", "Héllo wörld, 世界 🎉🚀 — ok", "stop", Usage(11, 6, True)),
+        ("multibyte", "Héllo wörld, 世界 🎉🚀 — ok", "stop", Usage(11, 19, True)),
         ("length", "Cut by the token cap", "length", Usage(8, 3, False)),
         ("odd_framing", "Chat shaped", "stop", Usage(6, 2, False)),
         # The stop ends the stream before the router's usage chunk arrives.
-        ("stop_split", "Line one\nENOUGH said.", "stop_sequence", Usage(11, 6, True)),
+        ("stop_split", "Line one\nENOUGH said.", "stop_sequence", Usage(11, 7, True)),
     ],
 )
 def test_recorded_stream_delivers_one_miners_text_and_usage(name: str, text: str, finish: str, usage: Usage) -> None:
