@@ -6,6 +6,8 @@ longer in the organization; the admin's sign-in must hold against guessing.
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -235,6 +237,19 @@ def test_a_membership_gone_without_a_signal_closes_the_feed(rechecked: LiveGatew
     with connection.cursor() as cursor:  # a repair by hand in the database: no Django signal
         cursor.execute("DELETE FROM accounts_membership WHERE id = %s", [membership.pk])
     assert feed.wait_closed() == NOT_A_MEMBER
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="the Redis channel layer needs REDIS_URL")
+def test_a_feed_left_open_outlives_the_channel_layers_blocking_read(
+    rechecked: LiveGateway, open_feed: Callable[..., FeedSocket]
+) -> None:
+    # channels_redis waits for a message with a 5 s BZPOPMIN; with redis-py's default 5 s socket timeout the read
+    # timed out first and the consumer died (close 1006), so a page left open lost its feed every few seconds.
+    user = make_user("patient@example.com")
+    org = make_org("patient", owner=user)
+    feed = open_feed(rechecked.url, database_session(user), org=org.pk)
+    time.sleep(7)  # longer than one blocking read of the channel layer: the wait under test
+    assert_still_streams(feed, org.pk)
 
 
 # --- Losing the organization ----------------------------------------------------------------------------------
