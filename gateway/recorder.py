@@ -8,7 +8,9 @@ again, and it alarms first, at 80 %, with a critical log line and the `gateway_u
 Requests already running when the bound is reached still record their rows, so it can be passed by the
 number of requests in flight. Requests refused without an authenticated principal (bad or missing keys,
 unknown routes) write no row: they are counted in `gateway_anonymous_refusals_total` by route and
-status, and one in PORTAL_ANONYMOUS_LOG_SAMPLE of them (0: none) still leaves its row.
+status, and one in PORTAL_ANONYMOUS_LOG_SAMPLE of them (0: none) still leaves its row. A server error is
+not a refusal: its row is written whoever sent it (the id is what the customer quotes to support, and a
+crash may have happened after authentication, with the principal lost on the way out).
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ class UsageRecorder:
             self._usage.append(usage)
             if len(self._usage) >= self._usage_warn_at:
                 self._check_backlog()
-        elif log_row.organization_id is None and not self._keeps_anonymous(log_row):
+        elif log_row.organization_id is None and log_row.status < 500 and not self._keeps_anonymous(log_row):
             return  # refused without a principal: counted, not written
         self._logs.append(log_row)
         if len(self._logs) > self.log_max:

@@ -280,7 +280,7 @@ def test_the_application_stops_reading_at_the_limit_on_its_own() -> None:
         "client": ["127.0.0.1", 1],
         "server": None,
     }
-    asyncio.run(GatewayApplication(get_asgi_application()).handle(scope, receive, send))
+    asyncio.run(GatewayApplication(get_asgi_application())(scope, receive, send))
     assert len(reads) == LIMIT // chunk + 1
     answer = Answer(
         sent[0]["status"],
