@@ -44,6 +44,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "portal_project.security.PortalSecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -197,6 +198,14 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON nested deeper than portal_project.security.JSON_MAX_DEPTH is a 400, never the decoder's RecursionError.
+    "DEFAULT_PARSER_CLASSES": [
+        "portal_project.security.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    # DRF's own, plus a body over DATA_UPLOAD_MAX_MEMORY_SIZE as a 413 (too many form fields a 400) in its error shape.
+    "EXCEPTION_HANDLER": "portal_project.security.api_exception_handler",
 }
 
 LOG_FORMAT = env_str("LOG_FORMAT", "json")

@@ -49,6 +49,8 @@ def _load_object(variable: str, raw: str) -> dict:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise RouterConfigError(variable, f"not valid JSON ({exc.msg} at position {exc.pos})") from None
+    except RecursionError:  # the decoder's own limit (~1,000 levels): still the one line, not a traceback
+        raise RouterConfigError(variable, "not valid JSON (nested too deeply)") from None
     if not isinstance(value, dict):
         raise RouterConfigError(variable, "must be a JSON object")
     return value

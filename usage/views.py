@@ -15,7 +15,9 @@ from rest_framework.response import Response
 
 from accounts.portal import ORG_PARAMETER, PortalAPIView, PortalContext, portal_page, render_portal
 from usage.selectors import (
+    EARLIEST_DAY,
     GROUP_BYS,
+    LATEST_DAY,
     BadRange,
     DateRange,
     UsageRow,
@@ -99,6 +101,7 @@ def usage_page(request: HttpRequest) -> HttpResponse:
     try:
         span = date_range_parse(request.GET.get("from"), request.GET.get("to"))
     except BadRange as exc:
+        # The page still renders (the last two weeks), with the error on the form and a 400 to say the input was refused.
         error = str(exc)
         span = date_range_parse(None, None)
     by_day = usage_summary(organization_id=org.pk, span=span, group_by="day")
@@ -112,6 +115,8 @@ def usage_page(request: HttpRequest) -> HttpResponse:
             "nav": "usage",
             "span": span,
             "range_error": error,
+            "earliest_day": EARLIEST_DAY,
+            "latest_day": LATEST_DAY,
             "totals": by_day.totals,
             "requests_chart": bar_chart(by_day.rows, metric="requests", unit="requests"),
             "tokens_chart": bar_chart(by_day.rows, metric="total_tokens", unit="tokens"),
@@ -123,6 +128,7 @@ def usage_page(request: HttpRequest) -> HttpResponse:
             "presets": [(label, DateRange(today - timedelta(days=days - 1), today)) for label, days in PRESETS],
             "live": span.end >= today,
         },
+        status=400 if error else 200,
     )
 
 
