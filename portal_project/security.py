@@ -1,18 +1,24 @@
-"""The portal's defences at the door: JSON of bounded size and nesting, addresses without NUL."""
+"""The portal's defences at the door: bounded JSON, addresses without NUL, no secret on a debug page."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pprint import pformat
+from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.views.debug import ExceptionReporter, SafeExceptionReporterFilter
 from rest_framework import status
 from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import JSONParser, get_encoding
+
+from portal_project.redact import mask_url_credentials
 
 if TYPE_CHECKING:
     from rest_framework.response import Response
@@ -117,3 +123,130 @@ class PortalSecurityMiddleware:
                 return JsonResponse({"detail": message}, status=400)
             return HttpResponseBadRequest(message, content_type="text/plain")
         return self.get_response(request)
+
+
+# --- Debug pages ------------------------------------------------------------------------------------------------------
+
+# Django's names of a secret, and ours: settings, request headers, cookies, POST fields, locals and dictionary keys
+# that match show as stars. The second line names what holds a secret inside a URL or a structure.
+SECRET_NAMES = re.compile(
+    "API|AUTH|TOKEN|KEY|SECRET|PASS|SIGNATURE|HTTP_COOKIE|PEPPER|CREDENTIAL|PRIVATE"
+    "|PORTAL_ROUTER|UNKEY|REDIS|CACHES|CHANNEL_LAYERS|DATABASE",
+    flags=re.IGNORECASE,
+)
+_SHORTEST_SCRUBBED = 6  # shorter "secrets" would blank ordinary words all over the page
+
+
+class _Shown:
+    """A value as the debug page shows it (its pformat), already cleansed; pprint(_Shown) is that text."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def configured_secrets() -> list[str]:
+    """The secret values this process was configured with, longest first, to be blanked wherever they appear."""
+    found: list[str | None] = [
+        settings.SECRET_KEY,
+        *getattr(settings, "SECRET_KEY_FALLBACKS", []),
+        getattr(settings, "PORTAL_API_KEY_PEPPER", None),
+        getattr(settings, "PORTAL_UNKEY_ROOT_KEY", None),
+        getattr(settings, "PORTAL_METRICS_TOKEN", None),
+        getattr(settings, "EMAIL_HOST_PASSWORD", None),
+        *(db.get("PASSWORD") for db in settings.DATABASES.values()),
+    ]
+    for url in (getattr(settings, "REDIS_URL", ""), getattr(settings, "PORTAL_UNKEY_BASE_URL", "")):
+        try:
+            found.append(urlsplit(url).password)
+        except ValueError:
+            pass
+    router_env = getattr(settings, "PORTAL_ROUTER_ENV", None)
+    for alias in getattr(router_env, "aliases", ()):
+        found.append(alias.alias_key)
+        found.extend(alias.session_keys.values())
+        for url in alias.urls:
+            parts = urlsplit(url)
+            found.extend((parts.username, parts.password))
+    return sorted(
+        {value for value in found if isinstance(value, str) and len(value) >= _SHORTEST_SCRUBBED}, key=len, reverse=True
+    )
+
+
+class SecretsFilter(SafeExceptionReporterFilter):
+    """What Django's debug pages and error reports show, with secrets hidden, DEBUG on or off.
+
+    Django's filter hides settings, headers and cookies whose names look secret, and, with DEBUG off only, the
+    variables and POST fields marked with its decorators. This one also hides, always: settings, locals, POST fields
+    and dictionary keys named as in SECRET_NAMES; the user and password part of any URL; and the secret values this
+    process was configured with (router keys, root keys, passwords, tokens) wherever they appear in a value's repr.
+    """
+
+    cleansed_substitute = "********************"
+    hidden_settings = SECRET_NAMES
+
+    def is_active(self, request: HttpRequest | None) -> bool:
+        # `make run` serves with DEBUG on: its pages are shown, shared and screenshotted like any other.
+        return True
+
+    def scrub(self, text: str) -> str:
+        text = mask_url_credentials(text)
+        for secret in configured_secrets():
+            if secret in text:
+                text = text.replace(secret, self.cleansed_substitute)
+        return text
+
+    def cleanse_setting(self, key: Any, value: Any) -> Any:
+        cleansed = super().cleanse_setting(key, value)
+        if cleansed is self.cleansed_substitute or isinstance(cleansed, dict | list | tuple):
+            return cleansed  # containers: their members went through here one by one
+        if isinstance(cleansed, str):
+            return self.scrub(cleansed)
+        if callable(value) or isinstance(cleansed, int | float | bool | type(None)):
+            return cleansed
+        try:
+            shown = pformat(cleansed)
+        except Exception as exc:  # a broken __repr__ must not break the error page
+            shown = f"Error in formatting: {exc.__class__.__name__}"
+        return _Shown(self.scrub(shown))
+
+    def get_post_parameters(self, request: HttpRequest | None) -> Any:
+        parameters = super().get_post_parameters(request)
+        if request is None:
+            return parameters
+        parameters = parameters.copy()
+        for name in list(parameters):
+            if SECRET_NAMES.search(name):
+                parameters[name] = self.cleansed_substitute
+        return parameters
+
+    def get_traceback_frame_variables(self, request: HttpRequest | None, tb_frame: FrameType) -> Iterable[tuple[str, Any]]:
+        return [
+            (name, self.cleanse_setting(name, value)) for name, value in super().get_traceback_frame_variables(request, tb_frame)
+        ]
+
+
+class SecretsReporter(ExceptionReporter):
+    """Django's reporter, with the exception's own message (and its causes') scrubbed by SecretsFilter."""
+
+    def get_traceback_data(self) -> dict[str, Any]:
+        data = super().get_traceback_data()
+        scrub = self.filter.scrub if isinstance(self.filter, SecretsFilter) else mask_url_credentials
+        for name in ("exception_value", "exception_notes"):
+            if isinstance(data.get(name), str):
+                data[name] = scrub(data[name])
+        for frame in data.get("frames", []):
+            if frame.get("exc_cause") is not None:
+                frame["exc_cause"] = scrub(str(frame["exc_cause"]))
+        if "request_GET_items" in data:
+            hidden = self.filter.cleansed_substitute
+            data["request_GET_items"] = [
+                (name, hidden if SECRET_NAMES.search(name) else scrub(value)) for name, value in data["request_GET_items"]
+            ]
+        if "request_insecure_uri" in data:
+            data["request_insecure_uri"] = scrub(data["request_insecure_uri"])
+        return data

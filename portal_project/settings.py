@@ -187,6 +187,10 @@ PORTAL_LIMITS_PREFIX = env_str("PORTAL_LIMITS_PREFIX", "lim")
 PORTAL_LIMITS_SLOT_TTL_S = env_int("PORTAL_LIMITS_SLOT_TTL_S", 300, minimum=10)
 PORTAL_LIMITS_MAX_CONNECTIONS = env_int("PORTAL_LIMITS_MAX_CONNECTIONS", 50, minimum=1)
 
+# Django's debug pages list settings and each frame's locals: the project filter hides secrets there even with DEBUG on.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "portal_project.security.SecretsFilter"
+DEFAULT_EXCEPTION_REPORTER = "portal_project.security.SecretsReporter"
+
 # --- The rest -----------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
