@@ -1,4 +1,4 @@
-"""The portal's defences at the door: bounded JSON, addresses without NUL, no secret on a debug page."""
+"""The portal's defences at the door: bounded JSON, addresses without NUL, security headers, no secret on a debug page."""
 
 from __future__ import annotations
 
@@ -107,7 +107,8 @@ def _wants_json(request: HttpRequest) -> bool:
 
 
 class PortalSecurityMiddleware:
-    """An address whose path or query holds a NUL character is refused with a 400 before any view sees it.
+    """Every Django response (the portal, allauth, the admin) gets the Content-Security-Policy of settings.PORTAL_CSP;
+    an address whose path or query holds a NUL character is refused with a 400 before any view sees it.
 
     NUL: PostgreSQL text cannot hold one, so a lookup with it fails in the database (a 500) wherever a view passes a
     path or query value to a query; no honest address has one. Forms and DRF fields refuse NUL on their own.
@@ -115,14 +116,22 @@ class PortalSecurityMiddleware:
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
+        self.csp = "; ".join(f"{name} {' '.join(values)}" for name, values in settings.PORTAL_CSP.items())
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if _has_nul(request):
             message = "The address holds a NUL character."
-            if _wants_json(request):
-                return JsonResponse({"detail": message}, status=400)
-            return HttpResponseBadRequest(message, content_type="text/plain")
-        return self.get_response(request)
+            response: HttpResponse = (
+                JsonResponse({"detail": message}, status=400)
+                if _wants_json(request)
+                else HttpResponseBadRequest(message, content_type="text/plain")
+            )
+        else:
+            response = self.get_response(request)
+        # Django's DEBUG pages (technical 404 and 500) style and script themselves inline: left without a policy.
+        if not (settings.DEBUG and response.status_code in (404, 500)):
+            response.headers.setdefault("Content-Security-Policy", self.csp)
+        return response
 
 
 # --- Debug pages ------------------------------------------------------------------------------------------------------

@@ -187,6 +187,42 @@ PORTAL_LIMITS_PREFIX = env_str("PORTAL_LIMITS_PREFIX", "lim")
 PORTAL_LIMITS_SLOT_TTL_S = env_int("PORTAL_LIMITS_SLOT_TTL_S", 300, minimum=10)
 PORTAL_LIMITS_MAX_CONNECTIONS = env_int("PORTAL_LIMITS_MAX_CONNECTIONS", 50, minimum=1)
 
+# --- HTTPS, cookies and security headers ----------------------------------------------------------------------
+# Behind HTTPS (the public base URL says so) with DEBUG off, each of these defaults to on; each is settable alone.
+_BEHIND_HTTPS = PORTAL_PUBLIC_BASE_URL.startswith("https://") and not DEBUG
+# TLS ends at the load balancer, which says so in X-Forwarded-Proto: it must set that header, never pass a client's on.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("PORTAL_TRUST_X_FORWARDED_PROTO", _BEHIND_HTTPS) else None
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", _BEHIND_HTTPS)
+# A load balancer's probe speaks plain HTTP. /health and /metrics are answered by gateway/asgi.py before Django's
+# middleware anyway; listed so that they stay reachable if that ever changes.
+SECURE_REDIRECT_EXEMPT = [r"^health$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if _BEHIND_HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", _BEHIND_HTTPS)
+# The preload list binds the whole registered domain for good, so it is the operator's call, off by default; Django's
+# reminder of it (security.W021) is silenced while it is off, so that `check --deploy` is clean on a good deployment.
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", _BEHIND_HTTPS)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", _BEHIND_HTTPS)
+# Django's defaults, stated: nosniff, Referrer-Policy same-origin, COOP same-origin, X-Frame-Options DENY.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# The Content-Security-Policy of every page Django serves (portal_project.security.PortalSecurityMiddleware): our own
+# scripts and styles only, no inline script, style attribute or event handler (the templates have none), no framing.
+PORTAL_CSP = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:"],  # the favicon is an inline SVG
+    "connect-src": ["'self'"],  # the playground's fetch and the live feed's WebSocket, same origin
+    "object-src": ["'none'"],
+    "base-uri": ["'none'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
+
 # Django's debug pages list settings and each frame's locals: the project filter hides secrets there even with DEBUG on.
 DEFAULT_EXCEPTION_REPORTER_FILTER = "portal_project.security.SecretsFilter"
 DEFAULT_EXCEPTION_REPORTER = "portal_project.security.SecretsReporter"
