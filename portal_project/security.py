@@ -96,6 +96,16 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
 # --- The middleware ------------------------------------------------------------------------------------------------
 
 
+def _is_text_encoding(encoding: str | None) -> bool:
+    if encoding is None:
+        return True
+    try:
+        "".encode(encoding)  # unlike codecs.lookup(), refuses bytes-to-bytes codecs such as bz2_codec
+    except (LookupError, UnicodeError):
+        return False
+    return True
+
+
 def _has_nul(request: HttpRequest) -> bool:
     if "\x00" in request.path:
         return True
@@ -107,9 +117,12 @@ def _wants_json(request: HttpRequest) -> bool:
 
 
 class PortalSecurityMiddleware:
-    """Every Django response (the portal, allauth, the admin) gets the Content-Security-Policy of settings.PORTAL_CSP;
-    an address whose path or query holds a NUL character is refused with a 400 before any view sees it.
+    """Every Django response (the portal, allauth, the admin) gets the Content-Security-Policy of settings.PORTAL_CSP.
+    Before any view runs, a 400 refuses a request whose Content-Type names a charset that is not a text encoding, or
+    whose path or query holds a NUL character.
 
+    Charset: Django takes any codec Python knows as the request's encoding, bz2_codec included, and then fails (a 500)
+    decoding the query string or the form with it, wherever a view first reads request.GET or request.POST.
     NUL: PostgreSQL text cannot hold one, so a lookup with it fails in the database (a 500) wherever a view passes a
     path or query value to a query; no honest address has one. Forms and DRF fields refuse NUL on their own.
     """
@@ -119,12 +132,12 @@ class PortalSecurityMiddleware:
         self.csp = "; ".join(f"{name} {' '.join(values)}" for name, values in settings.PORTAL_CSP.items())
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if _has_nul(request):
-            message = "The address holds a NUL character."
+        problem = self.refusal(request)
+        if problem:
             response: HttpResponse = (
-                JsonResponse({"detail": message}, status=400)
+                JsonResponse({"detail": problem}, status=400)
                 if _wants_json(request)
-                else HttpResponseBadRequest(message, content_type="text/plain")
+                else HttpResponseBadRequest(problem, content_type="text/plain; charset=utf-8")
             )
         else:
             response = self.get_response(request)
@@ -132,6 +145,14 @@ class PortalSecurityMiddleware:
         if not (settings.DEBUG and response.status_code in (404, 500)):
             response.headers.setdefault("Content-Security-Policy", self.csp)
         return response
+
+    @staticmethod
+    def refusal(request: HttpRequest) -> str:
+        if not _is_text_encoding(request.encoding):
+            return "The Content-Type names a charset that is not a text encoding."
+        if _has_nul(request):
+            return "The address holds a NUL character."
+        return ""
 
 
 # --- Debug pages ------------------------------------------------------------------------------------------------------
