@@ -269,6 +269,8 @@ LOGGING = {
 # usersessions records each sign-in (IP, browser), so the profile page can end all sessions but the current one.
 # Its middleware only refreshes "last seen" (USERSESSIONS_TRACK_ACTIVITY), which costs a write per page: left out.
 INSTALLED_APPS += ["allauth.usersessions", "drf_spectacular"]
+# allauth's own sessions page (/accounts/sessions/) loads the humanize tags: without the app it was a 500.
+INSTALLED_APPS += ["django.contrib.humanize"]
 ACCOUNT_ADAPTER = "accounts.adapter.PortalAccountAdapter"
 ACCOUNT_FORMS = {"login": "accounts.forms.PortalLoginForm", "signup": "accounts.forms.PortalSignupForm"}
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Cortensor] "

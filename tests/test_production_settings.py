@@ -116,7 +116,7 @@ def team(db, portal_settings) -> Team:  # noqa: ANN001, F811
 
 SIGNED_IN_PAGES = ["/portal/api-keys", "/portal/usage", "/portal/billing", "/portal/docs", "/portal/playground",
                    "/portal/organization", "/portal/profile", "/portal/profile/delete", "/portal/api-keys/{key}/revoke",
-                   "/accounts/password/change/", "/accounts/email/"]  # fmt: skip
+                   "/accounts/password/change/", "/accounts/email/", "/accounts/sessions/"]  # fmt: skip
 ANONYMOUS_PAGES = ["/accounts/login/", "/accounts/signup/", "/accounts/password/reset/", "/accounts/confirm-email/",
                    "/portal/invitations/nope"]  # fmt: skip
 
