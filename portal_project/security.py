@@ -12,8 +12,9 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.views.debug import ExceptionReporter, SafeExceptionReporterFilter
+from django.views.static import serve
 from rest_framework import status
 from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import JSONParser, get_encoding
@@ -122,7 +123,8 @@ class PortalSecurityMiddleware:
     whose path or query holds a NUL character.
 
     Charset: Django takes any codec Python knows as the request's encoding, bz2_codec included, and then fails (a 500)
-    decoding the query string or the form with it, wherever a view first reads request.GET or request.POST.
+    decoding a form with it. A urlencoded form in any charset but `utf-8` Django refuses itself, but from inside the
+    CSRF check, and then again while rendering its 400 page (whose view checks CSRF too): under daphne, a 500.
     NUL: PostgreSQL text cannot hold one, so a lookup with it fails in the database (a 500) wherever a view passes a
     path or query value to a query; no honest address has one. Forms and DRF fields refuse NUL on their own.
     """
@@ -150,9 +152,24 @@ class PortalSecurityMiddleware:
     def refusal(request: HttpRequest) -> str:
         if not _is_text_encoding(request.encoding):
             return "The Content-Type names a charset that is not a text encoding."
+        if (
+            request.content_type == "application/x-www-form-urlencoded"
+            and request.encoding
+            and request.encoding.lower() != "utf-8"
+        ):
+            # Django's own rule, word for word; it raises it from inside the CSRF check, then again from its 400 page.
+            return "A form (application/x-www-form-urlencoded) must be UTF-8 encoded: charset=utf-8."
         if _has_nul(request):
             return "The address holds a NUL character."
         return ""
+
+
+def serve_asset(request: HttpRequest, path: str, document_root: str) -> HttpResponse:
+    """django.views.static.serve, with a name the filesystem refuses (too long: ENAMETOOLONG) not found, not a 500."""
+    try:
+        return serve(request, path, document_root=document_root)
+    except OSError:
+        raise Http404("No such asset.") from None
 
 
 # --- Debug pages ------------------------------------------------------------------------------------------------------

@@ -219,7 +219,8 @@ def test_a_charset_that_is_not_a_text_encoding_is_a_400(team: Team, charset: str
 
 @pytest.mark.parametrize(
     "target",
-    ["https://evil.example/", "//evil.example/", "/\\evil.example", "\\\\evil.example", "javascript:alert(1)",
+    ["0", "' OR 1=1 --", "portal:usage", "admin:index", "evil.example", "",
+     "https://evil.example/", "//evil.example/", "/\\evil.example", "\\\\evil.example", "javascript:alert(1)",
      "/portal/usage\r\nSet-Cookie: x=1", "http://testserver\x00.evil/", " //evil.example"],
 )  # fmt: skip
 def test_the_organization_switch_never_redirects_away(team: Team, target: str) -> None:
@@ -229,6 +230,22 @@ def test_the_organization_switch_never_redirects_away(team: Team, target: str) -
     location = response["Location"]
     assert location.startswith("/") and not location.startswith(("//", "/\\")), location
     assert "\n" not in location and "\r" not in location
+    assert location == "/portal/", location  # none of these is a path of ours: home instead
+
+
+def test_the_organization_switch_follows_a_path_of_ours(team: Team) -> None:
+    client = team.client(team.owner)
+    response = client.post(
+        "/portal/organization/switch", {"organization": str(team.acme.pk), "next": "/portal/usage?from=2026-03-01"}
+    )
+    assert response.status_code == 302 and response["Location"] == "/portal/usage?from=2026-03-01"
+
+
+@pytest.mark.parametrize("name", ["x" * 300, "a/" * 3000 + "b", "portal.css/" + "x" * 5000, "%00", "..%2f..%2fmanage.py"])
+def test_an_asset_name_no_file_can_have_is_a_4xx(team: Team, name: str) -> None:
+    client = Client(raise_request_exception=False)
+    response = client.get(f"/portal/assets/{name}")
+    assert 400 <= response.status_code < 500, response.status_code
 
 
 def test_a_deeply_nested_router_variable_stops_start_up_with_one_line() -> None:
