@@ -37,11 +37,13 @@ from accounts.portal import (
 )
 from apikeys.issuers import KeyIssuerUnavailable
 from apikeys.models import ApiKey, ApiKeyEvent
-from apikeys.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeySerializer
+from apikeys.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeyListQuerySerializer, ApiKeySerializer
 from apikeys.services import PLAYGROUND_ACTOR_LABEL, CreatedKey, apikey_create, apikey_list, apikey_revoke, expiry_in_days
 
 KEY_CREATE_GROUP = "portal:key-create"
 MANAGERS_ONLY = "Only owners and admins of this organization can create or revoke keys."
+# The most keys one page or one API listing shows (the API pages with limit/offset within it).
+KEY_LIST_MAX = 500
 EXPIRY_CHOICES = [("", "Never"), ("7", "In 7 days"), ("30", "In 30 days"), ("90", "In 90 days"), ("365", "In 1 year")]
 
 
@@ -114,7 +116,7 @@ def api_keys_page(request: HttpRequest) -> HttpResponse:
         "apikeys/api_keys.html",
         {
             "nav": "keys",
-            "keys": list(keys_for_listing(ctx.organization)[:500]),
+            "keys": list(keys_for_listing(ctx.organization)[:KEY_LIST_MAX]),
             "form": form,
             "created": created,
             "base_url": settings.PORTAL_PUBLIC_BASE_URL,
@@ -152,10 +154,19 @@ class ApiKeyCollection(PortalAPIView):
             return api_keys_page(request)
         return super().dispatch(request, *args, **kwargs)
 
-    @extend_schema(parameters=[ORG_PARAMETER], responses=ApiKeySerializer(many=True), operation_id="api_keys_list")
+    @extend_schema(
+        parameters=[ORG_PARAMETER, ApiKeyListQuerySerializer],
+        responses=ApiKeySerializer(many=True),
+        operation_id="api_keys_list",
+        description="Newest first, at most `limit` keys from `offset`; the X-Total-Count header says how many there are.",
+    )
     def get(self, request: Request) -> Response:
+        paging = ApiKeyListQuerySerializer(data=request.query_params, context={"max_limit": KEY_LIST_MAX})
+        paging.is_valid(raise_exception=True)
         ctx = self.portal(request)
-        return Response(ApiKeySerializer(keys_for_listing(ctx.organization), many=True).data)
+        keys = keys_for_listing(ctx.organization)
+        start, limit = paging.validated_data["offset"], paging.validated_data["limit"]
+        return Response(ApiKeySerializer(keys[start : start + limit], many=True).data, headers={"X-Total-Count": str(keys.count())})
 
     @extend_schema(
         parameters=[ORG_PARAMETER], request=ApiKeyCreateSerializer, responses={201: ApiKeyCreatedSerializer},

@@ -256,3 +256,42 @@ def test_a_deeply_nested_router_variable_stops_start_up_with_one_line() -> None:
     assert result.returncode == 2
     assert result.stderr.startswith(f"configuration error: {POOLS}: not valid JSON"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- The key list: bounded, and paged by the caller within the bound ---------------------------------------------
+
+
+def test_the_key_list_pages_with_limit_and_offset_and_says_how_many_there_are(team: Team) -> None:
+    from apikeys.services import apikey_create
+
+    for n in range(3):
+        apikey_create(organization=team.acme, name=f"extra {n}", created_by=team.owner)
+    client = team.client(team.owner)
+    first = client.get("/portal/api-keys?limit=2", HTTP_ACCEPT="application/json")
+    assert first.status_code == 200 and first["X-Total-Count"] == "4"
+    assert [k["name"] for k in first.json()] == ["extra 2", "extra 1"]  # newest first
+    rest = client.get("/portal/api-keys?limit=2&offset=2", HTTP_ACCEPT="application/json")
+    assert [k["name"] for k in rest.json()] == ["extra 0", "acme backend"]
+    assert client.get("/portal/api-keys?offset=4", HTTP_ACCEPT="application/json").json() == []
+
+
+def test_the_key_list_never_returns_more_than_its_bound(team: Team, monkeypatch) -> None:  # noqa: ANN001
+    from apikeys import views
+    from apikeys.services import apikey_create
+
+    monkeypatch.setattr(views, "KEY_LIST_MAX", 2)
+    for n in range(3):
+        apikey_create(organization=team.acme, name=f"extra {n}", created_by=team.owner)
+    response = team.client(team.owner).get("/portal/api-keys", HTTP_ACCEPT="application/json")
+    assert len(response.json()) == 2 and response["X-Total-Count"] == "4"
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [("limit=0", "limit"), ("limit=501", "limit"), ("limit=abc", "limit"), ("limit=" + "9" * 30, "limit"),
+     ("offset=-1", "offset"), ("offset=1e3", "offset"), ("offset=" + "9" * 30, "offset")],
+)  # fmt: skip
+def test_bad_paging_parameters_are_a_400_naming_the_parameter(team: Team, query: str, field: str) -> None:
+    response = team.client(team.owner).get(f"/portal/api-keys?{query}", HTTP_ACCEPT="application/json")
+    assert response.status_code == 400
+    assert set(response.json()) == {field}, response.json()
