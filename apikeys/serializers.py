@@ -19,7 +19,18 @@ class ApiKeySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ApiKey
-        fields = ["id", "name", "prefix", "masked", "status", "created_at", "last_used_at", "expires_at", "revoked_at", "internal"]
+        fields = [
+            "id",
+            "name",
+            "prefix",
+            "masked",
+            "status",
+            "created_at",
+            "last_used_at",
+            "expires_at",
+            "revoked_at",
+            "internal",
+        ]
         read_only_fields = fields
 
     def get_internal(self, key: ApiKey) -> bool:
@@ -47,8 +58,6 @@ class ApiKeyCreateSerializer(serializers.Serializer):
         if expires is not None and expires <= timezone.now():
             raise serializers.ValidationError({"expires_at": "the expiry must be in the future"})
         return {"name": attrs["name"], "expires_at": expires}
-
-
 
 
 class ApiKeyListQuerySerializer(serializers.Serializer):

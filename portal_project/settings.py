@@ -91,7 +91,9 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
         _db["CONN_MAX_AGE"] = 0
 elif _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["CONN_MAX_AGE"] = 0
-    _db.setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"})
+    _db.setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+    )
     # A file, not memory, so that a live daphne started by the tests shares it.
     _db["TEST"] = {"NAME": str(BASE_DIR / "test_db.sqlite3")}
 DATABASES = {"default": _db}
@@ -191,7 +193,9 @@ PORTAL_LIMITS_MAX_CONNECTIONS = env_int("PORTAL_LIMITS_MAX_CONNECTIONS", 50, min
 # Behind HTTPS (the public base URL says so) with DEBUG off, each of these defaults to on; each is settable alone.
 _BEHIND_HTTPS = PORTAL_PUBLIC_BASE_URL.startswith("https://") and not DEBUG
 # TLS ends at the load balancer, which says so in X-Forwarded-Proto: it must set that header, never pass a client's on.
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("PORTAL_TRUST_X_FORWARDED_PROTO", _BEHIND_HTTPS) else None
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("PORTAL_TRUST_X_FORWARDED_PROTO", _BEHIND_HTTPS) else None
+)
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", _BEHIND_HTTPS)
 # A load balancer's probe speaks plain HTTP. /health and /metrics are answered by gateway/asgi.py before Django's
 # middleware anyway; listed so that they stay reachable if that ever changes.

@@ -219,13 +219,29 @@ def usage_summary(*, organization_id: int, span: DateRange, group_by: str) -> Us
     totals = Totals()
     for row in rows:
         totals.add(row.totals)
-    return UsageSummary(organization_id=organization_id, range=span, group_by=group_by, totals=totals, rows=_with_shares(rows, totals))
+    return UsageSummary(
+        organization_id=organization_id, range=span, group_by=group_by, totals=totals, rows=_with_shares(rows, totals)
+    )
 
 
 LATEST_FIELDS = (
-    "request_id", "created_at", "route", "alias", "status", "http_status", "error_code", "streamed",
-    "prompt_tokens", "completion_tokens", "total_tokens", "duration_ms", "ttfb_ms", "api_key_id",
-    "api_key__name", "api_key__prefix", "api_key__last_four",
+    "request_id",
+    "created_at",
+    "route",
+    "alias",
+    "status",
+    "http_status",
+    "error_code",
+    "streamed",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "duration_ms",
+    "ttfb_ms",
+    "api_key_id",
+    "api_key__name",
+    "api_key__prefix",
+    "api_key__last_four",
 )
 
 

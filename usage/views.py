@@ -133,8 +133,7 @@ def usage_page(request: HttpRequest) -> HttpResponse:
 
 
 _TOTALS = {
-    name: serializers.IntegerField()
-    for name in ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens")
+    name: serializers.IntegerField() for name in ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens")
 }
 SUMMARY_SCHEMA = inline_serializer(
     "UsageSummary",
@@ -149,7 +148,9 @@ SUMMARY_SCHEMA = inline_serializer(
             {
                 "day": serializers.DateField(required=False, help_text="group_by=day: every day of the range, zeros included"),
                 "model": serializers.CharField(required=False, help_text="group_by=model"),
-                "key_id": serializers.IntegerField(required=False, allow_null=True, help_text="group_by=key; null: a deleted key"),
+                "key_id": serializers.IntegerField(
+                    required=False, allow_null=True, help_text="group_by=key; null: a deleted key"
+                ),
                 "key_name": serializers.CharField(required=False),
                 "key_masked": serializers.CharField(required=False),
                 **_TOTALS,
@@ -165,9 +166,19 @@ class UsageSummaryAPI(PortalAPIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("from", OpenApiTypes.DATE, OpenApiParameter.QUERY, required=False, description="first day; default: 13 days before `to`"),
-            OpenApiParameter("to", OpenApiTypes.DATE, OpenApiParameter.QUERY, required=False, description="last day; default: today (UTC)"),
-            OpenApiParameter("group_by", OpenApiTypes.STR, OpenApiParameter.QUERY, required=False, enum=list(GROUP_BYS), default="day"),
+            OpenApiParameter(
+                "from",
+                OpenApiTypes.DATE,
+                OpenApiParameter.QUERY,
+                required=False,
+                description="first day; default: 13 days before `to`",
+            ),
+            OpenApiParameter(
+                "to", OpenApiTypes.DATE, OpenApiParameter.QUERY, required=False, description="last day; default: today (UTC)"
+            ),
+            OpenApiParameter(
+                "group_by", OpenApiTypes.STR, OpenApiParameter.QUERY, required=False, enum=list(GROUP_BYS), default="day"
+            ),
             ORG_PARAMETER,
         ],
         responses=SUMMARY_SCHEMA,
