@@ -177,10 +177,13 @@ def serve_asset(request: HttpRequest, path: str, document_root: str) -> HttpResp
 # Django's names of a secret, and ours: settings, request headers, cookies, POST fields, locals and dictionary keys
 # that match show as stars. The second line names what holds a secret inside a URL or a structure.
 SECRET_NAMES = re.compile(
-    "API|AUTH|TOKEN|KEY|SECRET|PASS|SIGNATURE|HTTP_COOKIE|PEPPER|CREDENTIAL|PRIVATE"
+    "API|AUTH|TOKEN|KEY|SECRET|PASS|SIGNATURE|HTTP_COOKIE|PEPPER|CREDENTIAL|PRIVATE|(?:^|_)RAW(?:_|$)"
     "|PORTAL_ROUTER|UNKEY|REDIS|CACHES|CHANNEL_LAYERS|DATABASE",
     flags=re.IGNORECASE,
 )
+# A customer's API key in any text (ctr_<public id>_<secret>, or Unkey's ctr_<random>): its first 12 characters stay,
+# as the portal shows them; the rest goes.
+_API_KEY = re.compile(r"\b(ctr_[A-Za-z0-9]{12})[A-Za-z0-9_-]{8,}")
 _SHORTEST_SCRUBBED = 6  # shorter "secrets" would blank ordinary words all over the page
 
 
@@ -229,8 +232,9 @@ class SecretsFilter(SafeExceptionReporterFilter):
 
     Django's filter hides settings, headers and cookies whose names look secret, and, with DEBUG off only, the
     variables and POST fields marked with its decorators. This one also hides, always: settings, locals, POST fields
-    and dictionary keys named as in SECRET_NAMES; the user and password part of any URL; and the secret values this
-    process was configured with (router keys, root keys, passwords, tokens) wherever they appear in a value's repr.
+    and dictionary keys named as in SECRET_NAMES; the user and password part of any URL; anything shaped like one of
+    our API keys; and the secret values this process was configured with (router keys, root keys, passwords, tokens)
+    wherever they appear in a value's repr.
     """
 
     cleansed_substitute = "********************"
@@ -242,6 +246,8 @@ class SecretsFilter(SafeExceptionReporterFilter):
 
     def scrub(self, text: str) -> str:
         text = mask_url_credentials(text)
+        if "ctr_" in text:
+            text = _API_KEY.sub(r"\1…", text)
         for secret in configured_secrets():
             if secret in text:
                 text = text.replace(secret, self.cleansed_substitute)

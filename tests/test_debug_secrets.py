@@ -86,6 +86,18 @@ def test_the_unkey_client_hides_its_root_key() -> None:
     assert "unkey.test" in repr(client)
 
 
+@pytest.mark.django_db
+def test_a_new_api_key_never_shows_in_a_repr() -> None:
+    from apikeys.keys import generate_key
+    from apikeys.services import apikey_create
+    from tests.portal_support import make_org
+
+    new = generate_key()
+    created = apikey_create(organization=make_org("repr-co"), name="k")
+    for shown, raw in ((repr(new), new.raw), (repr(created), created.raw)):
+        assert raw not in shown and raw.split("_")[2] not in shown, shown
+
+
 def test_a_router_endpoint_shows_its_url_without_credentials() -> None:
     endpoint = RouterEndpoint(
         pool=RouterPool(name="p"), base_url=f"https://gateway:{URL_PASSWORD}@router.internal", auth_key=ROUTER_KEY
@@ -155,12 +167,18 @@ def crashed_page(accept: str, **locals_: object) -> str:
 @pytest.mark.django_db
 @pytest.mark.parametrize("accept", ["text/html", "text/plain"])
 def test_the_debug_500_page_shows_no_secret(secret_settings, accept: str) -> None:  # noqa: ANN001
+    from apikeys.services import apikey_create
     from routerpools.services import router_pools_sync
+    from tests.portal_support import make_org
 
     router_pools_sync(config=secret_settings.PORTAL_ROUTER_ENV)
     route = routing_table()["oss-20b"]
+    created = apikey_create(organization=make_org("debug-co"), name="k")
+    secret_part = created.raw.split("_")[2]
     page = crashed_page(
         accept,
+        created=created,  # a customer's new key, between its creation and the response that shows it once
+        note=f"sent {created.raw} to the client",  # and the key inside some other text
         config=secret_settings.PORTAL_ROUTER_ENV,
         route=route,
         upstream=route.upstreams[0],
@@ -169,6 +187,7 @@ def test_the_debug_500_page_shows_no_secret(secret_settings, accept: str) -> Non
         redis_url=secret_settings.REDIS_URL,
     )
     assert_no_secret(page)
+    assert secret_part not in page
     # Still a debug page: the exception, the frames, the settings by name, the hosts that help.
     assert "the router refused the request" in page and "view_that_crashes" in page
     assert "PORTAL_ROUTER_ENV" in page and "REDIS_URL" in page
