@@ -183,6 +183,8 @@ def test_a_good_range_on_the_page_is_still_a_200(team: Team) -> None:
         "/portal/invitations/%00",
         "/portal/invitations/" + "a" * 3000,
         "/portal/usage?from=%00",
+        "/portal/usage?" + "&".join(f"p{i}=1" for i in range(1100)),  # over DATA_UPLOAD_MAX_NUMBER_FIELDS
+        "/portal/usage-summary?" + "&".join(f"p{i}=1" for i in range(1100)),
     ],
 )
 def test_parameters_out_of_range_are_never_a_500(team: Team, url: str) -> None:
