@@ -11,7 +11,7 @@ from django.contrib import messages
 from django.contrib.auth import logout
 from django.core.mail import send_mail
 from django.db.models import Count, Q
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -366,7 +366,13 @@ def switch_organization(request: HttpRequest) -> HttpResponse:
     chosen = next((m for m in ctx.memberships if str(m.organization_id) == wanted), None)
     if chosen is not None:
         request.session[SESSION_ORG_KEY] = chosen.organization_id
-    target = request.POST.get("next") or reverse("portal:home")
-    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+    # Only a path of this site: never a view name (redirect() would try to reverse one: a 500), a scheme, another host
+    # or a control character.
+    target = request.POST.get("next", "")
+    if not (
+        target.startswith("/")
+        and target.isprintable()
+        and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure())
+    ):
         target = reverse("portal:home")
-    return redirect(target)
+    return HttpResponseRedirect(target)

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 
@@ -18,7 +18,7 @@ _KEY_RE = re.compile(r"^ctr_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 
 @dataclass(frozen=True, slots=True)
 class NewKey:
-    raw: str
+    raw: str = field(repr=False)  # never in a log line or a traceback
     public_id: str
     prefix: str
     key_hash: str

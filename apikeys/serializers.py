@@ -19,7 +19,18 @@ class ApiKeySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ApiKey
-        fields = ["id", "name", "prefix", "masked", "status", "created_at", "last_used_at", "expires_at", "revoked_at", "internal"]
+        fields = [
+            "id",
+            "name",
+            "prefix",
+            "masked",
+            "status",
+            "created_at",
+            "last_used_at",
+            "expires_at",
+            "revoked_at",
+            "internal",
+        ]
         read_only_fields = fields
 
     def get_internal(self, key: ApiKey) -> bool:
@@ -48,3 +59,19 @@ class ApiKeyCreateSerializer(serializers.Serializer):
             raise serializers.ValidationError({"expires_at": "the expiry must be in the future"})
         return {"name": attrs["name"], "expires_at": expires}
 
+
+class ApiKeyListQuerySerializer(serializers.Serializer):
+    """The list's paging, newest first: `limit` keys (at most context["max_limit"], which is also the default) from
+    `offset`. Both bounded, so one listing costs the same however many keys an organization piles up."""
+
+    limit = serializers.IntegerField(required=False, min_value=1, help_text="at most this many keys (default and maximum: 500)")
+    offset = serializers.IntegerField(required=False, min_value=0, max_value=1_000_000, help_text="skip this many (default 0)")
+
+    def validate_limit(self, value: int) -> int:
+        most = self.context["max_limit"]
+        if value > most:
+            raise serializers.ValidationError(f"Ensure this value is less than or equal to {most}.")
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        return {"limit": attrs.get("limit", self.context["max_limit"]), "offset": attrs.get("offset", 0)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,7 +21,7 @@ from apikeys.models import ApiKey, ApiKeyEvent
 @dataclass(frozen=True, slots=True)
 class CreatedKey:
     api_key: ApiKey
-    raw: str  # shown once, to whoever created it, and never stored
+    raw: str = field(repr=False)  # shown once, to whoever created it, and never stored (nor in a repr)
 
 
 class KeyNotFound(LookupError):

@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 from django.conf import settings
 
+from portal_project.redact import mask_url_credentials
+
 CREATE = "createKey"
 VERIFY = "verifyKey"
 UPDATE = "updateKey"
@@ -105,7 +107,7 @@ class UnkeyClient:
         self._async_loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
-        return f"UnkeyClient(base_url={self.base_url!r}, api_id={self.api_id!r}, root_key=<hidden>)"
+        return f"UnkeyClient(base_url={mask_url_credentials(self.base_url)!r}, api_id={self.api_id!r}, root_key=<hidden>)"
 
     def uses(self, *, root_key: str, api_id: str, base_url: str, timeout_s: float) -> bool:
         return (self._root_key, self.api_id, self.base_url, self.timeout_s) == (root_key, api_id, base_url.rstrip("/"), timeout_s)

@@ -37,11 +37,13 @@ from accounts.portal import (
 )
 from apikeys.issuers import KeyIssuerUnavailable
 from apikeys.models import ApiKey, ApiKeyEvent
-from apikeys.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeySerializer
+from apikeys.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeyListQuerySerializer, ApiKeySerializer
 from apikeys.services import PLAYGROUND_ACTOR_LABEL, CreatedKey, apikey_create, apikey_list, apikey_revoke, expiry_in_days
 
 KEY_CREATE_GROUP = "portal:key-create"
 MANAGERS_ONLY = "Only owners and admins of this organization can create or revoke keys."
+# The most keys one page or one API listing shows (the API pages with limit/offset within it).
+KEY_LIST_MAX = 500
 EXPIRY_CHOICES = [("", "Never"), ("7", "In 7 days"), ("30", "In 30 days"), ("90", "In 90 days"), ("365", "In 1 year")]
 
 
@@ -114,7 +116,7 @@ def api_keys_page(request: HttpRequest) -> HttpResponse:
         "apikeys/api_keys.html",
         {
             "nav": "keys",
-            "keys": list(keys_for_listing(ctx.organization)[:500]),
+            "keys": list(keys_for_listing(ctx.organization)[:KEY_LIST_MAX]),
             "form": form,
             "created": created,
             "base_url": settings.PORTAL_PUBLIC_BASE_URL,
@@ -144,6 +146,7 @@ def api_key_revoke_page(request: HttpRequest, key_id: int) -> HttpResponse:
 
 # --- The JSON API ----------------------------------------------------------------------------------
 
+
 class ApiKeyCollection(PortalAPIView):
     """GET lists the organization's keys (masked); POST creates one and returns the raw key once."""
 
@@ -152,13 +155,26 @@ class ApiKeyCollection(PortalAPIView):
             return api_keys_page(request)
         return super().dispatch(request, *args, **kwargs)
 
-    @extend_schema(parameters=[ORG_PARAMETER], responses=ApiKeySerializer(many=True), operation_id="api_keys_list")
+    @extend_schema(
+        parameters=[ORG_PARAMETER, ApiKeyListQuerySerializer],
+        responses=ApiKeySerializer(many=True),
+        operation_id="api_keys_list",
+        description="Newest first, at most `limit` keys from `offset`; the X-Total-Count header says how many there are.",
+    )
     def get(self, request: Request) -> Response:
+        paging = ApiKeyListQuerySerializer(data=request.query_params, context={"max_limit": KEY_LIST_MAX})
+        paging.is_valid(raise_exception=True)
         ctx = self.portal(request)
-        return Response(ApiKeySerializer(keys_for_listing(ctx.organization), many=True).data)
+        keys = keys_for_listing(ctx.organization)
+        start, limit = paging.validated_data["offset"], paging.validated_data["limit"]
+        return Response(
+            ApiKeySerializer(keys[start : start + limit], many=True).data, headers={"X-Total-Count": str(keys.count())}
+        )
 
     @extend_schema(
-        parameters=[ORG_PARAMETER], request=ApiKeyCreateSerializer, responses={201: ApiKeyCreatedSerializer},
+        parameters=[ORG_PARAMETER],
+        request=ApiKeyCreateSerializer,
+        responses={201: ApiKeyCreatedSerializer},
         operation_id="api_keys_create",
     )
     def post(self, request: Request) -> Response:
@@ -184,7 +200,9 @@ class ApiKeyCollection(PortalAPIView):
                 source_ip=client_ip(request),  # type: ignore[arg-type]
             )
         except KeyIssuerUnavailable:
-            return Response({"detail": "Keys cannot be created right now; try again in a minute."}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+            return Response(
+                {"detail": "Keys cannot be created right now; try again in a minute."}, status=status.HTTP_503_SERVICE_UNAVAILABLE
+            )
         except ValueError as exc:
             raise ValidationError({"name": [str(exc)]}) from None
         data = ApiKeyCreatedSerializer(created.api_key).data
@@ -227,16 +245,52 @@ class ApiKeyDetail(PortalAPIView):
 # --- The quickstart ---------------------------------------------------------------------------------
 
 ERROR_CODES = [
-    (400, "invalid_request_error", "(field-specific)", "invalid_request_error", "The body is not JSON, a field has the wrong type or is missing, or asks for something hosted routes do not offer (tools, images, n > 1)."),
-    (401, "invalid_request_error", "invalid_api_key", "authentication_error", "The key is missing, malformed, unknown, revoked or expired."),
+    (
+        400,
+        "invalid_request_error",
+        "(field-specific)",
+        "invalid_request_error",
+        "The body is not JSON, a field has the wrong type or is missing, or asks for something hosted routes do not offer (tools, images, n > 1).",
+    ),
+    (
+        401,
+        "invalid_request_error",
+        "invalid_api_key",
+        "authentication_error",
+        "The key is missing, malformed, unknown, revoked or expired.",
+    ),
     (403, "permission_error", "model_not_allowed", "permission_error", "Your plan does not include this model."),
     (403, "permission_error", "account_suspended", "permission_error", "The organization is suspended."),
     (404, "invalid_request_error", "model_not_found", "not_found_error", "No model has this name."),
-    (413, "invalid_request_error", "request_too_large", "request_too_large", "The body is larger than the limit (1 MiB by default)."),
-    (429, "rate_limit_error", "rate_limit_exceeded", "rate_limit_error", "Too many requests or tokens per minute; wait for retry-after seconds."),
-    (429, "insufficient_quota", "insufficient_quota", "rate_limit_error", "The plan's allowance for this window or week is used up."),
+    (
+        413,
+        "invalid_request_error",
+        "request_too_large",
+        "request_too_large",
+        "The body is larger than the limit (1 MiB by default).",
+    ),
+    (
+        429,
+        "rate_limit_error",
+        "rate_limit_exceeded",
+        "rate_limit_error",
+        "Too many requests or tokens per minute; wait for retry-after seconds.",
+    ),
+    (
+        429,
+        "insufficient_quota",
+        "insufficient_quota",
+        "rate_limit_error",
+        "The plan's allowance for this window or week is used up.",
+    ),
     (502, "api_error", "upstream_error", "api_error", "The model server failed to answer; safe to retry."),
-    (503, "api_error", "upstream_unavailable", "overloaded_error (529)", "No model server is available right now; retry shortly."),
+    (
+        503,
+        "api_error",
+        "upstream_unavailable",
+        "overloaded_error (529)",
+        "No model server is available right now; retry shortly.",
+    ),
 ]
 
 
@@ -244,22 +298,37 @@ def quickstart_examples(*, base_url: str, model: str) -> list[tuple[str, list[tu
     """The docs page's examples, by tab: (element id, caption, code), all with this deployment's base URL."""
     v1 = f"{base_url}/v1"
     curl = [
-        ("ex-curl", "curl · chat completion", f"""curl {v1}/chat/completions \\
+        (
+            "ex-curl",
+            "curl · chat completion",
+            f"""curl {v1}/chat/completions \\
   -H "Authorization: Bearer $CORTENSOR_API_KEY" \\
   -H "Content-Type: application/json" \\
-  -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Summarize Cortensor in one sentence."}}], "max_tokens": 48}}'"""),
-        ("ex-curl-stream", "curl · streaming (server-sent events)", f"""curl -N {v1}/chat/completions \\
+  -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Summarize Cortensor in one sentence."}}], "max_tokens": 48}}'""",
+        ),
+        (
+            "ex-curl-stream",
+            "curl · streaming (server-sent events)",
+            f"""curl -N {v1}/chat/completions \\
   -H "Authorization: Bearer $CORTENSOR_API_KEY" \\
   -H "Content-Type: application/json" \\
-  -d '{{"model": "{model}", "stream": true, "messages": [{{"role": "user", "content": "Stream a short reply."}}], "max_tokens": 48}}'"""),
-        ("ex-curl-messages", "curl · Anthropic messages, streaming", f"""curl -N {v1}/messages \\
+  -d '{{"model": "{model}", "stream": true, "messages": [{{"role": "user", "content": "Stream a short reply."}}], "max_tokens": 48}}'""",
+        ),
+        (
+            "ex-curl-messages",
+            "curl · Anthropic messages, streaming",
+            f"""curl -N {v1}/messages \\
   -H "x-api-key: $CORTENSOR_API_KEY" \\
   -H "anthropic-version: 2023-06-01" \\
   -H "Content-Type: application/json" \\
-  -d '{{"model": "{model}", "max_tokens": 48, "stream": true, "messages": [{{"role": "user", "content": "Stream a short reply."}}]}}'"""),
+  -d '{{"model": "{model}", "max_tokens": 48, "stream": true, "messages": [{{"role": "user", "content": "Stream a short reply."}}]}}'""",
+        ),
     ]
     openai_py = [
-        ("ex-openai", "pip install openai", f"""import os
+        (
+            "ex-openai",
+            "pip install openai",
+            f"""import os
 from openai import OpenAI
 
 client = OpenAI(base_url="{v1}", api_key=os.environ["CORTENSOR_API_KEY"])
@@ -269,8 +338,12 @@ completion = client.chat.completions.create(
     messages=[{{"role": "user", "content": "Summarize Cortensor in one sentence."}}],
     max_tokens=48,
 )
-print(completion.choices[0].message.content)"""),
-        ("ex-openai-stream", "Streaming", f"""stream = client.chat.completions.create(
+print(completion.choices[0].message.content)""",
+        ),
+        (
+            "ex-openai-stream",
+            "Streaming",
+            f"""stream = client.chat.completions.create(
     model="{model}",
     messages=[{{"role": "user", "content": "Stream a short reply."}}],
     max_tokens=48,
@@ -281,10 +354,14 @@ for chunk in stream:
     if chunk.choices:
         print(chunk.choices[0].delta.content or "", end="", flush=True)
     elif chunk.usage:
-        print(f"\\n{{chunk.usage.total_tokens}} tokens")"""),
+        print(f"\\n{{chunk.usage.total_tokens}} tokens")""",
+        ),
     ]
     anthropic_py = [
-        ("ex-anthropic", "pip install anthropic", f"""import os
+        (
+            "ex-anthropic",
+            "pip install anthropic",
+            f"""import os
 from anthropic import Anthropic
 
 client = Anthropic(base_url="{base_url}", api_key=os.environ["CORTENSOR_API_KEY"])
@@ -294,17 +371,25 @@ message = client.messages.create(
     max_tokens=48,
     messages=[{{"role": "user", "content": "Summarize Cortensor in one sentence."}}],
 )
-print(message.content[0].text)"""),
-        ("ex-anthropic-stream", "Streaming", f"""with client.messages.stream(
+print(message.content[0].text)""",
+        ),
+        (
+            "ex-anthropic-stream",
+            "Streaming",
+            f"""with client.messages.stream(
     model="{model}",
     max_tokens=48,
     messages=[{{"role": "user", "content": "Stream a short reply."}}],
 ) as stream:
     for text in stream.text_stream:
-        print(text, end="", flush=True)"""),
+        print(text, end="", flush=True)""",
+        ),
     ]
     node = [
-        ("ex-node", "npm install openai", f"""import OpenAI from "openai";
+        (
+            "ex-node",
+            "npm install openai",
+            f"""import OpenAI from "openai";
 
 const client = new OpenAI({{ baseURL: "{v1}", apiKey: process.env.CORTENSOR_API_KEY }});
 
@@ -321,7 +406,8 @@ const stream = await client.chat.completions.create({{
   max_tokens: 48,
   stream: true,
 }});
-for await (const chunk of stream) process.stdout.write(chunk.choices[0]?.delta?.content ?? "");"""),
+for await (const chunk of stream) process.stdout.write(chunk.choices[0]?.delta?.content ?? "");""",
+        ),
     ]
     return [("curl", curl), ("Python · OpenAI", openai_py), ("Python · Anthropic", anthropic_py), ("Node · OpenAI", node)]
 

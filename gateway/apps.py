@@ -8,6 +8,10 @@ class GatewayConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.core import checks
+
         from gateway import invalidation
+        from portal_project.proxies import check_https_behind_proxies
 
         invalidation.connect_signals()
+        checks.register(check_https_behind_proxies, checks.Tags.security, deploy=True)

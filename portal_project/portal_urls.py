@@ -5,13 +5,13 @@ from __future__ import annotations
 from django.conf import settings
 from django.urls import path
 from django.views.decorators.cache import cache_control
-from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView
 
 from accounts import urls as accounts_urls
 from apikeys import urls as apikeys_urls
 from billing import urls as billing_urls
 from portal_project import playground
+from portal_project.security import serve_asset
 from usage import urls as usage_urls
 
 app_name = "portal"
@@ -28,7 +28,7 @@ urlpatterns = [
     # link them with a content hash (portal_tags.asset), so they may be cached for good.
     path(
         "assets/<path:path>",
-        cache_control(public=True, max_age=31_536_000, immutable=True)(serve),
+        cache_control(public=True, max_age=31_536_000, immutable=True)(serve_asset),
         {"document_root": settings.BASE_DIR / "static" / "portal"},
         name="asset",
     ),

@@ -83,3 +83,21 @@ class TrustedProxies:
 def trusted_proxies(app: Any, *, count: int) -> Any:
     """`app` behind the middleware when proxies are trusted; `app` itself when not (nothing to read, nothing to pay)."""
     return TrustedProxies(app, count=count) if count > 0 else app
+
+
+def check_https_behind_proxies(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """`manage.py check --deploy`: an HTTPS redirect with no trusted proxy loops behind a load balancer that ends TLS."""
+    from django.conf import settings
+    from django.core.checks import Warning as CheckWarning
+
+    if settings.SECURE_SSL_REDIRECT and settings.PORTAL_TRUSTED_PROXY_COUNT == 0:
+        return [
+            CheckWarning(
+                "SECURE_SSL_REDIRECT is on but PORTAL_TRUSTED_PROXY_COUNT is 0: behind a load balancer that ends TLS every "
+                "request looks like plain HTTP and is redirected for ever.",
+                hint="Set PORTAL_TRUSTED_PROXY_COUNT to the number of proxies in front (1 for one nginx or ALB), or "
+                "SECURE_SSL_REDIRECT=0 when TLS ends at daphne itself.",
+                id="portal.W001",
+            )
+        ]
+    return []

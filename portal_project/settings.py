@@ -44,6 +44,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "portal_project.security.PortalSecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -90,7 +91,9 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
         _db["CONN_MAX_AGE"] = 0
 elif _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["CONN_MAX_AGE"] = 0
-    _db.setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"})
+    _db.setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+    )
     # A file, not memory, so that a live daphne started by the tests shares it.
     _db["TEST"] = {"NAME": str(BASE_DIR / "test_db.sqlite3")}
 DATABASES = {"default": _db}
@@ -222,6 +225,49 @@ PORTAL_LIMITS_PREFIX = env_str("PORTAL_LIMITS_PREFIX", "lim")
 PORTAL_LIMITS_SLOT_TTL_S = env_int("PORTAL_LIMITS_SLOT_TTL_S", 300, minimum=10)
 PORTAL_LIMITS_MAX_CONNECTIONS = env_int("PORTAL_LIMITS_MAX_CONNECTIONS", 50, minimum=1)
 
+# --- HTTPS, cookies and security headers ----------------------------------------------------------------------
+# Behind HTTPS (the public base URL says so) with DEBUG off, each of these defaults to on; each is settable alone.
+_BEHIND_HTTPS = PORTAL_PUBLIC_BASE_URL.startswith("https://") and not DEBUG
+# TLS ends at the load balancer, which says so in X-Forwarded-Proto. That header is read in one place, with
+# X-Forwarded-For and as far as PORTAL_TRUSTED_PROXY_COUNT trusts it (portal_project/proxies.py sets the request's
+# scheme): Django must not read it a second time, unconditionally. A deploy check warns when the redirect is on and
+# no proxy is trusted (every request would look like plain HTTP and be redirected for ever).
+SECURE_PROXY_SSL_HEADER = None
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", _BEHIND_HTTPS)
+# A load balancer's probe speaks plain HTTP. /health and /metrics are answered by gateway/asgi.py before Django's
+# middleware anyway; listed so that they stay reachable if that ever changes.
+SECURE_REDIRECT_EXEMPT = [r"^health$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if _BEHIND_HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", _BEHIND_HTTPS)
+# The preload list binds the whole registered domain for good, so it is the operator's call, off by default; Django's
+# reminder of it (security.W021) is silenced while it is off, so that `check --deploy` is clean on a good deployment.
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", _BEHIND_HTTPS)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", _BEHIND_HTTPS)
+# Django's defaults, stated: nosniff, Referrer-Policy same-origin, COOP same-origin, X-Frame-Options DENY.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# The Content-Security-Policy of every page Django serves (portal_project.security.PortalSecurityMiddleware): our own
+# scripts and styles only, no inline script, style attribute or event handler (the templates have none), no framing.
+PORTAL_CSP = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:"],  # the favicon is an inline SVG
+    "connect-src": ["'self'"],  # the playground's fetch and the live feed's WebSocket, same origin
+    "object-src": ["'none'"],
+    "base-uri": ["'none'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
+
+# Django's debug pages list settings and each frame's locals: the project filter hides secrets there even with DEBUG on.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "portal_project.security.SecretsFilter"
+DEFAULT_EXCEPTION_REPORTER = "portal_project.security.SecretsReporter"
+
 # --- The rest -----------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -233,6 +279,14 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON nested deeper than portal_project.security.JSON_MAX_DEPTH is a 400, never the decoder's RecursionError.
+    "DEFAULT_PARSER_CLASSES": [
+        "portal_project.security.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    # DRF's own, plus a body over DATA_UPLOAD_MAX_MEMORY_SIZE as a 413 (too many form fields a 400) in its error shape.
+    "EXCEPTION_HANDLER": "portal_project.security.api_exception_handler",
 }
 
 LOG_FORMAT = env_str("LOG_FORMAT", "json")
@@ -256,6 +310,8 @@ LOGGING = {
 # usersessions records each sign-in (IP, browser), so the profile page can end all sessions but the current one.
 # Its middleware only refreshes "last seen" (USERSESSIONS_TRACK_ACTIVITY), which costs a write per page: left out.
 INSTALLED_APPS += ["allauth.usersessions", "allauth.mfa", "drf_spectacular"]
+# allauth's own sessions page (/accounts/sessions/) loads the humanize tags: without the app it was a 500.
+INSTALLED_APPS += ["django.contrib.humanize"]
 ACCOUNT_ADAPTER = "accounts.adapter.PortalAccountAdapter"
 ACCOUNT_FORMS = {"login": "accounts.forms.PortalLoginForm", "signup": "accounts.forms.PortalSignupForm"}
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Cortensor] "

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from portal_project.redact import HIDDEN, mask_url_credentials
+
 POOLS_VAR = "PORTAL_ROUTER_POOLS_JSON"
 SESSIONS_VAR = "PORTAL_ROUTER_MODEL_SESSIONS_JSON"
 MODEL_KEYS_VAR = "PORTAL_ROUTER_MODEL_AUTH_KEYS_JSON"
@@ -31,6 +33,14 @@ class EnvAlias:
     session_keys: dict[int, str] = field(default_factory=dict)
     alias_key: str = ""
 
+    def __repr__(self) -> str:  # the settings dump and tracebacks show this: keys hidden, URLs without credentials
+        urls = tuple(mask_url_credentials(url) for url in self.urls)
+        keys = "{" + ", ".join(f"{sid}: {HIDDEN}" for sid in self.session_keys) + "}"
+        return (
+            f"EnvAlias(alias={self.alias!r}, urls={urls!r}, sessions={self.sessions!r}, session_keys={keys}, "
+            f"alias_key={HIDDEN if self.alias_key else repr('')})"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class EnvRouterConfig:
@@ -49,6 +59,8 @@ def _load_object(variable: str, raw: str) -> dict:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise RouterConfigError(variable, f"not valid JSON ({exc.msg} at position {exc.pos})") from None
+    except RecursionError:  # the decoder's own limit (~1,000 levels): still the one line, not a traceback
+        raise RouterConfigError(variable, "not valid JSON (nested too deeply)") from None
     if not isinstance(value, dict):
         raise RouterConfigError(variable, "must be a JSON object")
     return value

@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
+from portal_project.redact import mask_url_credentials
+
 
 class RouterPool(models.Model):
     name = models.CharField(max_length=100, unique=True)
@@ -27,8 +29,8 @@ class RouterEndpoint(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["pool", "base_url"], name="uniq_pool_endpoint")]
 
-    def __str__(self) -> str:
-        return self.base_url
+    def __str__(self) -> str:  # the admin's lists, logs and tracebacks: never the credentials a URL may carry
+        return mask_url_credentials(self.base_url)
 
 
 class RouterSession(models.Model):

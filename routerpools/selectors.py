@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from portal_project.redact import mask_url_credentials
 from routerpools.models import ModelAlias, RouterPool
 
 
@@ -13,12 +14,13 @@ class Upstream:
     session_id: int
     auth_key: str  # never logged, never shown
     weight: int
+    # What logs and breakers call it: the URL without any credentials in it, and the session. Computed once.
+    label: str = field(init=False, compare=False)
 
-    @property
-    def label(self) -> str:
-        return f"{self.base_url}#{self.session_id}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", f"{mask_url_credentials(self.base_url)}#{self.session_id}")
 
-    def __repr__(self) -> str:  # keep the auth key out of any log or traceback
+    def __repr__(self) -> str:  # keep the auth key and URL credentials out of any log or traceback
         return f"Upstream({self.label})"
 
 
@@ -40,10 +42,7 @@ class AliasRoute:
 
 def routing_table() -> dict[str, AliasRoute]:
     """Enabled aliases of enabled pools; an alias whose pool has no upstream is still listed (and answers 503)."""
-    pools = {
-        pool.pk: pool
-        for pool in RouterPool.objects.filter(enabled=True).prefetch_related("endpoints", "sessions")
-    }
+    pools = {pool.pk: pool for pool in RouterPool.objects.filter(enabled=True).prefetch_related("endpoints", "sessions")}
     table: dict[str, AliasRoute] = {}
     for alias in ModelAlias.objects.filter(enabled=True, pool__enabled=True):
         pool = pools.get(alias.pool_id)

@@ -6,6 +6,7 @@ the same handful of statements for ten events or ten million.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
@@ -19,8 +20,13 @@ from usage.models import UsageEvent
 
 GroupBy = Literal["day", "model", "key"]
 GROUP_BYS: tuple[str, ...] = ("day", "model", "key")
-MAX_RANGE_DAYS = 366
+MAX_RANGE_DAYS = 366  # a year of per-day rows at most: the page's work is bounded whatever the client asks
 DEFAULT_RANGE_DAYS = 14
+# The days a range may name: none of our usage is older than 2000, and a later year than 2999 is a typo. Far enough
+# from date.min and date.max that every bound a range computes (the day after its end, its default start) exists.
+EARLIEST_DAY = date(2000, 1, 1)
+LATEST_DAY = date(2999, 12, 31)
+_ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # what <input type=date> sends; not ISO week or basic forms
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,14 +54,26 @@ class BadRange(ValueError):
     pass
 
 
-def date_range_parse(start: str | None, end: str | None, *, today: date | None = None) -> DateRange:
-    """From `from`/`to` query values (YYYY-MM-DD, either may be empty): the last two weeks by default."""
-    today = today or timezone.now().astimezone(UTC).date()
+def _day(value: str) -> date:
+    if not _ISO_DAY.fullmatch(value):
+        raise BadRange("dates are written YYYY-MM-DD")
     try:
-        end_day = date.fromisoformat(end) if end else today
-        start_day = date.fromisoformat(start) if start else end_day - timedelta(days=DEFAULT_RANGE_DAYS - 1)
-    except ValueError:
+        day = date.fromisoformat(value)
+    except ValueError:  # the right shape, not a day of the calendar (2026-02-30)
         raise BadRange("dates are written YYYY-MM-DD") from None
+    if not EARLIEST_DAY <= day <= LATEST_DAY:
+        raise BadRange(f"dates are between {EARLIEST_DAY.isoformat()} and {LATEST_DAY.isoformat()}")
+    return day
+
+
+def date_range_parse(start: str | None, end: str | None, *, today: date | None = None) -> DateRange:
+    """From `from`/`to` query values (YYYY-MM-DD, either may be empty): the last two weeks by default.
+
+    BadRange for a value of another shape, a day outside EARLIEST_DAY..LATEST_DAY, `from` after `to`, or a range of
+    more than MAX_RANGE_DAYS days."""
+    today = today or timezone.now().astimezone(UTC).date()
+    end_day = _day(end) if end else today
+    start_day = _day(start) if start else max(EARLIEST_DAY, end_day - timedelta(days=DEFAULT_RANGE_DAYS - 1))
     if start_day > end_day:
         raise BadRange("'from' is after 'to'")
     if (end_day - start_day).days + 1 > MAX_RANGE_DAYS:
@@ -201,13 +219,29 @@ def usage_summary(*, organization_id: int, span: DateRange, group_by: str) -> Us
     totals = Totals()
     for row in rows:
         totals.add(row.totals)
-    return UsageSummary(organization_id=organization_id, range=span, group_by=group_by, totals=totals, rows=_with_shares(rows, totals))
+    return UsageSummary(
+        organization_id=organization_id, range=span, group_by=group_by, totals=totals, rows=_with_shares(rows, totals)
+    )
 
 
 LATEST_FIELDS = (
-    "request_id", "created_at", "route", "alias", "status", "http_status", "error_code", "streamed",
-    "prompt_tokens", "completion_tokens", "total_tokens", "duration_ms", "ttfb_ms", "api_key_id",
-    "api_key__name", "api_key__prefix", "api_key__last_four",
+    "request_id",
+    "created_at",
+    "route",
+    "alias",
+    "status",
+    "http_status",
+    "error_code",
+    "streamed",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "duration_ms",
+    "ttfb_ms",
+    "api_key_id",
+    "api_key__name",
+    "api_key__prefix",
+    "api_key__last_four",
 )
 
 

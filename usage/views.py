@@ -15,7 +15,9 @@ from rest_framework.response import Response
 
 from accounts.portal import ORG_PARAMETER, PortalAPIView, PortalContext, portal_page, render_portal
 from usage.selectors import (
+    EARLIEST_DAY,
     GROUP_BYS,
+    LATEST_DAY,
     BadRange,
     DateRange,
     UsageRow,
@@ -99,6 +101,7 @@ def usage_page(request: HttpRequest) -> HttpResponse:
     try:
         span = date_range_parse(request.GET.get("from"), request.GET.get("to"))
     except BadRange as exc:
+        # The page still renders (the last two weeks), with the error on the form and a 400 to say the input was refused.
         error = str(exc)
         span = date_range_parse(None, None)
     by_day = usage_summary(organization_id=org.pk, span=span, group_by="day")
@@ -112,6 +115,8 @@ def usage_page(request: HttpRequest) -> HttpResponse:
             "nav": "usage",
             "span": span,
             "range_error": error,
+            "earliest_day": EARLIEST_DAY,
+            "latest_day": LATEST_DAY,
             "totals": by_day.totals,
             "requests_chart": bar_chart(by_day.rows, metric="requests", unit="requests"),
             "tokens_chart": bar_chart(by_day.rows, metric="total_tokens", unit="tokens"),
@@ -123,12 +128,12 @@ def usage_page(request: HttpRequest) -> HttpResponse:
             "presets": [(label, DateRange(today - timedelta(days=days - 1), today)) for label, days in PRESETS],
             "live": span.end >= today,
         },
+        status=400 if error else 200,
     )
 
 
 _TOTALS = {
-    name: serializers.IntegerField()
-    for name in ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens")
+    name: serializers.IntegerField() for name in ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens")
 }
 SUMMARY_SCHEMA = inline_serializer(
     "UsageSummary",
@@ -143,7 +148,9 @@ SUMMARY_SCHEMA = inline_serializer(
             {
                 "day": serializers.DateField(required=False, help_text="group_by=day: every day of the range, zeros included"),
                 "model": serializers.CharField(required=False, help_text="group_by=model"),
-                "key_id": serializers.IntegerField(required=False, allow_null=True, help_text="group_by=key; null: a deleted key"),
+                "key_id": serializers.IntegerField(
+                    required=False, allow_null=True, help_text="group_by=key; null: a deleted key"
+                ),
                 "key_name": serializers.CharField(required=False),
                 "key_masked": serializers.CharField(required=False),
                 **_TOTALS,
@@ -159,9 +166,19 @@ class UsageSummaryAPI(PortalAPIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("from", OpenApiTypes.DATE, OpenApiParameter.QUERY, required=False, description="first day; default: 13 days before `to`"),
-            OpenApiParameter("to", OpenApiTypes.DATE, OpenApiParameter.QUERY, required=False, description="last day; default: today (UTC)"),
-            OpenApiParameter("group_by", OpenApiTypes.STR, OpenApiParameter.QUERY, required=False, enum=list(GROUP_BYS), default="day"),
+            OpenApiParameter(
+                "from",
+                OpenApiTypes.DATE,
+                OpenApiParameter.QUERY,
+                required=False,
+                description="first day; default: 13 days before `to`",
+            ),
+            OpenApiParameter(
+                "to", OpenApiTypes.DATE, OpenApiParameter.QUERY, required=False, description="last day; default: today (UTC)"
+            ),
+            OpenApiParameter(
+                "group_by", OpenApiTypes.STR, OpenApiParameter.QUERY, required=False, enum=list(GROUP_BYS), default="day"
+            ),
             ORG_PARAMETER,
         ],
         responses=SUMMARY_SCHEMA,

@@ -15,6 +15,19 @@
     current.parentElement.scrollLeft = current.offsetLeft - 16;
   }
 
+  // --- Markup without inline handlers (the Content-Security-Policy refuses them) ---------------------------------
+  // <select data-autosubmit> submits its form on change; <a data-history-back> goes back when there is a page to go to.
+  document.addEventListener("change", function (event) {
+    if (event.target.matches && event.target.matches("select[data-autosubmit]") && event.target.form) event.target.form.submit();
+  });
+  document.addEventListener("click", function (event) {
+    var back = event.target.closest && event.target.closest("a[data-history-back]");
+    if (back && window.history.length > 1) {
+      event.preventDefault();
+      window.history.back();
+    }
+  });
+
   // --- Copy buttons: data-copy-target names the element whose text is copied ----------------------
   function copyText(text) {
     if (navigator.clipboard && window.isSecureContext) return navigator.clipboard.writeText(text);

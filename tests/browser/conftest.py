@@ -52,10 +52,56 @@ def portal(transactional_db, portal_server: PortalServer, sim) -> Iterator[Porta
     wait_until_usage_written(portal_server)
 
 
+# Reported by the page itself for every blocked load, script, style or handler: a Content-Security-Policy violation
+# is a failure of the test that met it, even when the page seemed to work.
+REPORT_CSP_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (event) => {
+  console.error(`CSP violation: ${event.violatedDirective} blocked ${event.blockedURI || "inline"} in ${event.sourceFile || location.href}:${event.lineNumber}`);
+});
+"""
+
+
+class WatchedBrowser:
+    """The Chromium of the module, whose every context reports Content-Security-Policy violations into `violations`:
+    the page's own `securitypolicyviolation` events and Chromium's console errors about the policy."""
+
+    def __init__(self, chromium: object) -> None:
+        self._chromium = chromium
+        self.violations: list[str] = []
+
+    def new_context(self, **options: object) -> object:
+        context = self._chromium.new_context(**options)  # type: ignore[attr-defined]
+        context.add_init_script(REPORT_CSP_VIOLATIONS)
+
+        def on_console(message) -> None:  # noqa: ANN001
+            text = message.text
+            if message.type == "error" and ("CSP violation" in text or "Content Security Policy" in text):
+                self.violations.append(text)
+
+        context.on("console", on_console)
+        return context
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._chromium, name)
+
+
+@pytest.fixture(autouse=True)
+def no_csp_violations(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails a browser test during which any page broke the Content-Security-Policy."""
+    if "browser" not in request.fixturenames:
+        yield
+        return
+    watched: WatchedBrowser = request.getfixturevalue("browser")
+    watched.violations.clear()
+    yield
+    assert not watched.violations, "Content-Security-Policy violations:\n" + "\n".join(watched.violations)
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    """One Chromium for the module. Playwright's sync API keeps an event loop in this thread, which Django's
-    async-safety check would take for async code: allowed for these tests only, and put back afterwards."""
+    """One Chromium for the module, reporting CSP violations (WatchedBrowser). Playwright's sync API keeps an event loop
+    in this thread, which Django's async-safety check would take for async code: allowed for these tests only, and put
+    back afterwards."""
     from playwright.sync_api import sync_playwright
 
     previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
@@ -66,7 +112,7 @@ def browser() -> Iterator[object]:
             chromium = playwright.chromium.launch(
                 executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
             )
-            yield chromium
+            yield WatchedBrowser(chromium)
             chromium.close()
     finally:
         if previous is None:

@@ -149,3 +149,32 @@ def test_every_page_fits_a_phone(portal: PortalServer, browser) -> None:  # noqa
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], name
         shot(page, f"phone-{name}")
     context.close()
+
+
+def test_pages_keep_the_content_security_policy_and_still_work(portal: PortalServer, browser) -> None:  # noqa: ANN001
+    """Under the policy (no inline script, handler or style), what the inline bits used to do still happens: the
+    organization switch submits itself, bars have their widths, the live feed connects. The `no_csp_violations`
+    fixture fails the test on any violation a page reports."""
+    from accounts.models import Membership
+    from tests.portal_support import add_member, make_org, make_user
+
+    user = make_user("two-orgs@example.com", name="Two Orgs")
+    make_org("first-co", owner=user)
+    add_member(make_org("second-co"), user, Membership.Role.MEMBER)
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    sign_in(page, portal, "two-orgs@example.com")
+    response = page.goto(f"{portal.url}/portal/usage")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    page.wait_for_selector("#live-status[data-state=open]")  # the WebSocket is 'self' too
+    bar = page.locator(".allowance .meter > span").first
+    assert bar.evaluate("node => getComputedStyle(node).width") == "0px"  # pct-0: a class, not a style attribute
+    with page.expect_navigation():
+        page.select_option("#org-switch", label="Second-Co")  # data-autosubmit, no onchange="…"
+    assert page.locator("#org-switch option:checked").inner_text() == "Second-Co"
+    for path, shown in (("/portal/docs", "h1"), ("/portal/billing", "h1"), ("/portal/playground", "#pg-prompt"),
+                        ("/accounts/password/change/", "input[type=password]"), ("/admin/login/", "input[type=password]")):  # fmt: skip
+        response = page.goto(f"{portal.url}{path}")
+        assert response.ok and "frame-ancestors 'none'" in response.headers["content-security-policy"], path
+        assert page.locator(shown).first.is_visible(), path
+    context.close()
