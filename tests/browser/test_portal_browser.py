@@ -173,8 +173,13 @@ def test_pages_keep_the_content_security_policy_and_still_work(portal: PortalSer
         page.select_option("#org-switch", label="Second-Co")  # data-autosubmit, no onchange="…"
     assert page.locator("#org-switch option:checked").inner_text() == "Second-Co"
     for path, shown in (("/portal/docs", "h1"), ("/portal/billing", "h1"), ("/portal/playground", "#pg-prompt"),
-                        ("/accounts/password/change/", "input[type=password]"), ("/admin/login/", "input[type=password]")):  # fmt: skip
+                        ("/accounts/password/change/", "input[type=password]")):  # fmt: skip
         response = page.goto(f"{portal.url}{path}")
         assert response.ok and "frame-ancestors 'none'" in response.headers["content-security-policy"], path
         assert page.locator(shown).first.is_visible(), path
+    # The admin signs in through the portal's form: signed out, /admin/login/ lands there, under the policy too.
+    page.context.clear_cookies()
+    response = page.goto(f"{portal.url}/admin/login/")
+    assert response.ok and "/accounts/login/" in page.url and "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert page.locator("input[type=password]").first.is_visible()
     context.close()

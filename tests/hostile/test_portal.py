@@ -198,15 +198,19 @@ def test_the_debug_500_page_of_a_live_daphne_shows_no_secret(
 def test_behind_https_the_portal_redirects_plain_http_and_sends_hsts_and_secure_cookies(
     start_gateway: Callable[..., LiveGateway],
 ) -> None:
-    production = start_gateway(PORTAL_PUBLIC_BASE_URL="https://portal.example.test", PORTAL_METRICS_TOKEN="scrape-me")
+    token = "scrape-me-with-a-long-token"
+    # One proxy of ours in front (the README's production): its X-Forwarded-Proto says the client spoke HTTPS.
+    production = start_gateway(
+        PORTAL_PUBLIC_BASE_URL="https://portal.example.test", PORTAL_METRICS_TOKEN=token, PORTAL_TRUSTED_PROXY_COUNT="1"
+    )
     with httpx.Client(base_url=production.url, timeout=30) as client:
         plain = client.get("/accounts/login/")
         assert plain.status_code == 301 and plain.headers["location"] == f"https://127.0.0.1:{production.port}/accounts/login/"
         # The load balancer's probes stay on plain HTTP.
         assert client.get("/health").status_code in (200, 503)
-        assert client.get("/metrics", headers={"Authorization": "Bearer scrape-me"}).status_code == 200
+        assert client.get("/metrics", headers={"Authorization": f"Bearer {token}"}).status_code == 200
         # What the load balancer forwards from an HTTPS client.
-        page = client.get("/accounts/login/", headers={"X-Forwarded-Proto": "https"})
+        page = client.get("/accounts/login/", headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"})
         assert page.status_code == 200
         assert page.headers["strict-transport-security"] == "max-age=31536000; includeSubDomains"
         assert "default-src 'self'" in page.headers["content-security-policy"]
