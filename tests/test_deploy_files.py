@@ -243,3 +243,55 @@ def test_nginx_accepts_the_rendered_config(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+# --- start-up migrations ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_gateways_starting_at_once_both_migrate_a_fresh_database() -> None:
+    """deploy/migrate.py under its advisory lock: the second waits, then finds nothing to do (two containers at once)."""
+    import uuid
+
+    import psycopg
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    if not db["ENGINE"].endswith("postgresql"):
+        pytest.skip("the lock is PostgreSQL's")
+    server = {"host": db.get("HOST") or "127.0.0.1", "port": int(db.get("PORT") or 5432), "user": db.get("USER") or "postgres"}
+    if db.get("PASSWORD"):
+        server["password"] = db["PASSWORD"]
+    name = f"deploy_migrate_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(dbname="postgres", autocommit=True, **server) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        password = f":{server['password']}" if "password" in server else ""
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("PYTEST")},
+            "DJANGO_SETTINGS_MODULE": "portal_project.settings",
+            "DATABASE_URL": f"postgres://{server['user']}{password}@{server['host']}:{server['port']}/{name}",
+        }
+        runs = [
+            subprocess.Popen(
+                [sys.executable, str(DEPLOY / "migrate.py")],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        outputs = [run.communicate(timeout=500)[0] for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], outputs
+        # One of them applied everything, the other nothing.
+        applied = sorted(output.count(" OK") for output in outputs)
+        assert applied[0] == 0 and applied[1] > 10, outputs
+        with psycopg.connect(dbname=name, **server) as conn:
+            doubled = conn.execute("SELECT app, name FROM django_migrations GROUP BY 1, 2 HAVING count(*) > 1").fetchall()
+        assert doubled == []
+    finally:
+        with psycopg.connect(dbname="postgres", autocommit=True, **server) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

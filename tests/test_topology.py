@@ -364,6 +364,7 @@ def test_a_rolling_restart_under_load_fails_no_request_and_loses_no_usage_row(de
     raw = deployment.key("rolling")
     deployment.sim.configure(token_delay_ms=15)  # a stream takes about 0.2 s: some are always in flight
     pids_before = topology.pids()
+    errors_before = topology.nginx_upstream_errors()
     try:
         load = Load(topology.url, raw).start()
         wait_until("load running", lambda: len(load.results) >= 20, timeout=60)
@@ -396,8 +397,11 @@ def test_a_rolling_restart_under_load_fails_no_request_and_loses_no_usage_row(de
     rows = rows_of_key(raw)
     assert sorted(row.request_id for row in rows) == sorted(request_ids)
     assert {row.status for row in rows} == {"ok"}
-    retried = [line for line in topology.nginx_access_lines() if "," in line["upstream_status"]]
-    print(f"ROLLING RESTART: nginx sent {len(retried)} requests on to the other process (refused or reset before an answer)")
+    errors = {kind: count - errors_before[kind] for kind, count in topology.nginx_upstream_errors().items()}
+    print(
+        f"ROLLING RESTART: nginx sent requests on to the other process: {errors['refused']} refused connections, "
+        f"{errors['broken']} broken before any answer"
+    )
 
 
 # --- (d) a database cut ------------------------------------------------------------------------------------------------

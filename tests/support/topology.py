@@ -281,6 +281,18 @@ class Topology:
                     lines.append(json.loads(line))
         return lines
 
+    def nginx_upstream_errors(self) -> dict[str, int]:
+        """How often nginx met a process that was going away, so far: a connection refused (nothing sent), or one
+        that broke before any answer (sent, never read). Each was sent on to the next process."""
+        log = self.nginx_log()
+        return {
+            "refused": log.count("(111: Connection refused) while connecting to upstream"),
+            "broken": sum(
+                log.count(text)
+                for text in ("(104: Connection reset by peer) while reading response header", "prematurely closed connection")
+            ),
+        }
+
     def nginx_access_lines(self) -> list[dict[str, Any]]:
         if not self.access_log_path.exists():
             return []
