@@ -38,7 +38,17 @@ from django.conf import settings
 from routerpools.config import parse_router_env
 from routerpools.services import router_pools_sync
 from routerpools.simulator import SimulatorServer
-from tests.conftest import ALIAS, METRICS_TOKEN, ROOT, ROUTER_KEY, SESSION_102_KEY, live_gateway_env, router_env
+from tests.conftest import (
+    ALIAS,
+    METRICS_TOKEN,
+    ROOT,
+    ROUTER_KEY,
+    SESSION_102_KEY,
+    LiveGateway,
+    live_gateway_env,
+    router_env,
+    wait_until_gateway_caught_up,
+)
 from tests.portal_support import PASSWORD, ensure_site_and_plans, make_org, make_user
 from tests.support.feed import FeedSocket
 from tests.support.plans import big_plan
@@ -105,21 +115,9 @@ def topology(django_db_setup, django_db_blocker) -> Iterator[tuple[Topology, Sim
 
 
 def caught_up(topology: Topology) -> None:
-    """Every process has loaded the database's current cache epoch (what they cache matches the rows)."""
-    from gateway.invalidation import read_epoch
-
-    epoch = read_epoch()
-    for i in range(topology.processes):
-        url = f"{topology.process_url(i)}/health"
-        headers = {"authorization": f"Bearer {METRICS_TOKEN}"}
-
-        def loaded(url: str = url, headers: dict[str, str] = headers) -> bool:
-            try:
-                return httpx.get(url, headers=headers, timeout=5).json().get("cache_epoch") == epoch
-            except (httpx.HTTPError, ValueError):
-                return False
-
-        wait_until(f"{url} on cache epoch {epoch}", loaded, timeout=30, interval=0.05, log=topology.gateway_log)
+    """Every process has loaded what the database holds now (the suite's own wait, once per process)."""
+    for port in topology.ports:
+        wait_until_gateway_caught_up(LiveGateway(env=topology.gateway_env, port=port), timeout=30)
 
 
 @pytest.fixture
