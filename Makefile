@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PG_URL ?= postgres://postgres@127.0.0.1:5432/portal
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test test-sqlite test-slow lint migrations-check install bench clean
+.PHONY: run test test-sqlite test-slow test-topology lint migrations-check install bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -29,6 +29,10 @@ test-sqlite: $(STAMP)
 
 test-slow: $(STAMP)
 	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) $(PY) -m pytest -q -m slow
+
+# deploy/ brought up on this machine (nginx, supervisord, two daphne processes), with its figures printed; part of test-slow.
+test-topology: $(STAMP)
+	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) $(PY) -m pytest -q -s -m slow tests/test_topology.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
