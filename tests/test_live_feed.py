@@ -146,6 +146,44 @@ def open_feed() -> Iterator[Callable[..., FeedSocket]]:
         feed.close()
 
 
+# --- The cursor itself -------------------------------------------------------------------------------------------------
+
+
+def test_a_cursor_reads_back_as_written() -> None:
+    FeedCursor = selectors.FeedCursor
+    for cursor in (FeedCursor(0), FeedCursor(7), FeedCursor(5000, ((3001, 3001), (4000, 4010), (4999, 4999)))):
+        assert FeedCursor.parse(str(cursor)) == cursor
+    assert str(FeedCursor(5000, ((3001, 3001), (4000, 4010)))) == "5000~3001.4000-4010"
+
+
+def test_a_cursor_holds_the_newest_id_and_the_missing_ids_below_it(db) -> None:  # noqa: ANN001
+    org = make_org("gaps")
+    assert selectors.usage_feed_cursor() == selectors.FeedCursor(0)
+    ids = [stored_row(org).pk for _ in range(40)]
+    first, high = ids[0], ids[-1]
+    floor = max(1, high - selectors.FEED_CURSOR_WINDOW + 1)
+    below = ((floor, first - 1),) if first > floor else ()  # ids other tests used: rolled back, never committed here
+    assert selectors.usage_feed_cursor() == selectors.FeedCursor(high, below)
+    UsageEvent.objects.filter(pk__in=[ids[5], ids[6], ids[9]]).delete()
+    assert selectors.usage_feed_cursor() == selectors.FeedCursor(high, (*below, (ids[5], ids[6]), (ids[9], ids[9])))
+    UsageEvent.objects.filter(pk__in=[ids[2], *ids[12:-1:2]]).delete()  # 15 more gaps: the cursor keeps the newest 16
+    assert selectors.usage_feed_cursor() == selectors.FeedCursor(
+        high, ((ids[5], ids[6]), (ids[9], ids[9]), *((pk, pk) for pk in ids[12:-1:2]))
+    )
+
+
+def test_a_catch_up_looks_only_at_the_newest_ids_and_says_so(db, monkeypatch) -> None:  # noqa: ANN001
+    org = make_org("far-behind")
+    rows = [stored_row(org) for _ in range(8)]
+    monkeypatch.setattr(selectors, "FEED_CATCHUP_SCAN", 3)
+    old = selectors.FeedCursor(rows[0].pk)
+    caught = selectors.usage_feed_since(organization_id=org.pk, cursor=old)
+    assert [row.pk for row in caught.rows] == [row.pk for row in rows[-3:]]
+    assert caught.truncated is True and caught.cursor.high == rows[-1].pk
+    recent = selectors.usage_feed_since(organization_id=org.pk, cursor=selectors.FeedCursor(rows[-3].pk))
+    assert [row.pk for row in recent.rows] == [row.pk for row in rows[-2:]] and recent.truncated is False
+
+
 # --- One process: the window between render and subscription, a reconnect ---------------------------------------------
 
 
