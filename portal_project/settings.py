@@ -335,6 +335,9 @@ PORTAL_ADMIN_REQUIRE_MFA = env_bool("PORTAL_ADMIN_REQUIRE_MFA", not DEBUG)
 # An open live usage feed re-checks its session and membership this often (one query), besides closing at once when a
 # sign-out, password change or removal pushes a recheck: the longest a feed outlives access the push missed.
 PORTAL_LIVE_SESSION_CHECK_S = float(env_int("PORTAL_LIVE_SESSION_CHECK_MS", 2000, minimum=100)) / 1000
+# An open live usage feed hands its page a newer cursor this often (one query), one interval after taking it: a page that
+# reconnects catches up from there, so the catch-up rereads about this long of rows rather than all since it opened.
+PORTAL_LIVE_CURSOR_REFRESH_S = float(env_int("PORTAL_LIVE_CURSOR_REFRESH_MS", 30000, minimum=100)) / 1000
 # Mail: the console by default, SMTP as soon as EMAIL_HOST is set, or any backend named in EMAIL_BACKEND.
 EMAIL_HOST = env_str("EMAIL_HOST")
 if EMAIL_HOST and not env_str("EMAIL_BACKEND"):

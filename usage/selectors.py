@@ -1,16 +1,20 @@
 """Reads of an organization's usage for the portal: aggregates in the database, one query per view of the data.
 
 Every query filters on (organization, created_at), which the `usage_org_created` index serves, so a page costs
-the same handful of statements for ten events or ten million.
+the same handful of statements for ten events or ten million. The live feed's catch-up reads by id instead (the
+database's own order of the rows, see FeedCursor), within a bounded range of the newest ids.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
+from django.db import connections, router, transaction
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
@@ -284,3 +288,133 @@ def usage_allowances(*, organization_id: int, plan: Plan | None, now: datetime |
     if plan.weekly_requests is not None:
         allowances.append(Allowance(label="Requests in the last 7 days", used=counts["week"], limit=plan.weekly_requests))
     return allowances
+
+
+# --- The live feed: what a page has, and what it missed -------------------------------------------------------------
+
+FEED_CATCHUP_MAX = 200  # rows one catch-up carries at most: the newest (the page lists 25; the rest feed its totals)
+FEED_CURSOR_WINDOW = 2_000  # ids below a cursor's newest that it checks for rows not yet committed
+FEED_CURSOR_MAX_GAPS = 16  # ranges of such ids a cursor remembers at most: the newest
+FEED_CATCHUP_SCAN = 50_000  # a catch-up looks at the service's newest rows this far back at most (by id)
+_ID = r"[0-9]{1,18}"  # below 2**63 whatever the digits
+_CURSOR = re.compile(rf"({_ID})(?:~({_ID}(?:-{_ID})?(?:\.{_ID}(?:-{_ID})?){{0,{FEED_CURSOR_MAX_GAPS - 1}}}))?")
+
+
+class BadCursor(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class FeedCursor:
+    """Which usage rows a page already has, in the database's own terms rather than anyone's clock.
+
+    Every row with an id up to `high` (the newest committed when the cursor was taken), except the ids in `gaps`: ids
+    below `high` whose rows were not committed then. Ids are handed out when a batch inserts, and batches of two
+    processes commit in either order, so a row can appear after a newer id was already visible; a cursor therefore
+    remembers the ids missing among the FEED_CURSOR_WINDOW below `high` (an uncommitted batch, or ids never used: a
+    rolled-back or skipped insert) and a catch-up asks for them again. Ids further down are taken as settled: a batch
+    would have to stay uncommitted while that many newer rows were written. Written as `high` or `high~a-b.c`.
+    """
+
+    high: int
+    gaps: tuple[tuple[int, int], ...] = ()
+
+    def __str__(self) -> str:
+        if not self.gaps:
+            return str(self.high)
+        return f"{self.high}~" + ".".join(str(a) if a == b else f"{a}-{b}" for a, b in self.gaps)
+
+    @classmethod
+    def parse(cls, text: str) -> FeedCursor:
+        """A cursor as `__str__` writes it; BadCursor for anything else, or gaps outside the window below `high`."""
+        match = _CURSOR.fullmatch(text)
+        if match is None:
+            raise BadCursor("not a feed cursor")
+        high = int(match.group(1))
+        gaps = []
+        for part in (match.group(2) or "").split("."):
+            if part:
+                first, _, last = part.partition("-")
+                gap = (int(first), int(last or first))
+                if not high - FEED_CURSOR_WINDOW < gap[0] <= gap[1] < high:
+                    raise BadCursor("a gap outside the cursor's window")
+                gaps.append(gap)
+        return cls(high=high, gaps=tuple(gaps))
+
+    def missed(self) -> Q:
+        """The rows this cursor does not have (given rows already above the catch-up's floor: see usage_feed_since)."""
+        query = Q(id__gt=self.high)
+        for first, last in self.gaps:
+            query |= Q(id__gte=first, id__lte=last)
+        return query
+
+
+@contextmanager
+def read_snapshot() -> Iterator[None]:
+    """Several reads as one view of the database: a REPEATABLE READ transaction on PostgreSQL, so a page's totals, its
+    latest rows and its feed cursor agree on which rows exist. Elsewhere (SQLite, or inside a transaction already) the
+    reads run as they are: read the cursor first, so a row committed meanwhile is at worst counted twice, never lost."""
+    connection = connections[router.db_for_read(UsageEvent)]
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        yield
+        return
+    with transaction.atomic(using=connection.alias):
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        yield
+
+
+def usage_feed_cursor() -> FeedCursor:
+    """Where the usage table stands now, as a FeedCursor: one statement, over the primary key's last window of ids."""
+    connection = connections[router.db_for_read(UsageEvent)]
+    table = connection.ops.quote_name(UsageEvent._meta.db_table)
+    # The newest id, and each id in the window that follows a missing one with the id before it (NULL for the first).
+    sql = f"""
+        WITH top AS (SELECT COALESCE(MAX(id), 0) AS high FROM {table}),
+        near AS (
+            SELECT id, LAG(id) OVER (ORDER BY id) AS prev FROM {table} WHERE id > (SELECT high FROM top) - %s
+        )
+        SELECT top.high, gaps.prev, gaps.id FROM top LEFT JOIN (
+            SELECT prev, id FROM near WHERE prev IS NULL OR id - prev > 1 ORDER BY id DESC LIMIT %s
+        ) gaps ON 1 = 1
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [FEED_CURSOR_WINDOW, FEED_CURSOR_MAX_GAPS + 1])
+        found = cursor.fetchall()
+    high = found[0][0]
+    floor = max(1, high - FEED_CURSOR_WINDOW + 1)  # the lowest id the window covers
+    gaps = []
+    for _, prev, next_id in found:
+        if next_id is None:
+            continue
+        first = floor if prev is None else prev + 1
+        if first < next_id:
+            gaps.append((first, next_id - 1))
+    return FeedCursor(high=high, gaps=tuple(sorted(gaps)[-FEED_CURSOR_MAX_GAPS:]))
+
+
+@dataclass(frozen=True, slots=True)
+class FeedCatchUp:
+    rows: list[UsageEvent]  # oldest first (by id)
+    truncated: bool  # more rows were missed than `rows` holds, or older ones than a catch-up looks at
+    cursor: FeedCursor  # what the page has once it has these rows
+
+
+def usage_feed_since(*, organization_id: int, cursor: FeedCursor | None, limit: int = FEED_CATCHUP_MAX) -> FeedCatchUp:
+    """The organization's rows a page with `cursor` does not have, the newest `limit` of them, and the cursor that
+    follows them, read as one view of the database. Without a cursor: no rows, only the cursor of now.
+
+    Bounded: the rows are looked for among the service's newest FEED_CATCHUP_SCAN ids (a page away for longer gets
+    `truncated`), plus the cursor's few gap ranges, newest first, stopping at `limit` + 1 rows."""
+    with read_snapshot():
+        now = usage_feed_cursor()
+        if cursor is None:
+            return FeedCatchUp(rows=[], truncated=False, cursor=now)
+        floor = now.high - FEED_CATCHUP_SCAN
+        clipped = cursor.high < floor
+        if clipped:
+            cursor = FeedCursor(high=floor, gaps=())
+        found = list(
+            UsageEvent.objects.filter(organization_id=organization_id).filter(cursor.missed()).order_by("-id")[: limit + 1]
+        )
+    return FeedCatchUp(rows=found[:limit][::-1], truncated=clipped or len(found) > limit, cursor=now)

@@ -22,7 +22,9 @@ from usage.selectors import (
     DateRange,
     UsageRow,
     date_range_parse,
+    read_snapshot,
     usage_allowances,
+    usage_feed_cursor,
     usage_latest,
     usage_summary,
 )
@@ -104,10 +106,17 @@ def usage_page(request: HttpRequest) -> HttpResponse:
         # The page still renders (the last two weeks), with the error on the form and a 400 to say the input was refused.
         error = str(exc)
         span = date_range_parse(None, None)
-    by_day = usage_summary(organization_id=org.pk, span=span, group_by="day")
-    by_model = usage_summary(organization_id=org.pk, span=span, group_by="model")
-    by_key = usage_summary(organization_id=org.pk, span=span, group_by="key")
     today = date_range_parse(None, None).end
+    live = span.end >= today
+    # One view of the database for the whole page, the live feed's cursor first: the socket then catches up on
+    # exactly the rows these totals and this list do not hold (usage.selectors.FeedCursor).
+    with read_snapshot():
+        cursor = usage_feed_cursor() if live else None
+        by_day = usage_summary(organization_id=org.pk, span=span, group_by="day")
+        by_model = usage_summary(organization_id=org.pk, span=span, group_by="model")
+        by_key = usage_summary(organization_id=org.pk, span=span, group_by="key")
+        latest = usage_latest(organization_id=org.pk, span=span, limit=LATEST_ROWS)
+        allowances = usage_allowances(organization_id=org.pk, plan=org.plan)
     return render_portal(
         request,
         "usage/usage.html",
@@ -122,11 +131,12 @@ def usage_page(request: HttpRequest) -> HttpResponse:
             "tokens_chart": bar_chart(by_day.rows, metric="total_tokens", unit="tokens"),
             "by_model": by_model.rows,
             "by_key": by_key.rows,
-            "latest": usage_latest(organization_id=org.pk, span=span, limit=LATEST_ROWS),
-            "allowances": usage_allowances(organization_id=org.pk, plan=org.plan),
+            "latest": latest,
+            "allowances": allowances,
             "plan": org.plan,
             "presets": [(label, DateRange(today - timedelta(days=days - 1), today)) for label, days in PRESETS],
-            "live": span.end >= today,
+            "live": live,
+            "live_cursor": str(cursor) if cursor is not None else "",
         },
         status=400 if error else 200,
     )

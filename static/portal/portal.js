@@ -89,15 +89,29 @@
   });
 
   // --- Live usage feed --------------------------------------------------------------------------------
+  // The page was rendered with a cursor (which rows it holds); the socket opens with it and its first message
+  // ("ready") carries what happened since, then live rows follow. A row can come twice (in a catch-up and live, or
+  // again after a reconnect): an id already seen is dropped, so each request shows and counts once.
   var latest = document.getElementById("latest");
   if (latest && latest.dataset.liveUrl && "WebSocket" in window) {
     var status = document.getElementById("live-status");
-    var seen = new Set(Array.prototype.map.call(latest.querySelectorAll("tr[data-request-id]"), function (row) {
-      return row.getAttribute("data-request-id");
-    }));
     var MAX_ROWS = 25;
+    var MAX_SEEN = 5000;  // ids remembered: far more than a catch-up resends (at most 200)
+    var seen = new Set();
+    var seenOrder = [];
+    Array.prototype.forEach.call(latest.querySelectorAll("tr[data-request-id]"), function (row) {
+      remember(row.getAttribute("data-request-id"));
+    });
+    var cursor = latest.dataset.liveCursor || "";  // replaced by the server's newer ones as the socket goes on
+    var incomplete = false;  // a catch-up was cut short: the totals miss some requests until a reload
     var retry = 1000;
     var ended = null;  // the close code that ended the feed for good, once a reconnect confirmed it
+
+    function remember(id) {
+      seen.add(id);
+      seenOrder.push(id);
+      if (seenOrder.length > MAX_SEEN) seen.delete(seenOrder.shift());
+    }
 
     function setStatus(state, text) {
       if (!status) return;
@@ -134,7 +148,7 @@
 
     function addRow(event) {
       if (seen.has(event.request_id)) return;
-      seen.add(event.request_id);
+      remember(event.request_id);
       var body = latest.tBodies[0];
       var placeholder = body.querySelector(".empty-row");
       if (placeholder) placeholder.remove();
@@ -166,13 +180,31 @@
 
     function connect() {
       var scheme = location.protocol === "https:" ? "wss://" : "ws://";
-      var socket = new WebSocket(scheme + location.host + latest.dataset.liveUrl);
+      var url = latest.dataset.liveUrl;
+      if (cursor) url += (url.indexOf("?") < 0 ? "?" : "&") + "after=" + encodeURIComponent(cursor);
+      var socket = new WebSocket(scheme + location.host + url);
       socket.onmessage = function (message) {
         var data = JSON.parse(message.data);
-        if (data.type === "ready") { retry = 1000; ended = null; setStatus("open", "Live"); }
+        if (data.type === "ready") {
+          (data.events || []).forEach(addRow);  // oldest first: each goes on top
+          if (data.cursor) cursor = data.cursor;
+          if (data.truncated) incomplete = true;
+          retry = 1000;
+          ended = null;
+          setStatus("open", incomplete ? "Live · reload for exact totals" : "Live");
+        }
+        else if (data.type === "cursor") cursor = data.cursor;
         else if (data.type === "request") addRow(data);
       };
       socket.onclose = function (event) {
+        // 4400: the cursor was refused; start again from now, knowing that whatever happened meanwhile is not shown.
+        if (event.code === 4400) {
+          cursor = "";
+          incomplete = true;
+          setStatus("closed", "Reconnecting…");
+          setTimeout(connect, retry);
+          return;
+        }
         // 4401: the session that opened the feed ended; 4403: no longer a member. One reconnect tells a session
         // that only changed its key (a password change keeps this browser signed in) from one that is gone.
         if (ended === null && (event.code === 4401 || event.code === 4403)) {
