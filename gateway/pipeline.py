@@ -208,7 +208,9 @@ def _attempt_timeout(route: AliasRoute) -> int:
 
 
 def _router_body(creq: CompletionRequest, route: AliasRoute, prompt: str, request_id: str) -> dict[str, Any]:
-    max_tokens = min(creq.max_tokens or route.default_max_tokens, route.max_tokens_cap)
+    # No max_tokens asked: the alias's cap, the same number /v1/models shows (max_output_tokens), never a smaller
+    # hidden default that would cut answers short with no reason the client could see.
+    max_tokens = min(creq.max_tokens or route.max_tokens_cap, route.max_tokens_cap)
     return build_router_body(
         prompt=prompt,
         stream=creq.stream,
@@ -256,7 +258,10 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
             ex.principal,
             request_id=ex.request_id,
             tokens=ctx.prompt_tokens_estimate,  # must fit whole: a prompt over the limit is refused
-            up_to_tokens=body["max_tokens"],  # capped at what the minute's budget leaves
+            # max_tokens as asked: capped at what the minute's budget leaves. Not asked (the alias's cap): only as far
+            # as the minute has room now, so a request naming no max_tokens never waits for its default's sake.
+            up_to_tokens=body["max_tokens"] if creq.max_tokens else 0,
+            spare_tokens=0 if creq.max_tokens else body["max_tokens"],
             surface=ex.surface.limits_surface,
         )
         # The gateway's timeout bounds the request, every attempt included; each attempt gets the alias's timeout.
