@@ -162,8 +162,15 @@ def check_stream(route: str, text: str) -> None:
         assert all("error" not in p or p["error"] is None for p in payloads), payloads
 
 
-def check_success(route: str, body: Any, rid: str) -> None:
-    if route == "/v1/chat/completions":
+def check_success(route: str, body: Any, rid: str, *, anthropic_models: bool = False) -> None:
+    if anthropic_models:  # /v1/models to a client that sent anthropic-version: the Anthropic SDK's page and ModelInfo
+        entries = body["data"] if route == "/v1/models" else [body]
+        assert all(m["type"] == "model" and m["lifecycle"] == "active" for m in entries), body
+        if route == "/v1/models":
+            assert isinstance(body["has_more"], bool) and body["first_id"] == entries[0]["id"], body
+        else:
+            assert body["id"] == ALIAS, body
+    elif route == "/v1/chat/completions":
         assert body["object"] == "chat.completion" and body["model"] == ALIAS, body
         assert isinstance(body["choices"][0]["message"]["content"], str)
         assert all(isinstance(body["usage"][k], int) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
@@ -180,12 +187,13 @@ def check_success(route: str, body: Any, rid: str) -> None:
         assert body["object"] == "model" and body["id"] == ALIAS, body
 
 
-def check_response(route: str, response: httpx.Response, gateway: LiveGateway) -> None:
+def check_response(route: str, response: httpx.Response, gateway: LiveGateway, *, anthropic_models: bool = False) -> None:
+    """`anthropic_models`: a /v1/models request that sent anthropic-version, answered in Anthropic's shape."""
     status = response.status_code
     assert status < 500, f"{status} {response.text[:500]}\n--- gateway log ---\n{gateway.log()[-3000:]}"
     rid = response.headers.get("x-request-id", "")
     assert REQUEST_ID.match(rid), response.headers
-    anthropic = route.startswith("/v1/messages")
+    anthropic = route.startswith("/v1/messages") or anthropic_models
     if anthropic:
         assert response.headers.get("request-id") == rid
     if status == 200 and response.headers["content-type"].startswith("text/event-stream"):
@@ -194,7 +202,7 @@ def check_response(route: str, response: httpx.Response, gateway: LiveGateway) -
     assert response.headers["content-type"].startswith("application/json"), response.headers
     body = response.json()
     if status == 200:
-        check_success(route, body, rid)
+        check_success(route, body, rid, anthropic_models=anthropic_models)
     elif anthropic:
         check_anthropic_error(body, rid)
     elif route == "/v1/completions" and status != 405:
@@ -302,7 +310,8 @@ def test_no_path_or_headers_make_the_models_routes_fail_or_answer_out_of_shape(
         path = "/v1/models" if alias is None else f"/v1/models/{alias}"
         response = send(client, gateway, fuzz_key, path, method_used, headers, body)
         seen[response.status_code] = seen.get(response.status_code, 0) + 1
-        check_response("/v1/models" if alias is None else "/v1/models/x", response, gateway)
+        anthropic_models = bool(headers.get("anthropic-version", "").strip())
+        check_response("/v1/models" if alias is None else "/v1/models/x", response, gateway, anthropic_models=anthropic_models)
 
     run()
     assert seen.get(200, 0) > 0 and seen.get(401, 0) > 0, seen
