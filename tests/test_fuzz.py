@@ -69,13 +69,19 @@ CHAT_FIELDS: dict[str, Any] = {
     "stream_options": st.fixed_dictionaries({}, optional={"include_usage": st.booleans() | json_values}) | json_values,
     "n": st.integers(0, 3) | json_values, "tools": json_values, "tool_choice": json_values, "functions": json_values,
     "response_format": st.just({"type": "text"}) | json_values, "logprobs": st.booleans() | json_values,
-    "seed": json_values, "user": json_values, "metadata": json_values,
+    "seed": json_values, "user": json_values, "metadata": json_values, "safety_identifier": json_values,
+    "service_tier": st.sampled_from(["auto", "default", "flex"]) | json_values, "store": st.booleans() | json_values,
+    "logit_bias": json_values, "top_logprobs": json_values, "modalities": st.just(["text"]) | json_values,
+    "audio": json_values, "reasoning_effort": json_values, "prediction": json_values, "parallel_tool_calls": json_values,
 }  # fmt: skip
 MESSAGES_FIELDS: dict[str, Any] = {
     "model": model, "messages": messages, "max_tokens": max_tokens, "system": content, "temperature": numbers,
     "top_p": numbers, "top_k": st.integers(-3, 100) | json_values, "stop_sequences": st.lists(st.text(max_size=10), max_size=5) | json_values,
     "stream": st.booleans() | json_values, "metadata": json_values, "tools": json_values, "tool_choice": json_values,
     "thinking": st.just({"type": "enabled", "budget_tokens": 1024}) | json_values,
+    "service_tier": st.sampled_from(["auto", "standard_only", "priority"]) | json_values, "speed": json_values,
+    "output_config": json_values, "mcp_servers": json_values, "container": json_values, "inference_geo": json_values,
+    "cache_control": json_values,
 }  # fmt: skip
 ENVELOPE_FIELDS: dict[str, Any] = {
     "model": model, "prompt": st.text(max_size=80) | json_values, "max_tokens": max_tokens, "temperature": numbers,
@@ -310,7 +316,10 @@ def test_no_path_or_headers_make_the_models_routes_fail_or_answer_out_of_shape(
         path = "/v1/models" if alias is None else f"/v1/models/{alias}"
         response = send(client, gateway, fuzz_key, path, method_used, headers, body)
         seen[response.status_code] = seen.get(response.status_code, 0) + 1
-        anthropic_models = bool(headers.get("anthropic-version", "").strip())
+        # In Anthropic's shape when anthropic-version is sent to a models route (`/v1/models/..` is `/v1/` by then).
+        sent_to = response.request.url.path
+        to_models = sent_to == "/v1/models" or sent_to.startswith("/v1/models/")
+        anthropic_models = to_models and bool(headers.get("anthropic-version", "").strip())
         check_response("/v1/models" if alias is None else "/v1/models/x", response, gateway, anthropic_models=anthropic_models)
 
     run()
