@@ -14,7 +14,9 @@ event loop.
 Tokens are reserved before the upstream call (prompt estimate + max_tokens) and settled afterwards from
 the real usage, in the window the reservation went to. Only the max_tokens part is capped at what the
 tightest tokens per minute limit leaves after the prompt; a prompt whose estimate alone exceeds a limit
-(the key's or the organization's) is refused, as it could never fit. Concurrency slots are members of a sorted set
+(the key's or the organization's) is refused, as it could never fit. A request that named no max_tokens
+reserves its alias's cap only as far as the minute has room left now (`spare_tokens`): the length of its
+answer was not the client's choice, so it never makes the request wait. Concurrency slots are members of a sorted set
 scored by an expiry, pruned by the script, so a crashed process leaks a slot for at most
 `PORTAL_LIMITS_SLOT_TTL_S`; `finish()` releases them exactly once. `peek()` reads the counters without
 changing them, for the headers of a response refused after authentication but before admission.
@@ -116,6 +118,7 @@ class Check:
     reset_at: float | None  # None for concurrency: a slot frees when a request finishes
     slot: bool = False
     window_s: int = 0
+    takes_spare: bool = False  # a tokens per minute counter that also takes the admission's spare tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +157,7 @@ class Outcome:
     admitted: bool
     values: list[int]
     denied: list[int]  # indexes into the checks
+    spare: int = 0  # the spare tokens granted: what every counter taking them had room for
 
 
 # --- Header formats -----------------------------------------------------------------------------------
@@ -198,23 +202,33 @@ def anthropic_headers(admission: Admission) -> dict[str, str]:
 # --- Stores ------------------------------------------------------------------------------------------
 
 # KEYS: the counters, then the concurrency sets.
-# ARGV: now_ms, counters, sets, slot_ttl_ms, member, then (limit, amount, ttl_ms) per counter, then limit per set.
+# ARGV: now_ms, counters, sets, slot_ttl_ms, member, spare, then (limit, amount, ttl_ms, takes_spare) per counter,
+# then limit per set. Spare tokens go to the counters that take them as far as every one of them has room left
+# after its own amount (never a reason to refuse); the reply ends with how many were granted.
 ADMIT_LUA = """
 local now = tonumber(ARGV[1])
 local c = tonumber(ARGV[2])
 local z = tonumber(ARGV[3])
 local slot_ttl = tonumber(ARGV[4])
 local member = ARGV[5]
+local spare = tonumber(ARGV[6])
 local values = {}
 local denied = {}
-local a = 6
+local a = 7
 for i = 1, c do
-  local limit = tonumber(ARGV[a])
-  local need = math.max(tonumber(ARGV[a + 1]), 1)
   local cur = tonumber(redis.call('GET', KEYS[i]) or '0')
   values[i] = cur
-  if cur + need > limit then denied[#denied + 1] = i end
-  a = a + 3
+  if ARGV[a + 3] == '1' then
+    spare = math.max(0, math.min(spare, tonumber(ARGV[a]) - cur - tonumber(ARGV[a + 1])))
+  end
+  a = a + 4
+end
+a = 7
+for i = 1, c do
+  local need = tonumber(ARGV[a + 1])
+  if ARGV[a + 3] == '1' then need = need + spare end
+  if values[i] + math.max(need, 1) > tonumber(ARGV[a]) then denied[#denied + 1] = i end
+  a = a + 4
 end
 for j = 1, z do
   local key = KEYS[c + j]
@@ -224,12 +238,14 @@ for j = 1, z do
   if cur + 1 > tonumber(ARGV[a]) then denied[#denied + 1] = c + j end
   a = a + 1
 end
-if #denied > 0 then return {0, values, denied} end
-a = 6
+if #denied > 0 then return {0, values, denied, 0} end
+a = 7
 for i = 1, c do
-  values[i] = redis.call('INCRBY', KEYS[i], ARGV[a + 1])
+  local amount = tonumber(ARGV[a + 1])
+  if ARGV[a + 3] == '1' then amount = amount + spare end
+  values[i] = redis.call('INCRBY', KEYS[i], amount)
   redis.call('PEXPIRE', KEYS[i], ARGV[a + 2])
-  a = a + 3
+  a = a + 4
 end
 for j = 1, z do
   local key = KEYS[c + j]
@@ -237,7 +253,7 @@ for j = 1, z do
   redis.call('PEXPIRE', key, slot_ttl)
   values[c + j] = redis.call('ZCARD', key)
 end
-return {1, values, denied}
+return {1, values, denied, spare}
 """
 
 # KEYS: the token counters, then the concurrency sets. ARGV: token delta, number of token counters, member.
@@ -266,11 +282,18 @@ class LocalStore:
         self._lock = threading.Lock()  # the event loop needs none; a stray thread must not corrupt the dicts
         self._ops = 0
 
-    def admit(self, checks: Sequence[Check], *, now: float, member: str, slot_ttl_s: float) -> Outcome:
+    def admit(self, checks: Sequence[Check], *, now: float, member: str, slot_ttl_s: float, spare: int = 0) -> Outcome:
         with self._lock:
             self._ops += 1
             if self._ops % SWEEP_EVERY == 0:
                 self._sweep(now)
+            for check in checks:
+                if check.takes_spare:
+                    value, expires_at = self._counters.get(check.store_key, (0, 0.0))
+                    current = value if expires_at > now else 0
+                    spare = max(0, min(spare, check.limit - current - check.amount))
+            if not any(check.takes_spare for check in checks):
+                spare = 0
             values: list[int] = []
             denied: list[int] = []
             for index, check in enumerate(checks):
@@ -286,7 +309,8 @@ class LocalStore:
                 else:
                     value, expires_at = self._counters.get(check.store_key, (0, 0.0))
                     current = value if expires_at > now else 0
-                    if current + max(check.amount, 1) > check.limit:
+                    need = check.amount + (spare if check.takes_spare else 0)
+                    if current + max(need, 1) > check.limit:
                         denied.append(index)
                 values.append(current)
             if denied:
@@ -297,9 +321,9 @@ class LocalStore:
                     slots[member] = now + slot_ttl_s
                     values[index] = len(slots)
                 else:
-                    values[index] += check.amount
+                    values[index] += check.amount + (spare if check.takes_spare else 0)
                     self._counters[check.store_key] = (values[index], now + check.ttl_s)
-            return Outcome(True, values, denied)
+            return Outcome(True, values, denied, spare)
 
     def finish(self, *, token_keys: Sequence[str], delta: int, slot_keys: Sequence[str], member: str) -> None:
         with self._lock:
@@ -412,6 +436,7 @@ class Limiter:
         request_id: str,
         tokens: int = 0,
         up_to_tokens: int = 0,
+        spare_tokens: int = 0,
         surface: Surface = "openai",
         kinds: frozenset[str] | None = None,
     ) -> Admission:
@@ -420,7 +445,10 @@ class Limiter:
         `tokens` must fit the tokens per minute limits whole (the prompt: a request whose prompt alone is over a
         limit is refused as one that can never fit); `up_to_tokens` is reserved as far as the tightest limit leaves
         room after them (max_tokens: an answer may be asked longer than a minute's budget, and runs when the
-        minute is otherwise unused). `kinds` limits the checks to those kinds of limit (None: all of them).
+        minute is otherwise unused). `spare_tokens` is reserved only as far as every tokens per minute counter has
+        room left now, after the rest: never a reason to refuse (the answer of a request that named no max_tokens,
+        whose length the client did not choose: reserving the alias's whole cap would turn such requests away
+        whenever the minute is partly used). `kinds` limits the checks to those kinds of limit (None: all of them).
         """
         now = self.now()
         tokens = max(0, int(tokens))
@@ -437,6 +465,9 @@ class Limiter:
             if extra > 0:
                 tokens += extra
                 checks = [replace(c, amount=tokens) if c.kind == TPM else c for c in checks]
+        spare = max(0, int(spare_tokens))
+        if spare:
+            checks = [replace(c, takes_spare=True) if c.kind == TPM else c for c in checks]
 
         backend: Literal["redis", "local"] = "local"
         outcome: Outcome | None = None
@@ -444,7 +475,7 @@ class Limiter:
             if self._pending_releases and time.monotonic() >= self._circuit_open_until:
                 await self._retry_releases()
             try:
-                outcome = await self._redis_admit(checks, now=now, member=request_id)
+                outcome = await self._redis_admit(checks, now=now, member=request_id, spare=spare)
                 backend = "redis"
             except RedisUnavailable as exc:
                 self._on_redis_failure(exc)
@@ -452,7 +483,7 @@ class Limiter:
                     raise LimitsUnavailable(headers={"retry-after": "1"}) from exc
                 self.fallback_admissions += 1
         if outcome is None:
-            outcome = self.local.admit(checks, now=now, member=request_id, slot_ttl_s=self.slot_ttl_s)
+            outcome = self.local.admit(checks, now=now, member=request_id, slot_ttl_s=self.slot_ttl_s, spare=spare)
 
         admission = Admission(
             request_id=request_id,
@@ -460,7 +491,7 @@ class Limiter:
             now=now,
             requests=self._tightest(checks, outcome.values, REQUEST_KINDS, now),
             tokens=self._tightest(checks, outcome.values, frozenset({TPM}), now),
-            reserved_tokens=tokens,
+            reserved_tokens=tokens + outcome.spare,
             backend=backend,
             token_keys=tuple(c.store_key for c in checks if c.kind == TPM),
             slot_keys=tuple(c.store_key for c in checks if c.slot),
@@ -715,16 +746,24 @@ class Limiter:
             except (RedisError, OSError, TimeoutError) as exc:
                 raise RedisUnavailable(f"{exc.__class__.__name__}: {exc}") from exc
 
-    async def _redis_admit(self, checks: list[Check], *, now: float, member: str) -> Outcome:
+    async def _redis_admit(self, checks: list[Check], *, now: float, member: str, spare: int = 0) -> Outcome:
         counters = [c for c in checks if not c.slot]
         sets = [c for c in checks if c.slot]
-        args: list[Any] = [int(now * 1000), len(counters), len(sets), int(self.slot_ttl_s * 1000), member]
+        takes_spare = any(c.takes_spare for c in counters)
+        args: list[Any] = [
+            int(now * 1000),
+            len(counters),
+            len(sets),
+            int(self.slot_ttl_s * 1000),
+            member,
+            spare if takes_spare else 0,
+        ]
         for check in counters:
-            args += [check.limit, check.amount, check.ttl_s * 1000]
+            args += [check.limit, check.amount, check.ttl_s * 1000, 1 if check.takes_spare else 0]
         args += [check.limit for check in sets]
         reply = await self._call(lambda b: b.admit, [c.store_key for c in checks], args)
-        admitted, values, denied = reply
-        return Outcome(bool(admitted), [int(v) for v in values], [int(i) - 1 for i in denied])
+        admitted, values, denied, granted = reply
+        return Outcome(bool(admitted), [int(v) for v in values], [int(i) - 1 for i in denied], int(granted))
 
     async def _redis_finish(self, admission: Admission, *, delta: int) -> None:
         token_keys = list(admission.token_keys) if delta else []

@@ -70,6 +70,7 @@ class Exchange:
     admission: Admission | None = None
     upstream_started: float | None = None
     upstream_answered: float | None = None
+    end_user: str = ""  # the customer's id of their end user, for the usage row (end_user_of)
 
     def __post_init__(self) -> None:
         if not self.request_id:
@@ -152,12 +153,25 @@ class Exchange:
             upstream_latency_ms=ms(now - call.started) if call else None,
             ttfb_ms=ms(ttfb) if ttfb is not None else None,
             duration_ms=ms(now - self.started),
+            end_user=self.end_user,
         )
 
 
 def _storable(text: str, limit: int) -> str:
     """Client-sent text for a log row: PostgreSQL refuses NUL in text (`/v1/models/%00` is a path with one)."""
     return text.replace("\x00", "\ufffd")[:limit]
+
+
+def end_user_of(creq: CompletionRequest) -> str:
+    """The request's end-user id (OpenAI `user`, Anthropic `metadata.user_id`; bounded by the parsers) as PostgreSQL
+    stores it: JSON may carry NUL and lone surrogates, which a text column and UTF-8 refuse, and a refused row would
+    be dropped from the usage batch."""
+    user = creq.user
+    if not user:
+        return ""
+    if user.isascii():
+        return user.replace("\x00", "\ufffd")
+    return user.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 def _read_body(request: HttpRequest) -> object:
@@ -208,7 +222,9 @@ def _attempt_timeout(route: AliasRoute) -> int:
 
 
 def _router_body(creq: CompletionRequest, route: AliasRoute, prompt: str, request_id: str) -> dict[str, Any]:
-    max_tokens = min(creq.max_tokens or route.default_max_tokens, route.max_tokens_cap)
+    # No max_tokens asked: the alias's cap, the same number /v1/models shows (max_output_tokens), never a smaller
+    # hidden default that would cut answers short with no reason the client could see.
+    max_tokens = min(creq.max_tokens or route.max_tokens_cap, route.max_tokens_cap)
     return build_router_body(
         prompt=prompt,
         stream=creq.stream,
@@ -240,6 +256,7 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
             raise UsageBacklogFull(headers={"retry-after": "5"})
         creq = surface.parse(_read_body(request))
         ex.model = creq.model
+        ex.end_user = end_user_of(creq)
         ex.route = _resolve(creq.model, ex.principal, surface)
         ex.model = ex.route.alias
         prompt = _prompt(creq, ex.route)
@@ -256,7 +273,10 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
             ex.principal,
             request_id=ex.request_id,
             tokens=ctx.prompt_tokens_estimate,  # must fit whole: a prompt over the limit is refused
-            up_to_tokens=body["max_tokens"],  # capped at what the minute's budget leaves
+            # max_tokens as asked: capped at what the minute's budget leaves. Not asked (the alias's cap): only as far
+            # as the minute has room now, so a request naming no max_tokens never waits for its default's sake.
+            up_to_tokens=body["max_tokens"] if creq.max_tokens else 0,
+            spare_tokens=0 if creq.max_tokens else body["max_tokens"],
             surface=ex.surface.limits_surface,
         )
         # The gateway's timeout bounds the request, every attempt included; each attempt gets the alias's timeout.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.cache import cache
@@ -26,6 +27,7 @@ from gateway.translate.anthropic_messages import parse_messages_request
 from gateway.translate.common import estimate_tokens
 from gateway.translate.prompt import render_prompt
 from gateway.upstream import upstreams
+from routerpools.selectors import AliasRoute
 
 
 def _only(method: str, request: HttpRequest, surface: Surface) -> HttpResponse | None:
@@ -83,35 +85,118 @@ def _logged(ex: Exchange, response: HttpResponse) -> HttpResponse:
     return response
 
 
-def _model_entry(alias: str, created: int) -> dict[str, object]:
-    return {"id": alias, "object": "model", "created": created, "owned_by": "cortensor"}
+def _models_surface(request: HttpRequest) -> Surface:
+    """Whose shape `/v1/models` answers in: Anthropic's for a client that sends `anthropic-version` (the Anthropic SDKs
+    always do; no OpenAI client does), OpenAI's otherwise. Errors then come in the same shape."""
+    return ANTHROPIC_MESSAGES if request.headers.get("anthropic-version", "").strip() else OPENAI_CHAT
+
+
+def _openai_model(route: AliasRoute) -> dict[str, object]:
+    # OpenAI's four fields, then ours: the SDKs' model types keep fields they do not declare. max_output_tokens is
+    # also what a request without max_tokens gets; context_length is null when staff did not state it.
+    return {
+        "id": route.alias,
+        "object": "model",
+        "created": route.created,
+        "owned_by": "cortensor",
+        "display_name": route.display_name,
+        "max_output_tokens": route.max_tokens_cap,
+        "context_length": route.context_length,
+    }
+
+
+def _anthropic_model(route: AliasRoute) -> dict[str, object]:
+    """A ModelInfo of the Anthropic SDK (anthropic/types/model_info.py): `lifecycle` is required there."""
+    return {
+        "type": "model",
+        "id": route.alias,
+        "display_name": route.display_name,
+        "created_at": datetime.fromtimestamp(route.created, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "lifecycle": "active",
+        "max_input_tokens": route.context_length,
+        "max_tokens": route.max_tokens_cap,
+    }
+
+
+ANTHROPIC_PAGE_DEFAULT = 20  # Anthropic's own default and bounds for `limit`
+ANTHROPIC_PAGE_MAX = 1000
+_LIFECYCLES = ("active", "deprecated", "retired")
+
+
+def _anthropic_page(request: HttpRequest, routes: list[AliasRoute]) -> dict[str, object]:
+    """Anthropic's list: newest first, `limit` / `after_id` / `before_id` cursors, `lifecycle` filter (every alias
+    is active); a bad parameter is an InvalidRequest naming it."""
+    query = request.GET
+    raw_limit = query.get("limit")
+    limit = ANTHROPIC_PAGE_DEFAULT
+    if raw_limit is not None:
+        if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= ANTHROPIC_PAGE_MAX:
+            raise InvalidRequest(f"limit: must be an integer from 1 to {ANTHROPIC_PAGE_MAX}", param="limit")
+        limit = int(raw_limit)
+    lifecycles = query.getlist("lifecycle[]") + query.getlist("lifecycle")
+    for stage in lifecycles:
+        if stage not in _LIFECYCLES:
+            raise InvalidRequest(f"lifecycle: must be one of {', '.join(_LIFECYCLES)}", param="lifecycle")
+    if lifecycles and "active" not in lifecycles:
+        routes = []
+    after_id, before_id = query.get("after_id"), query.get("before_id")
+    if after_id is not None and before_id is not None:
+        raise InvalidRequest("before_id: cannot be used together with after_id", param="before_id")
+    ordered = sorted(routes, key=lambda r: (-r.created, r.alias))  # "more recently released models are listed first"
+    ids = [r.alias for r in ordered]
+    for name, cursor in (("after_id", after_id), ("before_id", before_id)):
+        if cursor is not None and cursor not in ids:
+            raise InvalidRequest(f"{name}: '{cursor[:100]}' is not a model in this list", param=name)
+    if before_id is not None:
+        end = ids.index(before_id)
+        page = ordered[max(0, end - limit) : end]
+        has_more = end - limit > 0
+    else:
+        start = ids.index(after_id) + 1 if after_id is not None else 0
+        page = ordered[start : start + limit]
+        has_more = start + limit < len(ordered)
+    return {
+        "data": [_anthropic_model(r) for r in page],
+        "has_more": has_more,
+        "first_id": page[0].alias if page else None,
+        "last_id": page[-1].alias if page else None,
+    }
 
 
 @csrf_exempt
 async def list_models(request: HttpRequest) -> HttpResponse:
-    if refused := _only("GET", request, OPENAI_CHAT):
+    surface = _models_surface(request)
+    if refused := _only("GET", request, surface):
         return refused
-    ex, refused = await _authenticated(request, OPENAI_CHAT)
+    ex, refused = await _authenticated(request, surface)
     if refused:
         return refused
     assert ex.principal is not None
-    routes = state.snapshot.routes
-    data = [_model_entry(r.alias, r.created) for r in sorted(routes.values(), key=lambda r: r.alias) if ex.principal.may_use(r.alias)]
-    return _logged(ex, json_response({"object": "list", "data": data}, headers=ex.headers()))
+    routes = [r for r in sorted(state.snapshot.routes.values(), key=lambda r: r.alias) if ex.principal.may_use(r.alias)]
+    if surface.anthropic:
+        try:
+            body = _anthropic_page(request, routes)
+        except GatewayError as err:
+            return _error(ex, err)
+    else:
+        body = {"object": "list", "data": [_openai_model(r) for r in routes]}
+    return _logged(ex, json_response(body, headers=ex.headers()))
 
 
 @csrf_exempt
 async def retrieve_model(request: HttpRequest, alias: str) -> HttpResponse:
-    if refused := _only("GET", request, OPENAI_CHAT):
+    surface = _models_surface(request)
+    if refused := _only("GET", request, surface):
         return refused
-    ex, refused = await _authenticated(request, OPENAI_CHAT)
+    ex, refused = await _authenticated(request, surface)
     if refused:
         return refused
     assert ex.principal is not None
     route = state.route(alias)
     if route is None or not ex.principal.may_use(route.alias):
         return _error(ex, ModelNotFound(f"the model '{alias[:100]}' does not exist", param="model"))
-    return _logged(ex, json_response(_model_entry(route.alias, route.created), headers=ex.headers()))
+    entry = _anthropic_model(route) if surface.anthropic else _openai_model(route)
+    return _logged(ex, json_response(entry, headers=ex.headers()))
 
 
 @csrf_exempt

@@ -93,6 +93,16 @@ class RouterSessionAdmin(admin.ModelAdmin):
 
 @admin.register(ModelAlias)
 class ModelAliasAdmin(admin.ModelAdmin):
-    list_display = ["alias", "display_name", "pool", "prompt_format", "max_tokens_cap", "upstream_timeout_s", "enabled", "env_managed"]
+    list_display = [
+        "alias",
+        "display_name",
+        "pool",
+        "prompt_format",
+        "max_tokens_cap",
+        "context_length",
+        "upstream_timeout_s",
+        "enabled",
+        "env_managed",
+    ]
     list_filter = ["enabled", "pool"]
     list_editable = ["enabled"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -55,8 +56,23 @@ class ModelAlias(models.Model):
     display_name = models.CharField(max_length=200, blank=True)
     pool = models.ForeignKey(RouterPool, on_delete=models.PROTECT, related_name="aliases")
     prompt_format = models.CharField(max_length=16, choices=PromptFormat.choices, default=PromptFormat.CHATML)
-    max_tokens_cap = models.PositiveIntegerField(default=4096)
-    default_max_tokens = models.PositiveIntegerField(default=512)
+    # One number for both: the most a request may ask for, and what a request that names no max_tokens gets. A
+    # smaller hidden default surprised clients that rely on the provider's own (answers cut short without a reason).
+    max_tokens_cap = models.PositiveIntegerField(
+        "max output tokens",
+        default=4096,
+        validators=[MinValueValidator(1)],
+        help_text="the most tokens an answer may have; also what a request without max_tokens gets. "
+        "Shown in /v1/models (max_output_tokens; Anthropic: max_tokens)",
+    )
+    context_length = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="the context window of the model behind the alias, in tokens, as its routers serve it; "
+        "shown in /v1/models (context_length; Anthropic: max_input_tokens). Informational: the gateway "
+        "does not check prompts against it. Empty: not stated",
+    )
     upstream_timeout_s = models.PositiveIntegerField(default=120)
     prompt_type = models.IntegerField(null=True, blank=True)
     prompt_template = models.TextField(blank=True)

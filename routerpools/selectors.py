@@ -31,8 +31,8 @@ class AliasRoute:
     pool_name: str
     pool_draining: bool
     prompt_format: str
-    max_tokens_cap: int
-    default_max_tokens: int
+    max_tokens_cap: int  # the most an answer may have, and what a request without max_tokens gets
+    context_length: int | None  # informational, for /v1/models; None: not stated
     timeout_s: int
     prompt_type: int | None
     prompt_template: str
@@ -67,7 +67,7 @@ def routing_table() -> dict[str, AliasRoute]:
             pool_draining=pool.draining,
             prompt_format=alias.prompt_format,
             max_tokens_cap=alias.max_tokens_cap,
-            default_max_tokens=alias.default_max_tokens,
+            context_length=alias.context_length,
             timeout_s=alias.upstream_timeout_s,
             prompt_type=alias.prompt_type,
             prompt_template=alias.prompt_template,

@@ -70,7 +70,7 @@ def test_upstreams_and_routes_mask_their_keys_and_url_credentials() -> None:
     )
     route = AliasRoute(
         alias="oss-20b", display_name="OSS", pool_name="p", pool_draining=False, prompt_format="chatml", max_tokens_cap=10,
-        default_max_tokens=5, timeout_s=10, prompt_type=None, prompt_template="", upstreams=(upstream,), created=0,
+        context_length=None, timeout_s=10, prompt_type=None, prompt_template="", upstreams=(upstream,), created=0,
     )  # fmt: skip
     pool = UpstreamPool()
     pool.mark_failed(upstream)

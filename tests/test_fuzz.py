@@ -69,13 +69,19 @@ CHAT_FIELDS: dict[str, Any] = {
     "stream_options": st.fixed_dictionaries({}, optional={"include_usage": st.booleans() | json_values}) | json_values,
     "n": st.integers(0, 3) | json_values, "tools": json_values, "tool_choice": json_values, "functions": json_values,
     "response_format": st.just({"type": "text"}) | json_values, "logprobs": st.booleans() | json_values,
-    "seed": json_values, "user": json_values, "metadata": json_values,
+    "seed": json_values, "user": json_values, "metadata": json_values, "safety_identifier": json_values,
+    "service_tier": st.sampled_from(["auto", "default", "flex"]) | json_values, "store": st.booleans() | json_values,
+    "logit_bias": json_values, "top_logprobs": json_values, "modalities": st.just(["text"]) | json_values,
+    "audio": json_values, "reasoning_effort": json_values, "prediction": json_values, "parallel_tool_calls": json_values,
 }  # fmt: skip
 MESSAGES_FIELDS: dict[str, Any] = {
     "model": model, "messages": messages, "max_tokens": max_tokens, "system": content, "temperature": numbers,
     "top_p": numbers, "top_k": st.integers(-3, 100) | json_values, "stop_sequences": st.lists(st.text(max_size=10), max_size=5) | json_values,
     "stream": st.booleans() | json_values, "metadata": json_values, "tools": json_values, "tool_choice": json_values,
     "thinking": st.just({"type": "enabled", "budget_tokens": 1024}) | json_values,
+    "service_tier": st.sampled_from(["auto", "standard_only", "priority"]) | json_values, "speed": json_values,
+    "output_config": json_values, "mcp_servers": json_values, "container": json_values, "inference_geo": json_values,
+    "cache_control": json_values,
 }  # fmt: skip
 ENVELOPE_FIELDS: dict[str, Any] = {
     "model": model, "prompt": st.text(max_size=80) | json_values, "max_tokens": max_tokens, "temperature": numbers,
@@ -162,8 +168,15 @@ def check_stream(route: str, text: str) -> None:
         assert all("error" not in p or p["error"] is None for p in payloads), payloads
 
 
-def check_success(route: str, body: Any, rid: str) -> None:
-    if route == "/v1/chat/completions":
+def check_success(route: str, body: Any, rid: str, *, anthropic_models: bool = False) -> None:
+    if anthropic_models:  # /v1/models to a client that sent anthropic-version: the Anthropic SDK's page and ModelInfo
+        entries = body["data"] if route == "/v1/models" else [body]
+        assert all(m["type"] == "model" and m["lifecycle"] == "active" for m in entries), body
+        if route == "/v1/models":
+            assert isinstance(body["has_more"], bool) and body["first_id"] == entries[0]["id"], body
+        else:
+            assert body["id"] == ALIAS, body
+    elif route == "/v1/chat/completions":
         assert body["object"] == "chat.completion" and body["model"] == ALIAS, body
         assert isinstance(body["choices"][0]["message"]["content"], str)
         assert all(isinstance(body["usage"][k], int) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
@@ -180,12 +193,13 @@ def check_success(route: str, body: Any, rid: str) -> None:
         assert body["object"] == "model" and body["id"] == ALIAS, body
 
 
-def check_response(route: str, response: httpx.Response, gateway: LiveGateway) -> None:
+def check_response(route: str, response: httpx.Response, gateway: LiveGateway, *, anthropic_models: bool = False) -> None:
+    """`anthropic_models`: a /v1/models request that sent anthropic-version, answered in Anthropic's shape."""
     status = response.status_code
     assert status < 500, f"{status} {response.text[:500]}\n--- gateway log ---\n{gateway.log()[-3000:]}"
     rid = response.headers.get("x-request-id", "")
     assert REQUEST_ID.match(rid), response.headers
-    anthropic = route.startswith("/v1/messages")
+    anthropic = route.startswith("/v1/messages") or anthropic_models
     if anthropic:
         assert response.headers.get("request-id") == rid
     if status == 200 and response.headers["content-type"].startswith("text/event-stream"):
@@ -194,7 +208,7 @@ def check_response(route: str, response: httpx.Response, gateway: LiveGateway) -
     assert response.headers["content-type"].startswith("application/json"), response.headers
     body = response.json()
     if status == 200:
-        check_success(route, body, rid)
+        check_success(route, body, rid, anthropic_models=anthropic_models)
     elif anthropic:
         check_anthropic_error(body, rid)
     elif route == "/v1/completions" and status != 405:
@@ -302,7 +316,11 @@ def test_no_path_or_headers_make_the_models_routes_fail_or_answer_out_of_shape(
         path = "/v1/models" if alias is None else f"/v1/models/{alias}"
         response = send(client, gateway, fuzz_key, path, method_used, headers, body)
         seen[response.status_code] = seen.get(response.status_code, 0) + 1
-        check_response("/v1/models" if alias is None else "/v1/models/x", response, gateway)
+        # In Anthropic's shape when anthropic-version is sent to a models route (`/v1/models/..` is `/v1/` by then).
+        sent_to = response.request.url.path
+        to_models = sent_to == "/v1/models" or sent_to.startswith("/v1/models/")
+        anthropic_models = to_models and bool(headers.get("anthropic-version", "").strip())
+        check_response("/v1/models" if alias is None else "/v1/models/x", response, gateway, anthropic_models=anthropic_models)
 
     run()
     assert seen.get(200, 0) > 0 and seen.get(401, 0) > 0, seen

@@ -403,6 +403,54 @@ def test_only_the_up_to_part_is_capped_at_the_budget_and_a_prompt_over_it_is_ref
     run(body)
 
 
+def test_spare_tokens_take_only_the_room_left_and_never_refuse(new_limiter) -> None:  # noqa: ANN001
+    """A request without max_tokens reserves its alias's cap as `spare_tokens`: only as far as the minute has room."""
+    limiter = new_limiter()
+    plan = make_plan(tpm=1000)
+    key_a, key_b = make_principal(plan, key_id=1), make_principal(plan, key_id=2)  # one organization, two keys
+
+    async def body() -> None:
+        # An unused minute: the whole budget after the prompt, as for an explicit max_tokens over the budget.
+        first = await limiter.admit(key_a, request_id="first", tokens=10, spare_tokens=4096)
+        assert first.reserved_tokens == 1000 and first.tokens is not None and first.tokens.remaining == 0
+        await limiter.finish(first, actual_tokens=50)
+        # The same cap asked as max_tokens would now need the whole budget again and wait for the next minute...
+        with pytest.raises(RateLimited):
+            await limiter.admit(key_a, request_id="asked", tokens=10, up_to_tokens=4096)
+        # ...a request that asked for nothing reserves what is left (1000 - 50 used - 10 of prompt) and runs.
+        second = await limiter.admit(key_a, request_id="second", tokens=10, spare_tokens=4096)
+        assert second.reserved_tokens == 10 + 940 and second.tokens is not None and second.tokens.remaining == 0
+        # With the minute full its prompt no longer fits: refused like any request whose prompt does not fit.
+        with pytest.raises(RateLimited) as full:
+            await limiter.admit(key_b, request_id="full", tokens=10, spare_tokens=4096)
+        assert full.value.details is not None and full.value.details["limit"] == "tokens_per_minute"
+        await limiter.finish(second, actual_tokens=100)
+        # The tightest counter decides: key B has used nothing, its organization 150 (A's two settled requests).
+        third = await limiter.admit(key_b, request_id="third", tokens=10, spare_tokens=4096)
+        assert third.reserved_tokens == 10 + (1000 - 150 - 10)
+        await limiter.finish(third, actual_tokens=30)
+        # Settled from the real usage like any reservation: 150 + 30 used, the rest free again.
+        peek = await limiter.peek(key_b)
+        assert peek is not None and peek.tokens is not None and peek.tokens.remaining == 1000 - 180
+        # Spare tokens smaller than the room are reserved whole, next to an explicit up_to part.
+        small = await limiter.admit(key_b, request_id="small", tokens=10, spare_tokens=20)
+        assert small.reserved_tokens == 30
+        await limiter.aclose()
+
+    run(body)
+
+
+def test_spare_tokens_without_a_token_limit_reserve_nothing(new_limiter) -> None:  # noqa: ANN001
+    limiter = new_limiter()
+
+    async def body() -> None:
+        admission = await limiter.admit(make_principal(make_plan(tpm=None)), request_id="free", tokens=5, spare_tokens=4096)
+        assert admission.tokens is None and admission.token_keys == ()
+        await limiter.aclose()
+
+    run(body)
+
+
 def test_without_a_token_limit_the_whole_request_is_reserved(new_limiter) -> None:  # noqa: ANN001
     limiter = new_limiter()
     principal = make_principal(make_plan(tpm=None))

@@ -180,6 +180,26 @@ def test_page_shows_totals_splits_and_latest_requests(team: Team, known_events: 
     assert "data-live-url" not in page  # a range in the past has no live feed
 
 
+def test_page_and_live_feed_show_each_requests_end_user(team: Team) -> None:
+    """The customer's own id for their end user (`user` / `metadata.user_id`), per request; escaped like any text."""
+    from usage.consumers import event_payload
+
+    key = ApiKey.objects.get(pk=team.acme_key_id)
+    rows = [event(team.acme, key, n, when=DAY1 + timedelta(minutes=n)) for n in (1, 2, 3)]
+    rows[0].end_user, rows[1].end_user = "user-42", "<b>bold</b>"
+    UsageEvent.objects.bulk_create(rows)
+    page = team.client(team.member).get("/portal/usage?from=2026-03-01&to=2026-03-04").content.decode()
+    assert "<th>End user</th>" in page
+    assert '<code class="mono small">user-42</code>' in page
+    assert '<code class="mono small">&lt;b&gt;bold&lt;/b&gt;</code>' in page and "<b>bold</b>" not in page
+    row_3 = page.split('data-request-id="req_acme_000003"')[1].split("</tr>")[0]
+    assert row_3.count("<td") == 8 and '<span class="muted">—</span></td>' in row_3  # none sent: a dash
+    record = _record(team.acme.pk, team.acme_key_id, "req_acme_live")
+    record.end_user = "user-42"
+    assert event_payload(record)["end_user"] == "user-42"
+    assert event_payload(UsageEvent.objects.get(request_id="req_acme_000003"))["end_user"] == ""
+
+
 def test_page_of_the_current_range_has_the_live_feed(team: Team) -> None:
     page = team.client(team.owner).get("/portal/usage").content.decode()
     assert f'data-live-url="/portal/ws/usage?org={team.acme.pk}"' in page

@@ -195,7 +195,10 @@ def test_models_list_and_retrieve(gateway: LiveGateway, key: IssuedKey) -> None:
     from routerpools.models import ModelAlias
 
     created = int(ModelAlias.objects.get(alias=ALIAS).created_at.timestamp())
-    entry = {"id": ALIAS, "object": "model", "created": created, "owned_by": "cortensor"}
+    # OpenAI's four fields, then the alias's name, its cap (what a request without max_tokens gets) and its
+    # context window (not stated for an alias synced from the environment).
+    entry = {"id": ALIAS, "object": "model", "created": created, "owned_by": "cortensor", "display_name": ALIAS,
+             "max_output_tokens": 4096, "context_length": None}
     auth = {"authorization": f"Bearer {key.raw}"}
 
     response = httpx.get(f"{gateway.url}/v1/models", headers=auth, timeout=10)

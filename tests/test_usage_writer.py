@@ -117,6 +117,31 @@ def test_the_bulk_insert_skips_rows_already_written_and_takes_null_columns() -> 
     assert stored["req_b1"].created_at == now
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_end_user_goes_through_the_batch_writer_as_sent() -> None:
+    """PostgreSQL's one-array-per-column insert and SQLite's bulk_create alike (`make test-sqlite` runs this too)."""
+    plans_seed_defaults()
+    key = issue_key(slug="end-users")
+    sent = {"req_eu0": "", "req_eu1": "user-42", "req_eu2": "ユーザー ✓", "req_eu3": "u" * 256}
+    rows = _rows("req_eu", 4, organization_id=key.organization_id, key_id=key.key_id)
+    for usage, _ in rows:
+        usage.end_user = sent[usage.request_id]
+    usage_record_batch(usage=[u for u, _ in rows], logs=[log_row for _, log_row in rows])
+    assert dict(UsageEvent.objects.values_list("request_id", "end_user")) == sent
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_writer_that_predates_the_end_user_column_still_writes() -> None:
+    """A rolling deploy: processes of the previous release insert without the column; the database's default fills it."""
+    columns = ("request_id", "alias", "route", "status", "http_status", "created_at", "prompt_tokens", "completion_tokens",
+               "total_tokens", "estimated", "streamed", "duration_ms", "pool", "endpoint_url", "error_code")
+    row = ("req_old", "m", "chat.completions", "ok", 200, timezone.now(), 1, 2, 3, False, False, 5, "", "", "")
+    insert_ignoring_conflicts(UsageEvent, columns, [row])
+    with connection.cursor() as cursor:  # not through the ORM, which would fill in the field's own default
+        cursor.execute("SELECT end_user FROM usage_usageevent WHERE request_id = %s", ["req_old"])
+        assert cursor.fetchone() == ("",)
+
+
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite does not enforce varchar lengths")
 @pytest.mark.django_db(transaction=True)
 def test_the_bulk_insert_refuses_a_value_too_long_for_its_column_rather_than_truncating_it() -> None:

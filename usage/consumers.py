@@ -58,6 +58,7 @@ def event_payload(row: Any) -> dict[str, Any]:
         "total_tokens": row.total_tokens,
         "duration_ms": row.duration_ms,
         "api_key_id": row.api_key_id,
+        "end_user": row.end_user,
     }
 
 

@@ -32,6 +32,10 @@ class UsageEvent(models.Model):
     ttfb_ms = models.PositiveIntegerField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
+    # The customer's own id for their end user (OpenAI `user` or `safety_identifier`, Anthropic `metadata.user_id`),
+    # for their attribution; blank when none was sent. The database default lets a process that predates the column
+    # keep writing during a rolling deploy.
+    end_user = models.CharField(max_length=256, blank=True, default="", db_default="")
 
     class Meta:
         indexes = [

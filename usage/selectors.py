@@ -246,6 +246,7 @@ LATEST_FIELDS = (
     "api_key__name",
     "api_key__prefix",
     "api_key__last_four",
+    "end_user",
 )
 
 

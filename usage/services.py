@@ -40,6 +40,7 @@ class UsageRecord:
     upstream_latency_ms: int | None = None
     ttfb_ms: int | None = None
     duration_ms: int = 0
+    end_user: str = ""  # the customer's end-user id from the request, storable (gateway/pipeline.py end_user_of)
 
 
 @dataclass(slots=True)

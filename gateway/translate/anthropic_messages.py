@@ -19,7 +19,9 @@ from gateway.translate.common import (
     optional_bool,
     optional_metadata,
     optional_number,
+    optional_object,
     optional_positive_int,
+    optional_str,
     require_object,
     required_model,
     shown,
@@ -32,6 +34,21 @@ _ROLES = ("user", "assistant")
 _NO_TOOLS = "Tool use is not offered on hosted routes."
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "stop_sequence": "stop_sequence"}
+
+# Every request field Anthropic defines beyond those the router is given is decided here (README, compatibility):
+# - used: `metadata.user_id`, the customer's own end-user id, stored on the usage row for their attribution;
+# - accepted and ignored: the `anthropic-beta` header (no beta feature is offered; a body field that needs one is
+#   refused by its own rule), `cache_control` at the top and on blocks (a caching hint; usage reports no cache
+#   tokens), `service_tier` "auto"/"standard_only" and `speed: "standard"` (the one tier and speed), `diagnostics`,
+#   `thinking: {"type": "disabled"}`, `tools: []`, `tool_choice: {"type": "none"}`, other `metadata` keys, and any
+#   field Anthropic does not define;
+# - refused with a 400 naming the field, because the answer could not be what they ask for: below.
+_SERVICE_TIERS = ("auto", "standard_only")
+_REFUSED_WHEN_SET = {
+    "container": "code execution containers are not offered on hosted routes.",
+    "context_management": "context management is not offered on hosted routes.",
+    "inference_geo": "the inference location cannot be chosen on hosted routes.",
+}
 
 
 def parse_messages_request(body: object) -> CompletionRequest:
@@ -82,12 +99,29 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
     tool_choice = body.get("tool_choice")
     if tool_choice is not None and tool_choice != {"type": "none"}:
         raise unsupported_parameter("tool_choice", _NO_TOOLS)
+    if body.get("mcp_servers") not in (None, []):
+        raise unsupported_parameter("mcp_servers", _NO_TOOLS)
     thinking = body.get("thinking")
     if thinking is not None:
         if not isinstance(thinking, dict):
             raise invalid_type("thinking", "an object", thinking)
         if thinking.get("type") != "disabled":
             raise unsupported_value("thinking", "extended thinking is not offered on hosted routes.")
+    for key, reason in _REFUSED_WHEN_SET.items():
+        if body.get(key) is not None:
+            raise unsupported_parameter(key, reason)
+    output_config = optional_object(body, "output_config")
+    if output_config is not None:
+        if output_config.get("format") is not None:
+            raise unsupported_parameter("output_config.format", "structured outputs are not offered on hosted routes.")
+        if output_config.get("effort") is not None:
+            raise unsupported_parameter("output_config.effort", "effort cannot be chosen on hosted routes.")
+    tier = optional_str(body, "service_tier")
+    if tier is not None and tier not in _SERVICE_TIERS:
+        raise invalid_value("service_tier", "must be 'auto' or 'standard_only'.")
+    speed = optional_str(body, "speed")
+    if speed is not None and speed != "standard":
+        raise unsupported_value("speed", "one speed is offered: 'standard'.")
 
 
 def _parse_messages(body: dict[str, Any]) -> list[ChatMessage]:

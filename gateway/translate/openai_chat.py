@@ -22,6 +22,7 @@ from gateway.translate.common import (
     optional_number,
     optional_object,
     optional_positive_int,
+    optional_str,
     require_object,
     required_model,
     shown,
@@ -32,6 +33,27 @@ from gateway.translate.common import (
 
 _ROLES = frozenset({"system", "developer", "user", "assistant"})
 _NO_TOOLS = "Tool calling is not offered on hosted routes."
+
+# Every request field OpenAI defines beyond those the router is given is decided here (README, compatibility):
+# - used: `user` (or `safety_identifier`, its successor, when `user` is absent) is the customer's own end-user id,
+#   stored on the usage row for their attribution;
+# - accepted and ignored, after a type check, because ignoring them changes nothing the caller can rely on: `seed`
+#   (determinism is best effort at OpenAI too), `metadata` (kept by OpenAI only with stored completions),
+#   `parallel_tool_calls` (no tools), `prediction` (a latency hint: the answer is the same), `prompt_cache_key` and
+#   `prompt_cache_retention` (caching hints), `service_tier` "auto"/"default" (the one tier), `store: false`,
+#   `stream_options.include_obfuscation` (nothing is obfuscated), and any field OpenAI does not define;
+# - refused with a 400 naming the field, because the answer could not be what they ask for: below and in
+#   _refuse_unsupported.
+_SERVICE_TIERS = ("auto", "default")
+# Fields refused whenever they carry a value (null is "not set" in OpenAI's API), with the reason given.
+_REFUSED_WHEN_SET = {
+    "audio": "audio output is not offered; answers are text.",
+    "reasoning_effort": "reasoning effort cannot be chosen on hosted routes.",
+    "verbosity": "verbosity cannot be chosen on hosted routes.",
+    "web_search_options": "web search is not offered on hosted routes.",
+    "top_logprobs": "log probabilities are not available.",
+    "moderation": "moderation policies are not offered on hosted routes.",
+}
 
 
 def parse_chat_request(body: object) -> CompletionRequest:
@@ -58,6 +80,10 @@ def parse_chat_request(body: object) -> CompletionRequest:
     seed = body.get("seed")
     if seed is not None and not is_int(seed):
         raise invalid_type("seed", "an integer", seed)
+    _check_ignored(body)
+    user = bounded_str(body, "user", MAX_USER_CHARS)
+    # OpenAI's successor of `user`; both name the caller's end user, `user` wins when both are sent.
+    safety_identifier = bounded_str(body, "safety_identifier", MAX_USER_CHARS)
 
     return CompletionRequest(
         surface="openai_chat",
@@ -72,8 +98,16 @@ def parse_chat_request(body: object) -> CompletionRequest:
         stream=stream,
         include_usage=include_usage,
         metadata=optional_metadata(body),
-        user=bounded_str(body, "user", MAX_USER_CHARS),
+        user=user or safety_identifier or None,
     )
+
+
+def _check_ignored(body: dict[str, Any]) -> None:
+    """Fields accepted and ignored still have their type: a wrong one is a mistake the caller should hear of."""
+    optional_bool(body, "parallel_tool_calls")
+    optional_object(body, "prediction")
+    optional_str(body, "prompt_cache_key")
+    optional_str(body, "prompt_cache_retention")
 
 
 def _refuse_unsupported(body: dict[str, Any]) -> None:
@@ -103,6 +137,27 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
 
     if optional_bool(body, "logprobs"):
         raise unsupported_value("logprobs", "log probabilities are not available.")
+
+    for key, reason in _REFUSED_WHEN_SET.items():
+        if body.get(key) is not None:
+            raise unsupported_parameter(key, reason)
+    logit_bias = body.get("logit_bias")
+    if logit_bias is not None:
+        if not isinstance(logit_bias, dict):
+            raise invalid_type("logit_bias", "an object", logit_bias)
+        if logit_bias:  # {} biases nothing
+            raise unsupported_parameter("logit_bias", "token biases cannot be applied on hosted routes.")
+    modalities = body.get("modalities")
+    if modalities is not None:
+        if not isinstance(modalities, list):
+            raise invalid_type("modalities", "an array", modalities)
+        if any(kind != "text" for kind in modalities):
+            raise unsupported_value("modalities", "only ['text'] is supported.")
+    if optional_bool(body, "store"):
+        raise unsupported_value("store", "chat completions are not stored; send store: false or leave it out.")
+    tier = optional_str(body, "service_tier")
+    if tier is not None and tier not in _SERVICE_TIERS:
+        raise unsupported_value("service_tier", "one service tier is offered: 'auto' or 'default'.")
 
 
 def _parse_messages(body: dict[str, Any]) -> list[ChatMessage]:

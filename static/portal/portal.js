@@ -162,6 +162,7 @@
       row.appendChild(cell(el("code", "mono small rid", event.request_id)));
       row.appendChild(modelCell);
       row.appendChild(event.key ? cell(event.key.name, "nowrap") : cell(el("span", "muted", "—")));
+      row.appendChild(cell(event.end_user ? el("code", "mono small", event.end_user) : el("span", "muted", "—")));
       row.appendChild(cell(statusBadge(event), "nowrap"));
       row.appendChild(cell((event.total_tokens || 0).toLocaleString("en-US"), "num"));
       row.appendChild(cell(event.duration_ms + " ms", "num nowrap"));

@@ -147,6 +147,58 @@ def test_invalid_request_is_a_400_invalid_request_error(request_body: object, pa
         assert param in err.message
 
 
+# --- the fields Anthropic defines beyond the router's: used, ignored or refused (README, compatibility) -------------
+
+
+def test_accepted_and_ignored_fields_change_nothing() -> None:
+    ignored = {
+        "cache_control": {"type": "ephemeral"},
+        "service_tier": "standard_only",
+        "speed": "standard",
+        "diagnostics": {"previous_message_id": "msg_1"},
+        "thinking": {"type": "disabled"},
+        "tools": [],
+        "tool_choice": {"type": "none"},
+        "mcp_servers": [],
+        "output_config": {"effort": None, "format": None},
+        "container": None,
+        "inference_geo": None,
+        "some_future_field": 1,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral"}}]}],
+    }
+    assert parse_messages_request(body(**ignored)) == parse_messages_request(body())
+    assert parse_messages_request(body(service_tier="auto")) == parse_messages_request(body())
+
+
+def test_metadata_user_id_names_the_end_user() -> None:
+    request = parse_messages_request(body(metadata={"user_id": "u-1", "team": "x"}))
+    assert (request.user, request.metadata) == ("u-1", {"user_id": "u-1", "team": "x"})
+    assert parse_messages_request(body(metadata={"team": "x"})).user is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "param"),
+    [
+        ({"mcp_servers": [{"type": "url", "url": "https://mcp.test", "name": "m"}]}, "mcp_servers"),
+        ({"container": "container_1"}, "container"),
+        ({"context_management": {"edits": []}}, "context_management"),
+        ({"inference_geo": "us"}, "inference_geo"),
+        ({"output_config": {"format": {"type": "json_schema", "schema": {}}}}, "output_config.format"),
+        ({"output_config": {"effort": "high"}}, "output_config.effort"),
+        ({"output_config": "high"}, "output_config"),
+        ({"service_tier": "priority"}, "service_tier"),
+        ({"service_tier": 1}, "service_tier"),
+        ({"speed": "fast"}, "speed"),
+        ({"thinking": {"type": "adaptive"}}, "thinking"),
+    ],
+)
+def test_fields_that_cannot_be_honoured_are_refused_by_name(changes: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_messages_request(body(**changes))
+    assert (caught.value.status, caught.value.anthropic_type, caught.value.param) == (400, "invalid_request_error", param)
+    assert f"'{param}'" in caught.value.message
+
+
 @pytest.mark.parametrize(
     ("finish", "stop_sequence", "wire_reason", "wire_sequence"),
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -210,6 +211,70 @@ def test_invalid_request_is_a_400_naming_the_field(request_body: object, param: 
     assert (err.status, err.openai_type, err.param, err.code) == (400, "invalid_request_error", param, code)
     if param is not None:
         assert param in err.message
+
+
+# --- the fields OpenAI defines beyond the router's: used, ignored or refused (README, compatibility) ---------------
+
+
+def test_accepted_and_ignored_fields_change_nothing() -> None:
+    ignored = {
+        "seed": 7,
+        "metadata": {"k": "v"},
+        "parallel_tool_calls": True,
+        "prediction": {"type": "content", "content": "Hello"},
+        "prompt_cache_key": "k",
+        "prompt_cache_retention": "24h",
+        "service_tier": "auto",
+        "store": False,
+        "stream_options": {"include_obfuscation": False},
+        "logit_bias": {},
+        "modalities": ["text"],
+        "some_future_field": 1,
+        **{key: None for key in ("audio", "reasoning_effort", "verbosity", "web_search_options", "top_logprobs", "moderation")},
+    }
+    plain = parse_chat_request(body())
+    assert parse_chat_request(body(**ignored)) == dataclasses.replace(plain, metadata={"k": "v"})
+    assert parse_chat_request(body(service_tier="default")) == plain
+
+
+def test_user_or_else_safety_identifier_names_the_end_user() -> None:
+    assert parse_chat_request(body(user="u-1")).user == "u-1"
+    assert parse_chat_request(body(safety_identifier="s-1")).user == "s-1"
+    assert parse_chat_request(body(user="u-1", safety_identifier="s-1")).user == "u-1"
+    assert parse_chat_request(body(user="", safety_identifier="s-1")).user == "s-1"
+    assert parse_chat_request(body(user="")).user is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "param", "code"),
+    [
+        ({"audio": {"voice": "alloy", "format": "mp3"}}, "audio", "unsupported_parameter"),
+        ({"modalities": ["text", "audio"]}, "modalities", "unsupported_value"),
+        ({"modalities": "text"}, "modalities", "invalid_type"),
+        ({"reasoning_effort": "high"}, "reasoning_effort", "unsupported_parameter"),
+        ({"verbosity": "low"}, "verbosity", "unsupported_parameter"),
+        ({"web_search_options": {}}, "web_search_options", "unsupported_parameter"),
+        ({"top_logprobs": 2}, "top_logprobs", "unsupported_parameter"),
+        ({"moderation": {"model": "m"}}, "moderation", "unsupported_parameter"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias", "unsupported_parameter"),
+        ({"logit_bias": [1]}, "logit_bias", "invalid_type"),
+        ({"store": True}, "store", "unsupported_value"),
+        ({"store": "yes"}, "store", "invalid_type"),
+        ({"service_tier": "flex"}, "service_tier", "unsupported_value"),
+        ({"service_tier": "priority"}, "service_tier", "unsupported_value"),
+        ({"service_tier": 1}, "service_tier", "invalid_type"),
+        ({"parallel_tool_calls": "yes"}, "parallel_tool_calls", "invalid_type"),
+        ({"prediction": "Hello"}, "prediction", "invalid_type"),
+        ({"prompt_cache_key": 5}, "prompt_cache_key", "invalid_type"),
+        ({"safety_identifier": 5}, "safety_identifier", "invalid_type"),
+        ({"safety_identifier": "s" * 257}, "safety_identifier", "invalid_value"),
+    ],
+)
+def test_fields_that_cannot_be_honoured_are_refused_by_name(changes: dict[str, Any], param: str, code: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_chat_request(body(**changes))
+    assert (caught.value.status, caught.value.param, caught.value.code) == (400, param, code)
+    assert f"'{param}'" in caught.value.message
 
 
 def test_tool_refusal_says_why() -> None:
