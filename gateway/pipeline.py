@@ -242,6 +242,8 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
         ex.model = creq.model
         ex.route = _resolve(creq.model, ex.principal, surface)
         ex.model = ex.route.alias
+        if surface.prepare is not None:  # a surface's own step (/v1/responses: a previous response's conversation)
+            await surface.prepare(creq, ex.principal.organization_id)
         prompt = _prompt(creq, ex.route)
         body = _router_body(creq, ex.route, prompt, ex.request_id)
         ctx = AnswerContext(
@@ -251,6 +253,9 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
             created=int(time.time()),
             prompt_tokens_estimate=estimate_tokens(prompt),
             include_usage=creq.include_usage,
+            organization_id=ex.principal.organization_id,
+            api_key_id=ex.principal.key_id,
+            request=creq,
         )
         ex.admission = await limiter.admit(
             ex.principal,
