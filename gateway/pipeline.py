@@ -239,11 +239,11 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
         if recorder.usage_backlog_full:  # the database is away and usage rows reached their bound (recorder.py)
             raise UsageBacklogFull(headers={"retry-after": "5"})
         creq = surface.parse(_read_body(request))
+        if surface.prepare is not None:  # a surface's own step (/v1/responses: a previous response's conversation)
+            await surface.prepare(creq, ex.principal.organization_id)
         ex.model = creq.model
         ex.route = _resolve(creq.model, ex.principal, surface)
         ex.model = ex.route.alias
-        if surface.prepare is not None:  # a surface's own step (/v1/responses: a previous response's conversation)
-            await surface.prepare(creq, ex.principal.organization_id)
         prompt = _prompt(creq, ex.route)
         body = _router_body(creq, ex.route, prompt, ex.request_id)
         ctx = AnswerContext(

@@ -144,8 +144,8 @@ class Surface:
     anthropic: bool
     parse: Callable[[object], CompletionRequest]
     stream_writer: Callable[[AnswerContext], StreamWriter]
-    # Run once the caller's organization and model are known, before the prompt is rendered: may change the
-    # request (a continued conversation) or refuse it with a GatewayError. None for surfaces without one.
+    # Run once the body is parsed and the caller's organization known, before the model is resolved: may change
+    # the request (a continued conversation) or refuse it with a GatewayError. None for surfaces without one.
     prepare: Callable[[CompletionRequest, int], Awaitable[None]] | None = None
 
     @property
