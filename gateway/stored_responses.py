@@ -8,7 +8,9 @@ writer's queue (gateway/recorder.py), written with its next round. Reading one b
 - in another process behind the same load balancer, which cannot see that queue, from the database once the
   maker's writer ran (within PORTAL_USAGE_FLUSH_MS): an id of our shape that is not found yet is looked up again,
   a few times with growing pauses, for up to PORTAL_RESPONSES_READ_WAIT_MS before the answer is a 404. Only a
-  miss waits (a made-up, deleted or other organization's id costs that wait and a handful of primary-key reads).
+  miss waits (a made-up, deleted or other organization's id costs that wait and a handful of primary-key reads),
+  and at most MAX_WAITING misses of a process wait at once: beyond, a miss is a 404 at once, so a flood of
+  made-up ids (a continuation refused before admission counts against no limit) cannot multiply the reads.
 
 Every read is one primary-key query within the organization and the retention period, run off the event loop.
 """
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 
 FIRST_LOOK_AGAIN_S = 0.02
 MAX_LOOK_AGAIN_S = 0.2
+MAX_WAITING = 64  # misses of this process looking again at once
+_waiting = 0
 
 
 class ResponseNotFound(GatewayError):
@@ -87,22 +91,33 @@ async def find(
     after PORTAL_RESPONSES_READ_WAIT_MS of looking again otherwise (see the module's docstring)."""
     if len(response_id) > 64 or not RESPONSE_ID.fullmatch(response_id):
         return None
+    global _waiting
     deadline = time.monotonic() + settings.PORTAL_RESPONSES_READ_WAIT_S
     pause = FIRST_LOOK_AGAIN_S
-    while True:
-        pending = recorder.pending_response(response_id)
-        if pending is not None:
-            if pending.organization_id != organization_id:
+    waiting = False
+    try:
+        while True:
+            pending = recorder.pending_response(response_id)
+            if pending is not None:
+                if pending.organization_id != organization_id:
+                    return None
+                return pending, _turns(pending) if with_turns else []
+            found = await db_call(_read, response_id, organization_id, with_turns)
+            if found is not None:
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return None
-            return pending, _turns(pending) if with_turns else []
-        found = await db_call(_read, response_id, organization_id, with_turns)
-        if found is not None:
-            return found
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        await asyncio.sleep(min(pause, remaining))
-        pause = min(pause * 2, MAX_LOOK_AGAIN_S)
+            if not waiting:
+                if _waiting >= MAX_WAITING:
+                    return None
+                _waiting += 1
+                waiting = True
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(pause * 2, MAX_LOOK_AGAIN_S)
+    finally:
+        if waiting:
+            _waiting -= 1
 
 
 async def delete(response_id: str, organization_id: int) -> bool:

@@ -192,3 +192,29 @@ def test_prune_with_retention_zero_keeps_everything_and_bad_arguments_are_refuse
         call_command("prune_responses", "--days", "-1")
     with pytest.raises(CommandError):
         call_command("prune_responses", "--batch-size", "0")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_miss_looks_again_only_while_few_others_do(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings.PORTAL_RESPONSES_READ_WAIT_MS = 300
+    settings.PORTAL_RESPONSES_READ_WAIT_S = 0.3
+    reads: list[str] = []
+    monkeypatch.setattr(stored_responses, "_read", lambda response_id, *_: reads.append(response_id))
+    unknown = f"resp_{7:024x}"
+
+    async def looks(max_waiting: int) -> int:
+        monkeypatch.setattr(stored_responses, "MAX_WAITING", max_waiting)
+        reads.clear()
+        assert await stored_responses.find(unknown, 1) is None
+        return len(reads)
+
+    async def main() -> tuple[int, int, int]:
+        # Not an id of ours: no read at all.
+        assert await stored_responses.find("resp_nope", 1) is None and not reads
+        return await looks(64), await looks(0), stored_responses._waiting
+
+    waited, not_waited, still_waiting = async_to_sync(main)()
+    gc.collect()
+    assert waited > 1  # looked again while the writer of another process might still be on its way
+    assert not_waited == 1  # too many misses already waiting: one read, then the 404
+    assert still_waiting == 0
