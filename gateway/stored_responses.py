@@ -18,11 +18,13 @@ Every read is one primary-key query within the organization and the retention pe
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.db import Error as DatabaseError
 from django.utils import timezone
 
 from gateway.db import db_call
@@ -35,6 +37,8 @@ from responsestore.services import StoredResponseRecord, stored_response_delete
 
 if TYPE_CHECKING:
     from gateway.surfaces import AnswerContext
+
+log = logging.getLogger("gateway")
 
 FIRST_LOOK_AGAIN_S = 0.02
 MAX_LOOK_AGAIN_S = 0.2
@@ -60,6 +64,17 @@ class ResponseStoreFull(GatewayError):
     anthropic_type = "api_error"
     envelope_code = "response_store_full"
     default_message = "the service cannot store responses right now; try again shortly, or send 'store': false"
+
+
+class ResponseStoreUnavailable(GatewayError):
+    """The database cannot be read: a stored response can be neither found nor ruled out."""
+
+    status = 503
+    openai_type = "api_error"
+    openai_code = "response_store_unavailable"
+    anthropic_type = "api_error"
+    envelope_code = "response_store_unavailable"
+    default_message = "stored responses cannot be read right now; try again shortly"
 
 
 def not_found(response_id: str) -> ResponseNotFound:
@@ -102,7 +117,11 @@ async def find(
                 if pending.organization_id != organization_id:
                     return None
                 return pending, _turns(pending) if with_turns else []
-            found = await db_call(_read, response_id, organization_id, with_turns)
+            try:
+                found = await db_call(_read, response_id, organization_id, with_turns)
+            except DatabaseError as exc:
+                log.warning("reading a stored response failed: %s", exc.__class__.__name__)
+                raise ResponseStoreUnavailable(headers={"retry-after": "5"}) from None
             if found is not None:
                 return found
             remaining = deadline - time.monotonic()
@@ -131,7 +150,14 @@ async def delete(response_id: str, organization_id: int) -> bool:
         if recorder.discard_pending_response(response_id):
             return True  # never written
         await recorder.settled()  # its batch is being written: once that round ends it is in the database, or queued again
-    if await db_call(stored_response_delete, response_id=response_id, organization_id=organization_id, newer_than=_newer_than()):
+    try:
+        deleted = await db_call(
+            stored_response_delete, response_id=response_id, organization_id=organization_id, newer_than=_newer_than()
+        )
+    except DatabaseError as exc:
+        log.warning("deleting a stored response failed: %s", exc.__class__.__name__)
+        raise ResponseStoreUnavailable(headers={"retry-after": "5"}) from None
+    if deleted:
         return True
     # Perhaps still on its way from another process: delete it once it arrived.
     if await find(response_id, organization_id) is None:

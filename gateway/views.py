@@ -93,6 +93,8 @@ async def response_detail(request: HttpRequest, response_id: str) -> HttpRespons
         else:
             record = await stored_responses.find(response_id, ex.principal.organization_id)
             body = record[0].body if record is not None else None
+    except GatewayError as err:  # the database cannot be read (503)
+        return _error(ex, err)
     finally:
         await limiter.finish(admission)
     ex.admission = await limiter.peek(ex.principal, surface=ex.surface.limits_surface)  # headers: after this request

@@ -15,11 +15,12 @@ import httpx2
 import openai
 import pytest
 from asgiref.sync import async_to_sync
+from django.db import OperationalError
 from django.test import AsyncClient
 
 from billing.models import LedgerEntry
 from billing.services import plans_seed_defaults
-from gateway import dbstats
+from gateway import dbstats, stored_responses
 from gateway.recorder import recorder
 from gateway.state import state
 from gateway.translate.common import ChatMessage
@@ -461,11 +462,13 @@ def in_process_gateway(settings: Any, sim: SimulatorServer) -> Iterator[None]:
     settings.PORTAL_USAGE_FLUSH_S = 3600.0
     state.stop()
     recorder.stop()
+    assert recorder.depth == 0, "rows left in the in-process recorder by an earlier test"
     plans_seed_defaults()
     router_pools_sync(config=parse_router_env(router_env(sim.base_url)))
     yield
     state.stop()
     recorder.stop()
+    assert recorder.depth == 0, "this test left rows in the in-process recorder"
 
 
 async def _post(client: AsyncClient, raw_key: str, body: dict[str, Any]) -> tuple[int, bytes]:
@@ -508,6 +511,7 @@ def test_storing_puts_no_query_on_the_request_path_and_continuing_costs_one(in_p
             )
             counts["continue_from_database"] = dbstats.queries_executed() - before
             assert status == 200
+            assert await recorder.flush()  # nothing left behind for the next test's in-process gateway
         finally:
             state.stop()
             recorder.stop()
@@ -522,3 +526,42 @@ def test_storing_puts_no_query_on_the_request_path_and_continuing_costs_one(in_p
     # Continuing: nothing while the previous response is still queued here, one indexed read once it was written.
     assert counts["continue_from_queue"] == 0
     assert counts["continue_from_database"] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_that_cannot_be_read_is_a_503_not_a_500(in_process_gateway: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = issue_key(slug="responses-db-down")
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(stored_responses, "_read", broken)
+    monkeypatch.setattr(stored_responses, "stored_response_delete", broken)
+    answers: list[tuple[int, dict[str, Any], str | None]] = []
+
+    async def main() -> None:
+        api = AsyncClient()
+        auth = {"authorization": f"Bearer {key.raw}"}
+        try:
+            body = {"model": ALIAS, "input": "and?", "previous_response_id": "resp_" + "1" * 24}
+            response = await api.post("/v1/responses", data=json.dumps(body), content_type="application/json", headers=auth)
+            answers.append((response.status_code, json.loads(response.content), response.get("retry-after")))
+            for method in (api.get, api.delete):
+                response = await method("/v1/responses/resp_" + "1" * 24, headers=auth)
+                answers.append((response.status_code, json.loads(response.content), response.get("retry-after")))
+            assert await recorder.flush()  # the request logs and the usage row: nothing left behind
+        finally:
+            state.stop()
+            recorder.stop()
+            await upstreams.aclose()
+            await asyncio.sleep(0)
+
+    async_to_sync(main)()
+    gc.collect()
+    error = {
+        "message": "stored responses cannot be read right now; try again shortly",
+        "type": "api_error",
+        "param": None,
+        "code": "response_store_unavailable",
+    }
+    assert answers == [(503, {"error": error}, "5")] * 3
