@@ -263,6 +263,13 @@ ERROR_CODES = [
     (403, "permission_error", "account_suspended", "permission_error", "The organization is suspended."),
     (404, "invalid_request_error", "model_not_found", "not_found_error", "No model has this name."),
     (
+        404,
+        "invalid_request_error",
+        "response_not_found, previous_response_not_found",
+        "—",
+        "No stored response of your organization has this id (/v1/responses): never stored, deleted, or expired.",
+    ),
+    (
         413,
         "invalid_request_error",
         "request_too_large",
@@ -315,6 +322,14 @@ def quickstart_examples(*, base_url: str, model: str) -> list[tuple[str, list[tu
   -d '{{"model": "{model}", "stream": true, "messages": [{{"role": "user", "content": "Stream a short reply."}}], "max_tokens": 48}}'""",
         ),
         (
+            "ex-curl-responses",
+            "curl · OpenAI Responses API",
+            f"""curl {v1}/responses \\
+  -H "Authorization: Bearer $CORTENSOR_API_KEY" \\
+  -H "Content-Type: application/json" \\
+  -d '{{"model": "{model}", "instructions": "Answer in one sentence.", "input": "Summarize Cortensor.", "max_output_tokens": 48}}'""",
+        ),
+        (
             "ex-curl-messages",
             "curl · Anthropic messages, streaming",
             f"""curl -N {v1}/messages \\
@@ -357,6 +372,43 @@ for chunk in stream:
         print(f"\\n{{chunk.usage.total_tokens}} tokens")""",
         ),
     ]
+    openai_py.append(
+        (
+            "ex-openai-responses",
+            "Responses API: a conversation that continues, and a stream",
+            f"""response = client.responses.create(
+    model="{model}",
+    instructions="Answer in one sentence.",
+    input="Summarize Cortensor.",
+    max_output_tokens=48,
+)
+print(response.output_text)
+
+# Stored unless you send store=False: continue from its id, the earlier turns are sent for you.
+follow_up = client.responses.create(model="{model}", input="Now in five words.", previous_response_id=response.id)
+print(follow_up.output_text)
+
+with client.responses.stream(model="{model}", input="Stream a short reply.", max_output_tokens=48) as stream:
+    for event in stream:
+        if event.type == "response.output_text.delta":
+            print(event.delta, end="", flush=True)""",
+        )
+    )
+    openai_py.append(
+        (
+            "ex-openai-agents",
+            "pip install openai-agents",
+            f"""import os
+from agents import Agent, Runner, set_default_openai_client, set_tracing_disabled
+from openai import AsyncOpenAI
+
+set_default_openai_client(AsyncOpenAI(base_url="{v1}", api_key=os.environ["CORTENSOR_API_KEY"]), use_for_tracing=False)
+set_tracing_disabled(True)  # traces would go to OpenAI
+
+agent = Agent(name="Assistant", instructions="Answer in one sentence.", model="{model}")
+print(Runner.run_sync(agent, "Summarize Cortensor.").final_output)""",
+        )
+    )
     anthropic_py = [
         (
             "ex-anthropic",

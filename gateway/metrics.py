@@ -46,6 +46,7 @@ _ROUTE_LABELS = {
     "/v1/messages": "messages",
     "/v1/messages/count_tokens": "count_tokens",
     "/v1/models": "models",
+    "/v1/responses": "responses",
 }
 
 
@@ -53,6 +54,8 @@ def route_label(path: str) -> str:
     label = _ROUTE_LABELS.get(path)
     if label is not None:
         return label
+    if path.startswith("/v1/responses/"):
+        return "responses"
     return "models" if path.startswith("/v1/models/") else "other"
 
 

@@ -255,6 +255,8 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
         if recorder.usage_backlog_full:  # the database is away and usage rows reached their bound (recorder.py)
             raise UsageBacklogFull(headers={"retry-after": "5"})
         creq = surface.parse(_read_body(request))
+        if surface.prepare is not None:  # a surface's own step (/v1/responses: a previous response's conversation)
+            await surface.prepare(creq, ex.principal.organization_id)
         ex.model = creq.model
         ex.end_user = end_user_of(creq)
         ex.route = _resolve(creq.model, ex.principal, surface)
@@ -268,6 +270,9 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
             created=int(time.time()),
             prompt_tokens_estimate=estimate_tokens(prompt),
             include_usage=creq.include_usage,
+            organization_id=ex.principal.organization_id,
+            api_key_id=ex.principal.key_id,
+            request=creq,
         )
         ex.admission = await limiter.admit(
             ex.principal,

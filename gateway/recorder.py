@@ -11,6 +11,11 @@ unknown routes) write no row: they are counted in `gateway_anonymous_refusals_to
 status, and one in PORTAL_ANONYMOUS_LOG_SAMPLE of them (0: none) still leaves its row. A server error is
 not a refusal: its row is written whoever sent it (the id is what the customer quotes to support, and a
 crash may have happened after authentication, with the principal lost on the way out).
+
+Stored `/v1/responses` answers (gateway/stored_responses.py) leave through the same writer, after each round's
+usage rows, in batches of their own (a failure there never holds usage back). While queued or being written they
+are found here by id, so the process that made one reads it back at once. Their queue is bounded in characters
+(PORTAL_RESPONSES_QUEUE_MAX_MB): at the bound, requests that would store one are refused with 503, so none is lost.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from django.conf import settings
 from gateway.db import db_call
 from gateway.errors import GatewayError
 from gateway.metrics import ANONYMOUS_REFUSALS, REQUEST_LOGS_DROPPED, USAGE_WRITE_FAILURES, route_label
+from responsestore.services import StoredResponseRecord, stored_responses_write
 from usage.consumers import apublish_usage_events
 from usage.services import RequestLogRecord, UsageRecord, usage_record_batch
 
 log = logging.getLogger("gateway.recorder")
 
 BATCH_SIZE = 500
+RESPONSES_BATCH_CHARS = 8 * 1024 * 1024  # stored responses are up to a few MB each: a batch stops growing here
 MAX_BACKOFF_S = 5.0
 SETTLE_MARGIN_S = 2.0  # beyond the usage grace, for closing the upstream and settling the reservation
 WARN_FRACTION = 0.8  # of the usage bound: alarm here, before billable requests are refused
@@ -58,7 +65,14 @@ class UsageRecorder:
     """Buffers rows in memory; a background task writes them. A failed batch is kept and retried,
     and the write is idempotent on the request id, so a retry never doubles a row."""
 
-    def __init__(self, *, usage_max: int | None = None, log_max: int | None = None, anonymous_sample: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        usage_max: int | None = None,
+        log_max: int | None = None,
+        anonymous_sample: int | None = None,
+        responses_max_chars: int | None = None,
+    ) -> None:
         self.usage_max = usage_max if usage_max is not None else _setting("PORTAL_USAGE_QUEUE_MAX", 100_000)
         self.log_max = log_max if log_max is not None else _setting("PORTAL_REQUEST_LOG_QUEUE_MAX", 100_000)
         self.anonymous_sample = anonymous_sample if anonymous_sample is not None else _setting("PORTAL_ANONYMOUS_LOG_SAMPLE", 0)
@@ -69,6 +83,12 @@ class UsageRecorder:
         self.logs_dropped = 0
         self._usage: list[UsageRecord] = []
         self._logs: list[RequestLogRecord] = []
+        self.responses_max_chars = (
+            responses_max_chars if responses_max_chars is not None else _setting("PORTAL_RESPONSES_QUEUE_MAX_MB", 256) << 20
+        )
+        self._responses: dict[str, StoredResponseRecord] = {}  # queued, by response id, oldest first
+        self._responses_writing: dict[str, StoredResponseRecord] = {}  # this round's, until each batch committed
+        self._responses_chars = 0  # of both
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -83,7 +103,7 @@ class UsageRecorder:
     @property
     def depth(self) -> int:
         """Rows not yet known to be in the database: buffered, or in a write under way."""
-        return len(self._usage) + len(self._logs) + self._writing
+        return len(self._usage) + len(self._logs) + self._writing + len(self._responses) + len(self._responses_writing)
 
     def ensure_started(self) -> None:
         loop = asyncio.get_running_loop()
@@ -116,6 +136,34 @@ class UsageRecorder:
             self._drop_oldest_logs()
         if self._wake is not None and len(self._logs) >= BATCH_SIZE:
             self._wake.set()
+
+    def store_response(self, record: StoredResponseRecord) -> None:
+        self._responses[record.response_id] = record
+        self._responses_chars += record.size
+
+    def pending_response(self, response_id: str) -> StoredResponseRecord | None:
+        """A stored response not yet known to be in the database: queued, or in a batch being written."""
+        return self._responses.get(response_id) or self._responses_writing.get(response_id)
+
+    def discard_pending_response(self, response_id: str) -> bool:
+        """Drop a queued stored response before it is written; False if it is not queued (perhaps being written)."""
+        record = self._responses.pop(response_id, None)
+        if record is None:
+            return False
+        self._responses_chars -= record.size
+        return True
+
+    async def settled(self) -> None:
+        """Returns once the writer's round under way (if any) has ended."""
+        if self._flush_lock is None:
+            return
+        async with self._flush_lock:
+            pass
+
+    @property
+    def responses_backlog_full(self) -> bool:
+        """Requests that would store a response are refused (503) while this holds; O(1), for the request path."""
+        return self._responses_chars >= self.responses_max_chars
 
     def _keeps_anonymous(self, log_row: RequestLogRecord) -> bool:
         """Count a request refused before anyone was authenticated; True for the one in N whose row is sampled."""
@@ -224,6 +272,40 @@ class UsageRecorder:
                     task = asyncio.ensure_future(apublish_usage_events(usage))
                     self._publishing.add(task)
                     task.add_done_callback(self._publishing.discard)
+            if self._responses:
+                return await self._write_responses()
+        return True
+
+    async def _write_responses(self) -> bool:
+        """This round's stored responses, in batches bounded in rows and characters; under the flush lock."""
+        self._responses_writing, self._responses = self._responses, {}
+        records = list(self._responses_writing.values())
+        start = 0
+        while start < len(records):
+            end, chars = start, 0
+            while (
+                end < len(records)
+                and end - start < BATCH_SIZE
+                and (end == start or chars + records[end].size <= RESPONSES_BATCH_CHARS)
+            ):
+                chars += records[end].size
+                end += 1
+            batch = records[start:end]
+            try:
+                await db_call(stored_responses_write, rows=batch)
+            except Exception as exc:
+                # Back in front of what was queued meanwhile, in order; retried with back-off like a usage batch.
+                self._responses = {**self._responses_writing, **self._responses}
+                self._responses_writing = {}
+                self.write_failures += 1
+                USAGE_WRITE_FAILURES.inc()
+                log.error("stored response write failed, %d kept for retry: %s", len(self._responses), exc.__class__.__name__)
+                return False
+            for record in batch:
+                del self._responses_writing[record.response_id]
+            self._responses_chars -= chars
+            self.rows_written += len(batch)
+            start = end
         return True
 
     async def drain(self, *, attempts: int = 5) -> bool:
@@ -236,7 +318,7 @@ class UsageRecorder:
         attempt = 0
         while attempt < attempts:
             if await self.flush():
-                if not (self._usage or self._logs):
+                if not (self._usage or self._logs or self._responses):
                     return True
                 continue  # rows recorded while that round was written (a stream that just ended)
             attempt += 1

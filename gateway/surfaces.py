@@ -1,15 +1,17 @@
-"""The three customer surfaces: how each parses a request, renders an answer, a stream and an error."""
+"""The customer surfaces: how each parses a request, renders an answer, a stream and an error."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from django.http import HttpResponse
 
+from gateway import stored_responses
 from gateway.errors import GatewayError
-from gateway.translate import anthropic_messages, envelope, openai_chat
+from gateway.translate import anthropic_messages, envelope, openai_chat, responses
 from gateway.translate.bounds import loads_bounded
 from gateway.translate.common import CompletionRequest, Usage, json_compact
 from gateway.translate.router import RouterDelta
@@ -23,6 +25,10 @@ class AnswerContext:
     created: int
     prompt_tokens_estimate: int
     include_usage: bool
+    # Who asked and what, for a surface that keeps its answers (`/v1/responses` with `store`).
+    organization_id: int | None = None
+    api_key_id: int | None = None
+    request: CompletionRequest | None = None
 
 
 class StreamWriter:
@@ -98,6 +104,30 @@ class _EnvelopeStream(StreamWriter):
         return self._t.error(err, self._request_id)
 
 
+class _ResponsesStream(StreamWriter):
+    def __init__(self, ctx: AnswerContext) -> None:
+        assert isinstance(ctx.request, responses.ResponsesRequest)
+        self._ctx = ctx
+        self._t = responses.ResponsesStreamTranslator(
+            request_id=ctx.request_id, created_at=ctx.created, model=ctx.model, request=ctx.request
+        )
+
+    def start(self) -> bytes:
+        return self._t.start()
+
+    def delta(self, delta: RouterDelta, text: str) -> bytes:
+        return self._t.text(text) if text else b""
+
+    def finish(self, *, finish_reason: str, stop_sequence: str | None, usage: Usage) -> bytes:
+        frames = self._t.finish(finish_reason=finish_reason, usage=usage)
+        assert self._t.final is not None and self._t.final_json is not None
+        stored_responses.remember(self._ctx, body_json=self._t.final_json, text=self._t.final_text, status=self._t.final["status"])
+        return frames
+
+    def error(self, err: GatewayError) -> bytes:
+        return self._t.error(err)
+
+
 def json_response(body: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
     response = HttpResponse(json_compact(body), status=status, content_type="application/json")
     # Sized, so daphne sends it as one body instead of chunked framing (Django leaves this to middleware).
@@ -114,6 +144,9 @@ class Surface:
     anthropic: bool
     parse: Callable[[object], CompletionRequest]
     stream_writer: Callable[[AnswerContext], StreamWriter]
+    # Run once the body is parsed and the caller's organization known, before the model is resolved: may change
+    # the request (a continued conversation) or refuse it with a GatewayError. None for surfaces without one.
+    prepare: Callable[[CompletionRequest, int], Awaitable[None]] | None = None
 
     @property
     def limits_surface(self) -> str:
@@ -144,6 +177,14 @@ class Surface:
             )
         if self.route == ENVELOPE_ROUTE:
             return envelope.envelope_response(request_id=ctx.request_id, model=ctx.model, pool_name=ctx.pool_name, data=raw)
+        if self.route == RESPONSES_ROUTE:
+            assert isinstance(ctx.request, responses.ResponsesRequest)
+            answer = responses.responses_answer(
+                request_id=ctx.request_id, created_at=ctx.created, model=ctx.model, request=ctx.request, text=text,
+                finish_reason=finish_reason, usage=usage, completed_at=int(time.time()),
+            )
+            stored_responses.remember(ctx, body_json=json_compact(answer), text=text, status=answer["status"])
+            return answer
         return openai_chat.chat_completion_response(
             completion_id=f"chatcmpl-{ctx.request_id[4:]}", created=ctx.created, model=ctx.model,
             text=text, finish_reason=finish_reason, usage=usage,
@@ -153,12 +194,20 @@ class Surface:
 CHAT_ROUTE = "chat.completions"
 MESSAGES_ROUTE = "messages"
 ENVELOPE_ROUTE = "completions"
+RESPONSES_ROUTE = "responses"
 
 OPENAI_CHAT = Surface(route=CHAT_ROUTE, anthropic=False, parse=openai_chat.parse_chat_request, stream_writer=_OpenAIStream)
 ANTHROPIC_MESSAGES = Surface(
     route=MESSAGES_ROUTE, anthropic=True, parse=anthropic_messages.parse_messages_request, stream_writer=_AnthropicStream
 )
 ENVELOPE = Surface(route=ENVELOPE_ROUTE, anthropic=False, parse=envelope.parse_envelope_request, stream_writer=_EnvelopeStream)
+OPENAI_RESPONSES = Surface(
+    route=RESPONSES_ROUTE,
+    anthropic=False,
+    parse=responses.parse_responses_request,
+    stream_writer=_ResponsesStream,
+    prepare=stored_responses.prepare,
+)
 
 
 def surface_for_path(path: str) -> Surface:
@@ -167,6 +216,8 @@ def surface_for_path(path: str) -> Surface:
         return ANTHROPIC_MESSAGES
     if path == "/v1/completions" or path.startswith("/v1/completions/"):
         return ENVELOPE
+    if path == "/v1/responses" or path.startswith("/v1/responses/"):
+        return OPENAI_RESPONSES
     return OPENAI_CHAT
 
 

@@ -15,5 +15,7 @@ urlpatterns = [
     path("v1/completions", views.completions),
     path("v1/messages", views.messages),
     path("v1/messages/count_tokens", views.count_tokens),
+    path("v1/responses", views.responses),
+    path("v1/responses/<str:response_id>", views.response_detail),
     re_path(r"^v1/.*$", views.not_found),
 ]

@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gateway import metrics
+from gateway import metrics, stored_responses
 from gateway.auth import authenticate
 from gateway.db import db_call
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, PermissionDenied, QuotaExceeded, RateLimited
@@ -22,20 +22,22 @@ from gateway.limits import COUNTING_KINDS, LimitsUnavailable, limiter
 from gateway.pipeline import Exchange, _read_body, handle_completion
 from gateway.recorder import recorder
 from gateway.state import state
-from gateway.surfaces import ANTHROPIC_MESSAGES, ENVELOPE, OPENAI_CHAT, Surface, json_response, surface_for_path
+from gateway.surfaces import ANTHROPIC_MESSAGES, ENVELOPE, OPENAI_CHAT, OPENAI_RESPONSES, Surface, json_response, surface_for_path
 from gateway.translate.anthropic_messages import parse_messages_request
-from gateway.translate.common import estimate_tokens
+from gateway.translate.common import estimate_tokens, json_compact, unsupported_value
 from gateway.translate.prompt import render_prompt
 from gateway.upstream import upstreams
 from routerpools.selectors import AliasRoute
 
 
 def _only(method: str, request: HttpRequest, surface: Surface) -> HttpResponse | None:
-    if request.method == method:
+    methods = method.split(", ")
+    if request.method in methods:
         return None
     ex = Exchange(request=request, surface=surface)
+    accepts = f"{method} only" if len(methods) == 1 else " or ".join(methods)
     response = json_response(
-        surface.error_body(InvalidRequest(f"this route accepts {method} only"), request_id=ex.request_id),
+        surface.error_body(InvalidRequest(f"this route accepts {accepts}"), request_id=ex.request_id),
         status=405,
         headers=ex.headers(),
     )
@@ -56,6 +58,55 @@ async def completions(request: HttpRequest) -> HttpResponse:
 @csrf_exempt
 async def messages(request: HttpRequest) -> HttpResponse:
     return _only("POST", request, ANTHROPIC_MESSAGES) or await handle_completion(request, ANTHROPIC_MESSAGES)
+
+
+@csrf_exempt
+async def responses(request: HttpRequest) -> HttpResponse:
+    return _only("POST", request, OPENAI_RESPONSES) or await handle_completion(request, OPENAI_RESPONSES)
+
+
+@csrf_exempt
+async def response_detail(request: HttpRequest, response_id: str) -> HttpResponse:
+    """`GET` a stored response (the object as it was sent) or `DELETE` it; another organization's id is a 404.
+
+    Admitted like a request (requests per minute, a concurrency slot released at once), not against allowances or
+    tokens: looking a response up costs a query, but generates nothing.
+    """
+    if refused := _only("GET, DELETE", request, OPENAI_RESPONSES):
+        return refused
+    ex, refused = await _authenticated(request, OPENAI_RESPONSES)
+    if refused:
+        return refused
+    assert ex.principal is not None
+    try:
+        if request.method == "GET" and request.GET.get("stream", "").lower() in ("true", "1"):
+            raise unsupported_value("stream", "a stored response is retrieved whole; it cannot be streamed again.")
+        admission = await limiter.admit(
+            ex.principal, request_id=ex.request_id, surface=ex.surface.limits_surface, kinds=COUNTING_KINDS
+        )
+    except GatewayError as err:
+        if isinstance(err, (RateLimited, QuotaExceeded, LimitsUnavailable)):
+            ex.admission = None  # the refusal carries the counters and retry-after of the limit it hit
+        return _error(ex, err)
+    try:
+        if request.method == "DELETE":
+            found = await stored_responses.delete(response_id, ex.principal.organization_id)
+            body = json_compact({"id": response_id, "object": "response.deleted", "deleted": True}) if found else None
+        else:
+            record = await stored_responses.find(response_id, ex.principal.organization_id)
+            body = record[0].body if record is not None else None
+    except GatewayError as err:  # the database cannot be read (503)
+        return _error(ex, err)
+    finally:
+        await limiter.finish(admission)
+    ex.admission = await limiter.peek(ex.principal, surface=ex.surface.limits_surface)  # headers: after this request
+    if body is None:
+        return _error(ex, stored_responses.not_found(response_id))
+    response = HttpResponse(body, content_type="application/json")
+    response["Content-Length"] = str(len(response.content))
+    for name, value in ex.headers().items():
+        response[name] = value
+    return _logged(ex, response)
 
 
 async def _authenticated(request: HttpRequest, surface: Surface) -> tuple[Exchange, HttpResponse | None]:

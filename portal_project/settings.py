@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "routerpools",
     "billing",
     "usage",
+    "responsestore",
     "gateway",
 ]
 
@@ -200,6 +201,20 @@ PORTAL_REQUEST_LOG_QUEUE_MAX = env_int("PORTAL_REQUEST_LOG_QUEUE_MAX", 100_000, 
 PORTAL_ANONYMOUS_LOG_SAMPLE = env_int("PORTAL_ANONYMOUS_LOG_SAMPLE", 0, minimum=0)
 # `manage.py prune_request_logs` deletes request log rows older than this many days (0: keep them forever).
 PORTAL_REQUEST_LOG_RETENTION_DAYS = env_int("PORTAL_REQUEST_LOG_RETENTION_DAYS", 30, minimum=0)
+# `/v1/responses` stores its answers (unless `store: false`) so a conversation continues from a previous response's
+# id: `manage.py prune_responses` deletes them after this many days (0: kept), and past it they are not found
+# even before the prune ran. One stored response holds at most this many characters of conversation (every
+# turn, earlier responses' included, and the instructions) plus its answer, and a conversation at most this many
+# responses; beyond either, a request that would store or continue one is refused with a 400.
+PORTAL_RESPONSES_RETENTION_DAYS = env_int("PORTAL_RESPONSES_RETENTION_DAYS", 30, minimum=0)
+PORTAL_RESPONSES_MAX_CONVERSATION_CHARS = env_int("PORTAL_RESPONSES_MAX_CONVERSATION_CHARS", 1_048_576, minimum=1024)
+PORTAL_RESPONSES_MAX_CHAIN = env_int("PORTAL_RESPONSES_MAX_CHAIN", 100, minimum=1)
+# Stored responses wait in memory for the usage writer's next round, within this bound (while the database is away);
+# at it, requests that would store one are refused with 503 until the writer catches up, so none is lost.
+PORTAL_RESPONSES_QUEUE_MAX_MB = env_int("PORTAL_RESPONSES_QUEUE_MAX_MB", 256, minimum=1)
+# A response id this process does not hold and the database does not have yet may still be on its way from another
+# gateway process (written within PORTAL_USAGE_FLUSH_MS there): look again for up to this long before a 404.
+PORTAL_RESPONSES_READ_WAIT_S = float(env_int("PORTAL_RESPONSES_READ_WAIT_MS", 1000, minimum=0)) / 1000
 
 # The operators' token: /metrics (Prometheus) and the details of /health want `Authorization: Bearer <token>`.
 # Required when DEBUG is off; without it (DEBUG, `make run`) both are open to anyone.

@@ -25,7 +25,7 @@ from gateway.translate.tokens import estimate_tokens as estimate_tokens  # re-ex
 # out (a lone surrogate from upstream stays valid), and the C encoder is fastest this way.
 json_compact = json.JSONEncoder(ensure_ascii=True, check_circular=False, separators=(",", ":")).encode
 
-Surface = Literal["openai_chat", "anthropic_messages", "envelope"]
+Surface = Literal["openai_chat", "anthropic_messages", "envelope", "openai_responses"]
 
 # "stop_sequence" is a stop string the gateway itself matched and cut; surfaces map it
 # to their own wording ("stop" for OpenAI, "stop_sequence" for Anthropic).
