@@ -40,8 +40,8 @@ from billing.selectors import (
     plans_with_aliases,
     prices_for_plans,
 )
-from gateway.errors import QuotaExceeded, RateLimited
-from gateway.limits import WEEKLY, AllowanceCounter, LimitsUnavailable, allowance_counters
+from gateway.errors import LimitsUnavailable, QuotaExceeded, RateLimited
+from gateway.limits import WEEKLY, AllowanceCounter, allowance_counters
 
 LEDGER_PAGE_SIZE = 50
 WARN_AT_PERCENT = 80
