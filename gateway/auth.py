@@ -22,8 +22,8 @@ from django.utils import timezone
 from apikeys.keys import KEY_PREFIX, hashes_match, split_key
 from apikeys.selectors import KeyRecord
 from apikeys.unkey import RatelimitState, UnkeyError, Verification, unkey_client
-from billing.selectors import PlanRecord
-from gateway.errors import AuthenticationFailed, GatewayError, PermissionDenied, QuotaExceeded, RateLimited
+from billing.selectors import PlanRecord, model_allowed
+from gateway.errors import AuthenticationFailed, AuthUnavailable, GatewayError, PermissionDenied, QuotaExceeded, RateLimited
 from gateway.limits import RPM, Admission, LimitState, anthropic_headers, format_duration, openai_headers
 from gateway.state import state
 
@@ -36,15 +36,6 @@ USAGE_RETRY_AFTER_S = 60  # Unkey says nothing about when used-up credits come b
 WARN_EVERY_S = 10.0
 
 
-class AuthUnavailable(GatewayError):
-    """The key issuer (Unkey) could not say whether the key is valid: 503, never a guess either way."""
-
-    status = 503
-    openai_type = "api_error"
-    openai_code = "auth_unavailable"
-    anthropic_type = "api_error"
-    envelope_code = "auth_unavailable"
-    default_message = "API key verification is temporarily unavailable; try again shortly"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +47,7 @@ class Principal:
     model_overrides: dict[str, bool] | None = None  # the organization's exceptions to its plan's list
 
     def may_use(self, alias: str) -> bool:
-        if self.model_overrides and alias in self.model_overrides:
-            return self.model_overrides[alias]
-        allowed = self.plan.allowed_aliases if self.plan else None
-        return allowed is None or alias in allowed
+        return model_allowed(alias, plan_aliases=self.plan.allowed_aliases if self.plan else None, overrides=self.model_overrides)
 
 
 def presented_key(headers: dict[str, str] | object) -> str | None:

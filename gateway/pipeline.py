@@ -22,6 +22,7 @@ from gateway.auth import Principal, authenticate
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
+    LimitsUnavailable,
     ModelNotFound,
     PermissionDenied,
     QuotaExceeded,
@@ -29,11 +30,12 @@ from gateway.errors import (
     RequestTooLarge,
     UpstreamError,
     UpstreamUnavailable,
+    UsageBacklogFull,
 )
-from gateway.limits import Admission, LimitsUnavailable, limiter
+from gateway.limits import Admission, limiter
 from gateway.logs import new_request_id as new_request_id  # where it used to live; made once per request in asgi.py
 from gateway.logs import request_id_of, request_id_var
-from gateway.recorder import UsageBacklogFull, recorder
+from gateway.recorder import recorder
 from gateway.state import state
 from gateway.surfaces import ENVELOPE_ROUTE, AnswerContext, StreamWriter, Surface, json_response
 from gateway.translate.bounds import JSONTooDeep, loads_bounded

@@ -12,9 +12,10 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_POST
 
-from accounts.portal import NotAMember, PortalContext, models_for_organization, portal_context, portal_page, render_portal
+from accounts.portal import NotAMember, PortalContext, portal_context, portal_page, render_portal
 from apikeys.issuers import KeyIssuerUnavailable
 from apikeys.services import apikey_get_or_create_playground
+from billing.selectors import models_for_organization
 from gateway.auth import principal_of
 from gateway.errors import GatewayError, PermissionDenied, UpstreamUnavailable
 from gateway.logs import current_request_id
