@@ -54,10 +54,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway.errors import GatewayError, LimitsUnavailable, QuotaExceeded, RateLimited
+from gateway.principal import Principal
 
 if TYPE_CHECKING:
     from billing.selectors import PlanRecord
-    from gateway.auth import Principal
 
 log = logging.getLogger("gateway.limits")
 
@@ -830,8 +830,6 @@ def allowance_counters(
     """
     import redis as sync_redis
     from redis.retry import Retry as SyncRetry
-
-    from gateway.auth import Principal
 
     source = source or limiter
     organization = Principal(key_id=0, organization_id=organization_id, organization_slug="", plan=plan)

@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 
 from gateway import metrics
-from gateway.auth import Principal, authenticate
+from gateway.auth import authenticate
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -35,6 +35,7 @@ from gateway.errors import (
 from gateway.limits import Admission, limiter
 from gateway.logs import new_request_id as new_request_id  # where it used to live; made once per request in asgi.py
 from gateway.logs import request_id_of, request_id_var
+from gateway.principal import Principal
 from gateway.recorder import recorder
 from gateway.state import state
 from gateway.surfaces import ENVELOPE_ROUTE, AnswerContext, StreamWriter, Surface, json_response
