@@ -180,3 +180,44 @@ def test_the_code_panel_fits_a_phone(portal: PortalServer, browser) -> None:  # 
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], api
     shot(page, "phone-playground-code")
     context.close()
+
+
+# Prompts that break naive quoting, each of which must come out of every snippet exactly as written.
+HOSTILE = [
+    TRICKY,
+    "'",
+    "it's '' ''' \\' \"\\\"",
+    "-d @/etc/passwd ${IFS}$(printf x)!! \\\n\\",
+    "tab\there, line\u2028separator, paragraph\u2029separator, next\u0085line, del\u007f, bom\ufeff inside",
+    '"""triple""" \'\'\'quotes\'\'\' {"role": "system"} \\u0041 \\N{BULLET} %s {0}',
+    "<!-- --> <script>document.title='x'</script> &amp; &lt;",
+]
+
+
+def test_every_snippet_carries_any_prompt_exactly(portal: PortalServer, browser) -> None:  # noqa: ANN001
+    """No network: the Python snippets are parsed and their messages read back with `ast`; the curl snippets run in
+    POSIX sh with `curl` replaced by a function that prints the body it was given. (The message is trimmed as the
+    playground trims what it sends, so none of these starts or ends with white space.)"""
+    import ast
+
+    email = "quotes@example.com"
+    member_with_key(email)
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    sign_in(page, portal, email)
+    page.goto(f"{portal.url}/portal/playground")
+    page.click("#pg-code-toggle")
+    print_body = 'curl() { for arg; do body=$arg; done; printf %s "$body"; }\n'
+    for text in HOSTILE:
+        page.fill("#pg-prompt", text)
+        for api, field in (("chat", "messages"), ("responses", "input"), ("messages", "messages")):
+            python = code(page, api, "python")
+            call = next(node for node in ast.walk(ast.parse(python)) if isinstance(node, ast.Call) and any(
+                k.arg == field for k in node.keywords))
+            sent = ast.literal_eval(next(k.value for k in call.keywords if k.arg == field))
+            assert sent == [{"role": "user", "content": text}], (api, text, python)
+
+            run = subprocess.run(["sh", "-c", print_body + code(page, api, "curl")], capture_output=True, timeout=10)
+            assert run.returncode == 0, (api, text, run.stderr)
+            assert json.loads(run.stdout.decode())[field] == [{"role": "user", "content": text}], (api, text)
+    context.close()
