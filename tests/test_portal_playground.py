@@ -118,7 +118,7 @@ def test_the_code_panel_names_the_docs_base_url_and_key_variable_and_no_key(port
     page = client.get("/portal/playground").content.decode()
     docs = client.get("/portal/docs").content.decode()
     assert 'data-base-url="https://api.example.test"' in page and 'data-key-env="CORTENSOR_API_KEY"' in page
-    assert "<code class=\"mono\">base_url = https://api.example.test/v1</code>" in docs and "$CORTENSOR_API_KEY" in docs
+    assert '<code class="mono">base_url = https://api.example.test/v1</code>' in docs and "$CORTENSOR_API_KEY" in docs
     assert 'aria-expanded="false" aria-controls="pg-code">View code</button>' in page
     assert '<section class="code-panel" id="pg-code" aria-labelledby="pg-code-title" hidden>' in page
     for api, tab in (("chat", "Chat Completions"), ("responses", "Responses"), ("messages", "Anthropic Messages")):

@@ -113,7 +113,11 @@ def test_view_code_follows_the_conversation_and_its_snippets_run(portal: PortalS
     shot(page, "playground-code")
 
     # What the gateway makes of this conversation when it is sent directly, built here, not by the page.
-    conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": answer}, {"role": "user", "content": TRICKY}]
+    conversation = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": TRICKY},
+    ]
     with httpx.Client(base_url=portal.url, timeout=20) as http:
         direct = http.post(
             "/v1/chat/completions",
@@ -135,7 +139,10 @@ def test_view_code_follows_the_conversation_and_its_snippets_run(portal: PortalS
         # POSIX sh, the key written in where the placeholder was, and the status printed after the body.
         run = subprocess.run(
             ["sh", "-c", curl.replace(f"${KEY_ENV}", raw) + " -sS -w '\\n%{http_code}'"],
-            capture_output=True, text=True, timeout=30, env={k: v for k, v in os.environ.items() if k != KEY_ENV},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={k: v for k, v in os.environ.items() if k != KEY_ENV},
         )
         body, _, status = run.stdout.rpartition("\n")
         assert run.returncode == 0 and status == "200", f"{api} curl: {run.returncode} {run.stdout!r} {run.stderr!r}"
@@ -212,8 +219,11 @@ def test_every_snippet_carries_any_prompt_exactly(portal: PortalServer, browser)
         page.fill("#pg-prompt", text)
         for api, field in (("chat", "messages"), ("responses", "input"), ("messages", "messages")):
             python = code(page, api, "python")
-            call = next(node for node in ast.walk(ast.parse(python)) if isinstance(node, ast.Call) and any(
-                k.arg == field for k in node.keywords))
+            call = next(
+                node
+                for node in ast.walk(ast.parse(python))
+                if isinstance(node, ast.Call) and any(k.arg == field for k in node.keywords)
+            )
             sent = ast.literal_eval(next(k.value for k in call.keywords if k.arg == field))
             assert sent == [{"role": "user", "content": text}], (api, text, python)
 
