@@ -380,9 +380,10 @@
     }
 
     // --- "View code": the conversation as a request to run elsewhere -------------------------------------
-    // Every value goes in through JSON.stringify (a JSON string literal is a valid Python one too: same escapes, and
-    // Python reads the raw non-ASCII JSON leaves as UTF-8 source), the shell body in single quotes, and the result
-    // into the page with textContent only: a prompt with quotes, newlines, `$HOME`, backticks or `</script>` stays text.
+    // Every value goes in through JSON.stringify (a JSON string literal is a valid Python one too: the same escapes,
+    // and the non-ASCII characters JSON leaves as they are are plain UTF-8 source to Python), the shell body in single
+    // quotes, and the result into the page with textContent only: quotes, newlines, `$HOME`, backticks or `</script>` in
+    // a prompt stay text everywhere.
     var codePanel = document.getElementById("pg-code");
     var codeToggle = document.getElementById("pg-code-toggle");
     var baseUrl = playground.dataset.baseUrl || location.origin;
