@@ -24,6 +24,12 @@ from routerpools.services import router_pools_sync
 
 log = logging.getLogger("gateway.lifecycle")
 
+_draining = False  # set on the first SIGTERM, for good: /health answers 503 on the connections still open
+
+
+def draining() -> bool:
+    return _draining
+
 
 def on_server_start() -> None:
     """Called once from asgi.py, before daphne serves: sync context, so the ORM may be used here."""
@@ -104,6 +110,8 @@ async def _drain_then_stop(reactor: Any) -> None:
     """Stop accepting connections (the load balancer moves on), wait for the requests in flight, then stop."""
     from twisted.internet import tcp
 
+    global _draining
+    _draining = True
     grace = settings.PORTAL_SHUTDOWN_GRACE_S
     ports = [reader for reader in reactor.getReaders() if isinstance(reader, tcp.Port)]  # daphne's listening sockets
     for port in ports:

@@ -249,9 +249,9 @@ _BEHIND_HTTPS = PORTAL_PUBLIC_BASE_URL.startswith("https://") and not DEBUG
 # no proxy is trusted (every request would look like plain HTTP and be redirected for ever).
 SECURE_PROXY_SSL_HEADER = None
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", _BEHIND_HTTPS)
-# A load balancer's probe speaks plain HTTP. /health and /metrics are answered by gateway/asgi.py before Django's
+# A load balancer's probe speaks plain HTTP. /health, /ready and /metrics are answered by gateway/asgi.py before Django's
 # middleware anyway; listed so that they stay reachable if that ever changes.
-SECURE_REDIRECT_EXEMPT = [r"^health$", r"^metrics$"]
+SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$", r"^metrics$"]
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if _BEHIND_HTTPS else 0, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", _BEHIND_HTTPS)
 # The preload list binds the whole registered domain for good, so it is the operator's call, off by default; Django's

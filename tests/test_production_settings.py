@@ -71,7 +71,7 @@ def test_behind_https_the_secure_settings_are_on_by_default() -> None:
         "SECURE_HSTS_INCLUDE_SUBDOMAINS": True,
         "SECURE_HSTS_PRELOAD": False,
         "SECURE_PROXY_SSL_HEADER": None,  # the scheme comes from portal_project/proxies.py, as far as it trusts
-        "SECURE_REDIRECT_EXEMPT": [r"^health$", r"^metrics$"],
+        "SECURE_REDIRECT_EXEMPT": [r"^health$", r"^ready$", r"^metrics$"],
     }
 
 
