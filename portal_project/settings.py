@@ -45,6 +45,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (admin, portal) from STATIC_ROOT, before sessions and auth: a stylesheet costs no session lookup.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "portal_project.security.PortalSecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -289,7 +291,21 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(env_str("PORTAL_STATIC_ROOT") or BASE_DIR / "staticfiles")
+STATICFILES_DIRS = [BASE_DIR / "static"]  # the portal's own CSS and JS, as portal/portal.css and portal/portal.js
+# Served by WhiteNoise (the middleware above). In production, `collectstatic` (at the image's build, or by
+# deploy/entrypoint.sh on a host) writes every file under a content-hashed name with a gzip copy and a
+# manifest; `{% static %}` then links the hashed name, which WhiteNoise serves as cacheable for good. That storage
+# raises for a file missing from the manifest, so without a `collectstatic` (DEBUG: `make run`; the test suite, see
+# test_settings.py) the plain storage links the files by their own names and WhiteNoise finds them in the apps.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
