@@ -19,7 +19,7 @@ def configured() -> bool:
 
 
 def stats() -> dict[str, int] | None:
-    """The pool's size, idle connections and waiting requests (psycopg_pool's get_stats), or None without a pool."""
+    """The pool's size, idle connections, waiting requests and counters (psycopg_pool's get_stats), or None."""
     pool = _pool()
     if pool is None:
         return None
@@ -30,6 +30,9 @@ def stats() -> dict[str, int] | None:
         "size": raw.get("pool_size", 0),
         "available": raw.get("pool_available", 0),
         "waiting": raw.get("requests_waiting", 0),
+        # Counters since the process started: connections opened against connections handed out (their reuse).
+        "opened": raw.get("connections_num", 0),
+        "handed_out": raw.get("requests_num", 0),
     }
 
 

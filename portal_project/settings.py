@@ -85,13 +85,43 @@ try:
     _db = dj_database_url.parse(_url, conn_max_age=600, conn_health_checks=True)
 except Exception as exc:  # dj-database-url raises several types for a bad URL
     fail(_db_source, f"not a usable database URL ({exc.__class__.__name__})")
+# Django's psycopg pool, per process (PostgreSQL, not through a transaction pooler). Who takes connections: the
+# gateway's ORM work runs on the event loop's default executor (gateway/db.py: min(32, cores + 4) threads, 6 on 2
+# cores, 8 on 4; the usage recorder and the state poller among them), each taking one for a call and giving it back;
+# every portal request Django runs in a thread of its own for the length of the request. The default max, 10, covers
+# the executor of a machine of up to 6 cores with room for a few portal requests at once; the min, 2, keeps the
+# poller's and the recorder's connections warm. A request that finds the pool exhausted waits at most
+# PORTAL_DB_POOL_TIMEOUT_MS, then fails like a database that is away (the gateway serves from its cache), never hangs.
+PORTAL_DB_POOL_MIN = env_int("PORTAL_DB_POOL_MIN", 2, minimum=0)
+PORTAL_DB_POOL_MAX = env_int("PORTAL_DB_POOL_MAX", 10, minimum=1)
+if PORTAL_DB_POOL_MIN > PORTAL_DB_POOL_MAX:
+    fail("PORTAL_DB_POOL_MIN", f"must be at most PORTAL_DB_POOL_MAX ({PORTAL_DB_POOL_MAX}), got {PORTAL_DB_POOL_MIN}")
+PORTAL_DB_POOL_TIMEOUT_S = env_int("PORTAL_DB_POOL_TIMEOUT_MS", 2000, minimum=100) / 1000
+PORTAL_DB_POOLED = False
 if _db["ENGINE"] == "django.db.backends.postgresql":
+    _db.setdefault("OPTIONS", {})
+    # A host that drops packets must not hold a connection attempt (and its thread) for the kernel's minutes.
+    _db["OPTIONS"].setdefault("connect_timeout", 5)
     # Supabase's pooler in transaction mode (and pgbouncer generally) cannot keep
     # server-side prepared statements or cursors across transactions.
     if _supabase_url and not _database_url or ":6543" in _url or env_bool("PORTAL_DB_POOLER", False):
-        _db.setdefault("OPTIONS", {})["prepare_threshold"] = None
+        _db["OPTIONS"]["prepare_threshold"] = None
         _db["DISABLE_SERVER_SIDE_CURSORS"] = True
         _db["CONN_MAX_AGE"] = 0
+    else:
+        # Not behind the transaction pooler: the pooler pools already, and a client pool in front of it is untested.
+        PORTAL_DB_POOLED = True
+        _db["CONN_MAX_AGE"] = 0  # Django refuses persistent connections with a pool: the pool keeps them
+        _db["OPTIONS"]["pool"] = {
+            "min_size": PORTAL_DB_POOL_MIN,
+            "max_size": PORTAL_DB_POOL_MAX,
+            "timeout": PORTAL_DB_POOL_TIMEOUT_S,
+            # psycopg_pool retries a lost connection with a doubling delay (1, 2, 4, 8 … s) until this: with its
+            # default of 5 minutes the pool came back up to 30 s after a 30 s outage ended. Giving up a retry chain
+            # after 5 s makes the next request that wants a connection start a fresh one, 1 s apart.
+            "reconnect_timeout": 5,
+            "name": "portal",
+        }
 elif _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["CONN_MAX_AGE"] = 0
     _db.setdefault("OPTIONS", {}).update(
