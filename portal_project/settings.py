@@ -102,6 +102,25 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
     _db.setdefault("OPTIONS", {})
     # A host that drops packets must not hold a connection attempt (and its thread) for the kernel's minutes.
     _db["OPTIONS"].setdefault("connect_timeout", 5)
+    # TLS: PORTAL_DB_SSLMODE if set, else the URL's sslmode, else `require` for Supabase's hosts (their direct and
+    # pooler endpoints both speak TLS; libpq's own default, `prefer`, would quietly fall back to plain text).
+    # `verify-full` also checks the certificate's chain and name: it needs the CA (PORTAL_DB_SSLROOTCERT, e.g.
+    # Supabase's downloadable root certificate, or `system` for the OS store with libpq 16+).
+    _host = str(_db.get("HOST") or "").lower().rstrip(".")
+    _sslmode = env_str("PORTAL_DB_SSLMODE") or _db["OPTIONS"].get("sslmode") or (
+        "require" if _host.endswith((".supabase.co", ".pooler.supabase.com")) else ""
+    )
+    if _sslmode:
+        if _sslmode not in {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}:
+            fail("PORTAL_DB_SSLMODE" if env_str("PORTAL_DB_SSLMODE") else _db_source, f"sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full; got {_sslmode!r}")
+        _db["OPTIONS"]["sslmode"] = _sslmode
+    _sslrootcert = env_str("PORTAL_DB_SSLROOTCERT")
+    if _sslrootcert:
+        if _sslrootcert != "system" and not os.path.isfile(_sslrootcert):
+            fail("PORTAL_DB_SSLROOTCERT", f"no such file: {_sslrootcert} (a PEM CA bundle, or 'system')")
+        _db["OPTIONS"]["sslrootcert"] = _sslrootcert
+    if _sslmode in {"verify-ca", "verify-full"} and not _db["OPTIONS"].get("sslrootcert"):
+        fail("PORTAL_DB_SSLMODE", f"{_sslmode} checks the server's certificate: set PORTAL_DB_SSLROOTCERT to its CA bundle")
     # Supabase's pooler in transaction mode (and pgbouncer generally) cannot keep
     # server-side prepared statements or cursors across transactions.
     if _supabase_url and not _database_url or ":6543" in _url or env_bool("PORTAL_DB_POOLER", False):
