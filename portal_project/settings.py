@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "usage",
     "responsestore",
     "gateway",
+    "dbsecurity",  # row-level security on every table (Supabase's data API); PostgreSQL only
 ]
 
 MIDDLEWARE = [
