@@ -81,6 +81,14 @@ TEMPLATES = [
 _database_url = env_str("DATABASE_URL")
 _supabase_url = env_str("PORTAL_SUPABASE_DB_URL")
 _db_source = "DATABASE_URL" if _database_url else "PORTAL_SUPABASE_DB_URL"
+# An old or misspelt PORTAL_SUPABASE_ name would be ignored without a word, and the gateway would start on another
+# database than the operator meant (below: none at all). CONFIG.md documents one.
+for _name in sorted(os.environ):
+    if _name.startswith("PORTAL_SUPABASE_") and _name != "PORTAL_SUPABASE_DB_URL":
+        fail(_name, "not a setting: the Supabase connection string goes in PORTAL_SUPABASE_DB_URL (or DATABASE_URL)")
+if not (_database_url or _supabase_url) and not DEBUG and not env_bool("PORTAL_ALLOW_DEV_SECRET", False):
+    # The SQLite file is for `make run` and the tests (DEBUG); a production start without a database URL is a mistake.
+    fail("DATABASE_URL", "must be set when DEBUG is off (or PORTAL_SUPABASE_DB_URL): production never runs on the SQLite file")
 _url = _database_url or _supabase_url or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
 try:
     _db = dj_database_url.parse(_url, conn_max_age=600, conn_health_checks=True)
