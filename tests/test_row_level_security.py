@@ -19,7 +19,7 @@ from psycopg import sql
 
 from accounts.models import User
 from billing.services import plans_seed_defaults
-from dbsecurity.rls import our_tables
+from dbsecurity.rls import enable_row_level_security, our_tables
 from tests.conftest import ALIAS, issue_key
 from usage.models import UsageEvent
 
@@ -99,11 +99,14 @@ def test_supabase_api_roles_read_and_write_nothing_of_ours(supabase_roles: psyco
     for table in ("accounts_user", "apikeys_apikey", "usage_usageevent", "django_session", "accounts_organization"):
         assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0] > 0, table
 
+    enable_row_level_security(connection)  # the next migrate's hook: TRUNCATE, which RLS does not cover, is revoked
     for role in ROLES:
         conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
         try:
             assert conn.execute("SELECT current_user").fetchone()[0] == role
             for table in ours:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):  # autocommit: nothing to roll back
+                    conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(table)))
                 name = sql.Identifier(table)
                 # The grant stands (Supabase's default): it is row-level security that hides every row.
                 assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone()[0] == 0, (role, table)
