@@ -215,7 +215,7 @@ def membership_remove(*, membership: Membership, actor: User, source_ip: str | N
     if current.role == Membership.Role.OWNER and owners == 1:
         raise LastOwner(f"{current.user.email} is the last owner: make someone else owner first.")
     _membership_event(current, MembershipEvent.Action.REMOVED, old_role=current.role, actor=actor, source_ip=source_ip)
-    current.delete()  # accounts.live closes the member's live feeds of this organization once this commits
+    current.delete()  # portal.live closes the member's live feeds of this organization once this commits
 
 
 @transaction.atomic

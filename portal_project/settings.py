@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "usage",
     "responsestore",
     "gateway",
+    "portal",  # the customer-facing web pieces, on top of every domain app (docs/ARCHITECTURE.md)
 ]
 
 MIDDLEWARE = [
@@ -327,8 +328,8 @@ LOGGING = {
 INSTALLED_APPS += ["allauth.usersessions", "allauth.mfa", "drf_spectacular"]
 # allauth's own sessions page (/accounts/sessions/) loads the humanize tags: without the app it was a 500.
 INSTALLED_APPS += ["django.contrib.humanize"]
-ACCOUNT_ADAPTER = "accounts.adapter.PortalAccountAdapter"
-ACCOUNT_FORMS = {"login": "accounts.forms.PortalLoginForm", "signup": "accounts.forms.PortalSignupForm"}
+ACCOUNT_ADAPTER = "portal.adapter.PortalAccountAdapter"
+ACCOUNT_FORMS = {"login": "portal.forms.PortalLoginForm", "signup": "portal.forms.PortalSignupForm"}
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Cortensor] "
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_LOGOUT_REDIRECT_URL = "/accounts/login/"

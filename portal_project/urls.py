@@ -9,5 +9,5 @@ urlpatterns = [
     path("", include("gateway.urls")),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
-    path("portal/", include("portal_project.portal_urls")),
+    path("portal/", include("portal.urls")),
 ]

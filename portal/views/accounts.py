@@ -19,9 +19,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from accounts.forms import DeleteAccountForm, InviteForm, ProfileForm, RoleForm, TransferForm
 from accounts.models import Invitation, Membership
-from accounts.portal import SESSION_ORG_KEY, PortalContext, client_ip, forbidden, portal_page, render_portal
 from accounts.services import (
     InvitationError,
     LastOwner,
@@ -40,6 +38,8 @@ from accounts.services import (
     user_update_profile,
 )
 from apikeys.models import ApiKey
+from portal.context import SESSION_ORG_KEY, PortalContext, client_ip, forbidden, portal_page, render_portal
+from portal.forms import DeleteAccountForm, InviteForm, ProfileForm, RoleForm, TransferForm
 
 
 @portal_page
