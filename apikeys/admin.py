@@ -6,7 +6,7 @@ from django.contrib import admin
 
 from apikeys.models import ApiKey, ApiKeyEvent
 from apikeys.services import apikey_revoke
-from portal.context import client_ip
+from portal_project.proxies import client_ip
 
 
 class ApiKeyEventInline(admin.TabularInline):

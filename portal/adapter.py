@@ -11,7 +11,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 
 from accounts.models import User
-from accounts.services import personal_organization_create
+from portal.services import personal_organization_create
 
 
 class PortalAccountAdapter(DefaultAccountAdapter):

@@ -32,7 +32,6 @@ from portal.context import (
     ORG_PARAMETER,
     PortalAPIView,
     PortalContext,
-    client_ip,
     forbidden,
     portal_page,
     rate_limit_usage,
@@ -40,6 +39,7 @@ from portal.context import (
     too_many_requests,
 )
 from portal.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeyListQuerySerializer, ApiKeySerializer
+from portal_project.proxies import client_ip
 
 KEY_CREATE_GROUP = "portal:key-create"
 MANAGERS_ONLY = "Only owners and admins of this organization can create or revoke keys."
