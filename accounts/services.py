@@ -7,9 +7,16 @@ subscription; apikeys.services.user_delete: an account with its keys), and call 
 
 from __future__ import annotations
 
-from django.db import transaction
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
 
-from accounts.models import Membership, Organization, User
+from django.db import transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from accounts.models import Invitation, Membership, MembershipEvent, Organization, User
 
 
 class OrganizationExists(ValueError):
@@ -35,17 +42,7 @@ def user_get_or_create(*, email: str) -> tuple[User, bool]:
     return User.objects.create_user(email=email, password=None), True
 
 
-# --- Invitations, members, account deletion -----------------------------------------------------
-
-import logging  # noqa: E402
-import secrets  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from datetime import timedelta  # noqa: E402
-
-from django.db.models import Count, Q  # noqa: E402
-from django.utils import timezone  # noqa: E402
-
-from accounts.models import Invitation, MembershipEvent  # noqa: E402
+# --- Invitations ------------------------------------------------------------------------------------------------
 
 INVITATION_TTL_DAYS = 14
 
