@@ -197,9 +197,7 @@ def test_leaves_import_no_app() -> None:
 
 def test_portal_pieces_live_in_the_portal() -> None:
     misplaced = sorted(
-        name
-        for name in product_modules()
-        if name.split(".")[0] in DOMAIN_APPS and PORTAL_PIECES & set(name.split(".")[1:])
+        name for name in product_modules() if name.split(".")[0] in DOMAIN_APPS and PORTAL_PIECES & set(name.split(".")[1:])
     )
     assert misplaced == []
 
