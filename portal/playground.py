@@ -23,6 +23,16 @@ from gateway.state import state
 from gateway.surfaces import OPENAI_CHAT
 from portal.context import NotAMember, PortalContext, portal_context, portal_page, render_portal
 
+# The variable the docs page's examples read the key from: the "View code" panel's snippets read the same one, so a
+# shell set up from the docs runs them as they are. The key itself is never on the page.
+API_KEY_ENV = "CORTENSOR_API_KEY"
+# The "View code" panel's tabs: (element id suffix, tab label, the pip package its Python snippet needs).
+CODE_TABS = [
+    ("chat", "Chat Completions", "openai"),
+    ("responses", "Responses", "openai"),
+    ("messages", "Anthropic Messages", "anthropic"),
+]
+
 
 @portal_page
 def playground_page(request: HttpRequest) -> HttpResponse:
@@ -31,7 +41,15 @@ def playground_page(request: HttpRequest) -> HttpResponse:
     return render_portal(
         request,
         "portal/playground.html",
-        {"nav": "playground", "models": models, "default_model": settings.PORTAL_DEFAULT_MODEL},
+        {
+            "nav": "playground",
+            "models": models,
+            "default_model": settings.PORTAL_DEFAULT_MODEL,
+            # The docs page's base URL: the snippets of the "View code" panel call the gateway where apps do.
+            "base_url": settings.PORTAL_PUBLIC_BASE_URL,
+            "key_env": API_KEY_ENV,
+            "code_tabs": CODE_TABS,
+        },
     )
 
 
