@@ -13,6 +13,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import Organization, User
+from accounts.services import user_account_delete, user_deletion_lock
 from apikeys.issuers import current_issuer, unkey_delete_quietly, unkey_disable, unkey_issue
 from apikeys.keys import KEY_PREFIX, generate_key
 from apikeys.models import ApiKey, ApiKeyEvent
@@ -197,3 +198,27 @@ def apikey_get_or_create_playground(*, organization: Organization) -> ApiKey:
     for duplicate in keys[1:]:
         apikey_revoke(api_key=duplicate, actor_label=PLAYGROUND_ACTOR_LABEL)
     return keys[0] if keys else created
+
+
+# --- Deleting an account, with the keys of the organizations it leaves empty -----------------------------------
+
+
+@transaction.atomic
+def user_delete(*, user: User, source_ip: str | None = None) -> int:
+    """Delete an account; the active keys of organizations it was the only member of are revoked first. Returns how many.
+
+    Refused (LastOwner) while the user is the only owner of an organization that has other members. Here rather than
+    in accounts: the keys are this app's, and accounts imports no app above it."""
+    impact = user_deletion_lock(user=user)
+    revoked = 0
+    now = timezone.now()
+    for org in impact.closing:
+        for key in (
+            apikey_list(organization=org)
+            .filter(revoked_at__isnull=True)
+            .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        ):
+            apikey_revoke(api_key=key, actor=user, actor_label="account deleted", source_ip=source_ip)
+            revoked += 1
+    user_account_delete(user=user, source_ip=source_ip)
+    return revoked

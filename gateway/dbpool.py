@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from django.db import connections
 
+from portal_project.patches import django_connection_pool
+
 
 def _pool():  # noqa: ANN202 (psycopg_pool.ConnectionPool, imported only where a pool is configured)
-    # Django keeps its pools in a class-level dict, made on the first connection; reading it never creates or opens one.
     wrapper = connections["default"]
     if wrapper.vendor != "postgresql" or not wrapper.settings_dict.get("OPTIONS", {}).get("pool"):
         return None
-    return type(wrapper)._connection_pools.get(wrapper.alias)
+    return django_connection_pool(wrapper)  # a Django internal, listed in portal_project/patches.py
 
 
 def configured() -> bool:

@@ -61,6 +61,11 @@ class GatewayState:
         if not self._loaded.is_set():
             await self._load_if_needed()
 
+    @property
+    def loaded(self) -> bool:
+        """The routing table, plans and overrides were loaded at least once: the process can serve from cache."""
+        return self._loaded.is_set()
+
     async def _load_if_needed(self) -> None:
         assert self._load_lock is not None
         async with self._load_lock:

@@ -325,7 +325,7 @@ _probes: dict[str, asyncio.Future[str]] = {}  # a check still running, shared by
 
 def _state_loaded() -> bool:
     # The routing table and plans in memory: what every request is answered from while the database is away.
-    return state._loaded.is_set()  # noqa: SLF001 (gateway/state.py has no public flag for it)
+    return state.loaded
 
 
 async def _single_flight(name: str, check: Callable[[], Awaitable[str]]) -> str:

@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "responsestore",
     "gateway",
     "dbsecurity",  # row-level security on every table (Supabase's data API); PostgreSQL only
+    "portal",  # the customer-facing web pieces, on top of every domain app (docs/ARCHITECTURE.md)
 ]
 
 MIDDLEWARE = [
@@ -401,8 +402,8 @@ LOGGING = {
 INSTALLED_APPS += ["allauth.usersessions", "allauth.mfa", "drf_spectacular"]
 # allauth's own sessions page (/accounts/sessions/) loads the humanize tags: without the app it was a 500.
 INSTALLED_APPS += ["django.contrib.humanize"]
-ACCOUNT_ADAPTER = "accounts.adapter.PortalAccountAdapter"
-ACCOUNT_FORMS = {"login": "accounts.forms.PortalLoginForm", "signup": "accounts.forms.PortalSignupForm"}
+ACCOUNT_ADAPTER = "portal.adapter.PortalAccountAdapter"
+ACCOUNT_FORMS = {"login": "portal.forms.PortalLoginForm", "signup": "portal.forms.PortalSignupForm"}
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Cortensor] "
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_LOGOUT_REDIRECT_URL = "/accounts/login/"

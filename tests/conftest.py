@@ -230,8 +230,8 @@ class IssuedKey:
 
 def issue_key(*, slug: str = "acme", plan: str | None = "pro", name: str = "test key") -> IssuedKey:
     from accounts.models import Organization
-    from accounts.services import organization_create
     from apikeys.services import apikey_create
+    from billing.services import organization_create
 
     org = Organization.objects.filter(slug=slug).first() or organization_create(slug=slug, name=slug.title(), plan_slug=plan)
     created = apikey_create(organization=org, name=name, actor_label="tests")

@@ -27,14 +27,13 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts.models import Organization
-from accounts.services import organization_create
 from apikeys.issuers import KeyIssuerUnavailable, display_parts
 from apikeys.keys import generate_key
 from apikeys.models import ApiKey, ApiKeyEvent
 from apikeys.services import apikey_create, apikey_find, apikey_revoke
 from apikeys.unkey import RatelimitSpec, RatelimitState, UnkeyClient, UnkeyError, Verification
 from billing.models import Plan
-from billing.services import plans_seed_defaults, subscription_start
+from billing.services import organization_create, plans_seed_defaults, subscription_start
 from gateway.auth import unkey_refusal
 from gateway.errors import AuthenticationFailed, AuthUnavailable, PermissionDenied, QuotaExceeded, RateLimited
 from gateway.invalidation import bump_epoch
