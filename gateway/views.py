@@ -351,7 +351,7 @@ async def health(request: HttpRequest) -> HttpResponse:
             for r in routes
         ]
         body["usage_queue_depth"] = recorder.depth
-        body["cache_epoch"] = state.epoch
+        body["cache_epoch"] = state.position  # the newest cache change applied (gateway/state.py)
         body["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
     response = json_response(body, status=200 if healthy else 503)
     response["Cache-Control"] = "no-store"
