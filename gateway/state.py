@@ -95,6 +95,7 @@ class GatewayState:
             self._wake = asyncio.Event()
             self._load_lock = asyncio.Lock()
             self._inflight = {}
+            self._next_prune = time.monotonic() + PRUNE_EVERY_S * random.uniform(0.5, 1.5)
             # Contexts of their own: started from some request, their log lines must not carry that request's id,
             # and their statements are not that request's (gateway/dbstats.py counts the /v1 path apart).
             self._poller = loop.create_task(self._poll_forever(), name="gateway-cache-poller", context=contextvars.Context())
@@ -276,6 +277,7 @@ class GatewayState:
 
         backoff = 0.2
         failing = False
+        first = True
         while True:
             # No socket timeout: the reads below carry their own, and redis-py's default (5 s) would break an idle
             # subscription. The health check pings an idle connection, so a dead one is found and replaced.
@@ -286,8 +288,11 @@ class GatewayState:
                 self.pubsub_connected = True
                 if failing:
                     log.info("cache change subscription restored")
+                if not first:
+                    # Back after a drop: read the log now for what was published meanwhile. Not on the first
+                    # connect: the first load has just read it, and the regular poll covers the moment between.
+                    self._wake.set()
                 failing, backoff = False, 0.2
-                self._wake.set()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     batch: list[Change] = []
@@ -306,6 +311,7 @@ class GatewayState:
                 failing = True
             finally:
                 self.pubsub_connected = False
+                first = False
                 for closing in (pubsub.aclose, client.aclose):
                     try:
                         await closing()

@@ -698,7 +698,7 @@ def test_a_key_revoked_only_here_is_refused_though_unkey_says_valid(unkey_gatewa
     key = issue_key(slug="acme")
     assert chat(unkey_gateway, key.raw).status_code == 200
     ApiKey.objects.filter(pk=key.key_id).update(revoked_at=timezone.now())  # behind the service's back
-    record_change(Scope.KEY, ApiKey.objects.get(pk=key.key_id).public_id)
+    record_change(Scope.UNKEY, ApiKey.objects.get(pk=key.key_id).external_id)  # what a save would record
     assert seconds_until_refused(unkey_gateway, key.raw, since=time.monotonic()) < 1.0
     assert unkey_mode.key(ApiKey.objects.get(pk=key.key_id).external_id).enabled is True
 
