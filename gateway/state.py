@@ -229,9 +229,9 @@ class GatewayState:
             await self.reload()
             return
         while True:
-            position = self.position
+            position, generation = self.position, self.generation
             changes = await db_call(read_changes, position, list(self._gaps))
-            if self.position != position:  # a full reload ran meanwhile: it read the log itself
+            if self.generation != generation:  # a full reload ran meanwhile: it read the log itself
                 return
             if position and not any(c.id == position for c in changes):
                 # The change we stand on is gone: the log was emptied (a restored or flushed database), or pruned
@@ -253,9 +253,9 @@ class GatewayState:
                     del self._gaps[oldest]
             await self.apply(c for c in fresh if self._heard.pop(c.id, None) is None)
             self._heard = {i: at for i, at in self._heard.items() if now - at < GAP_WAIT_S}
-            if self.position != position:
+            if self.generation != generation:
                 return
-            self.position = top
+            self.position = max(self.position or 0, top)  # pub/sub may have moved it past `top` meanwhile
             if len(changes) < READ_BATCH:
                 return
 
@@ -329,6 +329,10 @@ class GatewayState:
             self._heard[change.id] = now
         if new:
             await self.apply(new)
+        # The position moves over what pub/sub delivered with no id missing below it (a caught-up process in a
+        # quiet moment stands where the log ends); past a gap it waits for the poll, which knows what is missing.
+        while self.position is not None and self.position + 1 in self._heard and not self._gaps:
+            self.position += 1
 
     # --- reads ----------------------------------------------------------------------------------
     async def key_record(self, public_id: str) -> KeyRecord | None:
