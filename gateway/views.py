@@ -17,8 +17,16 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from gateway import metrics, stored_responses
 from gateway.auth import authenticate
 from gateway.db import db_call
-from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, PermissionDenied, QuotaExceeded, RateLimited
-from gateway.limits import COUNTING_KINDS, LimitsUnavailable, limiter
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    LimitsUnavailable,
+    ModelNotFound,
+    PermissionDenied,
+    QuotaExceeded,
+    RateLimited,
+)
+from gateway.limits import COUNTING_KINDS, limiter
 from gateway.pipeline import Exchange, _read_body, handle_completion
 from gateway.recorder import recorder
 from gateway.state import state
@@ -314,7 +322,7 @@ async def health(request: HttpRequest) -> HttpResponse:
     """Status (503 when the database or the cache is down) and the public model aliases, for anyone.
 
     With PORTAL_METRICS_TOKEN as a Bearer token: also the checks, each alias's pool size and healthy upstream
-    count, the usage queue depth, the cache epoch and how long the checks took. Never URLs or secrets.
+    count, the usage queue depth, the cache position (cache_epoch) and how long the checks took. Never URLs or secrets.
     """
     started = time.perf_counter()
     checks: dict[str, object] = {}

@@ -239,7 +239,7 @@ PORTAL_HEALTH_INTERVAL_MS = env_int("PORTAL_HEALTH_INTERVAL_MS", 5_000, minimum=
 # On SIGTERM: stop listening, let requests in flight (streams too) finish for up to this long, then stop.
 PORTAL_SHUTDOWN_GRACE_S = env_int("PORTAL_SHUTDOWN_GRACE_S", 20, minimum=0)
 
-# Rate limits and allowances (gateway/limits.py): counters in Redis when REDIS_URL is set.
+# Rate limits and allowances (gateway/limits/): counters in Redis when REDIS_URL is set.
 PORTAL_LIMITS_FAIL_MODE = env_str("PORTAL_LIMITS_FAIL_MODE", "open").lower()
 if PORTAL_LIMITS_FAIL_MODE not in {"open", "closed"}:
     fail("PORTAL_LIMITS_FAIL_MODE", f"must be 'open' or 'closed', got {PORTAL_LIMITS_FAIL_MODE!r}")

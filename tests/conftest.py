@@ -28,7 +28,7 @@ needs_shared_redis = pytest.mark.skipif(
     not os.environ.get("REDIS_URL"), reason="several gateway processes share limits only through Redis (REDIS_URL unset)"
 )
 ROUTER_KEY = "router-secret"
-# The live gateways' PORTAL_METRICS_TOKEN: /metrics and the details of /health (queue depth, cache epoch) want it.
+# The live gateways' PORTAL_METRICS_TOKEN: /metrics and the details of /health (queue depth, cache position) want it.
 METRICS_TOKEN = "test-metrics-token-not-for-production"
 SESSION_102_KEY = "session-102-secret"
 ALIAS = "oss-20b"
