@@ -322,7 +322,7 @@ async def health(request: HttpRequest) -> HttpResponse:
     """Status (503 when the database or the cache is down) and the public model aliases, for anyone.
 
     With PORTAL_METRICS_TOKEN as a Bearer token: also the checks, each alias's pool size and healthy upstream
-    count, the usage queue depth, the cache position (cache_epoch) and how long the checks took. Never URLs or secrets.
+    count, the usage queue depth, the cache epoch and how long the checks took. Never URLs or secrets.
     """
     started = time.perf_counter()
     checks: dict[str, object] = {}
