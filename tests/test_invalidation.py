@@ -48,11 +48,15 @@ def chat(gateway: LiveGateway, raw: str, *, model: str = ALIAS) -> httpx.Respons
     )
 
 
-def v1_statements(gateway: LiveGateway) -> int:
+def gauge(gateway: LiveGateway, name: str) -> int:
     text = httpx.get(f"{gateway.url}/metrics", headers=gateway.operator_headers, timeout=5).text
-    found = re.search(r"^gateway_db_queries_v1 ([0-9.e+]+)$", text, re.M)
-    assert found, "gateway_db_queries_v1 missing from /metrics"
+    found = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+    assert found, f"{name} missing from /metrics"
     return int(float(found.group(1)))
+
+
+def v1_statements(gateway: LiveGateway) -> int:
+    return gauge(gateway, "gateway_db_queries_v1")
 
 
 def models(gateway: LiveGateway, raw: str) -> list[str]:
@@ -208,6 +212,7 @@ def test_a_burst_of_signups_runs_no_statement_on_another_organizations_request_p
 def test_a_revoked_key_is_refused_by_every_process_within_a_second(gateway: LiveGateway, pubsub_pair: list[LiveGateway]) -> None:
     key = issue_key(slug=f"rev-{uuid.uuid4().hex[:8]}")
     warm(pubsub_pair, key)
+    assert [gauge(gw, "gateway_cache_pubsub_connected") for gw in pubsub_pair] == [1, 1]
     started = time.monotonic()
     apikey_revoke(api_key=ApiKey.objects.get(pk=key.key_id), actor_label="tests")
     assert seconds_until(pubsub_pair, refused(key.raw), since=started) < 1.0
@@ -261,6 +266,7 @@ def test_without_pubsub_the_poll_refuses_a_revoked_key_within_its_interval(
     settings.REDIS_URL = "redis://127.0.0.1:18299/0" if settings.REDIS_URL else ""  # publishing fails too
     key = issue_key(slug=f"poll-{uuid.uuid4().hex[:8]}")
     warm(poll_pair, key)
+    assert [gauge(gw, "gateway_cache_position") for gw in poll_pair] == [read_position()] * 2
     started = time.monotonic()
     apikey_revoke(api_key=ApiKey.objects.get(pk=key.key_id), actor_label="tests")
     elapsed = seconds_until(poll_pair, refused(key.raw), since=started)
