@@ -163,6 +163,7 @@ def warm(port: int, raw: str, limit: float = 5.0) -> None:
         response = CLIENTS[port].post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {raw}"})
         if response.status_code == 200:
             return
+        print(f"  (process on {port} answered {response.status_code} to a new key: {response.text[:200]}; asking again)", file=sys.stderr)
         if time.monotonic() > deadline:
             raise SystemExit(f"process on {port} does not serve a new key: {response.status_code} {response.text[:300]}")
         time.sleep(0.05)
