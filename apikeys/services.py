@@ -67,8 +67,8 @@ def _apikey_create_local(*, fields: dict[str, Any], event: dict[str, Any]) -> Cr
 
 
 def _apikey_create_at_unkey(*, fields: dict[str, Any], event: dict[str, Any]) -> CreatedKey:
-    # Unkey is called outside any transaction of ours: a network call must not hold row locks (saving a key
-    # bumps the gateway's cache epoch row, which every other write to a watched model waits for). Our row
+    # Unkey is called outside any transaction of ours: a network call must not hold row locks, nor keep a
+    # cache change (gateway/invalidation.py) uncommitted, so the gateways' poll waits on its gap. Our row
     # is made first, because its id goes into the key's meta, and it is born revoked with no external id:
     # a crash half-way leaves a dead row, never a live key.
     pending = ApiKey.objects.create(
@@ -125,7 +125,7 @@ def apikey_revoke(
         locked = ApiKey.objects.select_for_update().get(pk=api_key.pk)
         if locked.revoked_at is None:
             locked.revoked_at = timezone.now()
-            locked.save(update_fields=["revoked_at"])  # post_save bumps the gateway cache epoch
+            locked.save(update_fields=["revoked_at"])  # post_save records a cache change for this key
             ApiKeyEvent.objects.create(
                 api_key=locked, action=ApiKeyEvent.Action.REVOKE, actor=actor, actor_label=actor_label, source_ip=source_ip
             )

@@ -21,7 +21,7 @@ from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 from django.http import HttpResponse
 from django.urls import Resolver404, resolve
 
-from gateway import metrics
+from gateway import dbstats, metrics
 from gateway.edge import too_large_response
 from gateway.errors import GatewayError, InternalError, InvalidRequest
 from gateway.logs import SCOPE_KEY, access_log, log_access, new_request_id, request_id_var
@@ -107,6 +107,8 @@ class GatewayApplication:
                     message = {**message, "headers": [*headers, (b"x-request-id", noted.request_id.encode())]}
             await send(message)
 
+        if is_v1_path(scope["path"]):
+            dbstats.on_v1_path.set(True)  # what /metrics' gateway_db_queries_v1 counts (the cache's proof of work)
         try:
             if is_gateway_path(scope["path"]):
                 await self.handle(scope, receive, send_noting)

@@ -399,7 +399,7 @@ def _probe_response(request: HttpRequest, body: dict[str, object], *, status: in
         ]
         body["db_pool"] = dbpool.stats()
         body["usage_queue_depth"] = recorder.depth
-        body["cache_epoch"] = state.epoch
+        body["cache_epoch"] = state.position  # the newest cache change applied (gateway/state.py)
         body["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
     response = json_response(body, status=status)
     response["Cache-Control"] = "no-store"

@@ -245,7 +245,14 @@ PORTAL_TRUSTED_PROXY_COUNT = env_int("PORTAL_TRUSTED_PROXY_COUNT", 0, minimum=0)
 # Let the gateway read bodies up to our own limit and answer 413 itself, in the caller's shape.
 DATA_UPLOAD_MAX_MEMORY_SIZE = PORTAL_MAX_BODY_BYTES + 1
 # How often each process checks whether keys, organizations or pools changed.
+# A fallback now: changes reach every process at once over Redis pub/sub (gateway/invalidation.py); the poll
+# catches what a dropped subscription missed, and is the only path without Redis.
 PORTAL_CACHE_POLL_S = float(env_int("PORTAL_CACHE_POLL_MS", 250, minimum=10)) / 1000
+# The Redis channel of those changes. Empty: derived from the database name, so two deployments (or two test
+# databases) sharing one Redis never hear each other's changes; pub/sub channels ignore Redis's db number.
+PORTAL_CACHE_CHANNEL = env_str("PORTAL_CACHE_CHANNEL")
+# How long the change log keeps rows. A process that could not read it for longer reloads everything.
+PORTAL_CACHE_RETENTION_S = env_int("PORTAL_CACHE_RETENTION_S", 3600, minimum=60)
 PORTAL_USAGE_FLUSH_S = float(env_int("PORTAL_USAGE_FLUSH_MS", 200, minimum=10)) / 1000
 # A client that hangs up right after the last text of a stream, before the router's usage chunk: keep reading the
 # upstream this long for that chunk (the router's count is billed, not an estimate), then close it. 0: never wait.
