@@ -1,278 +1,21 @@
-"""A fast, faithful simulator of a Cortensor router node's HTTP API (pure aiohttp, no Django)."""
+"""The simulated router's HTTP API (completions, status, sessions) and the `/_sim/*` control API, as an aiohttp app."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import collections
-import contextlib
 import dataclasses
-import functools
-import hashlib
-import itertools
 import json
-import math
-import socket
-import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 
-__all__ = [
-    "SimConfig",
-    "SimState",
-    "SimulatorServer",
-    "add_cli_arguments",
-    "config_from_options",
-    "create_app",
-    "estimate_prompt_tokens",
-    "main",
-    "simulated_tokens",
-]
+from simulator.config import SimConfig, validated_fields
+from simulator.state import SimState
+from simulator.tokens import TOKEN_JSON, estimate_prompt_tokens, fixed_answer, prompt_answer, second_miner_prompt
 
 DEFAULT_MAX_TOKENS = 128
-MIN_NATURAL_TOKENS = 8
-MAX_NATURAL_TOKENS = 40
-LAST_BODIES_KEPT = 50
-
-# 32 words: a power of two, so `byte % len(VOCABULARY)` picks without bias.
-VOCABULARY: tuple[str, ...] = (
-    "the", "router", "answers", "with", "a", "simulated", "reply", "from",
-    "miner", "nodes", "that", "stream", "tokens", "quickly", "and", "keep",
-    "every", "session", "alive", "while", "tests", "check", "each", "chunk",
-    "of", "text", "for", "gateway", "clients", "in", "order", "today",
-)  # fmt: skip
-
-# Tokens and their JSON encodings are precomputed so a streamed chunk is only
-# byte concatenation, which keeps the simulator cheap as a benchmark upstream.
-_FIRST_TOKENS: tuple[str, ...] = VOCABULARY
-_NEXT_TOKENS: tuple[str, ...] = tuple(" " + word for word in VOCABULARY)
-_TOKEN_JSON: dict[str, bytes] = {
-    token: json.dumps(token).encode() for token in _FIRST_TOKENS + _NEXT_TOKENS
-}
-
-
-@dataclasses.dataclass
-class SimConfig:
-    """Behaviour knobs; a session's overrides are applied on top of the global ones."""
-
-    auth_key: str | None = None
-    token_delay_ms: float = 0.0
-    first_byte_delay_ms: float = 0.0
-    omit_usage: bool = False
-    usage_only_at_end: bool = True
-    interleave_miners: bool = False
-    fail_status: int | None = None
-    hang: bool = False
-    disconnect_after_tokens: int | None = None
-    split_writes: bool = False
-    status_fail: bool = False
-    # A fixed answer length (benchmarks): this many tokens whatever the prompt, capped by max_tokens.
-    answer_tokens: int | None = None
-
-
-_FIELDS: dict[str, dataclasses.Field[Any]] = {
-    f.name: f for f in dataclasses.fields(SimConfig)
-}
-_BOOL_FIELDS = {
-    "omit_usage",
-    "usage_only_at_end",
-    "interleave_miners",
-    "hang",
-    "split_writes",
-    "status_fail",
-}
-_FLOAT_FIELDS = {"token_delay_ms", "first_byte_delay_ms"}
-_OPTIONAL_INT_FIELDS = {"fail_status", "disconnect_after_tokens", "answer_tokens"}
-
-
-def _validated_fields(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Check knob names and types, so a typo in a test fails loudly instead of being ignored."""
-    if not isinstance(values, Mapping):
-        raise TypeError("config must be a JSON object")
-    clean: dict[str, Any] = {}
-    for name, value in values.items():
-        if name not in _FIELDS:
-            raise ValueError(f"unknown config field: {name}")
-        if name in _BOOL_FIELDS:
-            if not isinstance(value, bool):
-                raise ValueError(f"{name} must be a boolean")
-        elif name in _FLOAT_FIELDS:
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or value < 0
-            ):
-                raise ValueError(f"{name} must be a non-negative number")
-            value = float(value)
-        elif name in _OPTIONAL_INT_FIELDS:
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int)
-            ):
-                raise ValueError(f"{name} must be an integer or null")
-            if name == "fail_status" and value is not None and not 100 <= value <= 599:
-                raise ValueError("fail_status must be an HTTP status code")
-            if name == "disconnect_after_tokens" and value is not None and value < 0:
-                raise ValueError("disconnect_after_tokens must be >= 0")
-        elif name == "auth_key":
-            if value is not None and not isinstance(value, str):
-                raise ValueError("auth_key must be a string or null")
-            # An empty key would make the router accept "Bearer " with nothing.
-            value = value or None
-        clean[name] = value
-    return clean
-
-
-def _session_key(session_id: Any) -> str:
-    """Normalise session ids (int or str) to the canonical string used as a dict key."""
-    if isinstance(session_id, bool):
-        raise TypeError(f"invalid session id: {session_id!r}")
-    try:
-        number = int(session_id)
-    except (TypeError, ValueError):
-        raise ValueError(f"invalid session id: {session_id!r}") from None
-    if number < 0:
-        raise ValueError(f"invalid session id: {session_id!r}")
-    return str(number)
-
-
-@functools.lru_cache(maxsize=4096)
-def _tokens_cached(prompt: str, max_tokens: int) -> tuple[tuple[str, ...], str]:
-    digest = hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).digest()
-    # 64 bytes of material: byte 0 picks the length, bytes 1..40 pick the words.
-    material = digest + hashlib.sha256(digest).digest()
-    span = MAX_NATURAL_TOKENS - MIN_NATURAL_TOKENS + 1
-    natural = MIN_NATURAL_TOKENS + material[0] % span
-    count = max(0, min(natural, max_tokens))
-    size = len(VOCABULARY)
-    tokens = tuple(
-        (_FIRST_TOKENS if i == 0 else _NEXT_TOKENS)[material[1 + i] % size]
-        for i in range(count)
-    )
-    return tokens, ("length" if count < natural else "stop")
-
-
-@functools.lru_cache(maxsize=64)
-def _fixed_tokens(count: int, max_tokens: int) -> tuple[tuple[str, ...], str]:
-    emitted = min(count, max_tokens)
-    tokens = tuple((_FIRST_TOKENS if i == 0 else _NEXT_TOKENS)[i % len(VOCABULARY)] for i in range(emitted))
-    return tokens, ("length" if emitted < count else "stop")
-
-
-def simulated_tokens(prompt: str, max_tokens: int) -> tuple[list[str], str]:
-    """Return the deterministic answer tokens for a prompt and the finish reason."""
-    tokens, reason = _tokens_cached(prompt, max_tokens)
-    return list(tokens), reason
-
-
-def estimate_prompt_tokens(prompt: str) -> int:
-    """Rough prompt token count the simulator reports: about 4 characters a token."""
-    return max(1, math.ceil(len(prompt) / 4))
-
-
-class SimState:
-    """Mutable simulator state: start-up config, runtime overrides and counters.
-
-    Only touched from the event loop's thread, which is what keeps it race-free
-    without locks; `SimulatorServer` hops onto that loop to mutate it.
-    """
-
-    def __init__(self, startup: SimConfig) -> None:
-        self.startup = dataclasses.replace(startup)
-        self.global_config = dataclasses.replace(startup)
-        self.session_overrides: dict[str, dict[str, Any]] = {}
-        self._effective_cache: dict[str, SimConfig] = {}
-        self.task_ids = itertools.count(100_000)
-        self.reset_stats()
-
-    def reset_stats(self) -> None:
-        self.requests: collections.Counter[str] = collections.Counter()
-        self.requests_total = 0
-        self.requests_open = 0
-        self.requests_aborted_by_client = 0
-        self.streams_open = 0
-        self.streams_completed = 0
-        self.streams_aborted_by_client = 0
-        self.streams_truncated_by_server = 0
-        self.statuses: collections.Counter[str] = collections.Counter()
-        self.last_request: dict[str, Any] | None = None
-        self.last_bodies: collections.deque[Any] = collections.deque(
-            maxlen=LAST_BODIES_KEPT
-        )
-
-    def reset(self) -> None:
-        self.global_config = dataclasses.replace(self.startup)
-        self.session_overrides = {}
-        self._effective_cache = {}
-        self.reset_stats()
-
-    def apply(
-        self,
-        global_: Mapping[str, Any] | None = None,
-        sessions: Mapping[Any, Mapping[str, Any] | None] | None = None,
-    ) -> dict[str, Any]:
-        """Merge knob values; a session mapped to None drops all its overrides."""
-        # Validate everything before changing anything, so a bad request is all-or-nothing.
-        new_global = _validated_fields(global_ or {})
-        new_sessions: dict[str, dict[str, Any] | None] = {}
-        for sid, values in (sessions or {}).items():
-            new_sessions[_session_key(sid)] = (
-                None if values is None else _validated_fields(values)
-            )
-        self.global_config = dataclasses.replace(self.global_config, **new_global)
-        for key, values in new_sessions.items():
-            if values is None:
-                self.session_overrides.pop(key, None)
-            else:
-                self.session_overrides.setdefault(key, {}).update(values)
-        self._effective_cache = {}
-        return self.config_snapshot()
-
-    def effective(self, session_key: str) -> SimConfig:
-        cached = self._effective_cache.get(session_key)
-        if cached is None:
-            overrides = self.session_overrides.get(session_key)
-            cached = (
-                dataclasses.replace(self.global_config, **overrides)
-                if overrides
-                else self.global_config
-            )
-            self._effective_cache[session_key] = cached
-        return cached
-
-    def any_status_fail(self) -> bool:
-        return self.global_config.status_fail or any(
-            o.get("status_fail") for o in self.session_overrides.values()
-        )
-
-    def config_snapshot(self) -> dict[str, Any]:
-        return {
-            "global": dataclasses.asdict(self.global_config),
-            "sessions": {k: dict(v) for k, v in self.session_overrides.items()},
-            "startup": dataclasses.asdict(self.startup),
-        }
-
-    def stats_snapshot(self) -> dict[str, Any]:
-        return {
-            "requests": dict(self.requests),
-            "requests_total": self.requests_total,
-            "requests_open": self.requests_open,
-            "requests_aborted_by_client": self.requests_aborted_by_client,
-            "streams_open": self.streams_open,
-            "streams_completed": self.streams_completed,
-            "streams_aborted_by_client": self.streams_aborted_by_client,
-            "streams_truncated_by_server": self.streams_truncated_by_server,
-            "statuses": dict(self.statuses),
-            "last_request": None
-            if self.last_request is None
-            else dict(self.last_request),
-            "last_bodies": list(self.last_bodies),
-        }
-
 
 STATE_KEY: web.AppKey[SimState] = web.AppKey("router_simulator_state", SimState)
 
@@ -329,11 +72,6 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
-
-
-def _second_miner_prompt(prompt: str) -> str:
-    # A fixed suffix gives the decoy miner a different but still deterministic text.
-    return prompt + "\x00second-miner"
 
 
 def _new_completion_id() -> str:
@@ -430,16 +168,16 @@ async def _answer(
         return _bad_request("max_tokens must be a positive integer")
 
     if config.answer_tokens:
-        tokens, reason = _fixed_tokens(config.answer_tokens, max_tokens)
+        tokens, reason = fixed_answer(config.answer_tokens, max_tokens)
     else:
-        tokens, reason = _tokens_cached(prompt, max_tokens)
+        tokens, reason = prompt_answer(prompt, max_tokens)
     prompt_tokens = estimate_prompt_tokens(prompt)
     created = int(time.time())
     completion_id = _new_completion_id()
     task_id = next(state.task_ids)
     if config.interleave_miners:
-        other_tokens, other_reason = _tokens_cached(
-            _second_miner_prompt(prompt), max_tokens
+        other_tokens, other_reason = prompt_answer(
+            second_miner_prompt(prompt), max_tokens
         )
         other = (_new_completion_id(), next(state.task_ids), other_tokens, other_reason)
     else:
@@ -541,7 +279,7 @@ class _ChunkWriter:
         tail = b',"finish_reason":null}],"model":"default"'
         if not self.config.omit_usage and not self.config.usage_only_at_end:
             tail += self._usage_bytes(index + 1)
-        return self.head + _TOKEN_JSON[self.tokens[index]] + tail + b"}\n\n"
+        return self.head + TOKEN_JSON[self.tokens[index]] + tail + b"}\n\n"
 
     def final_event(self) -> bytes:
         tail = (
@@ -759,11 +497,11 @@ _STARTED = time.monotonic()
 
 def create_app(config: SimConfig | None = None, **overrides: Any) -> web.Application:
     """Build the simulator application; keyword arguments are SimConfig fields."""
-    startup = dataclasses.replace(config or SimConfig(), **_validated_fields(overrides))
-    return _build_app(SimState(startup))
+    startup = dataclasses.replace(config or SimConfig(), **validated_fields(overrides))
+    return build_app(SimState(startup))
 
 
-def _build_app(state: SimState) -> web.Application:
+def build_app(state: SimState) -> web.Application:
     # An Application binds to one event loop, so a restarted SimulatorServer needs
     # a fresh one around the same state.
     app = web.Application()
@@ -779,228 +517,3 @@ def _build_app(state: SimState) -> web.Application:
     app.router.add_get("/_sim/stats", _handle_sim_stats)
     return app
 
-
-class SimulatorServer:
-    """Runs the simulator in a background thread with its own event loop (for tests).
-
-    stop() then start() serves the same state again on the same port, which lets a
-    test take a router down and bring it back.
-    """
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, **config: Any) -> None:
-        self.host = host
-        self.port = port
-        self.app = create_app(**config)
-        self.state = self.app[STATE_KEY]
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def completions_url(self, session_id: int | str) -> str:
-        return f"{self.base_url}/api/v3/completions/{session_id}"
-
-    def start(self) -> SimulatorServer:
-        if self._thread is not None:
-            raise RuntimeError("simulator already started")
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        loop = asyncio.new_event_loop()
-
-        async def boot() -> None:
-            # handler_cancellation makes a client disconnect cancel the handler at
-            # once, so abort counters are exact; a short shutdown_timeout keeps
-            # stop() quick even while a "hang" request is still open.
-            self.app = _build_app(self.state)
-            runner = web.AppRunner(
-                self.app,
-                handler_cancellation=True,
-                access_log=None,
-                shutdown_timeout=0.2,
-            )
-            await runner.setup()
-            site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
-            await site.start()
-            self._runner = runner
-            self.port = runner.addresses[0][1]
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(boot())
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.close()
-
-        self._loop = loop
-        self._thread = threading.Thread(
-            target=run, name="router-simulator", daemon=True
-        )
-        self._thread.start()
-        ready.wait()
-        if failure:
-            self._thread.join()
-            self._thread = None
-            self._loop = None
-            raise failure[0]
-        return self
-
-    def stop(self) -> None:
-        loop, thread, runner = self._loop, self._thread, self._runner
-        if loop is None or thread is None:
-            return
-        if runner is not None and not loop.is_closed():
-            # Stopping must not fail a test teardown, whatever state the server is in.
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(
-                    timeout=5
-                )
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-        self._loop = self._thread = self._runner = None
-
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run fn on the server's loop thread, so state is never mutated concurrently."""
-        if self._loop is None:
-            return fn(*args)
-
-        async def invoke() -> Any:
-            return fn(*args)
-
-        return asyncio.run_coroutine_threadsafe(invoke(), self._loop).result(timeout=5)
-
-    def configure(
-        self,
-        global_: Mapping[str, Any] | None = None,
-        sessions: Mapping[Any, Mapping[str, Any] | None] | None = None,
-        **global_fields: Any,
-    ) -> dict[str, Any]:
-        """Merge knobs (same semantics as POST /_sim/config); returns the whole config."""
-        merged = {**(global_ or {}), **global_fields}
-        return self._call(self.state.apply, merged, sessions)
-
-    def reset(self) -> dict[str, Any]:
-        return self._call(self._reset)
-
-    def _reset(self) -> dict[str, Any]:
-        self.state.reset()
-        return self.state.config_snapshot()
-
-    def stats(self) -> dict[str, Any]:
-        return self._call(self.state.stats_snapshot)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """CLI flags shared by `python -m routerpools.simulator` and the management command."""
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5010)
-    parser.add_argument(
-        "--auth-key", default=None, help="require 'Authorization: Bearer KEY'"
-    )
-    parser.add_argument("--token-delay-ms", type=float, default=0.0)
-    parser.add_argument("--first-byte-delay-ms", type=float, default=0.0)
-    parser.add_argument("--no-usage", action="store_true", help="answer without usage")
-    parser.add_argument(
-        "--usage-every-chunk", action="store_true", help="running usage on every chunk"
-    )
-    parser.add_argument("--interleave-miners", action="store_true")
-    parser.add_argument("--fail-status", type=int, default=None)
-    parser.add_argument("--hang", action="store_true")
-    parser.add_argument("--disconnect-after-tokens", type=int, default=None)
-    parser.add_argument("--split-writes", action="store_true")
-    parser.add_argument("--status-fail", action="store_true")
-    parser.add_argument("--answer-tokens", type=int, default=None, help="a fixed answer length (benchmarks)")
-
-
-def config_from_options(options: Mapping[str, Any] | argparse.Namespace) -> SimConfig:
-    """Turn parsed CLI options into a SimConfig."""
-    values = vars(options) if isinstance(options, argparse.Namespace) else dict(options)
-    return SimConfig(
-        **_validated_fields(
-            {
-                "auth_key": values.get("auth_key"),
-                "token_delay_ms": values.get("token_delay_ms") or 0.0,
-                "first_byte_delay_ms": values.get("first_byte_delay_ms") or 0.0,
-                "omit_usage": bool(values.get("no_usage")),
-                "usage_only_at_end": not values.get("usage_every_chunk"),
-                "interleave_miners": bool(values.get("interleave_miners")),
-                "fail_status": values.get("fail_status"),
-                "hang": bool(values.get("hang")),
-                "disconnect_after_tokens": values.get("disconnect_after_tokens"),
-                "split_writes": bool(values.get("split_writes")),
-                "status_fail": bool(values.get("status_fail")),
-                "answer_tokens": values.get("answer_tokens"),
-            }
-        )
-    )
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind the listening socket up front so the real port is known before serving."""
-    infos = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    family, socktype, proto, _, address = infos[0]
-    sock = socket.socket(family, socktype, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(address)
-    return sock
-
-
-def serve(
-    config: SimConfig,
-    host: str,
-    port: int,
-    announce: Callable[[str], None] | None = None,
-) -> None:
-    """Run the simulator in the foreground until interrupted."""
-    sock = bind_socket(host, port)
-    bound_port = sock.getsockname()[1]
-    line = f"router simulator listening on http://{host}:{bound_port}"
-
-    def print_ready(_message: str = "") -> None:
-        if announce is not None:
-            announce(line)
-        else:
-            print(line, flush=True)
-
-    web.run_app(
-        create_app(config),
-        sock=sock,
-        print=print_ready,
-        access_log=None,
-        handler_cancellation=True,
-        shutdown_timeout=1.0,
-    )
-
-
-def main(argv: Iterable[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Cortensor router simulator")
-    add_cli_arguments(parser)
-    options = parser.parse_args(None if argv is None else list(argv))
-    try:
-        config = config_from_options(options)
-    except ValueError as exc:
-        parser.error(str(exc))
-    serve(config, options.host, options.port)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

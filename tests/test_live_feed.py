@@ -18,7 +18,7 @@ from django.db import connection, transaction
 
 import usage.selectors as selectors
 from accounts.models import Organization, User
-from routerpools.simulator import SimulatorServer
+from simulator import SimulatorServer
 from tests.conftest import (
     ALIAS,
     IssuedKey,

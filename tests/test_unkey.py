@@ -38,7 +38,7 @@ from billing.services import plans_seed_defaults, subscription_start
 from gateway.auth import AuthUnavailable, unkey_refusal
 from gateway.errors import AuthenticationFailed, PermissionDenied, QuotaExceeded, RateLimited
 from gateway.invalidation import bump_epoch
-from routerpools.simulator import SimulatorServer, simulated_tokens
+from simulator import SimulatorServer, simulated_tokens
 from tests import conftest
 from tests.conftest import (
     ALIAS,
