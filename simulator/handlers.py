@@ -350,7 +350,7 @@ async def _stream_answer(
     delay = config.token_delay_ms / 1000
     if delay <= 0 and not config.split_writes:
         # Without pacing, one write for the whole stream is far cheaper; the client
-        # must cope with several events in one read anyway (ROUTER.md).
+        # must cope with several events in one read anyway (docs/router.md).
         await response.write(
             b": keep-alive\n\n" + b"".join(event for event, _ in events)
         )

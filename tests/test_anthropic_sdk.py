@@ -31,7 +31,7 @@ def client(gateway: LiveGateway, key: IssuedKey | str, **kwargs: Any) -> anthrop
 
 
 def chatml(messages: list[tuple[str, str]], system: str | None = None) -> str:
-    """The prompt ROUTER.md's chatml format makes of a conversation, written out independently of the gateway."""
+    """The prompt docs/router.md's chatml format makes of a conversation, written out independently of the gateway."""
     out = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
     out += "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in messages)
     return out + "<|im_start|>assistant\n"
