@@ -1,7 +1,7 @@
 """The live usage feed: the usage page's WebSocket, one channel-layer group per organization.
 
-The gateway's usage writer calls `publish_usage_events(rows)` (or, from the event loop, `apublish_usage_events`)
-after a batch is in the database; each organization's open usage pages get their new rows a moment later.
+The gateway's usage writer calls `apublish_usage_events(rows)` (on its event loop) after a batch is in the
+database; each organization's open usage pages get their new rows a moment later.
 
 Nothing is lost between the page's render and the socket's subscription, nor across a reconnect: the page renders
 with a cursor (usage.selectors.FeedCursor: which rows it holds, by id), the socket is opened with it (`?after=`),
@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
-from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
@@ -70,19 +69,11 @@ def _messages(rows: Iterable[Any]) -> dict[int, dict[str, Any]]:
     return {org_id: {"type": MESSAGE_TYPE, "events": events} for org_id, events in by_org.items()}
 
 
-def publish_usage_events(rows: Iterable[Any]) -> None:
+async def apublish_usage_events(rows: Iterable[Any]) -> None:
     """Send written usage rows to their organizations' live pages: one message per organization and batch.
 
-    Sync: call it from a worker thread (where usage_record_batch runs), never on the event loop itself. A feed
-    that cannot be reached is logged and skipped: it must never fail the usage write, nor hold it up long.
+    A feed that cannot be reached is logged and skipped: it must never fail the usage write, nor hold it up long.
     """
-    messages = _messages(rows)
-    if messages:
-        async_to_sync(_send)(messages)
-
-
-async def apublish_usage_events(rows: Iterable[Any]) -> None:
-    """The same from async code (the event loop itself)."""
     messages = _messages(rows)
     if messages:
         await _send(messages)
