@@ -26,7 +26,6 @@ def _session_key(session_id: Any) -> str:
     return str(number)
 
 
-
 class SimState:
     """Mutable simulator state: start-up config, runtime overrides and counters.
 
