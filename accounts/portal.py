@@ -24,8 +24,6 @@ from rest_framework.views import APIView
 from accounts.models import Invitation, Membership, Organization, User
 from accounts.selectors import invitations_pending, invitations_pending_for
 from accounts.services import personal_organization_create
-from billing.models import ModelAccessOverride
-from routerpools.models import ModelAlias
 
 SESSION_ORG_KEY = "portal_org_id"
 KEY_MANAGER_ROLES = frozenset({Membership.Role.OWNER, Membership.Role.ADMIN})
@@ -125,19 +123,6 @@ def render_portal(request: HttpRequest, template: str, context: dict[str, Any] |
 
 def forbidden(request: HttpRequest, message: str) -> HttpResponse:
     return render_portal(request, "portal/forbidden.html", {"message": message}, status=403)
-
-
-def models_for_organization(organization: Organization) -> list[ModelAlias]:
-    """The enabled aliases this organization may call, decided as the gateway decides (Principal.may_use): its own
-    exceptions (ModelAccessOverride) first, then its plan's allow-list, where an empty list means every alias."""
-    plan = organization.plan
-    allowed = set(plan.allowed_aliases.values_list("pk", flat=True)) if plan is not None else set()
-    overrides = dict(ModelAccessOverride.objects.filter(organization=organization).values_list("alias_id", "allowed"))
-    return [
-        alias
-        for alias in ModelAlias.objects.filter(enabled=True, pool__enabled=True).order_by("alias")
-        if overrides.get(alias.pk, not allowed or alias.pk in allowed)
-    ]
 
 
 def client_ip(request: HttpRequest) -> str | None:

@@ -29,7 +29,6 @@ from accounts.portal import (
     PortalContext,
     client_ip,
     forbidden,
-    models_for_organization,
     portal_page,
     rate_limit_usage,
     render_portal,
@@ -39,6 +38,8 @@ from apikeys.issuers import KeyIssuerUnavailable
 from apikeys.models import ApiKey, ApiKeyEvent
 from apikeys.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeyListQuerySerializer, ApiKeySerializer
 from apikeys.services import PLAYGROUND_ACTOR_LABEL, CreatedKey, apikey_create, apikey_list, apikey_revoke, expiry_in_days
+from billing.selectors import models_for_organization
+from gateway.errors import catalog as error_catalog  # the docs page (a portal piece, bound for portal/)
 
 KEY_CREATE_GROUP = "portal:key-create"
 MANAGERS_ONLY = "Only owners and admins of this organization can create or revoke keys."
@@ -244,63 +245,6 @@ class ApiKeyDetail(PortalAPIView):
 
 # --- The quickstart ---------------------------------------------------------------------------------
 
-ERROR_CODES = [
-    (
-        400,
-        "invalid_request_error",
-        "(field-specific)",
-        "invalid_request_error",
-        "The body is not JSON, a field has the wrong type or is missing, or asks for something hosted routes do not offer (tools, images, n > 1).",
-    ),
-    (
-        401,
-        "invalid_request_error",
-        "invalid_api_key",
-        "authentication_error",
-        "The key is missing, malformed, unknown, revoked or expired.",
-    ),
-    (403, "permission_error", "model_not_allowed", "permission_error", "Your plan does not include this model."),
-    (403, "permission_error", "account_suspended", "permission_error", "The organization is suspended."),
-    (404, "invalid_request_error", "model_not_found", "not_found_error", "No model has this name."),
-    (
-        404,
-        "invalid_request_error",
-        "response_not_found, previous_response_not_found",
-        "—",
-        "No stored response of your organization has this id (/v1/responses): never stored, deleted, or expired.",
-    ),
-    (
-        413,
-        "invalid_request_error",
-        "request_too_large",
-        "request_too_large",
-        "The body is larger than the limit (1 MiB by default).",
-    ),
-    (
-        429,
-        "rate_limit_error",
-        "rate_limit_exceeded",
-        "rate_limit_error",
-        "Too many requests or tokens per minute; wait for retry-after seconds.",
-    ),
-    (
-        429,
-        "insufficient_quota",
-        "insufficient_quota",
-        "rate_limit_error",
-        "The plan's allowance for this window or week is used up.",
-    ),
-    (502, "api_error", "upstream_error", "api_error", "The model server failed to answer; safe to retry."),
-    (
-        503,
-        "api_error",
-        "upstream_unavailable",
-        "overloaded_error (529)",
-        "No model server is available right now; retry shortly.",
-    ),
-]
-
-
 def quickstart_examples(*, base_url: str, model: str) -> list[tuple[str, list[tuple[str, str, str]]]]:
     """The docs page's examples, by tab: (element id, caption, code), all with this deployment's base URL."""
     v1 = f"{base_url}/v1"
@@ -482,7 +426,7 @@ def docs_page(request: HttpRequest) -> HttpResponse:
             "model": model,
             "base_url": base,
             "openai_base_url": f"{base}/v1",
-            "error_codes": ERROR_CODES,
+            "error_codes": error_catalog(),  # generated from the error classes, so it cannot drift from them
             "examples": quickstart_examples(base_url=base, model=model),
             "plan": ctx.organization.plan,
         },

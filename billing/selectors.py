@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from django.db.models import Count, F, Min, Q, QuerySet, Sum, Window
 from django.db.models.functions import Coalesce
 
-from billing.models import ClosedBillingDay, LedgerEntry, ModelPrice, Plan
+from accounts.models import Organization
+from billing.models import ClosedBillingDay, LedgerEntry, ModelAccessOverride, ModelPrice, Plan
+from routerpools.models import ModelAlias
 from usage.models import UsageEvent
 
 
@@ -23,6 +26,27 @@ class PlanRecord:
     window_requests: int | None
     window_seconds: int
     weekly_requests: int | None
+
+
+def model_allowed(alias: str, *, plan_aliases: Collection[str] | None, overrides: Mapping[str, bool] | None) -> bool:
+    """The one rule of model access, for the gateway (Principal.may_use) and the portal (models_for_organization) alike:
+    the organization's own exceptions (ModelAccessOverride) first, then its plan's allow-list, where no list (or an
+    empty one) means every alias."""
+    if overrides and alias in overrides:
+        return overrides[alias]
+    return not plan_aliases or alias in plan_aliases
+
+
+def models_for_organization(organization: Organization) -> list[ModelAlias]:
+    """The enabled aliases of enabled pools that this organization may call (the gateway routes only those)."""
+    plan = organization.plan
+    plan_aliases = set(plan.allowed_aliases.values_list("alias", flat=True)) if plan is not None else None
+    overrides = dict(ModelAccessOverride.objects.filter(organization=organization).values_list("alias__alias", "allowed"))
+    return [
+        alias
+        for alias in ModelAlias.objects.filter(enabled=True, pool__enabled=True).order_by("alias")
+        if model_allowed(alias.alias, plan_aliases=plan_aliases, overrides=overrides)
+    ]
 
 
 def plan_table() -> dict[int, PlanRecord]:
@@ -45,8 +69,6 @@ def plan_table() -> dict[int, PlanRecord]:
 
 def model_overrides_table() -> dict[int, dict[str, bool]]:
     """organization id → {alias: allowed} for organizations with exceptions to their plan's list."""
-    from billing.models import ModelAccessOverride
-
     table: dict[int, dict[str, bool]] = {}
     for org_id, alias, allowed in ModelAccessOverride.objects.values_list("organization_id", "alias__alias", "allowed"):
         table.setdefault(org_id, {})[alias] = allowed

@@ -10,8 +10,9 @@ class GatewayConfig(AppConfig):
     def ready(self) -> None:
         from django.core import checks
 
-        from gateway import invalidation
+        from gateway import invalidation, state_metrics
         from portal_project.proxies import check_https_behind_proxies
 
         invalidation.connect_signals()
+        state_metrics.register()
         checks.register(check_https_behind_proxies, checks.Tags.security, deploy=True)

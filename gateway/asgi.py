@@ -25,7 +25,7 @@ from gateway import metrics
 from gateway.edge import too_large_response
 from gateway.errors import GatewayError, InternalError, InvalidRequest
 from gateway.logs import SCOPE_KEY, access_log, log_access, new_request_id, request_id_var
-from gateway.pipeline import Exchange
+from gateway.pipeline import Exchange, RelayResponse
 from gateway.recorder import recorder
 from gateway.surfaces import json_response, surface_for_path
 
@@ -162,9 +162,8 @@ class GatewayApplication:
         except asyncio.CancelledError:
             pass
         finally:
-            abandon = getattr(response, "on_abandon", None)
-            if abandon is not None:
-                await abandon()
+            if isinstance(response, RelayResponse):
+                await response.on_abandon()
 
     async def _response(self, scope: dict[str, Any], body_file: Any) -> HttpResponse:
         request: ASGIRequest | None = None

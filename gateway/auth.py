@@ -13,7 +13,6 @@ import logging
 import math
 import re
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -22,9 +21,9 @@ from django.utils import timezone
 from apikeys.keys import KEY_PREFIX, hashes_match, split_key
 from apikeys.selectors import KeyRecord
 from apikeys.unkey import RatelimitState, UnkeyError, Verification, unkey_client
-from billing.selectors import PlanRecord
-from gateway.errors import AuthenticationFailed, GatewayError, PermissionDenied, QuotaExceeded, RateLimited
+from gateway.errors import AuthenticationFailed, AuthUnavailable, GatewayError, PermissionDenied, QuotaExceeded, RateLimited
 from gateway.limits import RPM, Admission, LimitState, anthropic_headers, format_duration, openai_headers
+from gateway.principal import Principal
 from gateway.state import state
 
 log = logging.getLogger("gateway.auth")
@@ -36,30 +35,6 @@ USAGE_RETRY_AFTER_S = 60  # Unkey says nothing about when used-up credits come b
 WARN_EVERY_S = 10.0
 
 
-class AuthUnavailable(GatewayError):
-    """The key issuer (Unkey) could not say whether the key is valid: 503, never a guess either way."""
-
-    status = 503
-    openai_type = "api_error"
-    openai_code = "auth_unavailable"
-    anthropic_type = "api_error"
-    envelope_code = "auth_unavailable"
-    default_message = "API key verification is temporarily unavailable; try again shortly"
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    key_id: int
-    organization_id: int
-    organization_slug: str
-    plan: PlanRecord | None
-    model_overrides: dict[str, bool] | None = None  # the organization's exceptions to its plan's list
-
-    def may_use(self, alias: str) -> bool:
-        if self.model_overrides and alias in self.model_overrides:
-            return self.model_overrides[alias]
-        allowed = self.plan.allowed_aliases if self.plan else None
-        return allowed is None or alias in allowed
 
 
 def presented_key(headers: dict[str, str] | object) -> str | None:

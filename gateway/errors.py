@@ -1,8 +1,13 @@
-"""The gateway's error values: one small set of exception classes that every surface renders in its own wire shape."""
+"""The gateway's error values: one small set of exception classes that every surface renders in its own wire shape.
+
+Every error the API answers is a class here, and each class carries what the docs page says of it (`doc`, and
+`codes` for the other codes its raise sites pass): the docs' error table is generated from the classes by
+`catalog()`, and tests/test_error_catalog.py fails when code in gateway/ raises one with a code no class documents.
+"""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 
 class GatewayError(Exception):
@@ -15,6 +20,8 @@ class GatewayError(Exception):
     anthropic_status: ClassVar[int | None] = None  # when Anthropic's status differs from ours
     envelope_code: ClassVar[str] = "upstream_error"
     default_message: ClassVar[str] = "internal error"
+    doc: ClassVar[str] = ""  # what the docs page says of `openai_code` (of the class, when it has none)
+    codes: ClassVar[dict[str, str]] = {}  # other codes its raise sites pass with `code=`, and what they mean
 
     def __init__(
         self,
@@ -43,6 +50,7 @@ class InternalError(GatewayError):
     status = 500
     envelope_code = "internal_error"
     default_message = "internal error; quote this request id to support"
+    doc = "A fault of the gateway itself; quote the request id to support."
 
 
 class InvalidRequest(GatewayError):
@@ -51,6 +59,14 @@ class InvalidRequest(GatewayError):
     anthropic_type = "invalid_request_error"
     envelope_code = "invalid_request"
     default_message = "invalid request"
+    doc = "The body is not JSON, or not valid for this route; the error's param names the field."
+    codes = {
+        "invalid_type": "A field, or the body, has the wrong JSON type.",
+        "invalid_value": "A field's value is out of range or not one of the accepted values.",
+        "missing_required_parameter": "A required field is missing.",
+        "unsupported_parameter": "A field hosted routes do not offer (tools, images, n > 1, …).",
+        "unsupported_value": "A value hosted routes do not offer.",
+    }
 
 
 class AuthenticationFailed(GatewayError):
@@ -60,6 +76,7 @@ class AuthenticationFailed(GatewayError):
     anthropic_type = "authentication_error"
     envelope_code = "invalid_api_key"
     default_message = "invalid or revoked API key"
+    doc = "The key is missing, malformed, unknown, revoked or expired."
 
 
 class PermissionDenied(GatewayError):
@@ -69,6 +86,11 @@ class PermissionDenied(GatewayError):
     anthropic_type = "permission_error"
     envelope_code = "permission_denied"
     default_message = "this API key may not use this model"
+    doc = "Your plan does not include this model."
+    codes = {
+        "account_suspended": "The organization is suspended.",
+        "permission_denied": "This key may not make this request (its Unkey permissions).",
+    }
 
 
 class ModelNotFound(GatewayError):
@@ -78,6 +100,7 @@ class ModelNotFound(GatewayError):
     anthropic_type = "not_found_error"
     envelope_code = "model_not_found"
     default_message = "model not found"
+    doc = "No model has this name."
 
 
 class RequestTooLarge(GatewayError):
@@ -87,6 +110,7 @@ class RequestTooLarge(GatewayError):
     anthropic_type = "request_too_large"
     envelope_code = "invalid_request"
     default_message = "request body too large"
+    doc = "The body is larger than the limit (1 MiB by default)."
 
 
 class RequestTimeout(GatewayError):
@@ -98,6 +122,7 @@ class RequestTimeout(GatewayError):
     anthropic_type = "invalid_request_error"
     envelope_code = "invalid_request"
     default_message = "the request was not received in time"
+    doc = "The request body did not arrive in time."
 
 
 class RateLimited(GatewayError):
@@ -107,6 +132,7 @@ class RateLimited(GatewayError):
     anthropic_type = "rate_limit_error"
     envelope_code = "rate_limited"
     default_message = "rate limit exceeded"
+    doc = "Too many requests, tokens or requests at once; wait for retry-after seconds."
 
 
 class QuotaExceeded(GatewayError):
@@ -116,6 +142,7 @@ class QuotaExceeded(GatewayError):
     anthropic_type = "rate_limit_error"
     envelope_code = "quota_exceeded"
     default_message = "quota exceeded"
+    doc = "The plan's allowance for this window or week is used up."
 
 
 class UpstreamError(GatewayError):
@@ -125,6 +152,7 @@ class UpstreamError(GatewayError):
     anthropic_type = "api_error"
     envelope_code = "upstream_error"
     default_message = "the upstream model server failed to answer"
+    doc = "The model server failed to answer; safe to retry."
 
 
 class UpstreamUnavailable(GatewayError):
@@ -135,3 +163,103 @@ class UpstreamUnavailable(GatewayError):
     anthropic_status = 529
     envelope_code = "upstream_unavailable"
     default_message = "no upstream model server is available; try again shortly"
+    doc = "No model server is available right now; retry shortly."
+
+
+class AuthUnavailable(GatewayError):
+    """The key issuer (Unkey) could not say whether the key is valid: 503, never a guess either way."""
+
+    status = 503
+    openai_type = "api_error"
+    openai_code = "auth_unavailable"
+    anthropic_type = "api_error"
+    envelope_code = "auth_unavailable"
+    default_message = "API key verification is temporarily unavailable; try again shortly"
+    doc = "The key could not be verified right now (the key service is away); retry shortly."
+
+
+class LimitsUnavailable(GatewayError):
+    """The counters cannot be reached and the limiter is configured to fail closed."""
+
+    status = 503
+    openai_type = "api_error"
+    openai_code = "limits_unavailable"
+    anthropic_type = "api_error"
+    envelope_code = "limits_unavailable"
+    default_message = "rate limiting is temporarily unavailable; try again shortly"
+    doc = "The rate-limit counters cannot be reached right now; retry shortly."
+
+
+class UsageBacklogFull(GatewayError):
+    """The database has been away long enough that the usage rows waiting in memory reached their bound."""
+
+    status = 503
+    openai_type = "api_error"
+    openai_code = "usage_backlog_full"
+    anthropic_type = "api_error"
+    envelope_code = "usage_backlog_full"
+    default_message = "the service cannot record usage right now, so it takes no billable request; try again shortly"
+    doc = "Usage cannot be recorded right now, so no billable request is taken; retry shortly."
+
+
+class ResponseNotFound(GatewayError):
+    status = 404
+    openai_type = "invalid_request_error"
+    openai_code = "response_not_found"
+    anthropic_type = "not_found_error"
+    envelope_code = "not_found"
+    default_message = "response not found"
+    doc = "No stored response of your organization has this id (/v1/responses): never stored, deleted, or expired."
+    codes = {"previous_response_not_found": "The previous_response_id names no stored response of your organization."}
+
+
+class ResponseStoreFull(GatewayError):
+    """The database has been away long enough that the stored responses waiting in memory reached their bound."""
+
+    status = 503
+    openai_type = "api_error"
+    openai_code = "response_store_full"
+    anthropic_type = "api_error"
+    envelope_code = "response_store_full"
+    default_message = "the service cannot store responses right now; try again shortly, or send 'store': false"
+    doc = "Responses cannot be stored right now; retry shortly, or send store: false."
+
+
+class ResponseStoreUnavailable(GatewayError):
+    """The database cannot be read: a stored response can be neither found nor ruled out."""
+
+    status = 503
+    openai_type = "api_error"
+    openai_code = "response_store_unavailable"
+    anthropic_type = "api_error"
+    envelope_code = "response_store_unavailable"
+    default_message = "stored responses cannot be read right now; try again shortly"
+    doc = "Stored responses cannot be read right now (previous_response_id, GET); retry shortly."
+
+
+class CatalogRow(NamedTuple):
+    """One line of the docs page's error table (a tuple, so the template unpacks it)."""
+
+    status: int
+    openai_type: str
+    code: str
+    anthropic_type: str  # with Anthropic's status in brackets when it differs from ours
+    meaning: str
+
+
+def _subclasses(cls: type[GatewayError]) -> list[type[GatewayError]]:
+    found = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_subclasses(sub))
+    return found
+
+
+def catalog() -> list[CatalogRow]:
+    """Every documented code of every error class, by status then code: the docs page's table."""
+    rows = []
+    for cls in _subclasses(GatewayError):
+        anthropic = cls.anthropic_type + (f" ({cls.anthropic_status})" if cls.anthropic_status else "")
+        entries = ([(cls.openai_code or "—", cls.doc)] if cls.doc else []) + list(cls.codes.items())
+        rows.extend(CatalogRow(cls.status, cls.openai_type, code, anthropic, meaning) for code, meaning in entries)
+    return sorted(rows, key=lambda row: (row.status, row.code != "—", row.code))

@@ -53,11 +53,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from gateway.errors import GatewayError, QuotaExceeded, RateLimited
+from gateway.errors import GatewayError, LimitsUnavailable, QuotaExceeded, RateLimited
+from gateway.principal import Principal
 
 if TYPE_CHECKING:
     from billing.selectors import PlanRecord
-    from gateway.auth import Principal
 
 log = logging.getLogger("gateway.limits")
 
@@ -91,15 +91,6 @@ REQUEST_KINDS = frozenset({RPM, WINDOW, WEEKLY})
 COUNTING_KINDS = frozenset({RPM, CONCURRENCY})
 
 
-class LimitsUnavailable(GatewayError):
-    """The counters cannot be reached and the limiter is configured to fail closed."""
-
-    status = 503
-    openai_type = "api_error"
-    openai_code = "limits_unavailable"
-    anthropic_type = "api_error"
-    envelope_code = "limits_unavailable"
-    default_message = "rate limiting is temporarily unavailable; try again shortly"
 
 
 # --- What an admission checks ---------------------------------------------------------------------
@@ -831,8 +822,6 @@ def allowance_counters(
     """
     import redis as sync_redis
     from redis.retry import Retry as SyncRetry
-
-    from gateway.auth import Principal
 
     source = source or limiter
     organization = Principal(key_id=0, organization_id=organization_id, organization_slug="", plan=plan)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
 
-# No auto_describe: it would run the state collector at registration, importing gateway.recorder (which
-# imports this module) half-initialised whenever the recorder is the first of the two to be imported.
+# The values other objects own (queue depths, upstream health) are read at scrape time by the collector in
+# gateway/state_metrics.py, registered when the app is ready: this module imports nothing of the gateway's, so
+# the recorder and the pipeline can import it without a circle.
 registry = CollectorRegistry()
 
 # Label values come from closed sets: the route label, the configured aliases (staff-controlled),
@@ -57,47 +57,6 @@ def route_label(path: str) -> str:
     if path.startswith("/v1/responses/"):
         return "responses"
     return "models" if path.startswith("/v1/models/") else "other"
-
-
-class _StateCollector:
-    """Values read at scrape time from the objects that own them."""
-
-    def describe(self) -> list:  # noqa: ANN401 - nothing to pre-declare; keeps registration import-free
-        return []
-
-    def collect(self):  # noqa: ANN201 - the prometheus_client collector protocol
-        from gateway import dbstats
-        from gateway.recorder import recorder
-        from gateway.state import state
-        from gateway.upstream import upstreams
-
-        depth = GaugeMetricFamily("gateway_usage_queue_depth", "Usage and log rows not yet written")
-        depth.add_metric([], recorder.depth)
-        yield depth
-        for name, what, rows, bound in (
-            ("usage", "Usage rows", recorder.usage_backlog, recorder.usage_max),
-            ("request_log", "Request log rows", recorder.depth - recorder.usage_backlog, recorder.log_max),
-        ):
-            yield GaugeMetricFamily(f"gateway_{name}_backlog_rows", f"{what} waiting in memory for the database", value=rows)
-            yield GaugeMetricFamily(f"gateway_{name}_backlog_limit", f"{what} that may wait in memory", value=bound)
-        backlog = GaugeMetricFamily(
-            "gateway_usage_backlog_state", "0 ok; 1 usage backlog over 80% of its bound; 2 at the bound, billable requests refused"
-        )
-        backlog.add_metric([], recorder.backlog_state)
-        yield backlog
-        queries = GaugeMetricFamily("gateway_db_queries", "Database statements run by this process so far")
-        queries.add_metric([], dbstats.queries_executed())
-        yield queries
-        healthy = GaugeMetricFamily("gateway_upstreams_healthy", "Healthy upstreams (endpoint x session) per alias", labels=["alias"])
-        total = GaugeMetricFamily("gateway_upstreams", "Configured upstreams (endpoint x session) per alias", labels=["alias"])
-        for route in state.snapshot.routes.values():
-            healthy.add_metric([route.alias], upstreams.healthy_count(route))
-            total.add_metric([route.alias], len(route.upstreams))
-        yield healthy
-        yield total
-
-
-registry.register(_StateCollector())
 
 
 def inflight_requests() -> int:

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,10 +18,11 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 
 from gateway import metrics
-from gateway.auth import Principal, authenticate
+from gateway.auth import authenticate
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
+    LimitsUnavailable,
     ModelNotFound,
     PermissionDenied,
     QuotaExceeded,
@@ -29,11 +30,13 @@ from gateway.errors import (
     RequestTooLarge,
     UpstreamError,
     UpstreamUnavailable,
+    UsageBacklogFull,
 )
-from gateway.limits import Admission, LimitsUnavailable, limiter
+from gateway.limits import Admission, limiter
 from gateway.logs import new_request_id as new_request_id  # where it used to live; made once per request in asgi.py
 from gateway.logs import request_id_of, request_id_var
-from gateway.recorder import UsageBacklogFull, recorder
+from gateway.principal import Principal
+from gateway.recorder import recorder
 from gateway.state import state
 from gateway.surfaces import ENVELOPE_ROUTE, AnswerContext, StreamWriter, Surface, json_response
 from gateway.translate.bounds import JSONTooDeep, loads_bounded
@@ -355,6 +358,15 @@ async def _complete(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, b
     return response
 
 
+class RelayResponse(StreamingHttpResponse):
+    """A streamed answer that can settle itself when the client leaves before its first byte: its generator never
+    runs then, so the generator's `finally` cannot. gateway/asgi.py awaits `on_abandon` once the send is over."""
+
+    def __init__(self, streaming_content: Any, *, on_abandon: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(streaming_content, content_type="text/event-stream")
+        self.on_abandon = on_abandon
+
+
 async def _stream(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, body: dict[str, Any], deadline: float) -> HttpResponse:
     assert ex.route is not None
     ex.upstream_started = time.perf_counter()
@@ -364,8 +376,6 @@ async def _stream(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, bod
     ex.upstream_answered = time.perf_counter()
     writer = ex.surface.stream_writer(ctx)
     started = [False]
-    response = StreamingHttpResponse(_relay(ex, creq, ctx, call, writer, started), content_type="text/event-stream")
-
     async def on_abandon() -> None:
         # The client left before the stream began: the generator never ran, so its
         # `finally` will not either. Close, release and record here instead.
@@ -379,7 +389,7 @@ async def _stream(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, bod
             log_row=ex.log_row(200),
         )
 
-    response.on_abandon = on_abandon  # type: ignore[attr-defined]
+    response = RelayResponse(_relay(ex, creq, ctx, call, writer, started), on_abandon=on_abandon)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     for name, value in ex.headers().items():

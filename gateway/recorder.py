@@ -27,7 +27,6 @@ import logging
 from django.conf import settings
 
 from gateway.db import db_call
-from gateway.errors import GatewayError
 from gateway.metrics import ANONYMOUS_REFUSALS, REQUEST_LOGS_DROPPED, USAGE_WRITE_FAILURES, route_label
 from responsestore.services import StoredResponseRecord, stored_responses_write
 from usage.consumers import apublish_usage_events
@@ -46,15 +45,6 @@ LOG_TRIM_FRACTION = 0.9  # over the log bound, the oldest rows go down to this: 
 OK, WARNING, FULL = 0, 1, 2  # the backlog states, as gateway_usage_backlog_state reports them
 
 
-class UsageBacklogFull(GatewayError):
-    """The database has been away long enough that the usage rows waiting in memory reached their bound."""
-
-    status = 503
-    openai_type = "api_error"
-    openai_code = "usage_backlog_full"
-    anthropic_type = "api_error"
-    envelope_code = "usage_backlog_full"
-    default_message = "the service cannot record usage right now, so it takes no billable request; try again shortly"
 
 
 def _setting(name: str, default: int) -> int:

@@ -28,7 +28,7 @@ from django.db import Error as DatabaseError
 from django.utils import timezone
 
 from gateway.db import db_call
-from gateway.errors import GatewayError
+from gateway.errors import ResponseNotFound, ResponseStoreFull, ResponseStoreUnavailable
 from gateway.recorder import recorder
 from gateway.translate.common import ChatMessage, CompletionRequest, invalid_value, json_compact, shown
 from gateway.translate.responses import RESPONSE_ID, ResponsesRequest, response_id_for
@@ -46,35 +46,10 @@ MAX_WAITING = 64  # misses of this process looking again at once
 _waiting = 0
 
 
-class ResponseNotFound(GatewayError):
-    status = 404
-    openai_type = "invalid_request_error"
-    openai_code = "response_not_found"
-    anthropic_type = "not_found_error"
-    envelope_code = "not_found"
-    default_message = "response not found"
 
 
-class ResponseStoreFull(GatewayError):
-    """The database has been away long enough that the stored responses waiting in memory reached their bound."""
-
-    status = 503
-    openai_type = "api_error"
-    openai_code = "response_store_full"
-    anthropic_type = "api_error"
-    envelope_code = "response_store_full"
-    default_message = "the service cannot store responses right now; try again shortly, or send 'store': false"
 
 
-class ResponseStoreUnavailable(GatewayError):
-    """The database cannot be read: a stored response can be neither found nor ruled out."""
-
-    status = 503
-    openai_type = "api_error"
-    openai_code = "response_store_unavailable"
-    anthropic_type = "api_error"
-    envelope_code = "response_store_unavailable"
-    default_message = "stored responses cannot be read right now; try again shortly"
 
 
 def not_found(response_id: str) -> ResponseNotFound:

@@ -17,6 +17,7 @@ from django.conf import settings
 
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamUnavailable
 from gateway.translate.common import json_compact
+from portal_project.patches import aiohttp_transport_keeping_received_bytes
 from routerpools.selectors import AliasRoute, Upstream
 
 log = logging.getLogger("gateway.upstream")
@@ -47,43 +48,8 @@ def _make_transport() -> httpx.AsyncBaseTransport:
     # aiohttp's HTTP machinery behind httpx's API measured about 2.5x the default
     # transport's throughput here (see README, Performance); httpx stays selectable.
     if os.environ.get("PORTAL_UPSTREAM_TRANSPORT", "aiohttp") == "aiohttp":
-        return _aiohttp_transport(limits)
+        return aiohttp_transport_keeping_received_bytes(limits)  # portal_project/patches.py
     return httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
-
-
-def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
-    from httpx_aiohttp import AiohttpTransport
-    from httpx_aiohttp.transport import AiohttpResponseStream
-
-    class KeepsReceivedBytes(AiohttpResponseStream):
-        """When a router cuts the connection mid-body, aiohttp raises the payload error before handing out
-        the bytes it had already received: tokens the customer must still get before the error event."""
-
-        async def __aiter__(self):  # noqa: ANN204
-            try:
-                async for chunk in super().__aiter__():
-                    yield chunk
-            except httpx.TransportError:
-                rest = _received_not_read(self._aiohttp_response.content)
-                if rest:
-                    yield rest
-                raise
-
-    class Transport(AiohttpTransport):
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            response = await super().handle_async_request(request)
-            response.stream = KeepsReceivedBytes(response.stream._aiohttp_response)  # type: ignore[attr-defined]
-            return response
-
-    return Transport(limits=limits, trust_env=False)
-
-
-def _received_not_read(content: Any) -> bytes:
-    # aiohttp's public reads all raise a stored exception first; its private buffer read does not.
-    try:
-        return content._read_nowait(-1) if content._buffer else b""
-    except Exception:  # another aiohttp version: nothing to recover, the stream still ends with its error
-        return b""
 
 
 @dataclass(slots=True)

@@ -17,8 +17,16 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from gateway import metrics, stored_responses
 from gateway.auth import authenticate
 from gateway.db import db_call
-from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, PermissionDenied, QuotaExceeded, RateLimited
-from gateway.limits import COUNTING_KINDS, LimitsUnavailable, limiter
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    LimitsUnavailable,
+    ModelNotFound,
+    PermissionDenied,
+    QuotaExceeded,
+    RateLimited,
+)
+from gateway.limits import COUNTING_KINDS, limiter
 from gateway.pipeline import Exchange, _read_body, handle_completion
 from gateway.recorder import recorder
 from gateway.state import state

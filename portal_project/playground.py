@@ -12,15 +12,26 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_POST
 
-from accounts.portal import NotAMember, PortalContext, models_for_organization, portal_context, portal_page, render_portal
+from accounts.portal import NotAMember, PortalContext, portal_context, portal_page, render_portal
 from apikeys.issuers import KeyIssuerUnavailable
 from apikeys.services import apikey_get_or_create_playground
+from billing.selectors import models_for_organization
 from gateway.auth import principal_of
 from gateway.errors import GatewayError, PermissionDenied, UpstreamUnavailable
 from gateway.logs import current_request_id
 from gateway.pipeline import handle_completion
 from gateway.state import state
 from gateway.surfaces import OPENAI_CHAT
+
+# The variable the docs page's examples read the key from: the "View code" panel's snippets read the same one, so a
+# shell set up from the docs runs them as they are. The key itself is never on the page.
+API_KEY_ENV = "CORTENSOR_API_KEY"
+# The "View code" panel's tabs: (element id suffix, tab label, the pip package its Python snippet needs).
+CODE_TABS = [
+    ("chat", "Chat Completions", "openai"),
+    ("responses", "Responses", "openai"),
+    ("messages", "Anthropic Messages", "anthropic"),
+]
 
 
 @portal_page
@@ -30,7 +41,15 @@ def playground_page(request: HttpRequest) -> HttpResponse:
     return render_portal(
         request,
         "portal/playground.html",
-        {"nav": "playground", "models": models, "default_model": settings.PORTAL_DEFAULT_MODEL},
+        {
+            "nav": "playground",
+            "models": models,
+            "default_model": settings.PORTAL_DEFAULT_MODEL,
+            # The docs page's base URL: the snippets of the "View code" panel call the gateway where apps do.
+            "base_url": settings.PORTAL_PUBLIC_BASE_URL,
+            "key_env": API_KEY_ENV,
+            "code_tabs": CODE_TABS,
+        },
     )
 
 

@@ -5,9 +5,8 @@ and then queues the whole body in memory for the application. Limits that must a
 still arriving therefore live here, at the server layer; the application keeps its own checks as a
 second line (gateway/asgi.py, gateway/pipeline.py). What is changed, and why:
 
-1. `twisted.web.http._parseContentType` gets an LRU cache. Twisted parses every request's Content-Type
-   with the email package (~5% of the event loop per request, bench/README.md); the function is pure
-   and clients send few distinct values. Skipped if Twisted renames it (a speed-up only).
+1. `twisted.web.http._parseContentType` gets an LRU cache (portal_project/patches.py, where every reliance on
+   another library's internals is listed and checked).
 2. `daphne.server.HTTPFactory` (the name `Server.run` builds its factory from) becomes `_Factory`, a
    subclass that builds `_Channel`s serving `_Request`s and that:
    - sets the idle timeout of a connection between requests (keep-alive) to PORTAL_KEEPALIVE_TIMEOUT_S;
@@ -44,6 +43,8 @@ import time
 from typing import Any
 from urllib.parse import unquote
 
+from portal_project import patches
+
 log = logging.getLogger("gateway")
 
 # Requests whose head or body is still arriving: channel -> time.monotonic() of the request's first byte.
@@ -55,7 +56,7 @@ _installed = False
 def install(*, max_body_bytes: int, read_timeout_s: float, keepalive_s: float) -> None:
     """Applies the changes above; a no-op outside a daphne process (e.g. the ASGI app called in-process)."""
     global _installed
-    _cache_content_type_parse()
+    patches.cache_twisted_content_type_parse()
     if "daphne.server" not in sys.modules or _installed:
         return
     problems = shape_problems()
@@ -66,17 +67,6 @@ def install(*, max_body_bytes: int, read_timeout_s: float, keepalive_s: float) -
 
     daphne.server.HTTPFactory = _classes()[0]
     _installed = True
-
-
-def _cache_content_type_parse() -> None:
-    try:
-        from twisted.web import http
-    except ImportError:  # not served by daphne (tests calling the ASGI app in-process)
-        return
-    parse = getattr(http, "_parseContentType", None)
-    if parse is None or hasattr(parse, "cache_info"):
-        return
-    http._parseContentType = functools.lru_cache(maxsize=256)(parse)
 
 
 def _parameters(function: Any) -> list[str]:

@@ -1,4 +1,9 @@
-"""Top-level routes: the public /v1 API and /health, the admin, and sign-in."""
+"""Django's routes: the admin, sign-in and the portal.
+
+The public API (/v1, /health, /metrics) is not here: gateway.asgi.GatewayApplication serves it in front of Django,
+from gateway/urls.py, and that is its only door (tests included), so no path reaches the views without the
+fast path's request id, access line, body cap and disconnect handling.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ from django.contrib import admin
 from django.urls import include, path
 
 urlpatterns = [
-    path("", include("gateway.urls")),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("portal/", include("portal_project.portal_urls")),

@@ -1,7 +1,8 @@
 """The request path runs no database statement in steady state; usage reaches the database in one batch.
 
-In-process: the Django ASGI handler is called through django.test.AsyncClient on one event loop
-(async_to_sync), with the router simulator as upstream and gateway.dbstats counting statements.
+In-process, through the door production uses: gateway.asgi.GatewayApplication (the /v1 fast path in front of
+Django's ASGI handler), called by httpx's ASGI transport on one event loop (async_to_sync), with the router
+simulator as upstream and gateway.dbstats counting statements.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import httpx
 import pytest
 from asgiref.sync import async_to_sync
-from django.test import AsyncClient
+from django.core.asgi import get_asgi_application
 
 from billing.services import plans_seed_defaults
 from gateway import dbstats
+from gateway.asgi import GatewayApplication
 from gateway.recorder import recorder
 from gateway.state import state
 from gateway.upstream import upstreams
@@ -60,26 +63,22 @@ class Run:
     bodies: list[bytes] = field(default_factory=list)
 
 
-async def _chat(client: AsyncClient, raw_key: str, *, stream: bool) -> tuple[int, str, bytes]:
+async def _chat(client: httpx.AsyncClient, raw_key: str, *, stream: bool) -> tuple[int, str, bytes]:
     body = {"model": ALIAS, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 9, "stream": stream}
     response = await client.post(
         "/v1/chat/completions",
-        data=json.dumps(body),
-        content_type="application/json",
-        headers={"authorization": f"Bearer {raw_key}"},
+        content=json.dumps(body),
+        headers={"authorization": f"Bearer {raw_key}", "content-type": "application/json"},
     )
-    if response.streaming:
-        content = b"".join([chunk async for chunk in response.streaming_content])
-    else:
-        content = response.content
-    return response.status_code, response["x-request-id"], content
+    return response.status_code, response.headers["x-request-id"], response.content
 
 
 def _drive(raw_key: str) -> Run:
     run = Run()
 
     async def main() -> None:
-        client = AsyncClient()
+        app = GatewayApplication(get_asgi_application())
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
         try:
             before = dbstats.queries_executed()
             status, _, _ = await _chat(client, raw_key, stream=False)
@@ -106,6 +105,7 @@ def _drive(raw_key: str) -> Run:
             run.flush_ok = await recorder.flush()
             run.flush_statements = dbstats.queries_executed() - before
         finally:
+            await client.aclose()
             state.stop()
             recorder.stop()
             await upstreams.aclose()

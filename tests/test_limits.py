@@ -24,7 +24,6 @@ import pytest
 import redis
 
 from billing.selectors import PlanRecord
-from gateway.auth import Principal
 from gateway.errors import GatewayError, QuotaExceeded, RateLimited
 from gateway.limits import (
     Admission,
@@ -34,6 +33,7 @@ from gateway.limits import (
     format_duration,
     openai_headers,
 )
+from gateway.principal import Principal
 from tests.conftest import REDIS_FOR_TESTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,7 +225,7 @@ import asyncio, json, sys, uuid
 import django
 django.setup()
 from billing.selectors import PlanRecord
-from gateway.auth import Principal
+from gateway.principal import Principal
 from gateway.errors import RateLimited
 from gateway.limits import Limiter
 

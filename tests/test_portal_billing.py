@@ -22,10 +22,10 @@ from accounts.models import Invitation, Membership, User
 from billing.models import LedgerEntry, ModelPrice, Plan
 from billing.money import format_micros_cents, format_micros_exact, round_micros_to_cents
 from billing.selectors import plan_next_up, plan_record
-from billing.views import allowances_for, duration_words, window_adjective
-from gateway.auth import Principal
 from gateway.errors import QuotaExceeded
 from gateway.limits import WEEKLY, WINDOW, Limiter
+from gateway.principal import Principal
+from portal.allowances import allowances_for, duration_words, window_adjective
 from tests.conftest import REDIS_FOR_TESTS
 from tests.portal_support import Team, add_member, ensure_site_and_plans, make_team, portal_settings  # noqa: F401
 from usage.models import UsageEvent

@@ -103,3 +103,26 @@ def test_playground_applies_the_plan_allow_list(gateway: LiveGateway, live_team:
         response = http.post(URL, json=chat(False))
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "model_not_allowed"
+
+
+@pytest.mark.django_db
+def test_the_code_panel_names_the_docs_base_url_and_key_variable_and_no_key(portal_settings) -> None:  # noqa: ANN001, F811
+    """The "View code" panel's snippets are built in the browser from what the page names: the base URL and the key's
+    environment variable the docs page uses. The page itself holds neither a key nor a snippet with one."""
+    ensure_site_and_plans()
+    team = make_team()
+    from routerpools.models import RouterPool
+
+    ModelAlias.objects.create(alias="oss-20b", pool=RouterPool.objects.create(name="p"))
+    client = team.client(team.member)
+    page = client.get("/portal/playground").content.decode()
+    docs = client.get("/portal/docs").content.decode()
+    assert 'data-base-url="https://api.example.test"' in page and 'data-key-env="CORTENSOR_API_KEY"' in page
+    assert '<code class="mono">base_url = https://api.example.test/v1</code>' in docs and "$CORTENSOR_API_KEY" in docs
+    assert 'aria-expanded="false" aria-controls="pg-code">View code</button>' in page
+    assert '<section class="code-panel" id="pg-code" aria-labelledby="pg-code-title" hidden>' in page
+    for api, tab in (("chat", "Chat Completions"), ("responses", "Responses"), ("messages", "Anthropic Messages")):
+        assert f'data-tab-label="{tab}" id="pg-code-{api}"' in page
+        assert f'data-copy-target="pg-code-{api}-python">Copy Python</button>' in page
+        assert f'data-copy-target="pg-code-{api}-curl">Copy curl</button>' in page
+    assert "ctr_" not in page

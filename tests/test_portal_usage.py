@@ -203,7 +203,33 @@ def test_page_and_live_feed_show_each_requests_end_user(team: Team) -> None:
 def test_page_of_the_current_range_has_the_live_feed(team: Team) -> None:
     page = team.client(team.owner).get("/portal/usage").content.decode()
     assert f'data-live-url="/portal/ws/usage?org={team.acme.pk}"' in page
-    assert "Requests in the last 3 hours" in page and "/ 100<" in page  # the free plan's allowance
+    assert "3-hour window" in page and "/ 100<" in page  # the free plan's allowance, in the limiter's own window
+
+
+def test_usage_and_billing_pages_count_the_same_allowance(team: Team) -> None:
+    """One source: both pages read portal.allowances (the limiter's fixed windows), so a request made before the
+    window's start counts on neither, where the usage page's old rolling window counted it (105/100 against 100/100)."""
+    import re
+
+    from django.utils import timezone
+
+    from portal.allowances import allowances_for
+
+    key = ApiKey.objects.get(pk=team.acme_key_id)
+    (window,) = [a for a in allowances_for(team.acme.pk, team.acme.plan, now=timezone.now()) if a.kind == "window_requests"]
+    before = [event(team.acme, key, n, when=window.starts_at - timedelta(minutes=n)) for n in (1, 2)]
+    inside = [event(team.acme, key, n, when=window.starts_at + timedelta(seconds=n)) for n in (3, 4, 5)]
+    UsageEvent.objects.bulk_create(before + inside)
+    usage_page = team.client(team.owner).get("/portal/usage").content.decode()
+    billing_page = team.client(team.owner).get("/portal/billing").content.decode()
+    on_usage = re.search(r"3-hour window</span><span><strong>(\d+)</strong> / 100<", usage_page)
+    on_billing = re.search(r'data-allowance="window_requests"[^>]*>.*?allowance-used">(\d+)<', billing_page, re.S)
+    assert on_usage and on_billing, "an allowance is missing from a page"
+    assert on_usage.group(1) == on_billing.group(1)
+    # Counted from the rows without Redis counters (the in-process tests admit nothing through the limiter):
+    # the three inside the window, not the two before it.
+    if window.counted_by == "usage":
+        assert on_usage.group(1) == "3"
 
 
 def test_page_with_a_bad_range_falls_back_and_says_so(team: Team) -> None:

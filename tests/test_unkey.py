@@ -35,8 +35,8 @@ from apikeys.services import apikey_create, apikey_find, apikey_revoke
 from apikeys.unkey import RatelimitSpec, RatelimitState, UnkeyClient, UnkeyError, Verification
 from billing.models import Plan
 from billing.services import plans_seed_defaults, subscription_start
-from gateway.auth import AuthUnavailable, unkey_refusal
-from gateway.errors import AuthenticationFailed, PermissionDenied, QuotaExceeded, RateLimited
+from gateway.auth import unkey_refusal
+from gateway.errors import AuthenticationFailed, AuthUnavailable, PermissionDenied, QuotaExceeded, RateLimited
 from gateway.invalidation import bump_epoch
 from simulator import SimulatorServer, simulated_tokens
 from tests import conftest

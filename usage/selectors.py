@@ -19,7 +19,6 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
-from billing.models import Plan
 from usage.models import UsageEvent
 
 GroupBy = Literal["day", "model", "key"]
@@ -255,40 +254,6 @@ def usage_latest(*, organization_id: int, span: DateRange, limit: int = 50) -> l
     return list(
         _events(organization_id, span).select_related("api_key").only(*LATEST_FIELDS).order_by("-created_at", "-id")[:limit]
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Allowance:
-    """A plan limit next to what was used of it."""
-
-    label: str
-    used: int
-    limit: int
-
-    @property
-    def share(self) -> float:
-        return min(1.0, self.used / self.limit) if self.limit else 0.0
-
-
-def usage_allowances(*, organization_id: int, plan: Plan | None, now: datetime | None = None) -> list[Allowance]:
-    """The plan's request allowances (the reset window and the week) with the requests counted against them."""
-    if plan is None or (plan.window_requests is None and plan.weekly_requests is None):
-        return []
-    now = now or timezone.now()
-    week_start = now - timedelta(days=7)
-    window_start = now - timedelta(seconds=plan.window_seconds)
-    counts = UsageEvent.objects.filter(organization_id=organization_id, created_at__gte=min(week_start, window_start)).aggregate(
-        week=Count("id", filter=Q(created_at__gte=week_start)),
-        window=Count("id", filter=Q(created_at__gte=window_start)),
-    )
-    allowances = []
-    if plan.window_requests is not None:
-        hours = plan.window_seconds / 3600
-        span = f"{hours:g} hours" if hours != 1 else "hour"
-        allowances.append(Allowance(label=f"Requests in the last {span}", used=counts["window"], limit=plan.window_requests))
-    if plan.weekly_requests is not None:
-        allowances.append(Allowance(label="Requests in the last 7 days", used=counts["week"], limit=plan.weekly_requests))
-    return allowances
 
 
 # --- The live feed: what a page has, and what it missed -------------------------------------------------------------

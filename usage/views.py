@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
@@ -14,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.portal import ORG_PARAMETER, PortalAPIView, PortalContext, portal_page, render_portal
+from portal.allowances import allowances_for
 from usage.selectors import (
     EARLIEST_DAY,
     GROUP_BYS,
@@ -23,7 +25,6 @@ from usage.selectors import (
     UsageRow,
     date_range_parse,
     read_snapshot,
-    usage_allowances,
     usage_feed_cursor,
     usage_latest,
     usage_summary,
@@ -116,7 +117,8 @@ def usage_page(request: HttpRequest) -> HttpResponse:
         by_model = usage_summary(organization_id=org.pk, span=span, group_by="model")
         by_key = usage_summary(organization_id=org.pk, span=span, group_by="key")
         latest = usage_latest(organization_id=org.pk, span=span, limit=LATEST_ROWS)
-        allowances = usage_allowances(organization_id=org.pk, plan=org.plan)
+    # The limiter's own windows and counters, as the billing page shows them (portal.allowances): never a second count.
+    allowances = allowances_for(org.pk, org.plan, now=timezone.now())
     return render_portal(
         request,
         "usage/usage.html",

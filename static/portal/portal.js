@@ -1,4 +1,4 @@
-// Cortensor portal: copy buttons, tabs, the live usage feed and the playground. Plain JS, no build step.
+// Cortensor portal: copy buttons, tabs, the live usage feed and the playground (and its code panel). Plain JS, no build step.
 (function () {
   "use strict";
 
@@ -66,24 +66,46 @@
   });
 
   // --- Tabs: panels with data-tab-label inside [data-tabs]; without JS they simply all show ---------
+  // The WAI-ARIA tabs pattern: one tab in the Tab order (the selected one), arrow keys, Home and End move between them.
+  var tabsMade = 0;
   document.querySelectorAll("[data-tabs]").forEach(function (container) {
     var panels = Array.prototype.slice.call(container.querySelectorAll(":scope > [data-tab-label]"));
     if (panels.length < 2) return;
     var bar = document.createElement("div");
     bar.className = "tabs-bar";
     bar.setAttribute("role", "tablist");
+    tabsMade += 1;
     panels.forEach(function (panel, index) {
+      if (!panel.id) panel.id = "tabs-" + tabsMade + "-panel-" + index;
       var tab = document.createElement("button");
       tab.type = "button";
+      tab.id = panel.id + "-tab";
       tab.setAttribute("role", "tab");
+      tab.setAttribute("aria-controls", panel.id);
       tab.textContent = panel.getAttribute("data-tab-label");
       tab.addEventListener("click", function () { select(index); });
+      panel.setAttribute("role", "tabpanel");
+      panel.setAttribute("aria-labelledby", tab.id);
       bar.appendChild(tab);
+    });
+    bar.addEventListener("keydown", function (event) {
+      var tabs = Array.prototype.slice.call(bar.children);
+      var at = tabs.indexOf(document.activeElement);
+      if (at < 0) return;
+      var to = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: tabs.length - 1 }[event.key];
+      if (to === undefined) return;
+      event.preventDefault();
+      to = (to + tabs.length) % tabs.length;
+      select(to);
+      tabs[to].focus();
     });
     container.insertBefore(bar, panels[0]);
     function select(index) {
       panels.forEach(function (panel, i) { panel.hidden = i !== index; });
-      Array.prototype.forEach.call(bar.children, function (tab, i) { tab.setAttribute("aria-selected", String(i === index)); });
+      Array.prototype.forEach.call(bar.children, function (tab, i) {
+        tab.setAttribute("aria-selected", String(i === index));
+        tab.tabIndex = i === index ? 0 : -1;
+      });
     }
     select(0);
   });
@@ -239,6 +261,18 @@
     var history = [];
     var controller = null;
 
+    // What the controls ask for, read the same way for a message sent here and for the code panel's snippets, so a
+    // snippet asks for what the playground would. A temperature left empty is not sent (the model's default).
+    function requestSettings() {
+      var settings = {
+        model: document.getElementById("pg-model").value,
+        max_tokens: parseInt(document.getElementById("pg-max-tokens").value, 10) || 256,
+      };
+      var temperature = parseFloat(document.getElementById("pg-temperature").value);
+      if (Number.isFinite(temperature)) settings.temperature = temperature;
+      return settings;
+    }
+
     function bubble(role, text) {
       var empty = document.getElementById("pg-empty");
       if (empty) empty.remove();
@@ -265,7 +299,11 @@
     }
 
     async function send(text) {
-      history.push({ role: "user", content: text });
+      // This conversation's turns: "New chat" while the answer streams starts a new list, and what the stopped
+      // answer had written belongs to the old one, not to the new chat (nor to its code panel).
+      var turns = history;
+      turns.push({ role: "user", content: text });
+      updateCode();
       bubble("user", text);
       var answer = bubble("assistant", "");
       answer.classList.add("is-streaming");
@@ -286,14 +324,11 @@
             // The organization this page shows: a member removed meanwhile is refused, not charged elsewhere.
             "X-Portal-Organization": playground.dataset.organization || "",
           },
-          body: JSON.stringify({
-            model: document.getElementById("pg-model").value,
-            messages: history,
-            max_tokens: parseInt(document.getElementById("pg-max-tokens").value, 10) || 256,
-            temperature: parseFloat(document.getElementById("pg-temperature").value),
+          body: JSON.stringify(Object.assign(requestSettings(), {
+            messages: turns,
             stream: true,
             stream_options: { include_usage: true },
-          }),
+          })),
         });
         requestId = response.headers.get("x-request-id") || "";
         if (!response.ok) throw new Error(errorMessage(await response.text(), response.status));
@@ -322,15 +357,15 @@
             }
           }
         }
-        history.push({ role: "assistant", content: content });
+        turns.push({ role: "assistant", content: content });
         var seconds = ((performance.now() - started) / 1000).toFixed(1);
         meta.textContent = (usage ? usage.total_tokens + " tokens · " : "") + seconds + " s" + (requestId ? " · " + requestId : "");
       } catch (err) {
         if (err.name === "AbortError") {
-          if (content) history.push({ role: "assistant", content: content });
+          if (content) turns.push({ role: "assistant", content: content });
           meta.textContent = "Stopped." + (requestId ? " " + requestId : "");
         } else {
-          history.pop();
+          turns.pop();
           if (!content) answer.remove();
           bubble("error", err.message);
           meta.textContent = requestId;
@@ -339,8 +374,143 @@
         answer.classList.remove("is-streaming");
         busy(false);
         controller = null;
+        updateCode();
         prompt.focus();
       }
+    }
+
+    // --- "View code": the conversation as a request to run elsewhere -------------------------------------
+    // Every value goes in through JSON.stringify (a JSON string literal is a valid Python one too: the same escapes,
+    // and the non-ASCII characters JSON leaves as they are are plain UTF-8 source to Python), the shell body in single
+    // quotes, and the result into the page with textContent only: quotes, newlines, `$HOME`, backticks or `</script>` in
+    // a prompt stay text everywhere.
+    var codePanel = document.getElementById("pg-code");
+    var codeToggle = document.getElementById("pg-code-toggle");
+    var baseUrl = playground.dataset.baseUrl || location.origin;
+    var keyEnv = playground.dataset.keyEnv || "CORTENSOR_API_KEY";
+    var EXAMPLE = "Hello!";  // the user turn shown while there is nothing to show yet, so every snippet runs
+
+    function conversation() {
+      var messages = history.slice();
+      var draft = prompt.value.trim();  // as send() would take it
+      if (draft) messages.push({ role: "user", content: draft });
+      return messages;
+    }
+
+    // A JSON array of messages, one to a line, indented to sit inside a call or a body.
+    function messageLines(messages, indent) {
+      var pad = " ".repeat(indent);
+      return "[\n" + messages.map(function (m) {
+        return pad + "    {" + JSON.stringify("role") + ": " + JSON.stringify(m.role) + ", " + JSON.stringify("content") + ": " + JSON.stringify(m.content) + "}";
+      }).join(",\n") + "\n" + pad + "]";
+    }
+
+    // A JSON object whose `list` field holds the messages (one to a line) and whose other fields are compact scalars.
+    function jsonBody(fields, list, messages) {
+      var lines = Object.keys(fields).map(function (name) { return "  " + JSON.stringify(name) + ": " + JSON.stringify(fields[name]); });
+      lines.splice(1, 0, "  " + JSON.stringify(list) + ": " + messageLines(messages, 2));
+      return "{\n" + lines.join(",\n") + "\n}";
+    }
+
+    // POSIX single quotes keep everything literal; a quote inside ends them, is escaped, and they start again.
+    function shellQuote(text) {
+      return "'" + text.replace(/'/g, "'\\''") + "'";
+    }
+
+    function shellWord(text) {
+      return /^[A-Za-z0-9_.:\/@%+=,-]+$/.test(text) ? text : shellQuote(text);
+    }
+
+    function curl(path, headers, body) {
+      return ["curl " + shellWord(baseUrl + path)].concat(headers.map(function (h) { return "  -H " + h; }), ["  -d " + shellQuote(body)]).join(" \\\n");
+    }
+
+    // Python keyword arguments, one to a line, after `model=`; the messages' own argument name is `list`. The values
+    // of `extra` are Python source already.
+    function pyCall(call, settings, list, messages, extra) {
+      var args = ["    model=" + JSON.stringify(settings.model), "    " + list + "=" + messageLines(messages, 4)];
+      Object.keys(extra).forEach(function (name) { args.push("    " + name + "=" + extra[name]); });
+      return call + "(\n" + args.join(",\n") + ",\n)";
+    }
+
+    function pyValues(values) {
+      var source = {};
+      Object.keys(values).forEach(function (name) { source[name] = JSON.stringify(values[name]); });
+      return source;
+    }
+
+    function snippets() {
+      var settings = requestSettings();
+      var messages = conversation();
+      var example = !messages.length;
+      if (example) messages = [{ role: "user", content: EXAMPLE }];
+      var auth = JSON.stringify("Authorization: Bearer $" + keyEnv);
+      var json = JSON.stringify("Content-Type: application/json");
+      var env = "os.environ[" + JSON.stringify(keyEnv) + "]";
+      var openaiClient = "import os\n\nfrom openai import OpenAI\n\nclient = OpenAI(base_url=" + JSON.stringify(baseUrl + "/v1") + ", api_key=" + env + ")\n\n";
+      var sampling = {};
+      if (settings.temperature !== undefined) sampling.temperature = settings.temperature;
+      // Anthropic's temperature scale ends at 1 (the gateway refuses more there, as Anthropic does).
+      var anthropicSampling = {};
+      var clamped = settings.temperature !== undefined && settings.temperature > 1;
+      if (settings.temperature !== undefined) anthropicSampling.temperature = Math.min(settings.temperature, 1);
+      var clampNote = clamped ? "# Anthropic's temperature ends at 1: " + settings.temperature + " is sent as 1.\n" : "";
+      // The Anthropic SDK takes no sampling arguments of its own any more; the API still does, so they go in extra_body.
+      var anthropicExtra = { max_tokens: JSON.stringify(settings.max_tokens) };
+      var extraNote = "";
+      if (anthropicSampling.temperature !== undefined) {
+        extraNote = "# This SDK takes temperature through extra_body.\n";
+        anthropicExtra.extra_body = "{" + JSON.stringify("temperature") + ": " + JSON.stringify(anthropicSampling.temperature) + "}";
+      }
+
+      var chatFields = Object.assign({ model: settings.model, max_tokens: settings.max_tokens }, sampling);
+      var responsesFields = Object.assign({ model: settings.model, max_output_tokens: settings.max_tokens }, sampling);
+      var messagesFields = Object.assign({ model: settings.model, max_tokens: settings.max_tokens }, anthropicSampling);
+      return {
+        example: example,
+        chat: {
+          python: openaiClient + pyCall("completion = client.chat.completions.create", settings, "messages", messages,
+            pyValues(Object.assign({ max_tokens: settings.max_tokens }, sampling))) + "\nprint(completion.choices[0].message.content)",
+          curl: curl("/v1/chat/completions", [auth, json], jsonBody(chatFields, "messages", messages)),
+        },
+        responses: {
+          python: openaiClient + pyCall("response = client.responses.create", settings, "input", messages,
+            pyValues(Object.assign({ max_output_tokens: settings.max_tokens }, sampling))) + "\nprint(response.output_text)",
+          curl: curl("/v1/responses", [auth, json], jsonBody(responsesFields, "input", messages)),
+        },
+        messages: {
+          python: "import os\n\nfrom anthropic import Anthropic\n\nclient = Anthropic(base_url=" + JSON.stringify(baseUrl) + ", api_key=" + env + ")\n\n" +
+            clampNote + extraNote + pyCall("message = client.messages.create", settings, "messages", messages, anthropicExtra) +
+            "\nprint(message.content[0].text)",
+          curl: clampNote + curl("/v1/messages", [JSON.stringify("x-api-key: $" + keyEnv), JSON.stringify("anthropic-version: 2023-06-01"), json],
+            jsonBody(messagesFields, "messages", messages)),
+        },
+      };
+    }
+
+    function updateCode() {
+      if (!codePanel || codePanel.hidden) return;  // rebuilt when it opens
+      var code = snippets();
+      ["chat", "responses", "messages"].forEach(function (api) {
+        ["python", "curl"].forEach(function (language) {
+          var block = document.querySelector("#pg-code-" + api + "-" + language + " code");
+          if (block && block.textContent !== code[api][language]) block.textContent = code[api][language];
+        });
+      });
+      document.getElementById("pg-code-note").textContent = code.example ? "Until you write a message, an example stands in for it." : "";
+    }
+
+    if (codePanel && codeToggle) {
+      codeToggle.addEventListener("click", function () {
+        codePanel.hidden = !codePanel.hidden;
+        codeToggle.setAttribute("aria-expanded", String(!codePanel.hidden));
+        codeToggle.textContent = codePanel.hidden ? "View code" : "Hide code";
+        updateCode();
+      });
+      ["pg-model", "pg-max-tokens", "pg-temperature", "pg-prompt"].forEach(function (id) {
+        document.getElementById(id).addEventListener("input", updateCode);
+      });
+      document.getElementById("pg-model").addEventListener("change", updateCode);
     }
 
     form.addEventListener("submit", function (event) {
@@ -360,6 +530,7 @@
     document.getElementById("pg-clear").addEventListener("click", function () {
       if (controller) controller.abort();
       history = [];
+      updateCode();
       transcript.innerHTML = '<p class="transcript-empty muted" id="pg-empty">Ask anything to start. Answers stream in as the model writes them.</p>';
       meta.textContent = "";
     });

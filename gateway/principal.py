@@ -1,0 +1,23 @@
+"""Who is calling: the key, its organization, its plan and the organization's model exceptions, as the gateway caches them.
+
+A module of its own so that authentication (which makes principals) and the limiter (which counts per key and per
+organization) both import it, and neither imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from billing.selectors import PlanRecord, model_allowed
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: int
+    organization_id: int
+    organization_slug: str
+    plan: PlanRecord | None
+    model_overrides: dict[str, bool] | None = None  # the organization's exceptions to its plan's list
+
+    def may_use(self, alias: str) -> bool:
+        return model_allowed(alias, plan_aliases=self.plan.allowed_aliases if self.plan else None, overrides=self.model_overrides)
