@@ -1,4 +1,4 @@
-"""Serving /v1 and /health straight from the event loop, outside Django's per-request thread, middleware and signals.
+"""Serving /v1, /health and /ready straight from the event loop, outside Django's per-request thread, middleware and signals.
 
 Django's ASGIHandler gives every request its own thread for sync middleware and
 signal receivers and joins it at the end; on this path that costs more than the
@@ -39,7 +39,7 @@ def is_v1_path(path: str) -> bool:
 
 
 def is_gateway_path(path: str) -> bool:
-    return is_v1_path(path) or path in ("/health", "/metrics")
+    return is_v1_path(path) or path in ("/health", "/ready", "/metrics")
 
 
 class _Noted:
@@ -103,7 +103,7 @@ class GatewayApplication:
                 noted.status = message["status"]
                 headers = message.get("headers") or ()
                 if not any(name == b"x-request-id" for name, _ in headers):
-                    # A portal page, /health: every response names the id its log lines carry.
+                    # A portal page, /health, /ready: every response names the id its log lines carry.
                     message = {**message, "headers": [*headers, (b"x-request-id", noted.request_id.encode())]}
             await send(message)
 

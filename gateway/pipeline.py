@@ -37,13 +37,13 @@ from gateway.logs import new_request_id as new_request_id  # where it used to li
 from gateway.logs import request_id_of, request_id_var
 from gateway.principal import Principal
 from gateway.recorder import recorder
+from gateway.relay import StreamRelay
 from gateway.state import state
 from gateway.surfaces import ENVELOPE_ROUTE, AnswerContext, StreamWriter, Surface, json_response
 from gateway.translate.bounds import JSONTooDeep, loads_bounded
-from gateway.translate.common import CompletionRequest, StopMatcher, Usage, cut_at_stop, estimate_tokens
+from gateway.translate.common import CompletionRequest, Usage, cut_at_stop, estimate_tokens
 from gateway.translate.prompt import render_prompt
-from gateway.translate.router import RouterDelta, RouterStreamReader, build_router_body, parse_router_completion
-from gateway.translate.sse import SSEParser
+from gateway.translate.router import build_router_body, parse_router_completion
 from gateway.upstream import UpstreamCall, upstreams
 from routerpools.selectors import AliasRoute
 from usage.services import RequestLogRecord, UsageRecord
@@ -401,93 +401,66 @@ async def _stream(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, bod
 async def _relay(
     ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, call: UpstreamCall, writer: StreamWriter, started: list[bool],
 ) -> AsyncIterator[bytes]:
-    """Router bytes in, provider events out; the upstream is closed in `finally`, whatever ends the stream."""
+    """The async shell around the pure relay (gateway/relay.py): reads the router within its deadline, writes what the
+    relay makes of each read, and in `finally` closes the upstream, settles the reservation and records the usage."""
     started[0] = True
     metrics.INFLIGHT_STREAMS.inc()
-    parser = SSEParser()
-    reader = RouterStreamReader()
-    stops = StopMatcher(creq.stop)
-    billed = _Delivered()
+    relay = StreamRelay(writer, stops=creq.stop, ctx=ctx)
     status = "cancelled"  # unless the loop below reaches an end of its own
     error_code = ""
     first_byte_at: float | None = None
-    finish_reason: str | None = None
-    stop_sequence: str | None = None
     protocol_errors = 0
     raw_iter: AsyncIterator[bytes] | None = None
     try:
-        yield writer.start()
+        yield relay.start()
         raw_iter = call.response.aiter_raw()
-        ended = False
-        while not ended:
+        while not relay.ended:
             remaining = call.deadline - time.monotonic()  # the stream, too, ends when its upstream's time is up
             try:
                 async with asyncio.timeout(max(0.001, remaining)):  # not wait_for: no task per chunk
                     chunk = await raw_iter.__anext__()
             except StopAsyncIteration:
+                out = relay.close()
+                if out:
+                    yield out
                 break
             if first_byte_at is None:
                 first_byte_at = time.perf_counter()
-            for event in parser.feed(chunk):
-                delta = reader.feed(event)
-                if reader.protocol_errors != protocol_errors:
-                    protocol_errors = reader.protocol_errors
-                    log.warning("upstream %s sent a data line that is not JSON; skipped request_id=%s", call.upstream.label, ex.request_id)
-                if delta is None:
-                    continue
-                if reader.upstream_error is not None:  # a router reporting a failure in-band
-                    raise UpstreamError("the upstream model server failed mid-stream")
-                if delta.done:
-                    ended = True
-                    break
-                text = delta.text
-                if text:
-                    text, stop_sequence = stops.feed(text)
-                    billed.add(text)
-                if delta.usage is not None:
-                    billed.reported()  # the router's count covers everything up to this chunk
-                out = writer.delta(delta, text)
-                if out:
-                    yield out
-                if stop_sequence is not None:
-                    finish_reason = "stop_sequence"
-                    ended = True
-                    break
-        if finish_reason is None and not reader.saw_finish and not reader.saw_done:
-            raise UpstreamError("the upstream model server ended the stream early")
-        tail = stops.flush()
-        if tail:
-            billed.add(tail)
-            out = writer.delta(RouterDelta(tail, None, None, False, None), tail)
+            out = relay.feed(chunk)
+            if relay.reader.protocol_errors != protocol_errors:
+                protocol_errors = relay.reader.protocol_errors
+                log.warning("upstream %s sent a data line that is not JSON; skipped request_id=%s", call.upstream.label, ex.request_id)
             if out:
                 yield out
-        if finish_reason is None and stops.matched is not None:  # a stop found only when flushing
-            finish_reason, stop_sequence = "stop_sequence", stops.matched
-        usage = billed.usage(reader, ctx)
-        yield writer.finish(finish_reason=finish_reason or reader.finish_reason or "stop", stop_sequence=stop_sequence, usage=usage)
-        status = "ok"
-    except (TimeoutError, UpstreamError, httpx.TransportError) as exc:
-        err = exc if isinstance(exc, GatewayError) else UpstreamError("the upstream model server failed mid-stream")
+        out = relay.finish()
+        if relay.failure is not None:
+            log.warning("stream from %s failed: %s request_id=%s", call.upstream.label, relay.failure.message, ex.request_id)
+            status, error_code = "error", relay.failure.code or "upstream_error"
+        else:
+            status = "ok"
+        yield out
+    except (TimeoutError, httpx.TransportError):
+        err = UpstreamError("the upstream model server failed mid-stream")
         log.warning("stream from %s failed: %s request_id=%s", call.upstream.label, err.message, ex.request_id)
         status, error_code = "error", err.code or "upstream_error"
-        yield writer.error(err)
+        yield relay.fail(err)
     finally:
         metrics.INFLIGHT_STREAMS.dec()
         ttfb = (first_byte_at - ex.started) if first_byte_at is not None else None
 
         def record() -> int:
-            usage = billed.usage(reader, ctx)
+            usage = relay.usage()
             ex.record(
                 usage=ex.usage_row(status=status, http_status=200, call=call, streamed=True, usage=usage, error_code=error_code, ttfb=ttfb),
                 log_row=ex.log_row(200),
             )
             return usage.total_tokens
 
-        if status == "cancelled" and raw_iter is not None and billed.awaits_usage(reader):
+        if status == "cancelled" and raw_iter is not None and relay.awaits_usage():
             # The client left after text and before the router's count (a client reading every delta and hanging
             # up just before the final chunk): read on for the usage chunk, briefly, in a task of its own, so a
             # second cancellation of this one cannot cut it short; it records the row whatever happens.
-            settle = asyncio.ensure_future(_settle_cancelled(ex, call, parser, reader, billed, record))
+            settle = asyncio.ensure_future(_settle_cancelled(ex, call, relay, record))
             recorder.track(settle)
             await asyncio.shield(settle)
         else:
@@ -501,45 +474,7 @@ async def _relay(
                 await asyncio.shield(ex.release(total))
 
 
-class _Delivered:
-    """The text a stream delivered, and how much of it the router's last usage report already counts.
-
-    A stream is billed the router's count where one came, plus an estimate of the text delivered after it:
-    never less than the router reported, and text it had not yet counted is not free. The pieces are kept,
-    not their estimate: appending is all the per-token path pays, the estimate runs once, only when needed.
-    """
-
-    __slots__ = ("pieces", "counted")
-
-    def __init__(self) -> None:
-        self.pieces: list[str] = []
-        self.counted = 0  # pieces covered by the router's last usage report
-
-    def add(self, text: str) -> None:
-        if text:
-            self.pieces.append(text)
-
-    def reported(self) -> None:
-        self.counted = len(self.pieces)
-
-    def awaits_usage(self, reader: RouterStreamReader) -> bool:
-        """Text went out that no usage report covers yet, and the router has not ended: its count may be next."""
-        return len(self.pieces) > self.counted and not reader.saw_done
-
-    def usage(self, reader: RouterStreamReader, ctx: AnswerContext) -> Usage:
-        reported = reader.usage
-        after = self.pieces[self.counted:] if reported is not None else self.pieces
-        extra = estimate_tokens("".join(after)) if after else 0
-        if reported is None:
-            return Usage(ctx.prompt_tokens_estimate, extra, estimated=True)
-        if not extra:
-            return reported
-        return Usage(reported.prompt_tokens, reported.completion_tokens + extra, estimated=True)
-
-
-async def _settle_cancelled(
-    ex: Exchange, call: UpstreamCall, parser: SSEParser, reader: RouterStreamReader, billed: _Delivered, record: Callable[[], int],
-) -> None:
+async def _settle_cancelled(ex: Exchange, call: UpstreamCall, relay: StreamRelay, record: Callable[[], int]) -> None:
     """After the client left: up to PORTAL_CANCEL_USAGE_GRACE_MS for the router's usage chunk, then record, close, release.
 
     Only what carries no text is awaited: the next text chunk means the answer was not at its end (the client
@@ -553,7 +488,7 @@ async def _settle_cancelled(
         if grace > 0:
             raw: AsyncIterator[bytes] = aiter(call.response.stream)  # type: ignore[arg-type]
             async with asyncio.timeout(grace):
-                while not await _usage_chunk_read(raw, parser, reader, billed):
+                while not relay.settle_feed(await anext(raw)):
                     pass
     except (TimeoutError, StopAsyncIteration, UpstreamError, httpx.HTTPError):
         pass  # no usage within the grace: the estimate of the delivered text stands
@@ -565,16 +500,3 @@ async def _settle_cancelled(
             await asyncio.shield(call.response.aclose())
         finally:
             await asyncio.shield(ex.release(total))
-
-
-async def _usage_chunk_read(raw: AsyncIterator[bytes], parser: SSEParser, reader: RouterStreamReader, billed: _Delivered) -> bool:
-    """Read one network chunk of a stream nobody listens to any more; True once waiting is over."""
-    for event in parser.feed(await anext(raw)):
-        delta = reader.feed(event)
-        if delta is None:
-            continue
-        if delta.usage is not None:
-            billed.reported()  # the router's count covers all that was delivered (and this chunk, if it had text)
-        if delta.done or delta.usage is not None or delta.text:
-            return True  # the count came, the stream ended, or more answer came (so the usage was not due)
-    return False

@@ -16,11 +16,9 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 from asgiref.sync import async_to_sync
-from django.core.asgi import get_asgi_application
 
 from billing.services import plans_seed_defaults
 from gateway import dbstats
-from gateway.asgi import GatewayApplication
 from gateway.recorder import recorder
 from gateway.state import state
 from gateway.upstream import upstreams
@@ -28,6 +26,7 @@ from routerpools.config import parse_router_env
 from routerpools.services import router_pools_sync
 from simulator import SimulatorServer, simulated_tokens
 from tests.conftest import ALIAS, issue_key, router_env
+from tests.support.asgi import gateway_client
 from usage.models import RequestLog, UsageEvent
 
 REQUESTS = 20
@@ -77,8 +76,7 @@ def _drive(raw_key: str) -> Run:
     run = Run()
 
     async def main() -> None:
-        app = GatewayApplication(get_asgi_application())
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+        client = gateway_client()
         try:
             before = dbstats.queries_executed()
             status, _, _ = await _chat(client, raw_key, stream=False)

@@ -16,7 +16,6 @@ import openai
 import pytest
 from asgiref.sync import async_to_sync
 from django.db import OperationalError
-from django.test import AsyncClient
 
 from billing.models import LedgerEntry
 from billing.services import plans_seed_defaults
@@ -40,6 +39,7 @@ from tests.conftest import (
     wait_for,
     wait_until_usage_written,
 )
+from tests.support.asgi import gateway_client
 from usage.models import RequestLog, UsageEvent
 
 
@@ -471,12 +471,13 @@ def in_process_gateway(settings: Any, sim: SimulatorServer) -> Iterator[None]:
     assert recorder.depth == 0, "this test left rows in the in-process recorder"
 
 
-async def _post(client: AsyncClient, raw_key: str, body: dict[str, Any]) -> tuple[int, bytes]:
+async def _post(client: httpx.AsyncClient, raw_key: str, body: dict[str, Any]) -> tuple[int, bytes]:
     response = await client.post(
-        "/v1/responses", data=json.dumps(body), content_type="application/json", headers={"authorization": f"Bearer {raw_key}"}
+        "/v1/responses",
+        content=json.dumps(body),
+        headers={"authorization": f"Bearer {raw_key}", "content-type": "application/json"},
     )
-    content = b"".join([chunk async for chunk in response.streaming_content]) if response.streaming else response.content
-    return response.status_code, content
+    return response.status_code, response.content
 
 
 @pytest.mark.django_db(transaction=True)
@@ -486,7 +487,7 @@ def test_storing_puts_no_query_on_the_request_path_and_continuing_costs_one(in_p
     ids: list[str] = []
 
     async def main() -> None:
-        api = AsyncClient()
+        api = gateway_client()
         try:
             status, _ = await _post(api, key.raw, {"model": ALIAS, "input": "warm up", "max_output_tokens": 5})
             assert status == 200
@@ -513,6 +514,7 @@ def test_storing_puts_no_query_on_the_request_path_and_continuing_costs_one(in_p
             assert status == 200
             assert await recorder.flush()  # nothing left behind for the next test's in-process gateway
         finally:
+            await api.aclose()
             state.stop()
             recorder.stop()
             await upstreams.aclose()
@@ -540,17 +542,18 @@ def test_a_database_that_cannot_be_read_is_a_503_not_a_500(in_process_gateway: N
     answers: list[tuple[int, dict[str, Any], str | None]] = []
 
     async def main() -> None:
-        api = AsyncClient()
+        api = gateway_client()
         auth = {"authorization": f"Bearer {key.raw}"}
         try:
             body = {"model": ALIAS, "input": "and?", "previous_response_id": "resp_" + "1" * 24}
-            response = await api.post("/v1/responses", data=json.dumps(body), content_type="application/json", headers=auth)
-            answers.append((response.status_code, json.loads(response.content), response.get("retry-after")))
+            response = await api.post("/v1/responses", content=json.dumps(body), headers={**auth, "content-type": "application/json"})
+            answers.append((response.status_code, json.loads(response.content), response.headers.get("retry-after")))
             for method in (api.get, api.delete):
                 response = await method("/v1/responses/resp_" + "1" * 24, headers=auth)
-                answers.append((response.status_code, json.loads(response.content), response.get("retry-after")))
+                answers.append((response.status_code, json.loads(response.content), response.headers.get("retry-after")))
             assert await recorder.flush()  # the request logs and the usage row: nothing left behind
         finally:
+            await api.aclose()
             state.stop()
             recorder.stop()
             await upstreams.aclose()

@@ -93,7 +93,7 @@ def test_no_library_internal_is_used_outside_the_list() -> None:
     """A private attribute of someone else's object belongs in patches.py (or the server overrides); Django's
     documented Model._meta and our own objects' internals are the only exceptions."""
     listed = {ROOT / "portal_project" / "patches.py", ROOT / "portal_project" / "twisted_tuning.py"}
-    ours = {"source._checks"}  # gateway/limits.py reading its own Limiter
+    ours = {"source._checks"}  # gateway/limits/read.py reading its own Limiter
     found = []
     for top in PRODUCT:
         for path in sorted((ROOT / top).rglob("*.py")):

@@ -1,4 +1,4 @@
-"""Per-token cost of the streaming pipeline (run with `-m bench`; prints numbers, asserts only a generous ceiling)."""
+"""Per-token cost of the stream relay (gateway/relay.py) (run with `-m bench`; prints numbers, asserts only a generous ceiling)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,8 @@ import time
 
 import pytest
 
-from gateway.translate.anthropic_messages import MessagesStreamTranslator
-from gateway.translate.common import StopMatcher
-from gateway.translate.openai_chat import ChatStreamTranslator
-from gateway.translate.router import RouterStreamReader
-from gateway.translate.sse import SSEParser
+from gateway.relay import StreamRelay
+from gateway.surfaces import ANTHROPIC_MESSAGES, OPENAI_CHAT, AnswerContext
 
 TOKENS = 50_000
 
@@ -39,21 +36,13 @@ def router_stream() -> list[bytes]:
 )
 def test_per_token_cost_of_the_stream_pipeline(surface: str, stops: list[str]) -> None:
     reads = router_stream()
-    parser, reader, matcher = SSEParser(), RouterStreamReader(), StopMatcher(stops)
-    if surface == "openai":
-        translator = ChatStreamTranslator(completion_id="chatcmpl-1", created=1, model="m", include_usage=True)
-    else:
-        translator = MessagesStreamTranslator(message_id="msg_1", model="m", input_tokens=1)
+    ctx = AnswerContext(request_id="req_1", model="m", pool_name="p", created=1, prompt_tokens_estimate=1, include_usage=True)
+    relay = StreamRelay((OPENAI_CHAT if surface == "openai" else ANTHROPIC_MESSAGES).stream_writer(ctx), stops=stops, ctx=ctx)
     sent = 0
     started = time.perf_counter()
-    for read in reads:
-        for event in parser.feed(read):
-            delta = reader.feed(event)
-            if delta is None or delta.done:
-                continue
-            text, _ = matcher.feed(delta.text)
-            sent += len(translator.text(text))
+    for read in reads:  # the production relay (gateway/relay.py), one network read at a time
+        sent += len(relay.feed(read))
     per_token_us = (time.perf_counter() - started) / TOKENS * 1e6
     print(f"\n{surface} stops={len(stops)}: {per_token_us:.1f} µs per token, {sent} bytes out")
-    assert reader.chunks == TOKENS
+    assert relay.reader.chunks == TOKENS
     assert per_token_us < 200

@@ -19,8 +19,10 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from gateway.errors import InvalidRequest, UpstreamError
-from gateway.translate.common import ChatMessage, Usage, estimate_tokens
+from gateway.errors import InvalidRequest
+from gateway.relay import StreamRelay
+from gateway.surfaces import OPENAI_RESPONSES, AnswerContext
+from gateway.translate.common import ChatMessage, Usage
 from gateway.translate.responses import (
     ResponsesRequest,
     ResponsesStreamTranslator,
@@ -28,8 +30,6 @@ from gateway.translate.responses import (
     response_object,
     responses_answer,
 )
-from gateway.translate.router import RouterStreamReader
-from gateway.translate.sse import SSEParser
 from tests.translate.test_translate_streams import FIXTURES, STREAMS, UPDATE_GOLDEN, split_reads
 
 REQUEST_ID = "req_0123456789abcdef01234567"
@@ -320,37 +320,29 @@ def test_the_sdk_types_validate_our_response_object(finish_reason: str) -> None:
 
 
 def run_pipeline(raw_reads: Iterator[bytes]) -> tuple[bytes, ResponsesStreamTranslator, bool]:
-    """What the gateway's relay does for this surface (no stop strings here): router bytes -> deltas -> events."""
-    parser, reader = SSEParser(), RouterStreamReader()
-    translator = ResponsesStreamTranslator(
-        request_id=REQUEST_ID, created_at=CREATED, model=MODEL, request=request(max_output_tokens=64), clock=lambda: COMPLETED
+    """The production relay (gateway/relay.py) with this surface's own stream writer, fed one network read at a time."""
+    ctx = AnswerContext(
+        request_id=REQUEST_ID,
+        model=MODEL,
+        pool_name="pool-a",
+        created=CREATED,
+        prompt_tokens_estimate=PROMPT_TOKENS_ESTIMATE,
+        include_usage=True,
+        request=request(max_output_tokens=64),
     )
-    out = bytearray(translator.start())
-
-    def consume(events: list) -> bool:
-        for event in events:
-            delta = reader.feed(event)
-            if delta is None:
-                continue
-            if delta.done:
-                return True
-            out.extend(translator.text(delta.text))
-        return False
-
-    ended = False
+    writer = OPENAI_RESPONSES.stream_writer(ctx)
+    translator: ResponsesStreamTranslator = writer._t  # type: ignore[attr-defined]
+    translator._clock = lambda: COMPLETED  # the golden files pin completed_at
+    relay = StreamRelay(writer, stops=[], ctx=ctx)
+    out = bytearray(relay.start())
     for read in raw_reads:
-        if consume(parser.feed(read)):
-            ended = True
+        out += relay.feed(read)
+        if relay.ended:
             break
-    if not ended:
-        consume(parser.close())
-    if reader.truncated:
-        out.extend(translator.error(UpstreamError()))
-        return bytes(out), translator, True
-    text = "".join(translator._pieces)
-    usage = reader.usage or Usage(PROMPT_TOKENS_ESTIMATE, estimate_tokens(text), True)
-    out.extend(translator.finish(finish_reason=reader.finish_reason or "stop", usage=usage))
-    return bytes(out), translator, False
+    else:
+        out += relay.close()
+    out += relay.finish()
+    return bytes(out), translator, relay.failure is not None
 
 
 def run_fixture(
@@ -405,7 +397,7 @@ def test_every_event_is_valid_to_the_sdk_types_and_numbered_in_order(name: str) 
         assert kinds[4 + len(deltas) :] == ["response.failed"]
         failed = events[-1][1]["response"]
         assert failed["status"] == "failed"
-        assert failed["error"] == {"code": "server_error", "message": UpstreamError.default_message}
+        assert failed["error"] == {"code": "server_error", "message": "the upstream model server ended the stream early"}
         assert failed["output"][0]["content"][0]["text"] == "".join(deltas)
         return
     text = "".join(deltas)
@@ -507,7 +499,7 @@ def test_sdk_sees_a_failed_response_after_the_delivered_text() -> None:
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "This answer is cut "
     assert events[-1].type == "response.failed"
     assert events[-1].response.status == "failed"
-    assert events[-1].response.error is not None and events[-1].response.error.message == UpstreamError.default_message
+    assert events[-1].response.error is not None and events[-1].response.error.message == "the upstream model server ended the stream early"
     with sdk(body).responses.stream(model=MODEL, input="Say hello") as stream:
         with pytest.raises(RuntimeError, match="response.completed"):
             stream.get_final_response()

@@ -1,4 +1,5 @@
-"""Recorded router streams through the whole translation pipeline, against checked-in golden streams and the official SDKs."""
+"""Recorded router streams through the production stream relay (gateway/relay.py), against checked-in golden streams and
+the official SDKs."""
 
 from __future__ import annotations
 
@@ -24,12 +25,12 @@ from gateway.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from gateway.relay import StreamRelay
+from gateway.surfaces import ANTHROPIC_MESSAGES, ENVELOPE, OPENAI_CHAT, AnswerContext
 from gateway.translate.anthropic_messages import MessagesStreamTranslator, anthropic_error_body, messages_response
-from gateway.translate.common import StopMatcher, Usage, estimate_tokens
-from gateway.translate.envelope import EnvelopeStreamTranslator
-from gateway.translate.openai_chat import ChatStreamTranslator, chat_completion_response, openai_error_body
+from gateway.translate.common import Usage
+from gateway.translate.openai_chat import chat_completion_response, openai_error_body
 from gateway.translate.router import RouterStreamReader
-from gateway.translate.sse import SSEParser
 
 FIXTURES = Path(__file__).parent / "fixtures"
 UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"
@@ -41,8 +42,13 @@ CREATED = 1700000000
 MODEL = "my-alias"
 POOL = "pool-a"
 PROMPT_TOKENS_ESTIMATE = 11
+ENDED_EARLY = "the upstream model server ended the stream early"  # what the relay says of a stream cut before its end
 
 SURFACES = ("openai", "anthropic", "envelope")
+SURFACE_OF = {"openai": OPENAI_CHAT, "anthropic": ANTHROPIC_MESSAGES, "envelope": ENVELOPE}
+CONTEXT = AnswerContext(
+    request_id=REQUEST_ID, model=MODEL, pool_name=POOL, created=CREATED, prompt_tokens_estimate=PROMPT_TOKENS_ESTIMATE, include_usage=True
+)
 
 # fixture name -> the customer's stop strings (the envelope has none)
 STREAMS: dict[str, list[str]] = {
@@ -84,74 +90,27 @@ def split_reads(raw: bytes, size: int | None, rng: random.Random | None = None) 
 
 
 def run_pipeline(raw_reads: Iterator[bytes], surface: str, stops: list[str]) -> Outcome:
-    """What the gateway's streaming view does: router bytes -> events -> one miner's deltas -> stop cut -> frames."""
-    parser = SSEParser()
-    reader = RouterStreamReader()
-    matcher = StopMatcher(stops if surface != "envelope" else [])
-    if surface == "openai":
-        translator = ChatStreamTranslator(completion_id=COMPLETION_ID, created=CREATED, model=MODEL, include_usage=True)
-    elif surface == "anthropic":
-        translator = MessagesStreamTranslator(message_id=MESSAGE_ID, model=MODEL, input_tokens=PROMPT_TOKENS_ESTIMATE)
-    else:
-        translator = EnvelopeStreamTranslator(model=MODEL, pool_name=POOL)
-    out = bytearray(translator.start())
-    delivered: list[str] = []
-    stop_hit: str | None = None
-
-    def consume(events: list) -> bool:
-        nonlocal stop_hit
-        for event in events:
-            delta = reader.feed(event)
-            if delta is None:
-                continue
-            if delta.done:
-                return True
-            if surface == "envelope":
-                out.extend(translator.chunk(delta.raw))
-                continue
-            text, stop_hit = matcher.feed(delta.text)
-            if text:
-                delivered.append(text)
-                out.extend(translator.text(text))
-            if stop_hit is not None:
-                return True
-        return False
-
-    ended = False
+    """The production relay (gateway/relay.py) with the surface's own stream writer, fed as the pipeline feeds it:
+    one network read at a time, the end of file, then the finish (or the error frame)."""
+    relay = StreamRelay(SURFACE_OF[surface].stream_writer(CONTEXT), stops=stops if surface != "envelope" else [], ctx=CONTEXT)
+    out = bytearray(relay.start())
     for read in raw_reads:
-        if consume(parser.feed(read)):
-            ended = True
+        out += relay.feed(read)
+        if relay.ended:
             break
-    if not ended:
-        consume(parser.close())
-
-    outcome = Outcome(body=b"", reader=reader)
-    if stop_hit is None:
-        tail = matcher.flush()
-        if tail:
-            delivered.append(tail)
-            out.extend(translator.text(tail))
-        stop_hit = matcher.matched
-    text = "".join(delivered)
-    if stop_hit is None and reader.truncated:
-        outcome.truncated = True
-        if surface == "envelope":
-            out.extend(translator.error(UpstreamError(), REQUEST_ID))
-        else:
-            out.extend(translator.error(UpstreamError()))
     else:
-        finish = "stop_sequence" if stop_hit is not None else (reader.finish_reason or "stop")
-        usage = reader.usage or Usage(PROMPT_TOKENS_ESTIMATE, estimate_tokens(text), True)
-        outcome.finish_reason, outcome.stop_sequence, outcome.usage = finish, stop_hit, usage
-        if surface == "openai":
-            out.extend(translator.finish(finish_reason=finish, usage=usage))
-        elif surface == "anthropic":
-            out.extend(translator.finish(finish_reason=finish, stop_sequence=stop_hit, usage=usage))
-        else:
-            out.extend(translator.finish())
-    outcome.body = bytes(out)
-    outcome.text = text
-    return outcome
+        out += relay.close()
+    out += relay.finish()
+    truncated = relay.failure is not None
+    return Outcome(
+        body=bytes(out),
+        text=relay.text,
+        finish_reason=None if truncated else relay.finish_reason,
+        stop_sequence=relay.stop_sequence,
+        usage=None if truncated else relay.usage(),
+        truncated=truncated,
+        reader=relay.reader,
+    )
 
 
 def run_fixture(name: str, surface: str, size: int | None = None, rng: random.Random | None = None) -> Outcome:
@@ -301,9 +260,9 @@ def test_openai_sdk_raises_on_our_mid_stream_error() -> None:
             if chunk.choices:
                 received.append(chunk.choices[0].delta.content or "")
     assert "".join(received) == "This answer is cut "
-    assert caught.value.message == UpstreamError.default_message
+    assert caught.value.message == ENDED_EARLY
     assert caught.value.body == {
-        "message": UpstreamError.default_message,
+        "message": ENDED_EARLY,
         "type": "api_error",
         "param": None,
         "code": "upstream_error",
@@ -354,7 +313,7 @@ def test_anthropic_sdk_raises_on_our_mid_stream_error() -> None:
                 pass
     assert caught.value.body == {
         "type": "error",
-        "error": {"type": "api_error", "message": UpstreamError.default_message},
+        "error": {"type": "api_error", "message": ENDED_EARLY},
     }
 
 
