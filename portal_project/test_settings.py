@@ -9,7 +9,7 @@ os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/portal
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production")
 os.environ.setdefault("PORTAL_API_KEY_PEPPER", "test-pepper")
-os.environ.setdefault("PORTAL_METRICS_TOKEN", "test-metrics-token-not-for-production")  # tests/conftest.py METRICS_TOKEN
+os.environ.setdefault("PORTAL_METRICS_TOKEN", "test-metrics-token-not-for-production")  # tests/support/live.py METRICS_TOKEN
 os.environ.setdefault("ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
 # Tests reach the admin with force_login (no second factor); tests/test_admin.py turns the requirement on.
 os.environ.setdefault("PORTAL_ADMIN_REQUIRE_MFA", "0")

@@ -25,7 +25,7 @@ from apikeys.models import ApiKey
 from billing.models import LedgerEntry
 from billing.services import plans_seed_defaults
 from routerpools.models import RouterEndpoint, RouterPool, RouterSession
-from tests.conftest import ROOT, issue_key
+from tests.support.live import ROOT, issue_key
 
 ENDPOINT_KEY = "endpoint-secret-Q7f3ZkA9"
 SESSION_KEY = "session-secret-W2p8LmR4"
@@ -259,7 +259,7 @@ STAFF_PASSWORD = "staff-pass-phrase-41"
 def door(settings):  # noqa: ANN001, ANN201
     """Limits on as in production (fresh counters), a fast hasher, and a staff account made as createsuperuser makes
     it: no confirmed-address record."""
-    from tests.portal_support import ensure_site_and_plans
+    from tests.support.portal import ensure_site_and_plans
 
     settings.RATELIMIT_CACHE_PREFIX = f"rl-admin-{uuid.uuid4().hex}:"
     # allauth keeps its own counters (failed sign-ins per account and per address) in the cache: a fresh namespace.
@@ -409,7 +409,7 @@ def test_with_mfa_required_staff_set_up_totp_and_every_admin_session_passes_it(d
 
 
 def test_with_mfa_off_a_password_is_enough_and_customers_may_still_use_totp(door: User, settings) -> None:  # noqa: ANN001
-    from tests.portal_support import make_org, make_user
+    from tests.support.portal import make_org, make_user
 
     settings.PORTAL_ADMIN_REQUIRE_MFA = False
     client = Client()

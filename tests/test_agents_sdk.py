@@ -22,7 +22,7 @@ from gateway.translate.common import ChatMessage
 from gateway.translate.prompt import render_prompt
 from responsestore.models import StoredResponse
 from simulator import SimulatorServer, simulated_tokens
-from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, wait_for
+from tests.support.live import ALIAS, IssuedKey, LiveGateway, issue_key, wait_for
 from usage.models import UsageEvent
 
 INSTRUCTIONS = "You are a terse assistant."

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.translate.common import estimate_tokens
 from simulator import simulated_tokens
-from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, wait_for, wait_until_gateway_caught_up
+from tests.support.live import ALIAS, IssuedKey, LiveGateway, issue_key, wait_for, wait_until_gateway_caught_up
 from usage.models import UsageEvent
 
 HI = [{"role": "user", "content": "hi"}]

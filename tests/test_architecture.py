@@ -239,3 +239,15 @@ def test_the_circle_rule_reads_only_the_imports_that_run_at_import_time(tmp_path
     modules = {"usage.live": module, "billing.services": module}
     assert imports_of("usage.probe", module, modules, lazy=False) == {"usage.live"}
     assert imports_of("usage.probe", module, modules) == {"usage.live", "billing.services"}
+
+
+def test_test_helpers_live_in_tests_support_not_in_conftest() -> None:
+    """Test modules import helpers from tests/support/; a conftest.py holds fixtures only, imported by nobody."""
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and (
+                node.module.endswith("conftest") or (node.module == "tests" and any(a.name == "conftest" for a in node.names))
+            ):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []

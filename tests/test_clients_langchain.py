@@ -20,7 +20,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_openai import ChatOpenAI
 
 from simulator import SimulatorServer, simulated_tokens
-from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, wait_for
+from tests.support.live import ALIAS, IssuedKey, LiveGateway, issue_key, wait_for
 from tests.support.offline import loopback_only
 from usage.models import UsageEvent
 

@@ -26,7 +26,7 @@ from gateway.invalidation import read_position
 from routerpools.config import parse_router_env
 from routerpools.models import ModelAlias, RouterEndpoint, RouterPool, RouterSession
 from routerpools.selectors import routing_table
-from tests.conftest import ROOT, _database_url_for_live_server, free_port, issue_key
+from tests.support.live import ROOT, _database_url_for_live_server, free_port, issue_key
 
 KEY_RE = re.compile(r"^ctr_([0-9a-f]{12})_[A-Za-z0-9_-]{43}$")
 

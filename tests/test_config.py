@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from routerpools.config import EnvAlias, RouterConfigError, parse_router_env
-from tests.conftest import ROOT
+from tests.support.live import ROOT
 
 POOLS = "PORTAL_ROUTER_POOLS_JSON"
 SESSIONS = "PORTAL_ROUTER_MODEL_SESSIONS_JSON"

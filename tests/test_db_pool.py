@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import connection
 
 from simulator import SimulatorServer
-from tests.conftest import IssuedKey, LiveGateway, issue_key, live_gateway_env, wait_for
+from tests.support.live import IssuedKey, LiveGateway, issue_key, live_gateway_env, wait_for
 from tests.support.plans import FAST_HEALTH
 from tests.support.traffic import CHAT, post
 from tests.test_config import SUPABASE_POOLER, _databases, base_env, manage_check

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support.live import ROOT
 from tests.test_config import SUPABASE_POOLER, _databases, base_env, manage_check
 
 SUPABASE_DIRECT = "postgresql://postgres:s3cret@db.abcdefghijklmnop.supabase.co:5432/postgres"

@@ -90,7 +90,7 @@ def test_the_unkey_client_hides_its_root_key() -> None:
 def test_a_new_api_key_never_shows_in_a_repr() -> None:
     from apikeys.keys import generate_key
     from apikeys.services import apikey_create
-    from tests.portal_support import make_org
+    from tests.support.portal import make_org
 
     new = generate_key()
     created = apikey_create(organization=make_org("repr-co"), name="k")
@@ -169,7 +169,7 @@ def crashed_page(accept: str, **locals_: object) -> str:
 def test_the_debug_500_page_shows_no_secret(secret_settings, accept: str) -> None:  # noqa: ANN001
     from apikeys.services import apikey_create
     from routerpools.services import router_pools_sync
-    from tests.portal_support import make_org
+    from tests.support.portal import make_org
 
     router_pools_sync(config=secret_settings.PORTAL_ROUTER_ENV)
     route = routing_table()["oss-20b"]

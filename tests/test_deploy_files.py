@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.support.live import ROOT
 
 DEPLOY = ROOT / "deploy"
 ENTRYPOINT = "deploy/entrypoint.sh"

@@ -15,7 +15,7 @@ import pytest
 
 from gateway import errors
 from gateway.errors import GatewayError, catalog
-from tests.portal_support import ensure_site_and_plans, make_team, portal_settings  # noqa: F401
+from tests.support.portal import ensure_site_and_plans, make_team, portal_settings  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT_DIRS = ("accounts", "apikeys", "billing", "gateway", "portal_project", "responsestore", "routerpools", "usage")

@@ -32,7 +32,7 @@ from billing.models import Plan
 from billing.services import plans_seed_defaults
 from routerpools.models import ModelAlias, RouterEndpoint
 from simulator import SimulatorServer
-from tests.conftest import (
+from tests.support.live import (
     ALIAS,
     ROOT,
     ROUTER_KEY,

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from billing.models import Plan
-from tests.conftest import ALIAS, LiveGateway, issue_key, wait_for
+from tests.support.live import ALIAS, LiveGateway, issue_key, wait_for
 from usage.models import RequestLog
 
 REQUEST_ID = re.compile(r"^req_[0-9a-f]{24}$")

@@ -25,8 +25,8 @@ from gateway.upstream import upstreams
 from routerpools.config import parse_router_env
 from routerpools.services import router_pools_sync
 from simulator import SimulatorServer, simulated_tokens
-from tests.conftest import ALIAS, issue_key, router_env
 from tests.support.asgi import gateway_client
+from tests.support.live import ALIAS, issue_key, router_env
 from usage.models import RequestLog, UsageEvent
 
 REQUESTS = 20

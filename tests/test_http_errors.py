@@ -17,7 +17,7 @@ import pytest
 from django.utils import timezone
 
 from gateway.translate.common import estimate_tokens
-from tests.conftest import (
+from tests.support.live import (
     ALIAS,
     ROUTER_KEY,
     SESSION_102_KEY,

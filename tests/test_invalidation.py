@@ -29,7 +29,7 @@ from gateway.invalidation import Scope, prune_changes, read_position, record_cha
 from gateway.models import CacheChange
 from portal.services import personal_organization_create
 from routerpools.models import ModelAlias, RouterPool
-from tests.conftest import (
+from tests.support.live import (
     ALIAS,
     IssuedKey,
     LiveGateway,

@@ -22,7 +22,7 @@ from apikeys.keys import generate_key, hash_key, hashes_match, split_key
 from apikeys.models import ApiKey, ApiKeyEvent
 from apikeys.services import apikey_create, apikey_revoke
 from billing.services import plans_seed_defaults
-from tests.conftest import ROOT, IssuedKey, LiveGateway, _database_url_for_live_server, issue_key, wait_for
+from tests.support.live import ROOT, IssuedKey, LiveGateway, _database_url_for_live_server, issue_key, wait_for
 from usage.models import RequestLog, UsageEvent
 
 KEY_RE = r"^ctr_[0-9a-f]{12}_[A-Za-z0-9_-]{43}$"

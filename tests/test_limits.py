@@ -34,7 +34,7 @@ from gateway.limits import (
     openai_headers,
 )
 from gateway.principal import Principal
-from tests.conftest import REDIS_FOR_TESTS
+from tests.support.live import REDIS_FOR_TESTS
 
 ROOT = Path(__file__).resolve().parent.parent
 FROZEN = datetime(2025, 6, 4, 12, 0, 1, tzinfo=UTC).timestamp()  # Wednesday, 1 s into the minute and the hour

@@ -20,7 +20,8 @@ from django.db import connection, transaction
 import usage.selectors as selectors
 from accounts.models import Organization, User
 from simulator import SimulatorServer
-from tests.conftest import (
+from tests.support.feed import FeedSocket, page_cursor, signed_in_session
+from tests.support.live import (
     ALIAS,
     IssuedKey,
     LiveGateway,
@@ -29,8 +30,7 @@ from tests.conftest import (
     wait_for,
     wait_until_gateway_caught_up,
 )
-from tests.portal_support import ensure_site_and_plans, make_org, make_user
-from tests.support.feed import FeedSocket, page_cursor, signed_in_session
+from tests.support.portal import ensure_site_and_plans, make_org, make_user
 from usage.live import apublish_usage_events
 from usage.models import UsageEvent
 from usage.services import UsageRecord

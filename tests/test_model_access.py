@@ -8,7 +8,7 @@ import pytest
 
 from billing.selectors import model_allowed, model_overrides_table, models_for_organization, plan_table
 from gateway.principal import Principal
-from tests.portal_support import make_org, make_user
+from tests.support.portal import make_org, make_user
 
 pytestmark = pytest.mark.django_db
 

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from routerpools.models import ModelAlias
-from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, wait_until_gateway_caught_up
+from tests.support.live import ALIAS, IssuedKey, LiveGateway, issue_key, wait_until_gateway_caught_up
 
 VERSION = {"anthropic-version": "2023-06-01"}
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apikeys.keys import split_key
 from simulator import SimulatorServer
-from tests.conftest import (
+from tests.support.live import (
     ALIAS,
     ROUTER_KEY,
     SESSION_102_KEY,

@@ -29,7 +29,8 @@ from responsestore.models import StoredResponse
 from routerpools.config import parse_router_env
 from routerpools.services import router_pools_sync
 from simulator import SimulatorServer, simulated_tokens
-from tests.conftest import (
+from tests.support.asgi import gateway_client
+from tests.support.live import (
     ALIAS,
     IssuedKey,
     LiveGateway,
@@ -39,7 +40,6 @@ from tests.conftest import (
     wait_for,
     wait_until_usage_written,
 )
-from tests.support.asgi import gateway_client
 from usage.models import RequestLog, UsageEvent
 
 

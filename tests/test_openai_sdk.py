@@ -6,7 +6,7 @@ import openai
 import pytest
 
 from simulator import simulated_tokens
-from tests.conftest import ALIAS, IssuedKey, LiveGateway, wait_for
+from tests.support.live import ALIAS, IssuedKey, LiveGateway, wait_for
 from usage.models import UsageEvent
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.translate.common import estimate_tokens
 from simulator import simulated_tokens
-from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, wait_for
+from tests.support.live import ALIAS, IssuedKey, LiveGateway, issue_key, wait_for
 from usage.models import UsageEvent
 
 HI = [{"role": "user", "content": "hi"}]

@@ -13,7 +13,7 @@ from django.test import Client
 from accounts.models import Invitation, Membership, MembershipEvent, Organization, User
 from apikeys.models import ApiKey
 from apikeys.services import apikey_create
-from tests.portal_support import (  # noqa: F401
+from tests.support.portal import (  # noqa: F401
     PASSWORD,
     Team,
     add_member,

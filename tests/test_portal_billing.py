@@ -26,8 +26,8 @@ from gateway.errors import QuotaExceeded
 from gateway.limits import WEEKLY, WINDOW, Limiter
 from gateway.principal import Principal
 from portal.allowances import allowances_for, duration_words, window_adjective
-from tests.conftest import REDIS_FOR_TESTS
-from tests.portal_support import Team, add_member, ensure_site_and_plans, make_team, portal_settings  # noqa: F401
+from tests.support.live import REDIS_FOR_TESTS
+from tests.support.portal import Team, add_member, ensure_site_and_plans, make_team, portal_settings  # noqa: F401
 from usage.models import UsageEvent
 
 # A Wednesday, half-way through the 12:00–15:00 window of the free plan's 3-hour allowance.

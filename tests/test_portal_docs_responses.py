@@ -6,7 +6,7 @@ import html
 
 import pytest
 
-from tests.portal_support import ensure_site_and_plans, make_team, portal_settings  # noqa: F401
+from tests.support.portal import ensure_site_and_plans, make_team, portal_settings  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from accounts.models import Invitation, Membership
-from tests.conftest import LiveGateway
-from tests.portal_support import Team, ensure_site_and_plans, make_team, portal_settings  # noqa: F401
+from tests.support.live import LiveGateway
+from tests.support.portal import Team, ensure_site_and_plans, make_team, portal_settings  # noqa: F401
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))  # per test; the live set runs a third of it
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from apikeys.models import ApiKey
 from portal_project.security import JSON_MAX_DEPTH
-from tests.portal_support import Team, ensure_site_and_plans, make_team, portal_settings  # noqa: F401
+from tests.support.portal import Team, ensure_site_and_plans, make_team, portal_settings  # noqa: F401
 from usage.selectors import EARLIEST_DAY, LATEST_DAY, MAX_RANGE_DAYS, BadRange, DateRange, date_range_parse
 
 pytestmark = pytest.mark.django_db

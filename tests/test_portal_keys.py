@@ -11,8 +11,8 @@ from django.test import Client
 
 from apikeys.keys import hash_key, split_key
 from apikeys.models import ApiKey, ApiKeyEvent
-from tests.conftest import ALIAS, LiveGateway
-from tests.portal_support import Team, ensure_site_and_plans, make_team, portal_settings  # noqa: F401
+from tests.support.live import ALIAS, LiveGateway
+from tests.support.portal import Team, ensure_site_and_plans, make_team, portal_settings  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 

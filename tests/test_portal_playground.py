@@ -12,8 +12,8 @@ from apikeys.models import ApiKey
 from billing.models import Plan
 from routerpools.models import ModelAlias
 from simulator import simulated_tokens
-from tests.conftest import ALIAS, LiveGateway, wait_for, wait_until_gateway_caught_up
-from tests.portal_support import Team, ensure_site_and_plans, make_team, portal_settings  # noqa: F401
+from tests.support.live import ALIAS, LiveGateway, wait_for, wait_until_gateway_caught_up
+from tests.support.portal import Team, ensure_site_and_plans, make_team, portal_settings  # noqa: F401
 from usage.models import UsageEvent
 
 CHATML_HI = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"

@@ -17,7 +17,7 @@ from django.utils import timezone
 from apikeys.models import ApiKey
 from apikeys.services import apikey_create
 from portal.consumers import UsageFeedConsumer
-from tests.portal_support import Team, ensure_site_and_plans, make_team, portal_settings  # noqa: F401
+from tests.support.portal import Team, ensure_site_and_plans, make_team, portal_settings  # noqa: F401
 from usage.live import apublish_usage_events
 from usage.models import UsageEvent
 from usage.selectors import DateRange, date_range_parse

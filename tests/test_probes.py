@@ -15,7 +15,7 @@ import pytest
 from django.db import connection
 
 from simulator import SimulatorServer
-from tests.conftest import REDIS_FOR_TESTS, IssuedKey, LiveGateway, live_gateway_env, wait_for
+from tests.support.live import REDIS_FOR_TESTS, IssuedKey, LiveGateway, live_gateway_env, wait_for
 from tests.support.plans import FAST_HEALTH
 from tests.support.relay import CuttableRelay
 from tests.support.traffic import CHAT, body_for, headers_for, post

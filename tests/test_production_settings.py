@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.portal_support import Team, ensure_site_and_plans, make_team, portal_settings  # noqa: F401
+from tests.support.live import ROOT
+from tests.support.portal import Team, ensure_site_and_plans, make_team, portal_settings  # noqa: F401
 from tests.test_config import base_env
 
 # The README's production environment ("Production deployment"), with the metrics token production requires.

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from simulator import SimulatorServer, simulated_tokens
-from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, wait_for
+from tests.support.live import ALIAS, IssuedKey, LiveGateway, issue_key, wait_for
 from usage.models import UsageEvent
 
 HI = [{"role": "user", "content": "hi"}]

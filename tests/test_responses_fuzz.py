@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing.models import Plan
-from tests.conftest import ALIAS, LiveGateway, issue_key
+from tests.support.live import ALIAS, LiveGateway, issue_key
 from tests.test_fuzz import (
     FUZZ,
     REQUEST_ID,

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from simulator import SimulatorServer
-from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, live_gateway_env, wait_for, wait_until_gateway_caught_up
+from tests.support.live import ALIAS, IssuedKey, LiveGateway, issue_key, live_gateway_env, wait_for, wait_until_gateway_caught_up
 from tests.test_http_errors import (
     LIMIT,
     MISSING_KEY,

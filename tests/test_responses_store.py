@@ -22,7 +22,7 @@ from gateway.translate.common import json_compact
 from responsestore.models import StoredResponse
 from responsestore.selectors import stored_response_get
 from responsestore.services import StoredResponseRecord, stored_responses_write
-from tests.conftest import IssuedKey, issue_key
+from tests.support.live import IssuedKey, issue_key
 from usage.models import UsageEvent
 from usage.services import RequestLogRecord, UsageRecord
 

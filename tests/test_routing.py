@@ -13,7 +13,7 @@ import pytest
 
 from gateway.translate.common import estimate_tokens
 from simulator import simulated_tokens
-from tests.conftest import (
+from tests.support.live import (
     ALIAS,
     ROUTER_KEY,
     SESSION_102_KEY,
@@ -31,7 +31,7 @@ MESSAGES = "/v1/messages"
 REQUEST_ID = re.compile(r"^req_[0-9a-f]{24}$")
 CHATML_HI = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 HI = [{"role": "user", "content": "hi"}]
-GATEWAY_UPSTREAM_TIMEOUT_S = 20  # PORTAL_UPSTREAM_TIMEOUT_S of the live gateway (tests/conftest.py)
+GATEWAY_UPSTREAM_TIMEOUT_S = 20  # PORTAL_UPSTREAM_TIMEOUT_S of the live gateway (tests/support/live.py)
 
 
 @pytest.fixture
@@ -559,7 +559,7 @@ def test_health_reports_services_and_pool_sizes_without_secrets(gateway: LiveGat
     body = response.json()
     assert body["status"] == "ok"
     assert body["models"] == [ALIAS]
-    assert body["checks"] == {"database": "ok", "cache": "ok"}
+    assert body["checks"] == {"database": "ok", "cache": "ok", "pool": "ok", "state": "ok"}
     assert body["pools"] == [{"alias": ALIAS, "pool": ALIAS, "draining": False, "endpoints": 1, "sessions": 2, "upstreams": 2, "healthy": 2}]
     assert isinstance(body["usage_queue_depth"], int)
     assert isinstance(body["cache_epoch"], int)

@@ -20,7 +20,7 @@ from psycopg import sql
 from accounts.models import User
 from billing.services import plans_seed_defaults
 from dbsecurity.rls import enable_row_level_security, our_tables
-from tests.conftest import ALIAS, issue_key
+from tests.support.live import ALIAS, issue_key
 from usage.models import UsageEvent
 
 pytestmark = [

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from simulator import SimulatorServer
-from tests.conftest import ROOT, LiveGateway, live_gateway_env
+from tests.support.live import ROOT, LiveGateway, live_gateway_env
 
 IMMUTABLE = "max-age=315360000, public, immutable"  # WhiteNoise's header for a file whose name carries its hash
 

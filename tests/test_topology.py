@@ -38,7 +38,8 @@ from django.conf import settings
 from routerpools.config import parse_router_env
 from routerpools.services import router_pools_sync
 from simulator import SimulatorServer
-from tests.conftest import (
+from tests.support.feed import FeedSocket
+from tests.support.live import (
     ALIAS,
     METRICS_TOKEN,
     ROOT,
@@ -49,9 +50,8 @@ from tests.conftest import (
     router_env,
     wait_until_gateway_caught_up,
 )
-from tests.portal_support import PASSWORD, ensure_site_and_plans, make_org, make_user
-from tests.support.feed import FeedSocket
 from tests.support.plans import big_plan
+from tests.support.portal import PASSWORD, ensure_site_and_plans, make_org, make_user
 from tests.support.topology import CLIENT_ADDRESS, Topology, client_transport, nginx_missing, wait_until
 from tests.support.traffic import CHAT, ENVELOPE, MESSAGES, body_for, headers_for, stream_completed
 from usage.models import RequestLog, UsageEvent

@@ -15,7 +15,7 @@ import pytest
 from twisted.web import http
 
 from portal_project import twisted_tuning
-from tests.conftest import ROOT
+from tests.support.live import ROOT
 
 
 def run_python(code: str) -> subprocess.CompletedProcess[str]:

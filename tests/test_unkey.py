@@ -38,8 +38,9 @@ from gateway.auth import unkey_refusal
 from gateway.errors import AuthenticationFailed, AuthUnavailable, PermissionDenied, QuotaExceeded, RateLimited
 from gateway.invalidation import Scope, record_change
 from simulator import SimulatorServer, simulated_tokens
-from tests import conftest
-from tests.conftest import (
+from tests.support import live
+from tests.support.fake_unkey import FakeUnkey, FakeUnkeyServer
+from tests.support.live import (
     ALIAS,
     ROOT,
     LiveGateway,
@@ -53,7 +54,6 @@ from tests.conftest import (
     wait_until_gateway_caught_up,
     wait_until_usage_written,
 )
-from tests.fake_unkey import FakeUnkey, FakeUnkeyServer
 from usage.models import UsageEvent
 
 # Distinctive, so that a leak anywhere is found by a plain substring search.
@@ -607,8 +607,8 @@ def unkey_gateway_process(
 def unkey_gateway(
     transactional_db: Any, unkey_gateway_process: LiveGateway, sim: SimulatorServer, unkey_mode: FakeUnkey
 ) -> Iterator[LiveGateway]:
-    conftest._LIVE_ROUTER_ENV.clear()
-    conftest._LIVE_ROUTER_ENV.update(router_env(sim.base_url))
+    live.LIVE_ROUTER_ENV.clear()
+    live.LIVE_ROUTER_ENV.update(router_env(sim.base_url))
     seed_routing()
     wait_until_gateway_caught_up(unkey_gateway_process)
     yield unkey_gateway_process

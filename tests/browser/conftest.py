@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser.support import ARTIFACTS, CHROMIUM, PortalServer
-from tests.conftest import live_gateway_env, router_env, wait_until_gateway_caught_up, wait_until_usage_written
+from tests.support.live import live_gateway_env, router_env, wait_until_gateway_caught_up, wait_until_usage_written
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,7 @@ def portal(transactional_db, portal_server: PortalServer, sim) -> Iterator[Porta
     from billing.services import plans_seed_defaults
     from routerpools.config import parse_router_env
     from routerpools.services import router_pools_sync
-    from tests.portal_support import ensure_site_and_plans
+    from tests.support.portal import ensure_site_and_plans
 
     plans_seed_defaults()
     router_pools_sync(config=parse_router_env(router_env(sim.base_url)))

@@ -6,7 +6,7 @@ import re
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT, LiveGateway
+from tests.support.live import ROOT, LiveGateway
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "artifacts"

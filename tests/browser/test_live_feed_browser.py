@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from tests.browser.support import CHROMIUM, DESKTOP, PortalServer, shot
-from tests.conftest import ALIAS, IssuedKey, issue_key, wait_for
-from tests.portal_support import make_org, make_user
 from tests.support.feed import signed_in_session
+from tests.support.live import ALIAS, IssuedKey, issue_key, wait_for
+from tests.support.portal import make_org, make_user
 from usage.models import UsageEvent
 
 pytestmark = pytest.mark.skipif(

@@ -13,7 +13,7 @@ import pytest
 
 from tests.browser.support import CHROMIUM, DESKTOP, PHONE, PortalServer, shot
 from tests.browser.test_portal_browser import sign_in
-from tests.conftest import ALIAS, wait_until_gateway_caught_up
+from tests.support.live import ALIAS, wait_until_gateway_caught_up
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason=f"browser tests need Debian's Chromium at {CHROMIUM} (apt-get install chromium)"
@@ -36,7 +36,7 @@ TABS = {"chat": "Chat Completions", "responses": "Responses", "messages": "Anthr
 def member_with_key(email: str) -> str:
     """A verified member of an organization on the pro plan (room for every request here), and a raw key of it."""
     from apikeys.services import apikey_create
-    from tests.portal_support import make_org, make_user
+    from tests.support.portal import make_org, make_user
 
     org = make_org(email.split("@")[0], owner=make_user(email, name="Lin Code"), plan="pro")
     return apikey_create(organization=org, name="code panel", actor_label="tests").raw

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from tests.browser.support import CHROMIUM, DESKTOP, PHONE, PortalServer, shot
-from tests.conftest import ALIAS, needs_shared_redis, wait_until_gateway_caught_up, wait_until_usage_written
-from tests.portal_support import PASSWORD
+from tests.support.live import ALIAS, needs_shared_redis, wait_until_gateway_caught_up, wait_until_usage_written
+from tests.support.portal import PASSWORD
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason=f"browser tests need Debian's Chromium at {CHROMIUM} (apt-get install chromium)"
@@ -33,7 +33,7 @@ def test_billing_page_near_the_limit_on_desktop_and_phone(portal: PortalServer, 
     from apikeys.services import apikey_create
     from billing.models import ModelPrice, Plan
     from billing.services import ledger_entry_add
-    from tests.portal_support import make_org, make_user
+    from tests.support.portal import make_org, make_user
 
     # The free plan with a 10-request window, so nine real requests put the organization at 90%.
     Plan.objects.filter(slug="free").update(window_requests=10, weekly_requests=200)

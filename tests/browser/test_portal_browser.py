@@ -10,8 +10,8 @@ import pytest
 
 from simulator import simulated_tokens
 from tests.browser.support import CHROMIUM, DESKTOP, PHONE, PortalServer, link_in, shot
-from tests.conftest import ALIAS
-from tests.portal_support import PASSWORD
+from tests.support.live import ALIAS
+from tests.support.portal import PASSWORD
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason=f"browser tests need Debian's Chromium at {CHROMIUM} (apt-get install chromium)"
@@ -33,7 +33,7 @@ def sign_in(page, portal: PortalServer, email: str, password: str = PASSWORD) ->
 
 
 def make_verified_user(email: str) -> None:
-    from tests.portal_support import make_org, make_user
+    from tests.support.portal import make_org, make_user
 
     user = make_user(email, name="Grace Hopper")
     make_org(email.split("@")[0].replace(".", "-"), owner=user)
@@ -156,7 +156,7 @@ def test_pages_keep_the_content_security_policy_and_still_work(portal: PortalSer
     organization switch submits itself, bars have their widths, the live feed connects. The `no_csp_violations`
     fixture fails the test on any violation a page reports."""
     from accounts.models import Membership
-    from tests.portal_support import add_member, make_org, make_user
+    from tests.support.portal import add_member, make_org, make_user
 
     user = make_user("two-orgs@example.com", name="Two Orgs")
     make_org("first-co", owner=user)

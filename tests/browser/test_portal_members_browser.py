@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser.support import CHROMIUM, DESKTOP, PortalServer, shot
-from tests.portal_support import PASSWORD
+from tests.support.portal import PASSWORD
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason=f"browser tests need Debian's Chromium at {CHROMIUM} (apt-get install chromium)"
@@ -34,7 +34,7 @@ def invite(page, portal: PortalServer, email: str) -> None:  # noqa: ANN001
 
 def test_invitation_is_declined_then_accepted_and_a_removed_member_loses_the_live_feed(portal: PortalServer, browser) -> None:  # noqa: ANN001
     from accounts.models import Membership
-    from tests.portal_support import make_org, make_user
+    from tests.support.portal import make_org, make_user
 
     make_org("acme", owner=make_user(OWNER, name="Olga Owner"))
     make_org("ivans-own", owner=make_user(INVITEE, name="Ivan Invitee"))

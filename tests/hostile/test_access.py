@@ -19,9 +19,9 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts.models import Membership, User
-from tests.conftest import LiveGateway, live_gateway_env
-from tests.portal_support import PASSWORD, add_member, ensure_site_and_plans, make_org, make_user
 from tests.support.feed import FeedSocket, feed_refused
+from tests.support.live import LiveGateway, live_gateway_env
+from tests.support.portal import PASSWORD, add_member, ensure_site_and_plans, make_org, make_user
 from usage.live import apublish_usage_events
 from usage.services import UsageRecord
 

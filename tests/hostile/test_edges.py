@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from simulator import SimulatorServer
-from tests.conftest import METRICS_TOKEN, IssuedKey, LiveGateway, live_gateway_env, wait_for, wait_until_gateway_caught_up
-from tests.portal_support import PASSWORD
+from tests.support.live import METRICS_TOKEN, IssuedKey, LiveGateway, live_gateway_env, wait_for, wait_until_gateway_caught_up
+from tests.support.portal import PASSWORD
 from tests.support.traffic import CHAT, ENVELOPE, MESSAGES, body_for, headers_for, stream_completed
 
 pytest_plugins = ["tests.support.fixtures"]
@@ -378,7 +378,7 @@ def test_slow_answers_and_streams_outlive_the_read_deadline(
 
 def test_a_websocket_outlives_the_read_deadline_and_the_keep_alive_timeout(slow_gateway: LiveGateway) -> None:
     # The live usage feed is upgraded from an HTTP request: once upgraded, neither deadline applies to it.
-    from tests.portal_support import make_org, make_user
+    from tests.support.portal import make_org, make_user
 
     make_org("sockets", owner=make_user("sockets@example.com"))
     with httpx.Client(base_url=slow_gateway.url, timeout=20) as client:
@@ -449,7 +449,7 @@ def test_audit_rows_sessions_and_logs_hold_the_address_our_proxy_added(routed: I
     from allauth.usersessions.models import UserSession
 
     from apikeys.models import ApiKeyEvent
-    from tests.portal_support import make_org, make_user
+    from tests.support.portal import make_org, make_user
     from usage.models import RequestLog
 
     user = make_user("audited@example.com")

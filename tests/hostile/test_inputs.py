@@ -31,9 +31,9 @@ from routerpools.config import parse_router_env
 from routerpools.models import ModelAlias
 from routerpools.services import router_pools_sync
 from simulator import SimulatorServer, simulated_tokens
-from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, router_env, wait_for, wait_until_gateway_caught_up
-from tests.portal_support import Team, ensure_site_and_plans, make_team
+from tests.support.live import ALIAS, IssuedKey, LiveGateway, issue_key, router_env, wait_for, wait_until_gateway_caught_up
 from tests.support.plans import big_plan
+from tests.support.portal import Team, ensure_site_and_plans, make_team
 from usage.models import RequestLog
 
 CHAT = "/v1/chat/completions"

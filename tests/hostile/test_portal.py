@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from simulator import SimulatorServer
-from tests.conftest import LiveGateway, _database_url_for_live_server, live_gateway_env
-from tests.portal_support import Team, ensure_site_and_plans, make_team
+from tests.support.live import LiveGateway, _database_url_for_live_server, live_gateway_env
+from tests.support.portal import Team, ensure_site_and_plans, make_team
 from tests.test_portal_fuzz import live_client
 
 TRACEBACK = re.compile(r"Traceback \(most recent call last\)|Server Error \(500\)")

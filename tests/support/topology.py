@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT
+from tests.support.live import ROOT
 from tests.support.relay import CuttableRelay
 
 NGINX = os.environ.get("NGINX", "/usr/sbin/nginx")

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import ALIAS
+from tests.support.live import ALIAS
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
