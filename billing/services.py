@@ -290,13 +290,13 @@ def _close_run(first: date, last: date) -> list[ClosedDay]:
             total_tokens=group["total"] or 0,
             computed_at=now,
         )
-    for group in debits:
-        key = (group["organization_id"], group["day"], group["alias"])
+    for debit in debits:
+        key = (debit["organization_id"], debit["day"], debit["alias"])
         if key not in rollups:
             # A debit whose event lost its organization (its key was deleted while queued): the
             # money is still owed, so the cost shows even with no requests beside it.
             rollups[key] = UsageDailyRollup(organization_id=key[0], day=key[1], alias=key[2], computed_at=now)
-        rollups[key].cost_micros = -(group["debited"] or 0)
+        rollups[key].cost_micros = -(debit["debited"] or 0)
     UsageDailyRollup.objects.bulk_create(
         list(rollups.values()),
         update_conflicts=True,

@@ -803,7 +803,7 @@ class SimulatorServer:
     def completions_url(self, session_id: int | str) -> str:
         return f"{self.base_url}/api/v3/completions/{session_id}"
 
-    def start(self) -> SimulatorServer:
+    def start(self) -> Self:
         if self._thread is not None:
             raise RuntimeError("simulator already started")
         ready = threading.Event()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 
 from django.db import DataError, IntegrityError, transaction
+from django.db.models import Model
 
 from accounts.models import Organization
 from apikeys.models import ApiKey
@@ -81,7 +82,8 @@ def usage_record_batch(*, usage: list[UsageRecord], logs: list[RequestLogRecord]
         # A key or organization deleted while its rows waited in the queue, or a value the database
         # refuses: one bad row must not block the batch forever. Write row by row, detaching rows
         # from what is gone and dropping (with an error line) a row the database will never take.
-        for row in [*(UsageEvent(**_values(u)) for u in usage), *(_log_row(log) for log in logs)]:
+        rows: list[UsageEvent | RequestLog] = [*(UsageEvent(**_values(u)) for u in usage), *(_log_row(log) for log in logs)]
+        for row in rows:
             _save_detached(row)
         # From the records, not the detached rows: a deleted key must not spare its organization
         # the bill. Debits of deleted organizations are skipped; a failure here retries the batch.
@@ -111,10 +113,11 @@ def _log_row(log: RequestLogRecord) -> RequestLog:
 
 
 def _save_detached(row: UsageEvent | RequestLog) -> None:
-    model = type(row)
+    # Typed as any model: a union of the two classes would make bulk_create([row]) a union of two signatures.
+    model: type[Model] = type(row)
     try:
         with transaction.atomic():
-            model.objects.bulk_create([row], ignore_conflicts=True)
+            model._default_manager.bulk_create([row], ignore_conflicts=True)
     except DataError as exc:
         logger.error("dropped a %s row the database refuses (%s) request_id=%s", model.__name__, exc.__class__.__name__, row.request_id)
     except IntegrityError:
@@ -124,7 +127,7 @@ def _save_detached(row: UsageEvent | RequestLog) -> None:
         if isinstance(row, UsageEvent) and row.api_key_id is not None and not ApiKey.objects.filter(pk=row.api_key_id).exists():
             row.api_key_id = None
         with transaction.atomic():
-            model.objects.bulk_create([row], ignore_conflicts=True)
+            model._default_manager.bulk_create([row], ignore_conflicts=True)
 
 
 PRUNE_BATCH_SIZE = 5_000
