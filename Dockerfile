@@ -13,8 +13,9 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY . .
-# Static files are collected into the image (STATIC_ROOT, served by the app). The settings need no secret or database
-# for it: a build-only switch and a throwaway SQLite path, never seen at run time.
+# Static files are collected into the image (STATIC_ROOT: hashed names, gzip copies and the manifest WhiteNoise
+# serves from; deploy/entrypoint.sh skips its own collectstatic, PORTAL_COLLECTSTATIC=0 below). The settings need no
+# secret or database for it: a build-only switch and a throwaway SQLite path, never seen at run time.
 RUN DJANGO_SETTINGS_MODULE=portal_project.settings PORTAL_ALLOW_DEV_SECRET=1 DATABASE_URL=sqlite:////tmp/collectstatic.sqlite3 python manage.py collectstatic --noinput \
     && rm -f /tmp/collectstatic.sqlite3
 
@@ -25,7 +26,8 @@ USER 10001
 # Two processes by default, reached by nginx over the container network.
 ENV PORTAL_PROCESSES=2 \
     PORTAL_FIRST_PORT=8001 \
-    PORTAL_BIND=0.0.0.0
+    PORTAL_BIND=0.0.0.0 \
+    PORTAL_COLLECTSTATIC=0
 EXPOSE 8001 8002
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s CMD ["python", "deploy/healthcheck.py"]
 ENTRYPOINT ["/app/deploy/entrypoint.sh"]

@@ -8,11 +8,6 @@ class AccountsConfig(AppConfig):
     name = "accounts"
     default_auto_field = "django.db.models.BigAutoField"
 
-    def ready(self) -> None:
-        from accounts.live import connect_signals
-
-        connect_signals()  # live sockets close when the access they were opened with ends
-
 
 class PortalAdminConfig(admin_apps.AdminConfig):
     """django.contrib.admin with accounts.admin_site.PortalAdminSite as `admin.site` (named in INSTALLED_APPS)."""

@@ -1,25 +1,35 @@
-"""Writes for organizations and memberships."""
+"""Writes for organizations and memberships.
+
+accounts is the lowest app (docs/ARCHITECTURE.md): workflows that also touch a plan or keys live above it, in the
+services of the app that owns the other half (billing.services.organization_create: an organization with its
+subscription; apikeys.services.user_delete: an account with its keys), and call these.
+"""
 
 from __future__ import annotations
 
-from django.db import transaction
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, TypedDict
 
-from accounts.models import Membership, Organization, User
-from billing.services import plan_get_default, subscription_start
+from django.db import transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from accounts.models import Invitation, Membership, MembershipEvent, Organization, User
 
 
 class OrganizationExists(ValueError):
     pass
 
 
-@transaction.atomic
-def organization_create(*, slug: str, name: str, plan_slug: str | None = None, owner: User | None = None) -> Organization:
+def organization_insert(*, slug: str, name: str, plan_id: int | None = None, owner: User | None = None) -> Organization:
+    """The organization row and its owner's membership; billing.services.organization_create is the door that also
+    picks its plan and starts the subscription. Call inside that transaction."""
     if Organization.objects.filter(slug=slug).exists():
         raise OrganizationExists(f"an organization with slug {slug!r} already exists")
-    plan = plan_get_default(slug=plan_slug)
-    org = Organization.objects.create(slug=slug, name=name, plan=plan)
-    if plan is not None:
-        subscription_start(organization=org, plan=plan)
+    org = Organization.objects.create(slug=slug, name=name, plan_id=plan_id)
     if owner is not None:
         Membership.objects.create(user=owner, organization=org, role=Membership.Role.OWNER)
     return org
@@ -33,47 +43,13 @@ def user_get_or_create(*, email: str) -> tuple[User, bool]:
     return User.objects.create_user(email=email, password=None), True
 
 
-# --- Portal: personal organizations, invitations, account deletion -----------------------------
-# Added for the customer portal; the functions above are unchanged.
-
-import logging  # noqa: E402
-import secrets  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from datetime import timedelta  # noqa: E402
-from typing import TYPE_CHECKING, TypedDict  # noqa: E402
-
-from django.db.models import Count, Q  # noqa: E402
-from django.utils import timezone  # noqa: E402
-from django.utils.text import slugify  # noqa: E402
-
-from accounts.models import Invitation, MembershipEvent  # noqa: E402
-from apikeys.services import apikey_list, apikey_revoke  # noqa: E402
-from billing.models import Plan  # noqa: E402
+# --- Invitations ------------------------------------------------------------------------------------------------
 
 INVITATION_TTL_DAYS = 14
 
 
 class InvitationError(ValueError):
     pass
-
-
-def _personal_slug(email: str) -> str:
-    base = slugify(email.split("@", 1)[0])[:40] or "org"
-    return f"{base}-{secrets.token_hex(3)}"
-
-
-def personal_organization_create(*, user: User) -> Organization:
-    """A new user's own organization on the `free` plan, with them as its owner."""
-    local = user.email.split("@", 1)[0]
-    plan_slug = "free" if Plan.objects.filter(slug="free").exists() else None  # else the default plan
-    for _ in range(5):  # a random suffix; retry the rare collision instead of failing a sign-up
-        try:
-            return organization_create(
-                slug=_personal_slug(user.email), name=f"{local}'s workspace", plan_slug=plan_slug, owner=user
-            )
-        except OrganizationExists:
-            continue
-    raise OrganizationExists("could not find a free slug for a personal organization")
 
 
 def invitation_create(*, organization: Organization, email: str, role: str, invited_by: User | None) -> Invitation:
@@ -216,7 +192,7 @@ def membership_remove(*, membership: Membership, actor: User, source_ip: str | N
     if current.role == Membership.Role.OWNER and owners == 1:
         raise LastOwner(f"{current.user.email} is the last owner: make someone else owner first.")
     _membership_event(current, MembershipEvent.Action.REMOVED, old_role=current.role, actor=actor, source_ip=source_ip)
-    current.delete()  # accounts.live closes the member's live feeds of this organization once this commits
+    current.delete()  # portal.live closes the member's live feeds of this organization once this commits
 
 
 @transaction.atomic
@@ -319,27 +295,22 @@ def user_deletion_impact(*, user: User) -> DeletionImpact:
     return DeletionImpact(closing=[o for o in orgs if o.members == 1], blocking=[o for o in orgs if o.members > 1])
 
 
-@transaction.atomic
-def user_delete(*, user: User, source_ip: str | None = None) -> int:
-    """Delete an account; the active keys of organizations it was the only member of are revoked first. Returns how many.
-
-    Refused (LastOwner) while the user is the only owner of an organization that has other members."""
+def user_deletion_lock(*, user: User) -> DeletionImpact:
+    """Lock every organization the user belongs to and say what deleting the account does to them; LastOwner while
+    the user is the only owner of an organization that has other members. Call inside the deletion's transaction
+    (apikeys.services.user_delete), so nobody joins or leaves those organizations until the account is gone."""
     mine = Membership.objects.filter(user=user).values("organization_id")
     list(Organization.objects.select_for_update().filter(pk__in=mine).order_by("pk").values_list("pk", flat=True))
     impact = user_deletion_impact(user=user)
     if impact.blocking:
         names = ", ".join(org.name for org in impact.blocking)
         raise LastOwner(f"You are the only owner of {names}: make another member owner before you delete your account.")
-    revoked = 0
-    now = timezone.now()
-    for org in impact.closing:
-        for key in (
-            apikey_list(organization=org)
-            .filter(revoked_at__isnull=True)
-            .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-        ):
-            apikey_revoke(api_key=key, actor=user, actor_label="account deleted", source_ip=source_ip)
-            revoked += 1
+    return impact
+
+
+def user_account_delete(*, user: User, source_ip: str | None = None) -> None:
+    """The account's half of a deletion: a `left` event per membership, then the user. Only inside
+    apikeys.services.user_delete, after user_deletion_lock and the closing organizations' keys are revoked."""
     for membership in Membership.objects.filter(user=user).select_related("user"):
         _membership_event(
             membership,
@@ -350,7 +321,6 @@ def user_delete(*, user: User, source_ip: str | None = None) -> int:
             source_ip=source_ip,
         )
     user.delete()
-    return revoked
 
 
 def user_update_profile(*, user: User, name: str) -> User:

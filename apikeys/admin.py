@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from accounts.portal import client_ip
 from apikeys.models import ApiKey, ApiKeyEvent
 from apikeys.services import apikey_revoke
+from portal_project.proxies import client_ip
 
 
 class ApiKeyEventInline(admin.TabularInline):

@@ -13,6 +13,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import Organization, User
+from accounts.services import user_account_delete, user_deletion_lock
 from apikeys.issuers import current_issuer, unkey_delete_quietly, unkey_disable, unkey_issue
 from apikeys.keys import KEY_PREFIX, generate_key
 from apikeys.models import ApiKey, ApiKeyEvent
@@ -66,8 +67,8 @@ def _apikey_create_local(*, fields: dict[str, Any], event: dict[str, Any]) -> Cr
 
 
 def _apikey_create_at_unkey(*, fields: dict[str, Any], event: dict[str, Any]) -> CreatedKey:
-    # Unkey is called outside any transaction of ours: a network call must not hold row locks (saving a key
-    # bumps the gateway's cache epoch row, which every other write to a watched model waits for). Our row
+    # Unkey is called outside any transaction of ours: a network call must not hold row locks, nor keep a
+    # cache change (gateway/invalidation.py) uncommitted, so the gateways' poll waits on its gap. Our row
     # is made first, because its id goes into the key's meta, and it is born revoked with no external id:
     # a crash half-way leaves a dead row, never a live key.
     pending = ApiKey.objects.create(
@@ -124,7 +125,7 @@ def apikey_revoke(
         locked = ApiKey.objects.select_for_update().get(pk=api_key.pk)
         if locked.revoked_at is None:
             locked.revoked_at = timezone.now()
-            locked.save(update_fields=["revoked_at"])  # post_save bumps the gateway cache epoch
+            locked.save(update_fields=["revoked_at"])  # post_save records a cache change for this key
             ApiKeyEvent.objects.create(
                 api_key=locked, action=ApiKeyEvent.Action.REVOKE, actor=actor, actor_label=actor_label, source_ip=source_ip
             )
@@ -197,3 +198,27 @@ def apikey_get_or_create_playground(*, organization: Organization) -> ApiKey:
     for duplicate in keys[1:]:
         apikey_revoke(api_key=duplicate, actor_label=PLAYGROUND_ACTOR_LABEL)
     return keys[0] if keys else created
+
+
+# --- Deleting an account, with the keys of the organizations it leaves empty -----------------------------------
+
+
+@transaction.atomic
+def user_delete(*, user: User, source_ip: str | None = None) -> int:
+    """Delete an account; the active keys of organizations it was the only member of are revoked first. Returns how many.
+
+    Refused (LastOwner) while the user is the only owner of an organization that has other members. Here rather than
+    in accounts: the keys are this app's, and accounts imports no app above it."""
+    impact = user_deletion_lock(user=user)
+    revoked = 0
+    now = timezone.now()
+    for org in impact.closing:
+        for key in (
+            apikey_list(organization=org)
+            .filter(revoked_at__isnull=True)
+            .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        ):
+            apikey_revoke(api_key=key, actor=user, actor_label="account deleted", source_ip=source_ip)
+            revoked += 1
+    user_account_delete(user=user, source_ip=source_ip)
+    return revoked

@@ -1,18 +1,18 @@
-"""Plan reads for the gateway's cache; balances, period totals and days to close, all from the ledger."""
+"""Plan reads for the gateway's cache; balances and period totals from the ledger. No usage reads: billing sits below
+usage (docs/ARCHITECTURE.md), so the reads that join usage rows (admitted requests, days to close) are usage.selectors'."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 
-from django.db.models import Count, F, Min, Q, QuerySet, Sum, Window
+from django.db.models import Count, F, Q, QuerySet, Sum, Window
 from django.db.models.functions import Coalesce
 
 from accounts.models import Organization
-from billing.models import ClosedBillingDay, LedgerEntry, ModelAccessOverride, ModelPrice, Plan
+from billing.models import LedgerEntry, ModelAccessOverride, ModelPrice, Plan
 from routerpools.models import ModelAlias
-from usage.models import UsageEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,17 +126,6 @@ def _as_instant(moment: datetime | date) -> datetime:
     return datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
 
 
-def billing_days_unclosed(*, today: date) -> list[date]:
-    """Every UTC day before today, from the first usage event on, that close_billing_period has not closed."""
-    first = UsageEvent.objects.aggregate(first=Min("created_at"))["first"]
-    if first is None:
-        return []
-    first_day = first.astimezone(UTC).date()
-    closed = set(ClosedBillingDay.objects.filter(day__gte=first_day, day__lt=today).values_list("day", flat=True))
-    span = (today - first_day).days
-    return [day for day in (first_day + timedelta(days=n) for n in range(max(span, 0))) if day not in closed]
-
-
 # --- The portal's billing page: reads for one organization --------------------------------------------------------------
 
 
@@ -219,28 +208,3 @@ def ledger_with_balance(organization_id: int) -> QuerySet[LedgerEntry]:
         )
         .order_by("-created_at", "-id")
     )
-
-
-def admitted_requests(
-    organization_id: int, windows: list[tuple[datetime, datetime]], *, refused_codes: frozenset[str]
-) -> list[int]:
-    """How many of the organization's requests each [start, end) window holds, not counting the ones the rate
-    limiter refused (their usage rows carry `refused_codes`): every admitted request leaves exactly one usage row,
-    whatever became of it (ok, error, cancelled). One query for all the windows."""
-    if not windows:
-        return []
-    counts = (
-        UsageEvent.objects.filter(
-            organization_id=organization_id,
-            created_at__gte=min(start for start, _ in windows),
-            created_at__lt=max(end for _, end in windows),
-        )
-        .exclude(error_code__in=refused_codes)
-        .aggregate(
-            **{
-                f"w{i}": Count("id", filter=Q(created_at__gte=start, created_at__lt=end))
-                for i, (start, end) in enumerate(windows)
-            }
-        )
-    )
-    return [counts[f"w{i}"] for i in range(len(windows))]

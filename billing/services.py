@@ -1,22 +1,22 @@
-"""Writes for plans and subscriptions, usage debits and staff credits on the ledger, and daily usage rollups."""
+"""Writes for plans and subscriptions (and an organization with its subscription), usage debits and staff credits on the
+ledger. The daily usage rollups read usage rows: they are usage.services' (billing_days_close)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
 from django.db import transaction
-from django.db.models import Count, Q, Sum
-from django.db.models.functions import TruncDate
+from django.db.models import Q
 from django.utils import timezone
 
-from accounts.models import Organization
-from billing.models import ClosedBillingDay, LedgerEntry, ModelPrice, Plan, PlanSubscription, UsageDailyRollup
-from usage.bulk import insert_ignoring_conflicts
-from usage.models import UsageEvent
+from accounts.models import Organization, User
+from accounts.services import organization_insert
+from billing.models import LedgerEntry, ModelPrice, Plan, PlanSubscription
+from portal_project.bulk import insert_ignoring_conflicts
 
 log = logging.getLogger("billing")
 
@@ -67,6 +67,20 @@ def plan_get_default(*, slug: str | None = None) -> Plan | None:
 
 
 @transaction.atomic
+def organization_create(*, slug: str, name: str, plan_slug: str | None = None, owner: User | None = None) -> Organization:
+    """An organization on a plan (the named one, else the default) with its subscription started, and its owner.
+
+    Here rather than in accounts: the organization's plan and subscription are billing's, and accounts imports no
+    app above it (docs/ARCHITECTURE.md). UnknownPlan for a plan slug that does not exist, OrganizationExists for a
+    taken slug."""
+    plan = plan_get_default(slug=plan_slug)
+    org = organization_insert(slug=slug, name=name, plan_id=plan.pk if plan is not None else None, owner=owner)
+    if plan is not None:
+        subscription_start(organization=org, plan=plan)
+    return org
+
+
+@transaction.atomic
 def subscription_start(*, organization: Any, plan: Plan) -> PlanSubscription:
     now = timezone.now()
     PlanSubscription.objects.filter(organization=organization, ended_at__isnull=True).update(ended_at=now)
@@ -79,8 +93,10 @@ def subscription_start(*, organization: Any, plan: Plan) -> PlanSubscription:
 # --- prices and usage debits -------------------------------------------------------------------
 
 TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are per million tokens
-BILLABLE_STATUSES = frozenset({UsageEvent.Status.OK.value, UsageEvent.Status.CANCELLED.value})
-ERROR_STATUS = UsageEvent.Status.ERROR.value
+# usage.models.UsageEvent.Status values, spelled out: billing sits below usage and does not import it
+# (tests/test_billing.py holds the two to the same values).
+BILLABLE_STATUSES = frozenset({"ok", "cancelled"})
+ERROR_STATUS = "error"
 
 
 def request_cost_micros(
@@ -199,120 +215,3 @@ def ledger_entry_add(
     entry.full_clean()
     entry.save()
     return entry
-
-
-# --- closing days: usage rolled up per organization, day and alias ------------------------------
-
-ROLLUP_COUNTS = [
-    "requests",
-    "ok_requests",
-    "error_requests",
-    "cancelled_requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cost_micros",
-]
-
-
-@dataclass(frozen=True, slots=True)
-class ClosedDay:
-    day: date
-    rollup_rows: int
-
-
-def billing_days_close(*, days: Iterable[date]) -> list[ClosedDay]:
-    """Roll each day's usage and debits up and mark the day closed; closing a day again rewrites the same rows.
-
-    Consecutive days are aggregated together (one GROUP BY over usage and one over the ledger
-    per run of days), so a backfill of a month does not scan the usage table thirty times.
-    """
-    closed: list[ClosedDay] = []
-    for first, last in _consecutive_runs(sorted(set(days))):
-        closed.extend(_close_run(first, last))
-    return closed
-
-
-def _consecutive_runs(days: list[date]) -> list[tuple[date, date]]:
-    runs: list[tuple[date, date]] = []
-    for day in days:
-        if runs and runs[-1][1] + timedelta(days=1) == day:
-            runs[-1] = (runs[-1][0], day)
-        else:
-            runs.append((day, day))
-    return runs
-
-
-def utc_midnight(day: date) -> datetime:
-    return datetime.combine(day, time.min, tzinfo=UTC)
-
-
-@transaction.atomic
-def _close_run(first: date, last: date) -> list[ClosedDay]:
-    start, end = utc_midnight(first), utc_midnight(last + timedelta(days=1))
-    utc_day = TruncDate("created_at", tzinfo=UTC)
-    usage = (
-        UsageEvent.objects.filter(created_at__gte=start, created_at__lt=end, organization__isnull=False)
-        .annotate(day=utc_day)
-        .values("organization_id", "day", "alias")
-        .annotate(
-            requests=Count("id"),
-            ok_requests=Count("id", filter=Q(status=UsageEvent.Status.OK)),
-            error_requests=Count("id", filter=Q(status=UsageEvent.Status.ERROR)),
-            cancelled_requests=Count("id", filter=Q(status=UsageEvent.Status.CANCELLED)),
-            prompt=Sum("prompt_tokens"),
-            completion=Sum("completion_tokens"),
-            total=Sum("total_tokens"),
-        )
-        .order_by()
-    )
-    debits = (
-        LedgerEntry.objects.filter(kind=LedgerEntry.Kind.DEBIT, created_at__gte=start, created_at__lt=end)
-        .annotate(day=utc_day)
-        .values("organization_id", "day", "alias")
-        .annotate(debited=Sum("amount_micros"))
-        .order_by()
-    )
-    now = timezone.now()
-    rollups: dict[tuple[int, date, str], UsageDailyRollup] = {}
-    for group in usage:
-        key = (group["organization_id"], group["day"], group["alias"])
-        rollups[key] = UsageDailyRollup(
-            organization_id=key[0],
-            day=key[1],
-            alias=key[2],
-            requests=group["requests"],
-            ok_requests=group["ok_requests"],
-            error_requests=group["error_requests"],
-            cancelled_requests=group["cancelled_requests"],
-            prompt_tokens=group["prompt"] or 0,
-            completion_tokens=group["completion"] or 0,
-            total_tokens=group["total"] or 0,
-            computed_at=now,
-        )
-    for debit in debits:
-        key = (debit["organization_id"], debit["day"], debit["alias"])
-        if key not in rollups:
-            # A debit whose event lost its organization (its key was deleted while queued): the
-            # money is still owed, so the cost shows even with no requests beside it.
-            rollups[key] = UsageDailyRollup(organization_id=key[0], day=key[1], alias=key[2], computed_at=now)
-        rollups[key].cost_micros = -(debit["debited"] or 0)
-    UsageDailyRollup.objects.bulk_create(
-        list(rollups.values()),
-        update_conflicts=True,
-        unique_fields=["organization", "day", "alias"],
-        update_fields=[*ROLLUP_COUNTS, "computed_at"],
-    )
-    # Groups that existed when the day was last closed and are gone now (their events were detached).
-    UsageDailyRollup.objects.filter(day__gte=first, day__lte=last).exclude(computed_at=now).delete()
-    per_day: dict[date, int] = {}
-    for _, day, _ in rollups:
-        per_day[day] = per_day.get(day, 0) + 1
-    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
-    ClosedBillingDay.objects.bulk_create(
-        [ClosedBillingDay(day=day, closed_at=now, rollup_rows=per_day.get(day, 0)) for day in days],
-        update_conflicts=True,
-        unique_fields=["day"],
-        update_fields=["closed_at", "rollup_rows"],
-    )
-    return [ClosedDay(day=day, rollup_rows=per_day.get(day, 0)) for day in days]

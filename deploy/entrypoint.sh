@@ -30,6 +30,13 @@ fi
 mkdir -p "$PORTAL_RUN_DIR"
 chmod 0700 "$PORTAL_RUN_DIR"
 
+# Static files under their hashed names (WhiteNoise serves them): the image collected them at build and sets this to
+# 0 (its code is read-only to the processes' user); on a host, each deploy collects the code it runs.
+: "${PORTAL_COLLECTSTATIC:=1}"
+if [ "$PORTAL_COLLECTSTATIC" = 1 ]; then
+  python manage.py collectstatic --noinput -v 0
+fi
+
 if [ "$PORTAL_MIGRATE" = 1 ]; then
   python deploy/migrate.py
 fi

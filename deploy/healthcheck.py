@@ -1,6 +1,8 @@
 """Exit 0 when every daphne process of this host answers /health with 200, else 1 naming the ones that do not.
 
-The container's health (docker-compose.yml): PORTAL_PROCESSES processes on PORTAL_FIRST_PORT and up.
+The container's health (docker-compose.yml): PORTAL_PROCESSES processes on PORTAL_FIRST_PORT and up. Liveness, not
+readiness: a database outage leaves /health at 200 (`degraded`), so the orchestrator does not restart or pull
+containers that are serving from their caches.
 """
 
 from __future__ import annotations

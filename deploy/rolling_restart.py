@@ -1,8 +1,9 @@
 """Restart the gateway's daphne processes one at a time, through supervisord, without dropping a request.
 
 Each process in turn gets SIGTERM (supervisord's stop: the process stops listening, so nginx sends new requests to
-the others, and finishes what it has in flight), is started again, and must answer its probe before the next one
-goes. Standard library and supervisor only, so it runs inside the image:
+the others, and finishes what it has in flight), is started again, and must answer its readiness probe (`/ready`:
+database, cache, pool and state loaded) before the next one goes: a restart during a database outage stops at the
+first process rather than bringing up, one after the other, processes that have nothing cached to serve from. Standard library and supervisor only, so it runs inside the image:
 
     python deploy/rolling_restart.py                      # PORTAL_RUN_DIR as deploy/entrypoint.sh set it
     docker compose exec gateway python deploy/rolling_restart.py
@@ -100,7 +101,7 @@ def restart_all(server: Any, *, probe_path: str, timeout: float, out: Any = sys.
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--socket", default=default_socket(), help="supervisord's unix socket (default: %(default)s)")
-    parser.add_argument("--probe", default="/health", help="path each restarted process must answer 200 on")
+    parser.add_argument("--probe", default="/ready", help="path each restarted process must answer 200 on")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds a restarted process has to answer")
     args = parser.parse_args(argv)
     started = time.monotonic()

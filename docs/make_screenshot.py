@@ -169,10 +169,9 @@ def seed_data() -> None:
     from django.utils import timezone
 
     from accounts.models import Organization, User
-    from accounts.services import organization_create
     from apikeys.models import ApiKey
     from apikeys.services import apikey_create
-    from billing.services import plans_seed_defaults
+    from billing.services import organization_create, plans_seed_defaults
     from routerpools.models import ModelAlias, RouterEndpoint, RouterPool, RouterSession
     from usage.models import RequestLog, UsageEvent
 

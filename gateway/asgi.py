@@ -1,4 +1,4 @@
-"""Serving /v1 and /health straight from the event loop, outside Django's per-request thread, middleware and signals.
+"""Serving /v1, /health and /ready straight from the event loop, outside Django's per-request thread, middleware and signals.
 
 Django's ASGIHandler gives every request its own thread for sync middleware and
 signal receivers and joins it at the end; on this path that costs more than the
@@ -22,7 +22,7 @@ from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 from django.http import HttpResponse
 from django.urls import Resolver404, resolve
 
-from gateway import metrics
+from gateway import dbstats, metrics
 from gateway.edge import too_large_response
 from gateway.errors import GatewayError, InternalError, InvalidRequest
 from gateway.logs import SCOPE_KEY, access_log, log_access, new_request_id, request_id_var
@@ -40,7 +40,7 @@ def is_v1_path(path: str) -> bool:
 
 
 def is_gateway_path(path: str) -> bool:
-    return is_v1_path(path) or path in ("/health", "/metrics")
+    return is_v1_path(path) or path in ("/health", "/ready", "/metrics")
 
 
 class _Noted:
@@ -104,10 +104,12 @@ class GatewayApplication:
                 noted.status = message["status"]
                 headers = message.get("headers") or ()
                 if not any(name == b"x-request-id" for name, _ in headers):
-                    # A portal page, /health: every response names the id its log lines carry.
+                    # A portal page, /health, /ready: every response names the id its log lines carry.
                     message = {**message, "headers": [*headers, (b"x-request-id", noted.request_id.encode())]}
             await send(message)
 
+        if is_v1_path(scope["path"]):
+            dbstats.on_v1_path.set(True)  # what /metrics' gateway_db_queries_v1 counts (the cache's proof of work)
         try:
             if is_gateway_path(scope["path"]):
                 await self.handle(scope, receive, send_noting)

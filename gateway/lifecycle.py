@@ -12,7 +12,7 @@ from types import FrameType
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, connections
 
 from apikeys.unkey import unkey_client
 from gateway import dbstats, metrics
@@ -23,6 +23,12 @@ from gateway.upstream import upstreams
 from routerpools.services import router_pools_sync
 
 log = logging.getLogger("gateway.lifecycle")
+
+_draining = False  # set on the first SIGTERM, for good: /health answers 503 on the connections still open
+
+
+def draining() -> bool:
+    return _draining
 
 
 def on_server_start() -> None:
@@ -38,6 +44,11 @@ def on_server_start() -> None:
         except DatabaseError as exc:
             # Serve anyway: pools already in the database (or a later poll) still route.
             log.error("could not apply router pools from the environment: %s", exc.__class__.__name__)
+    # The main thread does no more database work: give its connection back (to the pool, which would otherwise
+    # have one fewer for the rest of the process's life). Not inside a transaction (a test importing this module).
+    for conn in connections.all(initialized_only=True):
+        if not conn.in_atomic_block:
+            conn.close()
     _register_shutdown()
 
 
@@ -105,6 +116,8 @@ async def _drain_then_stop(reactor: Any) -> None:
     """Stop accepting connections (the load balancer moves on), wait for the requests in flight, then stop."""
     from twisted.internet import tcp
 
+    global _draining
+    _draining = True
     grace = settings.PORTAL_SHUTDOWN_GRACE_S
     ports = [reader for reader in reactor.getReaders() if isinstance(reader, tcp.Port)]  # daphne's listening sockets
     for port in ports:

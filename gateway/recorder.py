@@ -29,7 +29,7 @@ from django.conf import settings
 from gateway.db import db_call
 from gateway.metrics import ANONYMOUS_REFUSALS, REQUEST_LOGS_DROPPED, USAGE_WRITE_FAILURES, route_label
 from responsestore.services import StoredResponseRecord, stored_responses_write
-from usage.consumers import apublish_usage_events
+from usage.live import apublish_usage_events
 from usage.services import RequestLogRecord, UsageRecord, usage_record_batch
 
 log = logging.getLogger("gateway.recorder")

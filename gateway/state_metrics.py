@@ -41,6 +41,13 @@ class _StateCollector:
         queries = GaugeMetricFamily("gateway_db_queries", "Database statements run by this process so far")
         queries.add_metric([], dbstats.queries_executed())
         yield queries
+        yield GaugeMetricFamily(
+            "gateway_db_queries_v1", "Database statements run while serving /v1 requests", value=dbstats.queries_executed_on_v1_path()
+        )
+        yield GaugeMetricFamily(
+            "gateway_cache_pubsub_connected", "1 while cache changes arrive over Redis pub/sub; 0: the poll alone", value=int(state.pubsub_connected)
+        )
+        yield GaugeMetricFamily("gateway_cache_position", "The newest cache change this process has applied", value=state.position or 0)
         healthy = GaugeMetricFamily("gateway_upstreams_healthy", "Healthy upstreams (endpoint x session) per alias", labels=["alias"])
         total = GaugeMetricFamily("gateway_upstreams", "Configured upstreams (endpoint x session) per alias", labels=["alias"])
         for route in state.snapshot.routes.values():

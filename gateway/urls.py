@@ -8,6 +8,7 @@ from gateway import views
 
 urlpatterns = [
     path("health", views.health),
+    path("ready", views.ready),
     path("metrics", views.metrics_view),
     path("v1/models", views.list_models),
     path("v1/models/<path:alias>", views.retrieve_model),

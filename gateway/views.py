@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from django.conf import settings
@@ -15,7 +16,7 @@ from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gateway import metrics, stored_responses
+from gateway import dbpool, lifecycle, metrics, stored_responses
 from gateway.auth import authenticate
 from gateway.db import db_call
 from gateway.errors import (
@@ -319,33 +320,71 @@ def _operator(request: HttpRequest) -> bool:
     return hmac.compare_digest(sent, b"Bearer " + token.encode())
 
 
-async def health(request: HttpRequest) -> HttpResponse:
-    """Status (503 when the database or the cache is down) and the public model aliases, for anyone.
+PROBE_CHECK_TIMEOUT_S = 2.0  # each dependency check of /health and /ready; the probe answers within about this long
+_probes: dict[str, asyncio.Future[str]] = {}  # a check still running, shared by the probes that arrive meanwhile
 
-    With PORTAL_METRICS_TOKEN as a Bearer token: also the checks, each alias's pool size and healthy upstream
-    count, the usage queue depth, the cache epoch and how long the checks took. Never URLs or secrets.
+
+def _state_loaded() -> bool:
+    # The routing table and plans in memory: what every request is answered from while the database is away.
+    return state.loaded
+
+
+async def _single_flight(name: str, check: Callable[[], Awaitable[str]]) -> str:
+    """The check's result, bounded by PROBE_CHECK_TIMEOUT_S; a probe arriving while one runs waits for that one.
+
+    A database that hangs (a black-holed host) would otherwise tie up one worker thread per probe, every probe
+    interval, until the threads the requests need are gone.
     """
-    started = time.perf_counter()
-    checks: dict[str, object] = {}
+    running = _probes.get(name)
+    if running is None or running.get_loop() is not asyncio.get_running_loop():
+        running = _probes[name] = asyncio.ensure_future(check())
+
+        def finished(done: asyncio.Future[str]) -> None:
+            if _probes.get(name) is done:
+                del _probes[name]
+            if not done.cancelled():
+                done.exception()  # retrieved: a check that failed after its probe gave up is not logged as lost
+
+        running.add_done_callback(finished)
     try:
-        checks["database"] = "ok" if await asyncio.wait_for(db_call(_database_ok), 3) else "error"
+        return await asyncio.wait_for(asyncio.shield(running), PROBE_CHECK_TIMEOUT_S)
+    except TimeoutError:
+        return "error: timeout"
     except Exception as exc:
-        checks["database"] = f"error: {exc.__class__.__name__}"
-    try:
-        await asyncio.wait_for(cache.aset("health:probe", "1", 10), 3)
-        checks["cache"] = "ok" if await asyncio.wait_for(cache.aget("health:probe"), 3) == "1" else "error"
-    except Exception as exc:
-        checks["cache"] = f"error: {exc.__class__.__name__}"
-    try:
-        await state.ensure_started()
-    except Exception as exc:
-        checks["routing"] = f"error: {exc.__class__.__name__}"
-    # The load balancer's first probe starts the routers' probes: a dead router shows before any traffic meets it.
-    upstreams.ensure_health_checks(state.routes)
-    routes = sorted(state.snapshot.routes.values(), key=lambda r: r.alias)
-    healthy = checks.get("database") == "ok" and checks.get("cache") == "ok"
-    body: dict[str, object] = {"status": "ok" if healthy else "degraded", "models": [r.alias for r in routes]}
+        return f"error: {exc.__class__.__name__}"
+
+
+async def _check_database() -> str:
+    return "ok" if await db_call(_database_ok) else "error"
+
+
+async def _check_cache() -> str:
+    await cache.aset("health:probe", "1", 10)
+    return "ok" if await cache.aget("health:probe") == "1" else "error"
+
+
+async def _check_state() -> str:
+    await state.ensure_started()
+    return "ok"
+
+
+async def _checks() -> dict[str, str]:
+    names = ("database", "cache", "state")
+    results = await asyncio.gather(
+        _single_flight("database", _check_database), _single_flight("cache", _check_cache), _single_flight("state", _check_state)
+    )
+    checks = dict(zip(names, results, strict=True))
+    if not _state_loaded():
+        checks["state"] = checks["state"] if checks["state"] != "ok" else "error: not loaded"
+    pool = dbpool.status()
+    if pool is not None:
+        checks["pool"] = pool
+    return checks
+
+
+def _probe_response(request: HttpRequest, body: dict[str, object], *, status: int, checks: dict[str, str], started: float) -> HttpResponse:
     if _operator(request):
+        routes = sorted(state.snapshot.routes.values(), key=lambda r: r.alias)
         body["checks"] = checks
         body["pools"] = [
             {
@@ -359,12 +398,57 @@ async def health(request: HttpRequest) -> HttpResponse:
             }
             for r in routes
         ]
+        body["db_pool"] = dbpool.stats()
         body["usage_queue_depth"] = recorder.depth
-        body["cache_epoch"] = state.epoch
+        body["cache_epoch"] = state.position  # the newest cache change applied (gateway/state.py)
         body["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
-    response = json_response(body, status=200 if healthy else 503)
+    response = json_response(body, status=status)
     response["Cache-Control"] = "no-store"
     return response
+
+
+async def health(request: HttpRequest) -> HttpResponse:
+    """Liveness, the load balancer's probe: 200 while this process can answer requests, from its cache if need be.
+
+    A database or cache that is away makes the status `degraded` (the failing checks named) but not a 503: the
+    gateway serves keys, routes and plans from memory through an outage, and a 503 here would take every process of
+    the fleet out of rotation at once. 503 only when this process cannot serve: it is draining (SIGTERM), or its
+    routing table and plans never loaded. With PORTAL_METRICS_TOKEN as a Bearer token: also every check, each
+    alias's pool size and healthy upstream count, the usage queue depth, the cache epoch and how long the checks
+    took. Never URLs or secrets.
+    """
+    started = time.perf_counter()
+    checks = await _checks()
+    # The load balancer's first probe starts the routers' probes: a dead router shows before any traffic meets it.
+    upstreams.ensure_health_checks(state.routes)
+    failing = sorted(name for name, result in checks.items() if result != "ok")
+    if lifecycle.draining():
+        body: dict[str, object] = {"status": "draining"}
+        status = 503
+    elif not _state_loaded():
+        body = {"status": "starting", "failing": failing}
+        status = 503
+    else:
+        body = {"status": "degraded" if failing else "ok"}
+        status = 200
+    body["models"] = sorted(r.alias for r in state.snapshot.routes.values())
+    if failing and status == 200:
+        body["failing"] = failing
+    return _probe_response(request, body, status=status, checks=checks, started=started)
+
+
+async def ready(request: HttpRequest) -> HttpResponse:
+    """Readiness, for deploy gating and alerting (never the load balancer's probe): 200 only when the database, the
+    cache, the database pool and the loaded state all are; else 503 naming what failed. Draining is not ready."""
+    started = time.perf_counter()
+    checks = await _checks()
+    failing = sorted(name for name, result in checks.items() if result != "ok")
+    if lifecycle.draining():
+        failing.append("draining")
+    body: dict[str, object] = {"status": "ready" if not failing else "not_ready"}
+    if failing:
+        body["failing"] = failing
+    return _probe_response(request, body, status=503 if failing else 200, checks=checks, started=started)
 
 
 async def metrics_view(request: HttpRequest) -> HttpResponse:

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from billing.models import Plan
-from billing.selectors import admitted_requests, plan_record
+from billing.selectors import plan_record
 from gateway.errors import LimitsUnavailable, QuotaExceeded, RateLimited
 from gateway.limits import WEEKLY, AllowanceCounter, allowance_counters
+from usage.selectors import admitted_requests
 
 WARN_AT_PERCENT = 80
 # The usage rows of requests the limiter refused carry one of these codes; they never counted against an allowance.

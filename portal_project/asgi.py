@@ -32,7 +32,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import path  # noqa: E402
 
-from usage.consumers import UsageFeedConsumer  # noqa: E402
+from portal.consumers import UsageFeedConsumer  # noqa: E402
 
 # The client address (and scheme) as our proxies saw it, for everything below: one reading of X-Forwarded-For.
 application = trusted_proxies(

@@ -42,7 +42,8 @@ def manage(*args: str, env: dict[str, str]) -> str:
 
 SETUP_DEMO = f"""
 from accounts.models import Organization, User
-from accounts.services import organization_create, user_get_or_create
+from accounts.services import user_get_or_create
+from billing.services import organization_create
 from apikeys.keys import split_key
 from apikeys.models import ApiKey
 from apikeys.services import apikey_create

@@ -151,7 +151,24 @@ def _check_django_asgi() -> list[str]:
     )
 
 
-# --- 4. daphne and Twisted's server classes (portal_project/twisted_tuning.py) --------------------------------------
+# --- 4. Django's psycopg connection pools, read for the probes ------------------------------------------------------
+
+
+def django_connection_pool(wrapper: Any) -> Any:
+    """The psycopg_pool.ConnectionPool Django made for this connection alias, or None before the first connection.
+    Django keeps its pools in a class-level dict of the PostgreSQL backend; reading it never creates or opens one.
+    /health and /ready report its size and saturation (gateway/dbpool.py)."""
+    return type(wrapper)._connection_pools.get(wrapper.alias)
+
+
+def _check_django_pools() -> list[str]:
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    pools = getattr(DatabaseWrapper, "_connection_pools", None)
+    return [] if isinstance(pools, dict) else ["django's postgresql DatabaseWrapper._connection_pools is gone"]
+
+
+# --- 5. daphne and Twisted's server classes (portal_project/twisted_tuning.py) --------------------------------------
 
 
 def _check_twisted_tuning() -> list[str]:
@@ -181,6 +198,13 @@ PATCHES: tuple[Patch, ...] = (
         used_in="gateway/asgi.py (the /v1 fast path)",
         why="serving /v1 without Django's per-request thread and middleware while answering through Django's own writer",
         check=_check_django_asgi,
+    ),
+    Patch(
+        name="django-connection-pools",
+        touches="django.db.backends.postgresql.base.DatabaseWrapper._connection_pools (read only)",
+        used_in="gateway/dbpool.py (the pool's size and saturation on /health and /ready)",
+        why="Django offers no public way to reach the psycopg pool it made; opening a connection to ask would be worse",
+        check=_check_django_pools,
     ),
     Patch(
         name="daphne-server-overrides",

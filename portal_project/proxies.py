@@ -101,3 +101,10 @@ def check_https_behind_proxies(app_configs: Any = None, **kwargs: Any) -> list[A
             )
         ]
     return []
+
+
+def client_ip(request: Any) -> str | None:
+    """The client's address for audit rows (a Django request): REMOTE_ADDR, which the middleware above already took
+    from X-Forwarded-For as far as our proxies are trusted. Never read X-Forwarded-For there: its left-most entries are
+    the client's to forge. Here, in a leaf module, so the admin and the portal read it alike."""
+    return request.META.get("REMOTE_ADDR") or None

@@ -41,10 +41,14 @@ INSTALLED_APPS = [
     "usage",
     "responsestore",
     "gateway",
+    "dbsecurity",  # row-level security on every table (Supabase's data API); PostgreSQL only
+    "portal",  # the customer-facing web pieces, on top of every domain app (docs/ARCHITECTURE.md)
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (admin, portal) from STATIC_ROOT, before sessions and auth: a stylesheet costs no session lookup.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "portal_project.security.PortalSecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -78,18 +82,75 @@ TEMPLATES = [
 _database_url = env_str("DATABASE_URL")
 _supabase_url = env_str("PORTAL_SUPABASE_DB_URL")
 _db_source = "DATABASE_URL" if _database_url else "PORTAL_SUPABASE_DB_URL"
+# An old or misspelt PORTAL_SUPABASE_ name would be ignored without a word, and the gateway would start on another
+# database than the operator meant (below: none at all). CONFIG.md documents one.
+for _name in sorted(os.environ):
+    if _name.startswith("PORTAL_SUPABASE_") and _name != "PORTAL_SUPABASE_DB_URL":
+        fail(_name, "not a setting: the Supabase connection string goes in PORTAL_SUPABASE_DB_URL (or DATABASE_URL)")
+if not (_database_url or _supabase_url) and not DEBUG and not env_bool("PORTAL_ALLOW_DEV_SECRET", False):
+    # The SQLite file is for `make run` and the tests (DEBUG); a production start without a database URL is a mistake.
+    fail("DATABASE_URL", "must be set when DEBUG is off (or PORTAL_SUPABASE_DB_URL): production never runs on the SQLite file")
 _url = _database_url or _supabase_url or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
 try:
     _db = dj_database_url.parse(_url, conn_max_age=600, conn_health_checks=True)
 except Exception as exc:  # dj-database-url raises several types for a bad URL
     fail(_db_source, f"not a usable database URL ({exc.__class__.__name__})")
+# Django's psycopg pool, per process (PostgreSQL, not through a transaction pooler). Who takes connections: the
+# gateway's ORM work runs on the event loop's default executor (gateway/db.py: min(32, cores + 4) threads, 6 on 2
+# cores, 8 on 4; the usage recorder and the state poller among them), each taking one for a call and giving it back;
+# every portal request Django runs in a thread of its own for the length of the request. The default max, 10, covers
+# the executor of a machine of up to 6 cores with room for a few portal requests at once; the min, 2, keeps the
+# poller's and the recorder's connections warm. A request that finds the pool exhausted waits at most
+# PORTAL_DB_POOL_TIMEOUT_MS, then fails like a database that is away (the gateway serves from its cache), never hangs.
+PORTAL_DB_POOL_MIN = env_int("PORTAL_DB_POOL_MIN", 2, minimum=0)
+PORTAL_DB_POOL_MAX = env_int("PORTAL_DB_POOL_MAX", 10, minimum=1)
+if PORTAL_DB_POOL_MIN > PORTAL_DB_POOL_MAX:
+    fail("PORTAL_DB_POOL_MIN", f"must be at most PORTAL_DB_POOL_MAX ({PORTAL_DB_POOL_MAX}), got {PORTAL_DB_POOL_MIN}")
+PORTAL_DB_POOL_TIMEOUT_S = env_int("PORTAL_DB_POOL_TIMEOUT_MS", 2000, minimum=100) / 1000
+PORTAL_DB_POOLED = False
 if _db["ENGINE"] == "django.db.backends.postgresql":
+    _db.setdefault("OPTIONS", {})
+    # A host that drops packets must not hold a connection attempt (and its thread) for the kernel's minutes.
+    _db["OPTIONS"].setdefault("connect_timeout", 5)
+    # TLS: PORTAL_DB_SSLMODE if set, else the URL's sslmode, else `require` for Supabase's hosts (their direct and
+    # pooler endpoints both speak TLS; libpq's own default, `prefer`, would quietly fall back to plain text).
+    # `verify-full` also checks the certificate's chain and name: it needs the CA (PORTAL_DB_SSLROOTCERT, e.g.
+    # Supabase's downloadable root certificate, or `system` for the OS store with libpq 16+).
+    _host = str(_db.get("HOST") or "").lower().rstrip(".")
+    _sslmode = env_str("PORTAL_DB_SSLMODE") or _db["OPTIONS"].get("sslmode") or (
+        "require" if _host.endswith((".supabase.co", ".pooler.supabase.com")) else ""
+    )
+    if _sslmode:
+        if _sslmode not in {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}:
+            fail("PORTAL_DB_SSLMODE" if env_str("PORTAL_DB_SSLMODE") else _db_source, f"sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full; got {_sslmode!r}")
+        _db["OPTIONS"]["sslmode"] = _sslmode
+    _sslrootcert = env_str("PORTAL_DB_SSLROOTCERT")
+    if _sslrootcert:
+        if _sslrootcert != "system" and not os.path.isfile(_sslrootcert):
+            fail("PORTAL_DB_SSLROOTCERT", f"no such file: {_sslrootcert} (a PEM CA bundle, or 'system')")
+        _db["OPTIONS"]["sslrootcert"] = _sslrootcert
+    if _sslmode in {"verify-ca", "verify-full"} and not _db["OPTIONS"].get("sslrootcert"):
+        fail("PORTAL_DB_SSLMODE", f"{_sslmode} checks the server's certificate: set PORTAL_DB_SSLROOTCERT to its CA bundle")
     # Supabase's pooler in transaction mode (and pgbouncer generally) cannot keep
     # server-side prepared statements or cursors across transactions.
     if _supabase_url and not _database_url or ":6543" in _url or env_bool("PORTAL_DB_POOLER", False):
-        _db.setdefault("OPTIONS", {})["prepare_threshold"] = None
+        _db["OPTIONS"]["prepare_threshold"] = None
         _db["DISABLE_SERVER_SIDE_CURSORS"] = True
         _db["CONN_MAX_AGE"] = 0
+    else:
+        # Not behind the transaction pooler: the pooler pools already, and a client pool in front of it is untested.
+        PORTAL_DB_POOLED = True
+        _db["CONN_MAX_AGE"] = 0  # Django refuses persistent connections with a pool: the pool keeps them
+        _db["OPTIONS"]["pool"] = {
+            "min_size": PORTAL_DB_POOL_MIN,
+            "max_size": PORTAL_DB_POOL_MAX,
+            "timeout": PORTAL_DB_POOL_TIMEOUT_S,
+            # psycopg_pool retries a lost connection with a doubling delay (1, 2, 4, 8 … s) until this: with its
+            # default of 5 minutes the pool came back up to 30 s after a 30 s outage ended. Giving up a retry chain
+            # after 5 s makes the next request that wants a connection start a fresh one, 1 s apart.
+            "reconnect_timeout": 5,
+            "name": "portal",
+        }
 elif _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["CONN_MAX_AGE"] = 0
     _db.setdefault("OPTIONS", {}).update(
@@ -184,7 +245,14 @@ PORTAL_TRUSTED_PROXY_COUNT = env_int("PORTAL_TRUSTED_PROXY_COUNT", 0, minimum=0)
 # Let the gateway read bodies up to our own limit and answer 413 itself, in the caller's shape.
 DATA_UPLOAD_MAX_MEMORY_SIZE = PORTAL_MAX_BODY_BYTES + 1
 # How often each process checks whether keys, organizations or pools changed.
+# A fallback now: changes reach every process at once over Redis pub/sub (gateway/invalidation.py); the poll
+# catches what a dropped subscription missed, and is the only path without Redis.
 PORTAL_CACHE_POLL_S = float(env_int("PORTAL_CACHE_POLL_MS", 250, minimum=10)) / 1000
+# The Redis channel of those changes. Empty: derived from the database name, so two deployments (or two test
+# databases) sharing one Redis never hear each other's changes; pub/sub channels ignore Redis's db number.
+PORTAL_CACHE_CHANNEL = env_str("PORTAL_CACHE_CHANNEL")
+# How long the change log keeps rows. A process that could not read it for longer reloads everything.
+PORTAL_CACHE_RETENTION_S = env_int("PORTAL_CACHE_RETENTION_S", 3600, minimum=60)
 PORTAL_USAGE_FLUSH_S = float(env_int("PORTAL_USAGE_FLUSH_MS", 200, minimum=10)) / 1000
 # A client that hangs up right after the last text of a stream, before the router's usage chunk: keep reading the
 # upstream this long for that chunk (the router's count is billed, not an estimate), then close it. 0: never wait.
@@ -249,9 +317,9 @@ _BEHIND_HTTPS = PORTAL_PUBLIC_BASE_URL.startswith("https://") and not DEBUG
 # no proxy is trusted (every request would look like plain HTTP and be redirected for ever).
 SECURE_PROXY_SSL_HEADER = None
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", _BEHIND_HTTPS)
-# A load balancer's probe speaks plain HTTP. /health and /metrics are answered by gateway/asgi.py before Django's
+# A load balancer's probe speaks plain HTTP. /health, /ready and /metrics are answered by gateway/asgi.py before Django's
 # middleware anyway; listed so that they stay reachable if that ever changes.
-SECURE_REDIRECT_EXEMPT = [r"^health$", r"^metrics$"]
+SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$", r"^metrics$"]
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if _BEHIND_HTTPS else 0, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", _BEHIND_HTTPS)
 # The preload list binds the whole registered domain for good, so it is the operator's call, off by default; Django's
@@ -289,7 +357,21 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(env_str("PORTAL_STATIC_ROOT") or BASE_DIR / "staticfiles")
+STATICFILES_DIRS = [BASE_DIR / "static"]  # the portal's own CSS and JS, as portal/portal.css and portal/portal.js
+# Served by WhiteNoise (the middleware above). In production, `collectstatic` (at the image's build, or by
+# deploy/entrypoint.sh on a host) writes every file under a content-hashed name with a gzip copy and a
+# manifest; `{% static %}` then links the hashed name, which WhiteNoise serves as cacheable for good. That storage
+# raises for a file missing from the manifest, so without a `collectstatic` (DEBUG: `make run`; the test suite, see
+# test_settings.py) the plain storage links the files by their own names and WhiteNoise finds them in the apps.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
@@ -327,8 +409,8 @@ LOGGING = {
 INSTALLED_APPS += ["allauth.usersessions", "allauth.mfa", "drf_spectacular"]
 # allauth's own sessions page (/accounts/sessions/) loads the humanize tags: without the app it was a 500.
 INSTALLED_APPS += ["django.contrib.humanize"]
-ACCOUNT_ADAPTER = "accounts.adapter.PortalAccountAdapter"
-ACCOUNT_FORMS = {"login": "accounts.forms.PortalLoginForm", "signup": "accounts.forms.PortalSignupForm"}
+ACCOUNT_ADAPTER = "portal.adapter.PortalAccountAdapter"
+ACCOUNT_FORMS = {"login": "portal.forms.PortalLoginForm", "signup": "portal.forms.PortalSignupForm"}
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Cortensor] "
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_LOGOUT_REDIRECT_URL = "/accounts/login/"

@@ -13,5 +13,5 @@ from django.urls import include, path
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
-    path("portal/", include("portal_project.portal_urls")),
+    path("portal/", include("portal.urls")),
 ]

@@ -10,8 +10,8 @@ from django.db import DataError, IntegrityError, transaction
 
 from accounts.models import Organization
 from apikeys.models import ApiKey
+from portal_project.bulk import insert_ignoring_conflicts
 from responsestore.models import StoredResponse
-from usage.bulk import insert_ignoring_conflicts
 
 logger = logging.getLogger("responsestore")
 

@@ -28,7 +28,7 @@ needs_shared_redis = pytest.mark.skipif(
     not os.environ.get("REDIS_URL"), reason="several gateway processes share limits only through Redis (REDIS_URL unset)"
 )
 ROUTER_KEY = "router-secret"
-# The live gateways' PORTAL_METRICS_TOKEN: /metrics and the details of /health (queue depth, cache epoch) want it.
+# The live gateways' PORTAL_METRICS_TOKEN: /metrics and the details of /health (queue depth, cache position) want it.
 METRICS_TOKEN = "test-metrics-token-not-for-production"
 SESSION_102_KEY = "session-102-secret"
 ALIAS = "oss-20b"
@@ -181,10 +181,10 @@ _LIVE_ROUTER_ENV: dict[str, str] = {}
 
 
 def wait_until_gateway_caught_up(gateway: LiveGateway, timeout: float = 10.0) -> None:
-    """Block until the gateway has loaded the database's current cache epoch."""
-    from gateway.invalidation import read_epoch
+    """Block until the gateway has applied every cache change the database holds (its newest change id)."""
+    from gateway.invalidation import read_position
 
-    epoch = read_epoch()
+    epoch = read_position()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -193,7 +193,7 @@ def wait_until_gateway_caught_up(gateway: LiveGateway, timeout: float = 10.0) ->
         except (httpx.HTTPError, ValueError):
             pass
         time.sleep(0.02)
-    pytest.fail(f"gateway did not load cache epoch {epoch} in {timeout}s:\n{gateway.log()[-3000:]}")
+    pytest.fail(f"gateway did not apply cache change {epoch} in {timeout}s:\n{gateway.log()[-3000:]}")
 
 
 def wait_until_usage_written(gateway: LiveGateway, timeout: float = 10.0) -> None:
@@ -230,8 +230,8 @@ class IssuedKey:
 
 def issue_key(*, slug: str = "acme", plan: str | None = "pro", name: str = "test key") -> IssuedKey:
     from accounts.models import Organization
-    from accounts.services import organization_create
     from apikeys.services import apikey_create
+    from billing.services import organization_create
 
     org = Organization.objects.filter(slug=slug).first() or organization_create(slug=slug, name=slug.title(), plan_slug=plan)
     created = apikey_create(organization=org, name=name, actor_label="tests")

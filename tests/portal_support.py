@@ -9,7 +9,7 @@ import pytest
 from django.test import Client
 
 from accounts.models import Membership, Organization, User
-from accounts.services import organization_create
+from billing.services import organization_create
 
 PASSWORD = "correct-horse-battery-9"
 

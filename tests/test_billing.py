@@ -16,13 +16,15 @@ from django.db import connection
 from django.test import Client
 
 from accounts.models import Organization, User
-from accounts.services import organization_create
 from billing.models import ClosedBillingDay, LedgerEntry, ModelPrice, Plan, UsageDailyRollup
 from billing.selectors import organization_balance, period_totals
 from billing.services import (
+    BILLABLE_STATUSES,
+    ERROR_STATUS,
     NotAManualEntry,
     ledger_debits_for_usage,
     ledger_entry_add,
+    organization_create,
     plans_seed_defaults,
     request_cost_micros,
 )
@@ -517,3 +519,9 @@ def test_the_admin_shows_a_debit_but_cannot_change_or_delete_it(staff_client: tu
     debit.refresh_from_db()
     assert (debit.kind, debit.amount_micros, debit.memo) == ("debit", -15, "")
     assert organization_balance(org.pk) == -15
+
+
+def test_billing_names_the_usage_statuses_as_usage_defines_them() -> None:
+    # billing sits below usage and spells the statuses out instead of importing UsageEvent: held together here.
+    assert BILLABLE_STATUSES == {UsageEvent.Status.OK.value, UsageEvent.Status.CANCELLED.value}
+    assert ERROR_STATUS == UsageEvent.Status.ERROR.value

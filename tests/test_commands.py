@@ -22,7 +22,7 @@ from apikeys.keys import hash_key
 from apikeys.models import ApiKey, ApiKeyEvent
 from billing.models import PlanSubscription
 from billing.services import plans_seed_defaults
-from gateway.invalidation import read_epoch
+from gateway.invalidation import read_position
 from routerpools.config import parse_router_env
 from routerpools.models import ModelAlias, RouterEndpoint, RouterPool, RouterSession
 from routerpools.selectors import routing_table
@@ -307,10 +307,10 @@ def test_sync_router_pools_writes_the_env_and_a_second_run_changes_nothing(setti
     assert len(table["oss-20b"].upstreams) == 4
 
     rows = routing_rows()
-    epoch = read_epoch()
+    position = read_position()
     assert sync(settings, TWO_ALIASES) == "router pools synced (oss-20b, gemma4): 0 created, 0 updated, 0 removed\n"
     assert routing_rows() == rows
-    assert read_epoch() == epoch  # no save, so no gateway cache was invalidated either
+    assert read_position() == position  # no save, so no gateway cache was invalidated either
 
 
 def test_sync_router_pools_disables_a_removed_alias(settings, db) -> None:  # noqa: ANN001

@@ -324,7 +324,8 @@ def test_the_pooler_settings_reach_the_driver() -> None:
         "print(connection.connection.prepare_threshold)\n"
         "connection.close()\n"
     )
-    env = base_env(DATABASE_URL=None, PORTAL_SUPABASE_DB_URL=SUPABASE_POOLER)
+    # Pointed at the local server, which speaks no TLS: the Supabase default (require) is turned off.
+    env = base_env(DATABASE_URL=None, PORTAL_SUPABASE_DB_URL=SUPABASE_POOLER, PORTAL_DB_SSLMODE="disable")
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "None"

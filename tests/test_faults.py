@@ -296,7 +296,7 @@ def test_endpoints_weighted_three_to_one_get_about_three_quarters_and_one_quarte
         gateway = start_gateway(PORTAL_ROUTER_POOLS_JSON=json.dumps({ALIAS: [sim.base_url, other.base_url]}))
         for endpoint in RouterEndpoint.objects.filter(pool__name=ALIAS):
             endpoint.weight = 3 if endpoint.base_url == sim.base_url else 1
-            endpoint.save()  # through save(): the signal moves the cache epoch
+            endpoint.save()  # through save(): the signal records a routing change
         wait_until_gateway_caught_up(gateway)
         base_heavy, base_light = sim.stats()["requests_total"], other.stats()["requests_total"]
 

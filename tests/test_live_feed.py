@@ -30,7 +30,7 @@ from tests.conftest import (
 )
 from tests.portal_support import ensure_site_and_plans, make_org, make_user
 from tests.support.feed import FeedSocket, page_cursor, signed_in_session
-from usage.consumers import publish_usage_events
+from usage.live import publish_usage_events
 from usage.models import UsageEvent
 from usage.services import UsageRecord
 

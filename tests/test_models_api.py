@@ -43,7 +43,7 @@ def set_alias(gateway: LiveGateway, alias: str, **fields: Any) -> ModelAlias:
     row = ModelAlias.objects.get(alias=alias)
     for name, value in fields.items():
         setattr(row, name, value)
-    row.save()  # a save bumps the cache epoch (an update() would not)
+    row.save()  # a save records a cache change (an update() would not)
     wait_until_gateway_caught_up(gateway)
     return row
 

@@ -33,7 +33,7 @@ def test_docs_show_the_responses_route_with_examples() -> None:
 
 
 def test_the_python_examples_compile() -> None:
-    from apikeys.views import quickstart_examples
+    from portal.views.apikeys import quickstart_examples
 
     blocks = dict(
         (block_id, code) for _, tab in quickstart_examples(base_url="https://x.test", model="m") for block_id, _, code in tab

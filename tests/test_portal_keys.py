@@ -298,8 +298,8 @@ def test_a_key_revoked_through_the_api_is_refused_by_the_gateway(gateway: LiveGa
 
 
 def test_an_unreachable_key_issuer_is_a_503_not_a_traceback(team: Team, monkeypatch) -> None:  # noqa: ANN001
-    from apikeys import views
     from apikeys.issuers import KeyIssuerUnavailable
+    from portal.views import apikeys as views
 
     def unavailable(**kwargs: object) -> None:
         raise KeyIssuerUnavailable("unkey did not answer")

@@ -16,8 +16,9 @@ from django.utils import timezone
 
 from apikeys.models import ApiKey
 from apikeys.services import apikey_create
+from portal.consumers import UsageFeedConsumer
 from tests.portal_support import Team, ensure_site_and_plans, make_team, portal_settings  # noqa: F401
-from usage.consumers import UsageFeedConsumer, publish_usage_events
+from usage.live import publish_usage_events
 from usage.models import UsageEvent
 from usage.selectors import DateRange, date_range_parse
 from usage.services import UsageRecord
@@ -182,7 +183,7 @@ def test_page_shows_totals_splits_and_latest_requests(team: Team, known_events: 
 
 def test_page_and_live_feed_show_each_requests_end_user(team: Team) -> None:
     """The customer's own id for their end user (`user` / `metadata.user_id`), per request; escaped like any text."""
-    from usage.consumers import event_payload
+    from usage.live import event_payload
 
     key = ApiKey.objects.get(pk=team.acme_key_id)
     rows = [event(team.acme, key, n, when=DAY1 + timedelta(minutes=n)) for n in (1, 2, 3)]

@@ -71,7 +71,7 @@ def test_behind_https_the_secure_settings_are_on_by_default() -> None:
         "SECURE_HSTS_INCLUDE_SUBDOMAINS": True,
         "SECURE_HSTS_PRELOAD": False,
         "SECURE_PROXY_SSL_HEADER": None,  # the scheme comes from portal_project/proxies.py, as far as it trusts
-        "SECURE_REDIRECT_EXEMPT": [r"^health$", r"^metrics$"],
+        "SECURE_REDIRECT_EXEMPT": [r"^health$", r"^ready$", r"^metrics$"],
     }
 
 
@@ -197,3 +197,51 @@ def test_static_js_sets_no_style_attribute_or_inline_html_handlers() -> None:
     assert not re.search(r"setAttribute\(\s*[\"'](style|on[a-z]+)[\"']", script)
     assert not re.search(r"innerHTML\s*=\s*[^;]*(style=|on[a-z]+=)", script)
     assert "eval(" not in script and "new Function" not in script
+
+
+# --- start-up checks of the database settings ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["PORTAL_SUPABASE_URL", "PORTAL_SUPABASE_DATABASE_URL", "PORTAL_SUPABASE_DB_URI", "PORTAL_SUPABASE_KEY"]
+)
+def test_an_old_or_misspelt_supabase_name_stops_start_up_with_one_line(name: str) -> None:
+    for env in (base_env(**PRODUCTION, **{name: "postgres://x@db.example.supabase.co/postgres"}),
+                base_env(**PRODUCTION, DATABASE_URL=None, **{name: "postgres://x@db.example.supabase.co/postgres"}),
+                base_env(DEBUG="1", **{name: ""})):  # fmt: skip
+        result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.stderr == (
+            f"configuration error: {name}: not a setting: the Supabase connection string goes in PORTAL_SUPABASE_DB_URL"
+            " (or DATABASE_URL)\n"
+        ), result.stderr
+
+
+def test_a_production_start_without_a_database_url_stops_instead_of_running_on_sqlite() -> None:
+    for env in (base_env(**PRODUCTION, DATABASE_URL=None), base_env(**PRODUCTION, DATABASE_URL="  ", PORTAL_SUPABASE_DB_URL="")):
+        result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2
+        assert result.stderr == (
+            "configuration error: DATABASE_URL: must be set when DEBUG is off (or PORTAL_SUPABASE_DB_URL): production"
+            " never runs on the SQLite file\n"
+        ), result.stderr
+
+
+def test_the_embedded_database_still_serves_debug_make_run_and_the_supabase_url_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    debug = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=base_env(DATABASE_URL=None, DEBUG="1"),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert debug.returncode == 0, debug.stderr
+    # `make run` (portal_project/devserver.py) sets DEBUG=1 unless told otherwise, and uses the embedded database.
+    from portal_project.devserver import dev_env
+
+    monkeypatch.delenv("DEBUG", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    env = dev_env()
+    assert env["DEBUG"] == "1" and "DATABASE_URL" not in env
+    supabase = base_env(
+        **PRODUCTION, DATABASE_URL=None, PORTAL_SUPABASE_DB_URL="postgresql://postgres:pw@db.abcdefgh.supabase.co:5432/postgres"
+    )
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=supabase, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -291,7 +291,7 @@ def test_suspended_organization_is_403(gateway: LiveGateway, key: IssuedKey, sim
 
     made = post(gateway, RESPONSES, key.raw, body=good_body()).json()["id"]
     Organization.objects.filter(pk=key.organization_id).update(status=Organization.Status.SUSPENDED)
-    Organization.objects.get(pk=key.organization_id).save()  # the signal that moves the cache epoch
+    Organization.objects.get(pk=key.organization_id).save()  # the signal that records a change of its organization
     wait_until_gateway_caught_up(gateway)
     for response in (
         post(gateway, RESPONSES, key.raw, body=good_body()),

@@ -27,17 +27,16 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts.models import Organization
-from accounts.services import organization_create
 from apikeys.issuers import KeyIssuerUnavailable, display_parts
 from apikeys.keys import generate_key
 from apikeys.models import ApiKey, ApiKeyEvent
 from apikeys.services import apikey_create, apikey_find, apikey_revoke
 from apikeys.unkey import RatelimitSpec, RatelimitState, UnkeyClient, UnkeyError, Verification
 from billing.models import Plan
-from billing.services import plans_seed_defaults, subscription_start
+from billing.services import organization_create, plans_seed_defaults, subscription_start
 from gateway.auth import unkey_refusal
 from gateway.errors import AuthenticationFailed, AuthUnavailable, PermissionDenied, QuotaExceeded, RateLimited
-from gateway.invalidation import bump_epoch
+from gateway.invalidation import Scope, record_change
 from routerpools.simulator import SimulatorServer, simulated_tokens
 from tests import conftest
 from tests.conftest import (
@@ -698,7 +697,7 @@ def test_a_key_revoked_only_here_is_refused_though_unkey_says_valid(unkey_gatewa
     key = issue_key(slug="acme")
     assert chat(unkey_gateway, key.raw).status_code == 200
     ApiKey.objects.filter(pk=key.key_id).update(revoked_at=timezone.now())  # behind the service's back
-    bump_epoch()
+    record_change(Scope.UNKEY, ApiKey.objects.get(pk=key.key_id).external_id)  # what a save would record
     assert seconds_until_refused(unkey_gateway, key.raw, since=time.monotonic()) < 1.0
     assert unkey_mode.key(ApiKey.objects.get(pk=key.key_id).external_id).enabled is True
 
@@ -715,7 +714,7 @@ def test_a_suspended_organization_is_403(unkey_gateway: LiveGateway, unkey_mode:
     key = issue_key(slug="acme")
     assert chat(unkey_gateway, key.raw).status_code == 200
     Organization.objects.filter(pk=key.organization_id).update(status=Organization.Status.SUSPENDED)
-    bump_epoch()
+    record_change(Scope.ORG, str(key.organization_id))
     wait_until_gateway_caught_up(unkey_gateway)
     response = chat(unkey_gateway, key.raw)
     assert response.status_code == 403

@@ -14,8 +14,8 @@ import gateway.recorder as recorder_module
 from billing.models import LedgerEntry
 from billing.services import plans_seed_defaults
 from gateway.recorder import UsageRecorder
+from portal_project.bulk import insert_ignoring_conflicts
 from tests.conftest import issue_key
-from usage.bulk import insert_ignoring_conflicts
 from usage.models import RequestLog, UsageEvent
 from usage.services import LOG_COLUMNS, RequestLogRecord, UsageRecord, usage_record_batch
 

@@ -15,10 +15,11 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
 from django.db import connections, router, transaction
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, Min, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
+from billing.models import ClosedBillingDay
 from usage.models import UsageEvent
 
 GroupBy = Literal["day", "model", "key"]
@@ -385,3 +386,43 @@ def usage_feed_since(*, organization_id: int, cursor: FeedCursor | None, limit: 
             UsageEvent.objects.filter(organization_id=organization_id).filter(cursor.missed()).order_by("-id")[: limit + 1]
         )
     return FeedCatchUp(rows=found[:limit][::-1], truncated=clipped or len(found) > limit, cursor=now)
+
+
+# --- Reads for billing: the allowance counts and the days to close ------------------------------------------------
+# Here rather than in billing.selectors: they read usage rows, and billing sits below usage (docs/ARCHITECTURE.md).
+
+
+def billing_days_unclosed(*, today: date) -> list[date]:
+    """Every UTC day before today, from the first usage event on, that close_billing_period has not closed."""
+    first = UsageEvent.objects.aggregate(first=Min("created_at"))["first"]
+    if first is None:
+        return []
+    first_day = first.astimezone(UTC).date()
+    closed = set(ClosedBillingDay.objects.filter(day__gte=first_day, day__lt=today).values_list("day", flat=True))
+    span = (today - first_day).days
+    return [day for day in (first_day + timedelta(days=n) for n in range(max(span, 0))) if day not in closed]
+
+
+def admitted_requests(
+    organization_id: int, windows: list[tuple[datetime, datetime]], *, refused_codes: frozenset[str]
+) -> list[int]:
+    """How many of the organization's requests each [start, end) window holds, not counting the ones the rate
+    limiter refused (their usage rows carry `refused_codes`): every admitted request leaves exactly one usage row,
+    whatever became of it (ok, error, cancelled). One query for all the windows."""
+    if not windows:
+        return []
+    counts = (
+        UsageEvent.objects.filter(
+            organization_id=organization_id,
+            created_at__gte=min(start for start, _ in windows),
+            created_at__lt=max(end for _, end in windows),
+        )
+        .exclude(error_code__in=refused_codes)
+        .aggregate(
+            **{
+                f"w{i}": Count("id", filter=Q(created_at__gte=start, created_at__lt=end))
+                for i, (start, end) in enumerate(windows)
+            }
+        )
+    )
+    return [counts[f"w{i}"] for i in range(len(windows))]

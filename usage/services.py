@@ -1,19 +1,23 @@
-"""Writing usage events and request logs in batches, idempotently on the request id."""
+"""Writing usage events and request logs in batches, idempotently on the request id; closing billing days (the rollups)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 
 from django.db import DataError, IntegrityError, transaction
-from django.db.models import Model
+from django.db.models import Count, Model, Q, Sum
+from django.db.models.functions import TruncDate
+from django.utils import timezone
 
 from accounts.models import Organization
 from apikeys.models import ApiKey
 from apikeys.services import apikeys_touch_last_used
+from billing.models import ClosedBillingDay, LedgerEntry, UsageDailyRollup
 from billing.services import ledger_debits_for_usage
-from usage.bulk import insert_ignoring_conflicts
+from portal_project.bulk import insert_ignoring_conflicts
 from usage.models import RequestLog, UsageEvent
 
 logger = logging.getLogger("usage")
@@ -147,3 +151,121 @@ def request_logs_prune(*, before: datetime, batch_size: int = PRUNE_BATCH_SIZE) 
             return deleted
         count, _ = RequestLog.objects.filter(pk__in=ids).delete()
         deleted += count
+
+
+# --- Closing billing days: usage rolled up per organization, day and alias, with its cost from the ledger ------------
+# Here rather than in billing.services: the rollups read usage rows, and billing sits below usage (docs/ARCHITECTURE.md).
+
+ROLLUP_COUNTS = [
+    "requests",
+    "ok_requests",
+    "error_requests",
+    "cancelled_requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost_micros",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedDay:
+    day: date
+    rollup_rows: int
+
+
+def billing_days_close(*, days: Iterable[date]) -> list[ClosedDay]:
+    """Roll each day's usage and debits up and mark the day closed; closing a day again rewrites the same rows.
+
+    Consecutive days are aggregated together (one GROUP BY over usage and one over the ledger
+    per run of days), so a backfill of a month does not scan the usage table thirty times.
+    """
+    closed: list[ClosedDay] = []
+    for first, last in _consecutive_runs(sorted(set(days))):
+        closed.extend(_close_run(first, last))
+    return closed
+
+
+def _consecutive_runs(days: list[date]) -> list[tuple[date, date]]:
+    runs: list[tuple[date, date]] = []
+    for day in days:
+        if runs and runs[-1][1] + timedelta(days=1) == day:
+            runs[-1] = (runs[-1][0], day)
+        else:
+            runs.append((day, day))
+    return runs
+
+
+def utc_midnight(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+@transaction.atomic
+def _close_run(first: date, last: date) -> list[ClosedDay]:
+    start, end = utc_midnight(first), utc_midnight(last + timedelta(days=1))
+    utc_day = TruncDate("created_at", tzinfo=UTC)
+    usage = (
+        UsageEvent.objects.filter(created_at__gte=start, created_at__lt=end, organization__isnull=False)
+        .annotate(day=utc_day)
+        .values("organization_id", "day", "alias")
+        .annotate(
+            requests=Count("id"),
+            ok_requests=Count("id", filter=Q(status=UsageEvent.Status.OK)),
+            error_requests=Count("id", filter=Q(status=UsageEvent.Status.ERROR)),
+            cancelled_requests=Count("id", filter=Q(status=UsageEvent.Status.CANCELLED)),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            total=Sum("total_tokens"),
+        )
+        .order_by()
+    )
+    debits = (
+        LedgerEntry.objects.filter(kind=LedgerEntry.Kind.DEBIT, created_at__gte=start, created_at__lt=end)
+        .annotate(day=utc_day)
+        .values("organization_id", "day", "alias")
+        .annotate(debited=Sum("amount_micros"))
+        .order_by()
+    )
+    now = timezone.now()
+    rollups: dict[tuple[int, date, str], UsageDailyRollup] = {}
+    for group in usage:
+        key = (group["organization_id"], group["day"], group["alias"])
+        rollups[key] = UsageDailyRollup(
+            organization_id=key[0],
+            day=key[1],
+            alias=key[2],
+            requests=group["requests"],
+            ok_requests=group["ok_requests"],
+            error_requests=group["error_requests"],
+            cancelled_requests=group["cancelled_requests"],
+            prompt_tokens=group["prompt"] or 0,
+            completion_tokens=group["completion"] or 0,
+            total_tokens=group["total"] or 0,
+            computed_at=now,
+        )
+    for debit in debits:
+        key = (debit["organization_id"], debit["day"], debit["alias"])
+        if key not in rollups:
+            # A debit whose event lost its organization (its key was deleted while queued): the
+            # money is still owed, so the cost shows even with no requests beside it.
+            rollups[key] = UsageDailyRollup(organization_id=key[0], day=key[1], alias=key[2], computed_at=now)
+        rollups[key].cost_micros = -(debit["debited"] or 0)
+    UsageDailyRollup.objects.bulk_create(
+        list(rollups.values()),
+        update_conflicts=True,
+        unique_fields=["organization", "day", "alias"],
+        update_fields=[*ROLLUP_COUNTS, "computed_at"],
+    )
+    # Groups that existed when the day was last closed and are gone now (their events were detached).
+    UsageDailyRollup.objects.filter(day__gte=first, day__lte=last).exclude(computed_at=now).delete()
+    per_day: dict[date, int] = {}
+    for _, day, _ in rollups:
+        per_day[day] = per_day.get(day, 0) + 1
+    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    ClosedBillingDay.objects.bulk_create(
+        [ClosedBillingDay(day=day, closed_at=now, rollup_rows=per_day.get(day, 0)) for day in days],
+        update_conflicts=True,
+        unique_fields=["day"],
+        update_fields=["closed_at", "rollup_rows"],
+    )
+    return [ClosedDay(day=day, rollup_rows=per_day.get(day, 0)) for day in days]

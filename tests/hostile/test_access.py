@@ -21,7 +21,7 @@ from accounts.models import Membership, User
 from tests.conftest import LiveGateway, live_gateway_env
 from tests.portal_support import PASSWORD, add_member, ensure_site_and_plans, make_org, make_user
 from tests.support.feed import FeedSocket, feed_refused
-from usage.consumers import publish_usage_events
+from usage.live import publish_usage_events
 from usage.services import UsageRecord
 
 SIGNED_OUT, NOT_A_MEMBER = 4401, 4403

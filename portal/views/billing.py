@@ -14,7 +14,6 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.http import urlencode
 
-from accounts.portal import PortalContext, portal_page, render_portal
 from billing.models import Plan
 from billing.money import MICROS_PER_CENT, format_micros_exact
 from billing.selectors import (
@@ -26,6 +25,7 @@ from billing.selectors import (
     prices_for_plans,
 )
 from portal.allowances import allowances_for, window_words
+from portal.context import PortalContext, portal_page, render_portal
 
 LEDGER_PAGE_SIZE = 50
 

@@ -1,7 +1,7 @@
 """The live usage feed: the usage page's WebSocket, one channel-layer group per organization.
 
-The gateway's usage writer calls `publish_usage_events(rows)` (or, from the event loop, `apublish_usage_events`)
-after a batch is in the database; each organization's open usage pages get their new rows a moment later.
+The gateway's usage writer publishes each batch after it is in the database (usage.live, below the gateway); each
+organization's open usage pages, joined to its group here, get their new rows a moment later.
 
 Nothing is lost between the page's render and the socket's subscription, nor across a reconnect: the page renders
 with a cursor (usage.selectors.FeedCursor: which rows it holds, by id), the socket is opened with it (`?after=`),
@@ -15,95 +15,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
-from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from channels.layers import get_channel_layer
 from django.conf import settings
 
-from accounts.live import CLOSE_NOT_A_MEMBER, CLOSE_SIGNED_OUT, SocketAccess, session_group, socket_access, user_group
 from accounts.models import Membership, User
 from apikeys.models import ApiKey
+from portal.context import SESSION_ORG_KEY
+from portal.live import CLOSE_NOT_A_MEMBER, CLOSE_SIGNED_OUT, SocketAccess, session_group, socket_access, user_group
+from usage.live import event_payload, usage_group
 from usage.selectors import BadCursor, FeedCursor, usage_feed_cursor, usage_feed_since
 
 log = logging.getLogger("usage.live")
 
-MESSAGE_TYPE = "usage.events"  # handled by UsageFeedConsumer.usage_events
-SEND_TIMEOUT_S = 2.0
 CLOSE_BAD_CURSOR = 4400  # `after` is not a cursor the page was given: the page reopens without one
 CLOSE_TRY_AGAIN = 1013  # the catch-up could not be read (database away): the page reopens later with the same cursor
-
-
-def usage_group(organization_id: int) -> str:
-    return f"usage.org.{organization_id}"
-
-
-def event_payload(row: Any) -> dict[str, Any]:
-    """What a page needs of one row; `row` is a usage.services.UsageRecord or a UsageEvent (same field names)."""
-    return {
-        "request_id": row.request_id,
-        "created_at": row.created_at.isoformat(),
-        "route": row.route,
-        "model": row.alias,
-        "status": row.status,
-        "http_status": row.http_status,
-        "error_code": row.error_code,
-        "streamed": row.streamed,
-        "prompt_tokens": row.prompt_tokens,
-        "completion_tokens": row.completion_tokens,
-        "total_tokens": row.total_tokens,
-        "duration_ms": row.duration_ms,
-        "api_key_id": row.api_key_id,
-        "end_user": row.end_user,
-    }
-
-
-def _messages(rows: Iterable[Any]) -> dict[int, dict[str, Any]]:
-    by_org: dict[int, list[dict[str, Any]]] = {}
-    for row in rows:
-        if row.organization_id is not None:
-            by_org.setdefault(row.organization_id, []).append(event_payload(row))
-    return {org_id: {"type": MESSAGE_TYPE, "events": events} for org_id, events in by_org.items()}
-
-
-def publish_usage_events(rows: Iterable[Any]) -> None:
-    """Send written usage rows to their organizations' live pages: one message per organization and batch.
-
-    Sync: call it from a worker thread (where usage_record_batch runs), never on the event loop itself. A feed
-    that cannot be reached is logged and skipped: it must never fail the usage write, nor hold it up long.
-    """
-    messages = _messages(rows)
-    if messages:
-        async_to_sync(_send)(messages)
-
-
-async def apublish_usage_events(rows: Iterable[Any]) -> None:
-    """The same from async code (the event loop itself)."""
-    messages = _messages(rows)
-    if messages:
-        await _send(messages)
-
-
-async def _send(messages: dict[int, dict[str, Any]]) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    for org_id, message in messages.items():
-        try:
-            await asyncio.wait_for(layer.group_send(usage_group(org_id), message), timeout=SEND_TIMEOUT_S)
-        except Exception as exc:
-            log.warning("live usage feed not sent for organization %s: %s", org_id, exc.__class__.__name__)
 
 
 class UsageFeedConsumer(AsyncJsonWebsocketConsumer):
     """Authenticated by the portal session; `?org=<id>` picks one of the user's organizations.
 
     The socket stays open only while the session that opened it is signed in and the user is still a member: it
-    re-checks both every PORTAL_LIVE_SESSION_CHECK_MS and whenever accounts.live pushes a recheck to its user's or
+    re-checks both every PORTAL_LIVE_SESSION_CHECK_MS and whenever portal.live pushes a recheck to its user's or
     its session's group (sign-out, password change, removal...), and closes with 4401 (signed out) or 4403 (no longer
     a member).
     """
@@ -180,8 +116,6 @@ class UsageFeedConsumer(AsyncJsonWebsocketConsumer):
         return FeedCursor.parse(text) if text else None
 
     def _organization_id(self, user: User) -> int | None:
-        from accounts.portal import SESSION_ORG_KEY  # here, so the gateway importing this module pulls in no portal code
-
         wanted = self._query("org")
         memberships = Membership.objects.filter(user=user)
         if wanted:

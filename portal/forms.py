@@ -12,7 +12,7 @@ from django.conf import settings
 from django.http import HttpRequest
 
 from accounts.models import Membership
-from accounts.portal import rate_limit_usage, too_many_requests
+from portal.context import rate_limit_usage, too_many_requests
 
 
 def _limit(request: HttpRequest | None, group: str, rate: str) -> None:

@@ -24,23 +24,23 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.models import Organization
-from accounts.portal import (
+from apikeys.issuers import KeyIssuerUnavailable
+from apikeys.models import ApiKey, ApiKeyEvent
+from apikeys.services import PLAYGROUND_ACTOR_LABEL, CreatedKey, apikey_create, apikey_list, apikey_revoke, expiry_in_days
+from billing.selectors import models_for_organization
+from gateway.errors import catalog as error_catalog  # the docs page's error table
+from portal.context import (
     ORG_PARAMETER,
     PortalAPIView,
     PortalContext,
-    client_ip,
     forbidden,
     portal_page,
     rate_limit_usage,
     render_portal,
     too_many_requests,
 )
-from apikeys.issuers import KeyIssuerUnavailable
-from apikeys.models import ApiKey, ApiKeyEvent
-from apikeys.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeyListQuerySerializer, ApiKeySerializer
-from apikeys.services import PLAYGROUND_ACTOR_LABEL, CreatedKey, apikey_create, apikey_list, apikey_revoke, expiry_in_days
-from billing.selectors import models_for_organization
-from gateway.errors import catalog as error_catalog  # the docs page (a portal piece, bound for portal/)
+from portal.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeyListQuerySerializer, ApiKeySerializer
+from portal_project.proxies import client_ip
 
 KEY_CREATE_GROUP = "portal:key-create"
 MANAGERS_ONLY = "Only owners and admins of this organization can create or revoke keys."

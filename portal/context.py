@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 
 from accounts.models import Invitation, Membership, Organization, User
 from accounts.selectors import invitations_pending, invitations_pending_for
-from accounts.services import personal_organization_create
+from portal.services import personal_organization_create
 
 SESSION_ORG_KEY = "portal_org_id"
 KEY_MANAGER_ROLES = frozenset({Membership.Role.OWNER, Membership.Role.ADMIN})
@@ -124,12 +124,6 @@ def render_portal(request: HttpRequest, template: str, context: dict[str, Any] |
 
 def forbidden(request: HttpRequest, message: str) -> HttpResponse:
     return render_portal(request, "portal/forbidden.html", {"message": message}, status=403)
-
-
-def client_ip(request: HttpRequest) -> str | None:
-    """The client's address for audit rows: REMOTE_ADDR, already taken from X-Forwarded-For as far as our proxies are
-    trusted (portal_project/proxies.py). Never read X-Forwarded-For here: its left-most entries are the client's to forge."""
-    return request.META.get("REMOTE_ADDR") or None
 
 
 def rate_limit_usage(request: HttpRequest, *, group: str, rate: str, key: str = "ip") -> int | None:

@@ -1,4 +1,4 @@
-"""manage.py close_billing_period: roll usage up per organization, UTC day and alias, from the ledger."""
+"""manage.py close_billing_period: roll usage up per organization, UTC day and alias, with its cost from the ledger."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from billing.selectors import billing_days_unclosed
-from billing.services import billing_days_close
+from usage.selectors import billing_days_unclosed
+from usage.services import billing_days_close
 
 
 class Command(BaseCommand):

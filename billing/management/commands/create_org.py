@@ -1,4 +1,4 @@
-"""manage.py create_org: an operator's door to organization_create."""
+"""manage.py create_org: an operator's door to organization_create (in billing: an organization starts on a plan)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from django.db.models import CharField, Model
 from django.utils.text import slugify
 
 from accounts.models import Organization, User
-from accounts.services import OrganizationExists, organization_create, user_get_or_create
-from billing.services import UnknownPlan
+from accounts.services import OrganizationExists, user_get_or_create
+from billing.services import UnknownPlan, organization_create
 
 
 class Command(BaseCommand):

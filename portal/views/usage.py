@@ -14,8 +14,8 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.portal import ORG_PARAMETER, PortalAPIView, PortalContext, portal_page, render_portal
 from portal.allowances import allowances_for
+from portal.context import ORG_PARAMETER, PortalAPIView, PortalContext, portal_page, render_portal
 from usage.selectors import (
     EARLIEST_DAY,
     GROUP_BYS,

@@ -10,6 +10,7 @@ from datetime import datetime
 
 from django import template
 from django.conf import settings
+from django.contrib.staticfiles.storage import ManifestFilesMixin, staticfiles_storage
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.timesince import timesince
@@ -74,5 +75,9 @@ def _asset_version(name: str, mtime_ns: int) -> str:
 def asset(name: str) -> str:
     """The URL of a file in static/portal/, versioned by its content, so browsers may keep it for good."""
     name = "".join([name])  # a plain str: template literals arrive as SafeString, which pathlib and lru_cache mind
+    if isinstance(staticfiles_storage, ManifestFilesMixin):
+        # Production: collectstatic's content-hashed name, which WhiteNoise serves (and nginx caches) as immutable.
+        return staticfiles_storage.url(f"portal/{name}")
+    # DEBUG and the test suite (no collectstatic): served by the app from static/portal/, the hash in the query.
     mtime_ns = os.stat(os.path.join(ASSETS, name)).st_mtime_ns
     return f"{reverse('portal:asset', args=[name])}?v={_asset_version(name, mtime_ns)}"

@@ -11,12 +11,12 @@ from django.http import HttpRequest
 from django.urls import reverse
 
 from accounts.models import User
-from accounts.services import personal_organization_create
+from portal.services import personal_organization_create
 
 
 class PortalAccountAdapter(DefaultAccountAdapter):
     # Invitations are not joined here: a pending invitation to a verified address waits on the portal for the
-    # user's Accept or Decline (accounts.views.invitation_answer), so signing in never switches organizations.
+    # user's Accept or Decline (portal.views.accounts.invitation_answer), so signing in never switches organizations.
 
     def save_user(self, request: HttpRequest, user: User, form: Any, commit: bool = True) -> User:
         user = super().save_user(request, user, form, commit)
@@ -32,7 +32,7 @@ class PortalAccountAdapter(DefaultAccountAdapter):
 
 
 ALLAUTH_EMAIL_STAGE = "allauth.account.stages.EmailVerificationStage"
-STAFF_AWARE_EMAIL_STAGE = "accounts.adapter.StaffAwareEmailVerificationStage"
+STAFF_AWARE_EMAIL_STAGE = "portal.adapter.StaffAwareEmailVerificationStage"
 
 
 class StaffAwareEmailVerificationStage(EmailVerificationStage):

@@ -13,7 +13,6 @@ from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.http import require_POST
 
-from accounts.portal import NotAMember, PortalContext, portal_context, portal_page, render_portal
 from apikeys.issuers import KeyIssuerUnavailable
 from apikeys.services import apikey_get_or_create_playground
 from billing.selectors import models_for_organization
@@ -23,6 +22,7 @@ from gateway.logs import current_request_id
 from gateway.pipeline import handle_completion
 from gateway.state import state
 from gateway.surfaces import OPENAI_CHAT
+from portal.context import NotAMember, PortalContext, portal_context, portal_page, render_portal
 
 # The variable the docs page's examples read the key from: the "View code" panel's snippets read the same one, so a
 # shell set up from the docs runs them as they are. The key itself is never on the page.

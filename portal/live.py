@@ -27,7 +27,7 @@ from django.utils.crypto import constant_time_compare
 
 from accounts.models import Membership, User
 
-log = logging.getLogger("accounts.live")
+log = logging.getLogger("portal.live")
 
 RECHECK_MESSAGE = "access.recheck"  # handled by a consumer's `access_recheck`
 PUSH_TIMEOUT_S = 1.0
@@ -134,7 +134,7 @@ async def _send(layer: Any, groups: list[str]) -> None:
             log.warning("access recheck not pushed to %s: %s", group.rsplit(".", 1)[0], exc.__class__.__name__)
 
 
-# --- Where access ends (connected in accounts.apps) -------------------------------------------------------------
+# --- Where access ends (connected in portal.apps) -------------------------------------------------------------
 
 _ACCESS_FIELDS = frozenset({"password", "is_active"})
 
@@ -167,9 +167,9 @@ def connect_signals() -> None:
     from django.contrib.sessions.models import Session
     from django.db.models.signals import post_delete, post_save
 
-    post_save.connect(on_user_saved, sender=User, dispatch_uid="accounts.live.user_saved")
-    post_delete.connect(on_user_deleted, sender=User, dispatch_uid="accounts.live.user_deleted")
-    post_delete.connect(on_membership_deleted, sender=Membership, dispatch_uid="accounts.live.membership_deleted")
+    post_save.connect(on_user_saved, sender=User, dispatch_uid="portal.live.user_saved")
+    post_delete.connect(on_user_deleted, sender=User, dispatch_uid="portal.live.user_deleted")
+    post_delete.connect(on_membership_deleted, sender=Membership, dispatch_uid="portal.live.membership_deleted")
     store_class = _session_store_class()
     model = store_class.get_model_class() if issubclass(store_class, DatabaseSessionStore) else Session
-    post_delete.connect(on_session_deleted, sender=model, dispatch_uid="accounts.live.session_deleted")
+    post_delete.connect(on_session_deleted, sender=model, dispatch_uid="portal.live.session_deleted")

@@ -19,9 +19,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from accounts.forms import DeleteAccountForm, InviteForm, ProfileForm, RoleForm, TransferForm
 from accounts.models import Invitation, Membership
-from accounts.portal import SESSION_ORG_KEY, PortalContext, client_ip, forbidden, portal_page, render_portal
 from accounts.services import (
     InvitationError,
     LastOwner,
@@ -35,11 +33,14 @@ from accounts.services import (
     membership_leave,
     membership_remove,
     organization_transfer_ownership,
-    user_delete,
     user_deletion_impact,
     user_update_profile,
 )
 from apikeys.models import ApiKey
+from apikeys.services import user_delete
+from portal.context import SESSION_ORG_KEY, PortalContext, forbidden, portal_page, render_portal
+from portal.forms import DeleteAccountForm, InviteForm, ProfileForm, RoleForm, TransferForm
+from portal_project.proxies import client_ip
 
 
 @portal_page

@@ -1,0 +1,13 @@
+"""The customer portal: every customer-facing web piece (pages, the management API, the live feed, sign-up)."""
+
+from django.apps import AppConfig
+
+
+class PortalConfig(AppConfig):
+    name = "portal"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from portal.live import connect_signals
+
+        connect_signals()  # live sockets close when the access they were opened with ends
