@@ -196,7 +196,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     args = parser.parse_args()
 
-    from routerpools.simulator import SimulatorServer
+    from simulator import SimulatorServer
 
     sim = SimulatorServer(port=0, answer_tokens=4).start()
     env = gateway_env(sim.base_url)

@@ -205,11 +205,15 @@ class NotAManualEntry(ValueError):
     pass
 
 
+# What staff may add by hand (the admin offers only these); debits come from usage only.
+MANUAL_KINDS = (LedgerEntry.Kind.CREDIT, LedgerEntry.Kind.ADJUSTMENT)
+
+
 def ledger_entry_add(
     *, organization: Organization, kind: str, amount_micros: int, memo: str = "", created_by: Any | None = None
 ) -> LedgerEntry:
-    """A staff credit or adjustment; debits come from usage only."""
-    if kind not in (LedgerEntry.Kind.CREDIT, LedgerEntry.Kind.ADJUSTMENT):
+    """A staff credit or adjustment (the admin's door); debits come from usage only."""
+    if kind not in MANUAL_KINDS:
         raise NotAManualEntry(f"only credits and adjustments are added by hand, not {kind!r}")
     entry = LedgerEntry(organization=organization, kind=kind, amount_micros=amount_micros, memo=memo, created_by=created_by)
     entry.full_clean()

@@ -12,7 +12,6 @@ from django.http import HttpResponse
 from gateway import stored_responses
 from gateway.errors import GatewayError
 from gateway.translate import anthropic_messages, envelope, openai_chat, responses
-from gateway.translate.bounds import loads_bounded
 from gateway.translate.common import CompletionRequest, Usage, json_compact
 from gateway.translate.router import RouterDelta
 
@@ -219,7 +218,3 @@ def surface_for_path(path: str) -> Surface:
     if path == "/v1/responses" or path.startswith("/v1/responses/"):
         return OPENAI_RESPONSES
     return OPENAI_CHAT
-
-
-def loads_json(raw: bytes) -> object:
-    return loads_bounded(raw)  # refuses JSON nested deeper than MAX_JSON_DEPTH (a ValueError), never a RecursionError

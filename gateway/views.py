@@ -127,7 +127,7 @@ async def _authenticated(request: HttpRequest, surface: Surface) -> tuple[Exchan
         ex.principal = await authenticate(request.headers, surface=surface.limits_surface)
     except GatewayError as err:
         return ex, _error(ex, err)
-    # Every /v1 response that passed authentication reports the rate limits (SURFACES.md); read, not consumed.
+    # Every /v1 response that passed authentication reports the rate limits (docs/surfaces.md); read, not consumed.
     ex.admission = await limiter.peek(ex.principal, surface=surface.limits_surface)
     return ex, None
 

@@ -87,7 +87,7 @@ def main() -> None:
     manage("sync_router_pools", env=env)
     key = manage("shell", "-c", SETUP_DEMO, env=env).splitlines()[-1]
     sim = subprocess.Popen(
-        [sys.executable, "manage.py", "run_router_simulator", "--port", str(SIM_PORT), "--auth-key", "default-dev-token",
+        [sys.executable, "-m", "simulator", "--port", str(SIM_PORT), "--auth-key", "default-dev-token",
          "--token-delay-ms", "20"],
         cwd=ROOT, env=env,
     )

@@ -15,8 +15,3 @@ def mask_url_credentials(text: str) -> str:
     if "@" not in text:  # the common case costs one scan
         return text
     return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}***@", text)
-
-
-def mask_secret(value: str | None) -> str:
-    """A secret as a repr shows it: whether it is set, never any of it."""
-    return HIDDEN if value else "''"

@@ -83,7 +83,7 @@ _database_url = env_str("DATABASE_URL")
 _supabase_url = env_str("PORTAL_SUPABASE_DB_URL")
 _db_source = "DATABASE_URL" if _database_url else "PORTAL_SUPABASE_DB_URL"
 # An old or misspelt PORTAL_SUPABASE_ name would be ignored without a word, and the gateway would start on another
-# database than the operator meant (below: none at all). CONFIG.md documents one.
+# database than the operator meant (below: none at all). docs/configuration.md documents one.
 for _name in sorted(os.environ):
     if _name.startswith("PORTAL_SUPABASE_") and _name != "PORTAL_SUPABASE_DB_URL":
         fail(_name, "not a setting: the Supabase connection string goes in PORTAL_SUPABASE_DB_URL (or DATABASE_URL)")

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from routerpools.simulator import SimulatorServer
+from simulator import SimulatorServer
 
 ROOT = Path(__file__).resolve().parent.parent
 # Tests about Redis itself use the machine's real Redis even when the suite runs in the embedded

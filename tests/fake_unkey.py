@@ -14,7 +14,6 @@ each limited to some operations with `only`; `advance(ms)` moves the fake's cloc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import secrets
@@ -24,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from simulator.server import BackgroundServer
 
 OPERATIONS = ("createKey", "verifyKey", "updateKey", "deleteKey")
 BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -363,66 +364,14 @@ def create_app(fake: FakeUnkey) -> web.Application:
     return app
 
 
-class FakeUnkeyServer:
-    """Runs the fake in a background thread with its own event loop, like routerpools.simulator.SimulatorServer."""
+class FakeUnkeyServer(BackgroundServer):
+    """Serves the fake from a thread of its own (the simulator's BackgroundServer); `fake` is its state."""
+
+    thread_name = "fake-unkey"
 
     def __init__(self, *, root_key: str, api_id: str, host: str = "127.0.0.1") -> None:
+        super().__init__(host)
         self.fake = FakeUnkey(root_key=root_key, api_id=api_id)
-        self.host = host
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
 
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> FakeUnkeyServer:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        loop = asyncio.new_event_loop()
-
-        async def boot() -> None:
-            runner = web.AppRunner(create_app(self.fake), handler_cancellation=True, access_log=None, shutdown_timeout=0.2)
-            await runner.setup()
-            site = web.TCPSite(runner, self.host, self.port)
-            await site.start()
-            self._runner = runner
-            self.port = runner.addresses[0][1]
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(boot())
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.close()
-
-        self._loop = loop
-        self._thread = threading.Thread(target=run, name="fake-unkey", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failure:
-            self._thread.join()
-            raise failure[0]
-        return self
-
-    def stop(self) -> None:
-        loop, thread, runner = self._loop, self._thread, self._runner
-        if loop is None or thread is None:
-            return
-        if runner is not None and not loop.is_closed():
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=5)
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-        self._loop = self._thread = self._runner = None
+    def make_app(self) -> web.Application:
+        return create_app(self.fake)

@@ -14,13 +14,15 @@ import time
 import uuid
 
 import pytest
+from django.contrib.admin.models import LogEntry
 from django.forms import CheckboxInput, MultiWidget, PasswordInput
 from django.http import HttpResponse
 from django.test import Client
 from django.urls import reverse
 
-from accounts.models import User
+from accounts.models import Organization, User
 from apikeys.models import ApiKey
+from billing.models import LedgerEntry
 from billing.services import plans_seed_defaults
 from routerpools.models import RouterEndpoint, RouterPool, RouterSession
 from tests.conftest import ROOT, issue_key
@@ -223,6 +225,29 @@ def test_api_key_admin_never_shows_the_hash(staff: Client) -> None:
     assert row.prefix.encode() in page.content
     listing = staff.get(reverse("admin:apikeys_apikey_changelist"))
     assert row.key_hash.encode() not in listing.content
+
+
+# --- the ledger: staff credits and adjustments ------------------------------------------------------------
+
+
+def test_a_credit_added_in_the_admin_is_written_by_the_ledger_service(staff: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    import billing.admin
+
+    org = Organization.objects.create(slug="acme", name="Acme")
+    calls: list[dict[str, object]] = []
+    service = billing.admin.ledger_entry_add
+    monkeypatch.setattr(billing.admin, "ledger_entry_add", lambda **kw: calls.append(kw) or service(**kw))
+    add = reverse("admin:billing_ledgerentry_add")
+    response = staff.post(add, {"organization": org.pk, "kind": "credit", "amount_micros": 5_000_000, "memo": "prepaid", "_save": "Save"})
+    assert response.status_code == 302, response.content[:2000]
+    entry = LedgerEntry.objects.get(organization=org)
+    assert (entry.kind, entry.amount_micros, entry.memo, entry.created_by.email) == ("credit", 5_000_000, "prepaid", "staff@example.com")
+    assert [call["kind"] for call in calls] == ["credit"]
+    assert LogEntry.objects.get(object_id=str(entry.pk)).object_repr == str(entry)
+    # Only credits and adjustments are offered; a debit is refused by the form and nothing is written.
+    refused = staff.post(add, {"organization": org.pk, "kind": "debit", "amount_micros": -5, "memo": "", "_save": "Save"})
+    assert refused.status_code == 200
+    assert LedgerEntry.objects.filter(organization=org).count() == 1
 
 
 # --- The door: allauth's sign-in, its limits, and TOTP for staff ---------------------------------------------------

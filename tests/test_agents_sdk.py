@@ -21,7 +21,7 @@ from agents import (
 from gateway.translate.common import ChatMessage
 from gateway.translate.prompt import render_prompt
 from responsestore.models import StoredResponse
-from routerpools.simulator import SimulatorServer, simulated_tokens
+from simulator import SimulatorServer, simulated_tokens
 from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, wait_for
 from usage.models import UsageEvent
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from gateway.translate.common import estimate_tokens
-from routerpools.simulator import simulated_tokens
+from simulator import simulated_tokens
 from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, wait_for, wait_until_gateway_caught_up
 from usage.models import UsageEvent
 
@@ -31,7 +31,7 @@ def client(gateway: LiveGateway, key: IssuedKey | str, **kwargs: Any) -> anthrop
 
 
 def chatml(messages: list[tuple[str, str]], system: str | None = None) -> str:
-    """The prompt ROUTER.md's chatml format makes of a conversation, written out independently of the gateway."""
+    """The prompt docs/router.md's chatml format makes of a conversation, written out independently of the gateway."""
     out = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
     out += "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in messages)
     return out + "<|im_start|>assistant\n"

@@ -1,7 +1,7 @@
 """LangChain's ChatOpenAI (langchain-openai) and ChatAnthropic (langchain-anthropic) against a live gateway.
 
 Invoke and stream through each, as a LangChain user points them at a hosted API (`base_url`, `api_key`): the text
-is the simulator's answer (routerpools/simulator.py `simulated_tokens`, deterministic), the usage LangChain reports
+is the simulator's answer (simulator/tokens.py `simulated_tokens`, deterministic), the usage LangChain reports
 is what the usage row bills, and the request id LangChain exposes is the one the gateway recorded. Nothing leaves
 the machine (tests/support/offline.py): LangSmith tracing is off unless asked for, and nothing else is fetched.
 """
@@ -19,7 +19,7 @@ from langchain_anthropic import ChatAnthropic
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_openai import ChatOpenAI
 
-from routerpools.simulator import SimulatorServer, simulated_tokens
+from simulator import SimulatorServer, simulated_tokens
 from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, wait_for
 from tests.support.offline import loopback_only
 from usage.models import UsageEvent

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from routerpools.simulator import SimulatorServer, simulated_tokens
+from simulator import SimulatorServer, simulated_tokens
 from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, wait_for
 from tests.support.offline import loopback_only
 from usage.models import UsageEvent

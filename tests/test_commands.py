@@ -370,10 +370,12 @@ def test_sync_router_pools_reads_the_environment() -> None:
 # --- run_router_simulator ----------------------------------------------------------------------------
 
 
-def test_run_router_simulator_serves_status() -> None:
+@pytest.mark.parametrize("door", [["manage.py", "run_router_simulator"], ["-m", "simulator"]], ids=["manage.py", "python-m"])
+def test_run_router_simulator_serves_status(door: list[str]) -> None:
+    # Two doors onto one program: the management command and the package's own `python -m simulator`.
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "run_router_simulator", "--port", str(port), "--auth-key", "sim-key"],
+        [sys.executable, *door, "--port", str(port), "--auth-key", "sim-key"],
         cwd=ROOT,
         env=command_env(),
         stdout=subprocess.PIPE,

@@ -164,7 +164,7 @@ def test_makemigrations_runs_without_the_production_secret_and_other_commands_do
     assert refused.returncode == 2 and "SECRET_KEY" in refused.stderr, refused.stderr
 
 
-# --- parse_router_env: the valid formats of CONFIG.md ---------------------------------------------
+# --- parse_router_env: the valid formats of docs/configuration.md ---------------------------------
 
 
 def test_the_config_md_example_parses() -> None:

@@ -14,7 +14,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from routerpools.simulator import SimulatorServer
+from simulator import SimulatorServer
 from tests.conftest import IssuedKey, LiveGateway, issue_key, live_gateway_env, wait_for
 from tests.support.plans import FAST_HEALTH
 from tests.support.traffic import CHAT, post

@@ -12,7 +12,7 @@ import pytest
 from billing.models import Plan
 from gateway.translate.common import estimate_tokens
 from routerpools.models import ModelAlias
-from routerpools.simulator import SimulatorServer, estimate_prompt_tokens, simulated_tokens
+from simulator import SimulatorServer, estimate_prompt_tokens, simulated_tokens
 from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, wait_until_gateway_caught_up, wait_until_usage_written
 from tests.test_enforcement import minute_room
 

@@ -34,7 +34,7 @@ from billing.selectors import organization_balance
 from gateway.limits import MONDAY_OFFSET_S, WEEK_S, format_duration, week_start
 from gateway.translate.common import estimate_tokens
 from routerpools.models import ModelAlias, RouterPool
-from routerpools.simulator import SimulatorServer, estimate_prompt_tokens, simulated_tokens
+from simulator import SimulatorServer, estimate_prompt_tokens, simulated_tokens
 from tests.conftest import (
     ALIAS,
     IssuedKey,

@@ -31,7 +31,7 @@ from apikeys.services import apikey_revoke
 from billing.models import Plan
 from billing.services import plans_seed_defaults
 from routerpools.models import ModelAlias, RouterEndpoint
-from routerpools.simulator import SimulatorServer
+from simulator import SimulatorServer
 from tests.conftest import (
     ALIAS,
     ROOT,

@@ -24,7 +24,7 @@ from gateway.state import state
 from gateway.upstream import upstreams
 from routerpools.config import parse_router_env
 from routerpools.services import router_pools_sync
-from routerpools.simulator import SimulatorServer, simulated_tokens
+from simulator import SimulatorServer, simulated_tokens
 from tests.conftest import ALIAS, issue_key, router_env
 from tests.support.asgi import gateway_client
 from usage.models import RequestLog, UsageEvent

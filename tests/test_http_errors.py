@@ -1,4 +1,4 @@
-"""Raw HTTP against a live gateway: every error of SURFACES.md's table on the three completion routes, exactly."""
+"""Raw HTTP against a live gateway: every error of docs/surfaces.md's table on the three completion routes, exactly."""
 
 from __future__ import annotations
 

@@ -528,18 +528,6 @@ def test_a_cancelled_finish_still_releases_the_slot(prefix: str) -> None:
     run(body)
 
 
-def test_reset_for_tests_clears_the_in_process_counters(prefix: str) -> None:
-    limiter = Limiter(redis_url=None, prefix=prefix, now=Clock())
-    principal = make_principal(make_plan(rpm=2))
-
-    async def body() -> tuple[int, int]:
-        first = len(admitted(await admit_many(limiter, principal, 3)))
-        limiter.reset_for_tests()
-        return first, len(admitted(await admit_many(limiter, principal, 3)))
-
-    assert run(body) == (2, 2)
-
-
 # --- plan allowances ------------------------------------------------------------------------------
 
 

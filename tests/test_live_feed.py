@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import connection, transaction
 
 import usage.selectors as selectors
 from accounts.models import Organization, User
-from routerpools.simulator import SimulatorServer
+from simulator import SimulatorServer
 from tests.conftest import (
     ALIAS,
     IssuedKey,
@@ -30,7 +31,7 @@ from tests.conftest import (
 )
 from tests.portal_support import ensure_site_and_plans, make_org, make_user
 from tests.support.feed import FeedSocket, page_cursor, signed_in_session
-from usage.live import publish_usage_events
+from usage.live import apublish_usage_events
 from usage.models import UsageEvent
 from usage.services import UsageRecord
 
@@ -314,8 +315,8 @@ def test_a_row_in_the_catch_up_is_not_sent_again_when_its_live_event_arrives(
     fresh = stored_row(watcher.org)
     # The live copy of a caught-up row (its batch was published after the socket joined), then a new one: in that
     # order on the socket's channel, so the new one coming first proves the copy was dropped.
-    publish_usage_events([record_of(row)])
-    publish_usage_events([record_of(fresh)])
+    async_to_sync(apublish_usage_events)([record_of(row)])
+    async_to_sync(apublish_usage_events)([record_of(fresh)])
     assert feed.requests_until([fresh.request_id]) == [fresh.request_id]
 
 

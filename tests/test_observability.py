@@ -19,7 +19,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from apikeys.keys import split_key
-from routerpools.simulator import SimulatorServer
+from simulator import SimulatorServer
 from tests.conftest import (
     ALIAS,
     ROUTER_KEY,

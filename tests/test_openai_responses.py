@@ -28,7 +28,7 @@ from gateway.upstream import upstreams
 from responsestore.models import StoredResponse
 from routerpools.config import parse_router_env
 from routerpools.services import router_pools_sync
-from routerpools.simulator import SimulatorServer, simulated_tokens
+from simulator import SimulatorServer, simulated_tokens
 from tests.conftest import (
     ALIAS,
     IssuedKey,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from routerpools.simulator import simulated_tokens
+from simulator import simulated_tokens
 from tests.conftest import ALIAS, IssuedKey, LiveGateway, wait_for
 from usage.models import UsageEvent
 

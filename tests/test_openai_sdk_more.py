@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from gateway.translate.common import estimate_tokens
-from routerpools.simulator import simulated_tokens
+from simulator import simulated_tokens
 from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, wait_for
 from usage.models import UsageEvent
 

@@ -11,7 +11,7 @@ from django.test import Client
 from apikeys.models import ApiKey
 from billing.models import Plan
 from routerpools.models import ModelAlias
-from routerpools.simulator import simulated_tokens
+from simulator import simulated_tokens
 from tests.conftest import ALIAS, LiveGateway, wait_for, wait_until_gateway_caught_up
 from tests.portal_support import Team, ensure_site_and_plans, make_team, portal_settings  # noqa: F401
 from usage.models import UsageEvent

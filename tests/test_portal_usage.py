@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
@@ -18,7 +18,7 @@ from apikeys.models import ApiKey
 from apikeys.services import apikey_create
 from portal.consumers import UsageFeedConsumer
 from tests.portal_support import Team, ensure_site_and_plans, make_team, portal_settings  # noqa: F401
-from usage.live import publish_usage_events
+from usage.live import apublish_usage_events
 from usage.models import UsageEvent
 from usage.selectors import DateRange, date_range_parse
 from usage.services import UsageRecord
@@ -310,8 +310,8 @@ def test_live_feed_sends_the_organizations_new_requests_only(portal_settings) ->
             "events": [],
             "truncated": False,
         }
-        # From a worker thread, as the gateway's usage writer calls it.
-        await sync_to_async(publish_usage_events, thread_sensitive=False)(
+        # As the gateway's usage writer calls it: on its event loop.
+        await apublish_usage_events(
             [_record(team.globex.pk, team.globex_key_id, "req_globex_live"), _record(team.acme.pk, team.acme_key_id, "req_acme_live")]
         )
         got = [await feed.receive_json_from(timeout=5)]

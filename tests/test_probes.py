@@ -14,7 +14,7 @@ import httpx
 import pytest
 from django.db import connection
 
-from routerpools.simulator import SimulatorServer
+from simulator import SimulatorServer
 from tests.conftest import REDIS_FOR_TESTS, IssuedKey, LiveGateway, live_gateway_env, wait_for
 from tests.support.plans import FAST_HEALTH
 from tests.support.relay import CuttableRelay

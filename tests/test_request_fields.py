@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from routerpools.simulator import SimulatorServer, simulated_tokens
+from simulator import SimulatorServer, simulated_tokens
 from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, wait_for
 from usage.models import UsageEvent
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from routerpools.simulator import SimulatorServer
+from simulator import SimulatorServer
 from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, live_gateway_env, wait_for, wait_until_gateway_caught_up
 from tests.test_http_errors import (
     LIMIT,

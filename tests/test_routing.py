@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from gateway.translate.common import estimate_tokens
-from routerpools.simulator import simulated_tokens
+from simulator import simulated_tokens
 from tests.conftest import (
     ALIAS,
     ROUTER_KEY,

@@ -15,7 +15,7 @@ from apikeys.models import ApiKey
 from billing.services import plans_seed_defaults
 from routerpools.config import parse_router_env
 from routerpools.services import router_pools_sync
-from routerpools.simulator import SimulatorServer
+from simulator import SimulatorServer
 from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, live_gateway_env, router_env, wait_for
 from usage.models import RequestLog, UsageEvent
 from usage.services import RequestLogRecord, UsageRecord, usage_record_batch

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from routerpools.simulator import (
+from simulator import (
     VOCABULARY,
     SimulatorServer,
     estimate_prompt_tokens,

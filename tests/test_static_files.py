@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from routerpools.simulator import SimulatorServer
+from simulator import SimulatorServer
 from tests.conftest import ROOT, LiveGateway, live_gateway_env
 
 IMMUTABLE = "max-age=315360000, public, immutable"  # WhiteNoise's header for a file whose name carries its hash

@@ -37,7 +37,7 @@ from django.conf import settings
 
 from routerpools.config import parse_router_env
 from routerpools.services import router_pools_sync
-from routerpools.simulator import SimulatorServer
+from simulator import SimulatorServer
 from tests.conftest import (
     ALIAS,
     METRICS_TOKEN,

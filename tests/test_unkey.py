@@ -37,7 +37,7 @@ from billing.services import organization_create, plans_seed_defaults, subscript
 from gateway.auth import unkey_refusal
 from gateway.errors import AuthenticationFailed, AuthUnavailable, PermissionDenied, QuotaExceeded, RateLimited
 from gateway.invalidation import Scope, record_change
-from routerpools.simulator import SimulatorServer, simulated_tokens
+from simulator import SimulatorServer, simulated_tokens
 from tests import conftest
 from tests.conftest import (
     ALIAS,

@@ -1,6 +1,6 @@
 """Publishing written usage rows to the live usage feed: one channel-layer group per organization.
 
-The gateway's usage writer calls `publish_usage_events(rows)` (or, from the event loop, `apublish_usage_events`)
+The gateway's usage writer calls `apublish_usage_events(rows)` on its event loop
 after a batch is in the database; each organization's open usage pages (portal.consumers.UsageFeedConsumer) get
 their new rows a moment later. Here, below the gateway, so the writer publishes without importing the portal.
 """
@@ -12,7 +12,6 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 log = logging.getLogger("usage.live")
@@ -53,19 +52,9 @@ def _messages(rows: Iterable[Any]) -> dict[int, dict[str, Any]]:
     return {org_id: {"type": MESSAGE_TYPE, "events": events} for org_id, events in by_org.items()}
 
 
-def publish_usage_events(rows: Iterable[Any]) -> None:
-    """Send written usage rows to their organizations' live pages: one message per organization and batch.
-
-    Sync: call it from a worker thread (where usage_record_batch runs), never on the event loop itself. A feed
-    that cannot be reached is logged and skipped: it must never fail the usage write, nor hold it up long.
-    """
-    messages = _messages(rows)
-    if messages:
-        async_to_sync(_send)(messages)
-
-
 async def apublish_usage_events(rows: Iterable[Any]) -> None:
-    """The same from async code (the event loop itself)."""
+    """Send written usage rows to their organizations' live pages: one message per organization and batch. A feed
+    that cannot be reached is logged and skipped: it must never fail the usage write, nor hold it up long."""
     messages = _messages(rows)
     if messages:
         await _send(messages)

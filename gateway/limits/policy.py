@@ -243,14 +243,6 @@ class Limiter:
             return
         self.releases_retried += len(pending)
 
-    def reset_for_tests(self) -> None:
-        self.local.clear()
-        self._binding = None
-        self._circuit_open_until = 0.0
-        self._last_outage_log = -math.inf
-        self.redis_failures = self.fallback_admissions = self.denials = self.releases_retried = 0
-        self._pending_releases = []
-
     async def aclose(self) -> None:
         binding, self._binding = self._binding, None
         if binding is not None and binding.loop is asyncio.get_running_loop():

@@ -135,7 +135,6 @@ class RouterStreamReader:
     __slots__ = (
         "finish_reason",
         "usage",
-        "text_chars",
         "chunks",
         "protocol_errors",
         "dropped_chunks",
@@ -149,8 +148,6 @@ class RouterStreamReader:
     def __init__(self) -> None:
         self.finish_reason: FinishReason | None = None
         self.usage: Usage | None = None
-        # Characters of token text received from the locked miner, for estimating when no usage comes.
-        self.text_chars = 0
         self.chunks = 0
         self.protocol_errors = 0
         self.dropped_chunks = 0
@@ -207,7 +204,6 @@ class RouterStreamReader:
             usage = parse_usage(chunk["usage"])
             if usage is not None:
                 self.usage = usage
-        self.text_chars += len(text)
         return RouterDelta(text, finish, usage, False, chunk)
 
     def _accept(self, chunk: dict[str, Any]) -> bool:

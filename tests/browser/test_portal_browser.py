@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from routerpools.simulator import simulated_tokens
+from simulator import simulated_tokens
 from tests.browser.support import CHROMIUM, DESKTOP, PHONE, PortalServer, link_in, shot
 from tests.conftest import ALIAS
 from tests.portal_support import PASSWORD

@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import connection
 from django.utils import timezone
 
@@ -21,7 +22,7 @@ from accounts.models import Membership, User
 from tests.conftest import LiveGateway, live_gateway_env
 from tests.portal_support import PASSWORD, add_member, ensure_site_and_plans, make_org, make_user
 from tests.support.feed import FeedSocket, feed_refused
-from usage.live import publish_usage_events
+from usage.live import apublish_usage_events
 from usage.services import UsageRecord
 
 SIGNED_OUT, NOT_A_MEMBER = 4401, 4403
@@ -99,7 +100,7 @@ def open_feed() -> Iterator[Callable[..., FeedSocket]]:
 
 def assert_still_streams(feed: FeedSocket, org_id: int) -> None:
     request_id = f"req_alive_{uuid.uuid4().hex[:10]}"
-    publish_usage_events([usage_row(org_id, request_id)])
+    async_to_sync(apublish_usage_events)([usage_row(org_id, request_id)])
     message = feed.receive()
     assert message is not None and message["request_id"] == request_id, message
 

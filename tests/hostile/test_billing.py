@@ -19,7 +19,7 @@ import pytest
 from billing.models import LedgerEntry, ModelPrice, Plan
 from gateway.translate.common import estimate_tokens
 from routerpools.models import ModelAlias, RouterEndpoint, RouterPool, RouterSession
-from routerpools.simulator import SimulatorServer
+from simulator import SimulatorServer
 from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, wait_for, wait_until_gateway_caught_up
 from tests.support.relay import CuttableRelay
 from tests.support.scripted_router import DONE, ScriptedRouter, Step, chunk

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from routerpools.simulator import SimulatorServer
+from simulator import SimulatorServer
 from tests.conftest import METRICS_TOKEN, IssuedKey, LiveGateway, live_gateway_env, wait_for, wait_until_gateway_caught_up
 from tests.portal_support import PASSWORD
 from tests.support.traffic import CHAT, ENVELOPE, MESSAGES, body_for, headers_for, stream_completed

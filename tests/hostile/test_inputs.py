@@ -30,7 +30,7 @@ from gateway.upstream import upstreams
 from routerpools.config import parse_router_env
 from routerpools.models import ModelAlias
 from routerpools.services import router_pools_sync
-from routerpools.simulator import SimulatorServer, simulated_tokens
+from simulator import SimulatorServer, simulated_tokens
 from tests.conftest import ALIAS, IssuedKey, LiveGateway, issue_key, router_env, wait_for, wait_until_gateway_caught_up
 from tests.portal_support import Team, ensure_site_and_plans, make_team
 from tests.support.plans import big_plan

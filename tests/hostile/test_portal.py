@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from routerpools.simulator import SimulatorServer
+from simulator import SimulatorServer
 from tests.conftest import LiveGateway, _database_url_for_live_server, live_gateway_env
 from tests.portal_support import Team, ensure_site_and_plans, make_team
 from tests.test_portal_fuzz import live_client

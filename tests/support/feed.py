@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -19,6 +18,8 @@ import aiohttp
 import httpx
 import pytest
 
+from simulator.server import LoopThread
+
 WAIT_S = 10.0  # every wait fails the test loudly after this long
 
 
@@ -26,9 +27,12 @@ class FeedSocket:
     """One open /portal/ws/usage socket, signed in by a session cookie, with its own event loop thread."""
 
     def __init__(self, base_url: str, session_key: str, *, org: int | None = None, after: str | None = None) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
+        self._loop_thread = LoopThread("feed-socket")
+
+        async def nothing_to_boot() -> None:
+            return None
+
+        self._loop_thread.start(nothing_to_boot)
         query = [f"org={org}"] if org is not None else []
         if after is not None:
             query.append(f"after={quote(after, safe='')}")
@@ -42,7 +46,7 @@ class FeedSocket:
         self.cursor: str | None = after  # the newest cursor the server handed out ("ready", then "cursor" messages)
 
     def _run(self, coro: Any, timeout: float = WAIT_S) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        return self._loop_thread.run(coro, timeout)
 
     async def _open(self, ws_url: str, origin: str, session_key: str) -> tuple[aiohttp.ClientSession, Any]:
         session = aiohttp.ClientSession()
@@ -114,7 +118,7 @@ class FeedSocket:
 
     def close(self) -> None:
         """Close the socket from this side (what a dropped connection is to the server); again is a no-op."""
-        if self.loop.is_closed():
+        if self._loop_thread.loop is None:
             return
 
         async def shut() -> None:
@@ -127,9 +131,7 @@ class FeedSocket:
             self._stop_loop()
 
     def _stop_loop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
-        self.loop.close()
+        self._loop_thread.stop()
 
 
 def feed_refused(base_url: str, session_key: str, *, org: int | None = None) -> bool:

@@ -10,7 +10,7 @@ import pytest
 from billing.services import plans_seed_defaults
 from routerpools.config import parse_router_env
 from routerpools.services import router_pools_sync
-from routerpools.simulator import SimulatorServer
+from simulator import SimulatorServer
 from tests.conftest import IssuedKey, LiveGateway, issue_key, live_gateway_env, router_env, wait_until_gateway_caught_up
 from tests.support.plans import FAST_HEALTH, big_plan
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import threading
+
+from simulator.server import LoopThread
 
 
 class RoundRobinProxy:
@@ -16,30 +17,19 @@ class RoundRobinProxy:
         self.picks: list[int] = []
         self.port = 0
         self._turn = itertools.cycle(range(len(backends)))
-        self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._loop_thread = LoopThread("round-robin-proxy")
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> RoundRobinProxy:
-        ready = threading.Event()
-
         async def boot() -> None:
             self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
             self.port = self._server.sockets[0].getsockname()[1]
 
-        def run() -> None:
-            asyncio.set_event_loop(self._loop)
-            self._loop.run_until_complete(boot())
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="round-robin-proxy", daemon=True)
-        self._thread.start()
-        ready.wait(5)
+        self._loop_thread.start(boot)
         return self
 
     def stop(self) -> None:
@@ -47,11 +37,7 @@ class RoundRobinProxy:
             if self._server is not None:
                 self._server.close()
 
-        if self._thread is not None:
-            asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-            self._thread = None
+        self._loop_thread.stop(close)
 
     async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         index = next(self._turn)  # picked on accept: the order of connections is the order of picks

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
+from simulator.server import BackgroundServer
 
 
 @dataclass
@@ -36,64 +37,25 @@ def chunk(text: str = "", *, finish: str | None = None, usage: tuple[int, int] |
 DONE = b"data: [DONE]\n\n"
 
 
-@dataclass
-class ScriptedRouter:
+class ScriptedRouter(BackgroundServer):
     """Answers every completion with `script`; `finished` counts streams written to their end, `cut` those the
     gateway hung up on before the script was done."""
 
-    script: list[Step] = field(default_factory=list)
-    port: int = 0
-    finished: int = 0
-    cut: int = 0
-    requests: int = 0
-    _loop: asyncio.AbstractEventLoop | None = None
-    _runner: web.AppRunner | None = None
-    _thread: threading.Thread | None = None
+    thread_name = "scripted-router"
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def __init__(self, script: list[Step] | None = None) -> None:
+        super().__init__()
+        self.script: list[Step] = script or []
+        self.finished = 0
+        self.cut = 0
+        self.requests = 0
 
-    def start(self) -> ScriptedRouter:
-        ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-
-        async def boot() -> None:
-            app = web.Application()
-            app.router.add_get("/api/v1/status", self._status)
-            app.router.add_get("/api/v1/ping", self._status)
-            app.router.add_post("/api/v3/completions/{session}", self._complete)
-            self._runner = web.AppRunner(app)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-        def run() -> None:
-            assert self._loop is not None
-            asyncio.set_event_loop(self._loop)
-            self._loop.run_until_complete(boot())
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="scripted-router", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the scripted router did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None or self._thread is None:
-            return
-
-        async def shutdown() -> None:
-            if self._runner is not None:
-                await self._runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._thread = None
+    def make_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/api/v1/status", self._status)
+        app.router.add_get("/api/v1/ping", self._status)
+        app.router.add_post("/api/v3/completions/{session}", self._complete)
+        return app
 
     async def _status(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -216,7 +216,6 @@ def test_text_chunk_becomes_a_delta_carrying_the_raw_chunk() -> None:
     event = chunk("Hel")
     delta = reader.feed(event)
     assert delta == RouterDelta("Hel", None, None, False, json.loads(event.data))
-    assert reader.text_chars == 3
     assert reader.chunks == 1
 
 
@@ -226,7 +225,6 @@ def test_done_gives_a_done_delta_and_nothing_after() -> None:
     assert (delta.done, delta.text, delta.raw) == (True, "", None)
     assert reader.saw_done is True and reader.truncated is False
     assert reader.feed(chunk("late")) is None
-    assert reader.text_chars == 0
 
 
 def test_done_with_surrounding_whitespace_is_recognised() -> None:
@@ -249,7 +247,6 @@ def test_locks_onto_the_first_task_and_drops_other_miners() -> None:
     assert reader.feed(chunk("Y", task=456, finish="stop")) is None
     assert reader.dropped_chunks == 2
     assert reader.saw_finish is False
-    assert reader.text_chars == 2
 
 
 def test_locks_onto_id_when_there_is_no_task_id() -> None:

@@ -1,4 +1,4 @@
-"""Run the Cortensor router simulator in the foreground (a thin door onto routerpools.simulator)."""
+"""Run the Cortensor router simulator in the foreground (a thin door onto the simulator package)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from routerpools.simulator import add_cli_arguments, config_from_options, serve
+from simulator.cli import add_cli_arguments, config_from_options, serve
 
 
 class Command(BaseCommand):
