@@ -34,14 +34,17 @@ test-slow: $(STAMP)
 test-topology: $(STAMP)
 	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) $(PY) -m pytest -q -s -m slow tests/test_topology.py
 
+# mypy's Django plugin imports the settings: DEBUG=1 lets them load without the production secrets, as for
+# migrations-check; nothing connects to the database or Redis.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	DEBUG=1 $(VENV)/bin/mypy
 
 migrations-check: $(STAMP)
 	DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
 
 clean:
-	rm -rf $(VENV) db.sqlite3 test_db.sqlite3 .pytest_cache .ruff_cache
+	rm -rf $(VENV) db.sqlite3 test_db.sqlite3 .pytest_cache .ruff_cache .mypy_cache
 
 bench: $(STAMP)
 	@command -v wrk >/dev/null || { echo "installing wrk from Debian's packages"; \

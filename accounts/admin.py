@@ -50,7 +50,8 @@ class OrganizationAdmin(admin.ModelAdmin):
             org.save(update_fields=["status"])
 
 
-INVITATION_FIELDS = [
+# A tuple rather than a list: the admin stubs type fields as an invariant list of a wider element, which a tuple fits.
+INVITATION_FIELDS = (
     "organization",
     "email",
     "role",
@@ -61,7 +62,7 @@ INVITATION_FIELDS = [
     "accepted_by",
     "cancelled_at",
     "declined_at",
-]
+)
 
 
 @admin.register(Invitation)
@@ -96,7 +97,7 @@ class InvitationAdmin(admin.ModelAdmin):
         return False
 
 
-MEMBERSHIP_EVENT_FIELDS = [
+MEMBERSHIP_EVENT_FIELDS = (
     "organization",
     "email",
     "user",
@@ -107,7 +108,7 @@ MEMBERSHIP_EVENT_FIELDS = [
     "actor_label",
     "source_ip",
     "created_at",
-]
+)
 
 
 @admin.register(MembershipEvent)

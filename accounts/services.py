@@ -11,6 +11,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING, TypedDict
 
 from django.db import transaction
 from django.db.models import Count, Q
@@ -255,15 +256,26 @@ def membership_leave(*, membership: Membership, source_ip: str | None = None) ->
 # --- Deleting an account --------------------------------------------------------------------------------------
 
 
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations  # a dev requirement: for the type checker only
+
+    class _MemberCounts(TypedDict):
+        owners: int
+        members: int
+
+    # An organization as organizations_solely_owned reads it, with its counts (the views show `members`).
+    OwnedOrganization = WithAnnotations[Organization, _MemberCounts]
+
+
 @dataclass(frozen=True, slots=True)
 class DeletionImpact:
     """What deleting an account does to the organizations it alone owns."""
 
-    closing: list[Organization]  # no other member: their active keys are revoked with the account
-    blocking: list[Organization]  # other members would be left without an owner: hand these over first
+    closing: list[OwnedOrganization]  # no other member: their active keys are revoked with the account
+    blocking: list[OwnedOrganization]  # other members would be left without an owner: hand these over first
 
 
-def organizations_solely_owned(*, user: User) -> list[Organization]:
+def organizations_solely_owned(*, user: User) -> list[OwnedOrganization]:
     """Organizations in which this user is the only owner, each with `members`: how many people it has."""
     owned = Membership.objects.filter(user=user, role=Membership.Role.OWNER).values("organization_id")
     # pk__in rather than a join on memberships, so that the counts below see every membership, not only this one.

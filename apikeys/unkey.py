@@ -295,7 +295,7 @@ _client_lock = threading.Lock()
 def unkey_client() -> UnkeyClient:
     """The client for the configured Unkey API; rebuilt only when the settings change (tests override them)."""
     global _client
-    config = {
+    config: dict[str, Any] = {
         "root_key": settings.PORTAL_UNKEY_ROOT_KEY,
         "api_id": settings.PORTAL_UNKEY_API_ID,
         "base_url": settings.PORTAL_UNKEY_BASE_URL,

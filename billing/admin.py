@@ -6,7 +6,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.db import models
-from django.forms import Field
+from django.forms import TypedChoiceField
 from django.http import HttpRequest
 
 from billing.models import (
@@ -55,8 +55,9 @@ class ModelPriceAdmin(admin.ModelAdmin):
     search_fields = ["alias"]
 
 
-ADD_FIELDS = ["organization", "kind", "amount_micros", "memo"]
-ENTRY_FIELDS = [
+# Tuples rather than lists: the admin stubs type fields as an invariant list of a wider element, which a tuple fits.
+ADD_FIELDS = ("organization", "kind", "amount_micros", "memo")
+ENTRY_FIELDS = (
     "organization",
     "kind",
     "amount_micros",
@@ -67,7 +68,7 @@ ENTRY_FIELDS = [
     "output_tokens",
     "created_by",
     "created_at",
-]
+)
 
 
 @admin.register(LedgerEntry)
@@ -96,13 +97,13 @@ class LedgerEntryAdmin(admin.ModelAdmin):
     def amount(self, entry: LedgerEntry) -> str:
         return format_micros(entry.amount_micros)
 
-    def get_fields(self, request: HttpRequest, obj: LedgerEntry | None = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: LedgerEntry | None = None) -> tuple[str, ...]:
         return ADD_FIELDS if obj is None else ENTRY_FIELDS
 
-    def get_readonly_fields(self, request: HttpRequest, obj: LedgerEntry | None = None) -> list[str]:
-        return [] if obj is None else ENTRY_FIELDS
+    def get_readonly_fields(self, request: HttpRequest, obj: LedgerEntry | None = None) -> tuple[str, ...]:
+        return () if obj is None else ENTRY_FIELDS
 
-    def formfield_for_choice_field(self, db_field: models.Field, request: HttpRequest, **kwargs: Any) -> Field:
+    def formfield_for_choice_field(self, db_field: models.Field, request: HttpRequest, **kwargs: Any) -> TypedChoiceField | None:
         if db_field.name == "kind":
             kwargs["choices"] = [(kind.value, kind.label) for kind in MANUAL_KINDS]
         return super().formfield_for_choice_field(db_field, request, **kwargs)

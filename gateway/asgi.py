@@ -13,6 +13,7 @@ import asyncio
 import logging
 import tempfile
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -98,7 +99,7 @@ class GatewayApplication:
         noted.request_id = scope[SCOPE_KEY] = new_request_id()
         request_id_var.set(noted.request_id)
 
-        async def send_noting(message: dict[str, Any]) -> None:
+        async def send_noting(message: Mapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 noted.status = message["status"]
                 headers = message.get("headers") or ()

@@ -13,6 +13,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -37,14 +38,14 @@ WARN_EVERY_S = 10.0
 
 
 
-def presented_key(headers: dict[str, str] | object) -> str | None:
+def presented_key(headers: Mapping[str, str]) -> str | None:
     """The key the caller sent, or None; Bearer wins over x-api-key when both are present."""
-    authorization = headers.get("authorization")  # type: ignore[attr-defined]
+    authorization = headers.get("authorization")
     if authorization:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-    api_key = headers.get("x-api-key")  # type: ignore[attr-defined]
+    api_key = headers.get("x-api-key")
     if api_key and api_key.strip():
         return api_key.strip()
     if authorization:
@@ -52,7 +53,7 @@ def presented_key(headers: dict[str, str] | object) -> str | None:
     return None
 
 
-async def authenticate(headers: object, *, surface: str | None = None) -> Principal:
+async def authenticate(headers: Mapping[str, str], *, surface: str | None = None) -> Principal:
     """The caller's principal, or a GatewayError. `surface` ("openai"/"anthropic") picks the rate-limit headers of
     a 429 from Unkey; without it both families are sent."""
     raw = presented_key(headers)

@@ -257,7 +257,7 @@ def _subclasses(cls: type[GatewayError]) -> list[type[GatewayError]]:
 
 def catalog() -> list[CatalogRow]:
     """Every documented code of every error class, by status then code: the docs page's table."""
-    rows = []
+    rows: list[CatalogRow] = []
     for cls in _subclasses(GatewayError):
         anthropic = cls.anthropic_type + (f" ({cls.anthropic_status})" if cls.anthropic_status else "")
         entries = ([(cls.openai_code or "—", cls.doc)] if cls.doc else []) + list(cls.codes.items())

@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Max, Q
+from django.db.models import Max, Model, Q
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.utils import timezone
 
@@ -169,7 +170,7 @@ def connect_signals() -> None:
     from billing.models import ModelAccessOverride, Plan, PlanSubscription
     from routerpools.models import ModelAlias, RouterEndpoint, RouterPool, RouterSession
 
-    receivers = [
+    receivers: list[tuple[type[Model], Callable[..., None]]] = [
         (ApiKey, _key_changed),
         (Organization, _org_changed),
         (PlanSubscription, _subscription_changed),

@@ -89,7 +89,8 @@ def _register_shutdown() -> None:
     def before_shutdown() -> Deferred:
         return Deferred.fromFuture(asyncio.ensure_future(shutdown()))
 
-    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
+    # Twisted types the reactor as its zope interface, whose methods lack self: mypy shifts the arguments by one.
+    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)  # type: ignore[arg-type]
     # Twisted's own SIGTERM handler stops the reactor at once, and daphne then cancels every request in flight:
     # streams cut mid-answer. Ours, installed once the reactor runs (after Twisted's), drains first.
     reactor.callWhenRunning(_install_graceful_sigterm, reactor)

@@ -15,6 +15,7 @@ import httpx
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.utils import timezone
 
 from gateway import metrics
@@ -94,7 +95,7 @@ class Exchange:
             return now - self.started
         return (self.upstream_started - self.started) + (now - self.upstream_answered)
 
-    def stamp_overhead(self, response: HttpResponse) -> None:
+    def stamp_overhead(self, response: HttpResponseBase) -> None:
         overhead = self.overhead()
         response["x-gateway-overhead-ms"] = f"{overhead * 1000:.2f}"
         metrics.OVERHEAD.labels(self.surface.route).observe(overhead)
@@ -245,7 +246,7 @@ def _router_body(creq: CompletionRequest, route: AliasRoute, prompt: str, reques
     )
 
 
-async def handle_completion(request: HttpRequest, surface: Surface, *, principal: Principal | None = None) -> HttpResponse:
+async def handle_completion(request: HttpRequest, surface: Surface, *, principal: Principal | None = None) -> HttpResponseBase:
     """The whole request path. `principal` is given by callers that authenticated otherwise (the portal's playground)."""
     ex = Exchange(request=request, surface=surface)
     request_id_var.set(ex.request_id)  # every log line of this request (and its stream task) carries it
@@ -367,7 +368,7 @@ class RelayResponse(StreamingHttpResponse):
         self.on_abandon = on_abandon
 
 
-async def _stream(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, body: dict[str, Any], deadline: float) -> HttpResponse:
+async def _stream(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, body: dict[str, Any], deadline: float) -> HttpResponseBase:
     assert ex.route is not None
     ex.upstream_started = time.perf_counter()
     call = await upstreams.call(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from django.http import HttpResponse
 
@@ -148,7 +148,7 @@ class Surface:
     prepare: Callable[[CompletionRequest, int], Awaitable[None]] | None = None
 
     @property
-    def limits_surface(self) -> str:
+    def limits_surface(self) -> Literal["openai", "anthropic"]:
         return "anthropic" if self.anthropic else "openai"
 
     def error_body(self, err: GatewayError, *, request_id: str, model: str | None = None, pool_name: str | None = None) -> dict[str, Any]:

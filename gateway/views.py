@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -55,22 +56,22 @@ def _only(method: str, request: HttpRequest, surface: Surface) -> HttpResponse |
 
 
 @csrf_exempt
-async def chat_completions(request: HttpRequest) -> HttpResponse:
+async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     return _only("POST", request, OPENAI_CHAT) or await handle_completion(request, OPENAI_CHAT)
 
 
 @csrf_exempt
-async def completions(request: HttpRequest) -> HttpResponse:
+async def completions(request: HttpRequest) -> HttpResponseBase:
     return _only("POST", request, ENVELOPE) or await handle_completion(request, ENVELOPE)
 
 
 @csrf_exempt
-async def messages(request: HttpRequest) -> HttpResponse:
+async def messages(request: HttpRequest) -> HttpResponseBase:
     return _only("POST", request, ANTHROPIC_MESSAGES) or await handle_completion(request, ANTHROPIC_MESSAGES)
 
 
 @csrf_exempt
-async def responses(request: HttpRequest) -> HttpResponse:
+async def responses(request: HttpRequest) -> HttpResponseBase:
     return _only("POST", request, OPENAI_RESPONSES) or await handle_completion(request, OPENAI_RESPONSES)
 
 

@@ -80,6 +80,7 @@ def portal_context(request: HttpRequest, *, org: str | None = None) -> PortalCon
     Raises NotAMember when `org` names an organization the user does not belong to.
     """
     user = request.user
+    assert isinstance(user, User)  # portal pages and the portal API require sign-in; for the type checker
     memberships = user_memberships(user)
     if not memberships:
         # Users made in the admin, or whose last organization went away: never a dead end.
@@ -154,6 +155,6 @@ class PortalAPIView(APIView):
 
     def portal(self, request: Request) -> PortalContext:
         try:
-            return portal_context(request, org=request.query_params.get("org") or None)  # type: ignore[arg-type]
+            return portal_context(request, org=request.query_params.get("org") or None)
         except NotAMember:
             raise NotFound("No such organization.") from None

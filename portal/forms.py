@@ -76,7 +76,10 @@ class TransferForm(forms.Form):
 
     def __init__(self, *args: Any, members: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["member"].queryset = members
-        self.fields["member"].label_from_instance = lambda m: (
+        member = self.fields["member"]
+        assert isinstance(member, forms.ModelChoiceField)  # declared above; the stubs know only a Field
+        member.queryset = members
+        # Replaced on this instance, which the field calls like any attribute; the stubs see a method (parameter `obj`).
+        member.label_from_instance = lambda m: (  # type: ignore[method-assign, assignment]
             f"{m.user.name or m.user.email} ({m.user.email}, {m.get_role_display().lower()})"
         )

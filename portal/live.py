@@ -18,6 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.sessions.backends.base import SessionBase
 from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Subquery
@@ -52,7 +53,7 @@ class SocketAccess:
     organization_id: int
 
 
-def _session_store_class() -> type:
+def _session_store_class() -> type[SessionBase]:
     return import_module(settings.SESSION_ENGINE).SessionStore
 
 
@@ -85,10 +86,10 @@ def socket_access(access: SocketAccess) -> int | None:
             return CLOSE_SIGNED_OUT
         password, member, data = row[0], row[1], store_class().decode(row[2])
     else:
-        row = users.values_list("password", "member").first()
-        if row is None:
+        pair = users.values_list("password", "member").first()
+        if pair is None:
             return CLOSE_SIGNED_OUT
-        password, member = row
+        password, member = pair
         data = store_class(access.session_key).load()  # {} once the session is gone or expired
     if not _signed_in(data, User(pk=access.user_id, password=password)):
         return CLOSE_SIGNED_OUT
@@ -169,5 +170,6 @@ def connect_signals() -> None:
     post_save.connect(on_user_saved, sender=User, dispatch_uid="portal.live.user_saved")
     post_delete.connect(on_user_deleted, sender=User, dispatch_uid="portal.live.user_deleted")
     post_delete.connect(on_membership_deleted, sender=Membership, dispatch_uid="portal.live.membership_deleted")
-    model = _session_store_class().get_model_class() if issubclass(_session_store_class(), DatabaseSessionStore) else Session
+    store_class = _session_store_class()
+    model = store_class.get_model_class() if issubclass(store_class, DatabaseSessionStore) else Session
     post_delete.connect(on_session_deleted, sender=model, dispatch_uid="portal.live.session_deleted")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.http import require_POST
 
 from apikeys.issuers import KeyIssuerUnavailable
@@ -78,7 +79,7 @@ def _error(err: GatewayError) -> HttpResponse:
 
 
 @require_POST
-async def playground_completion(request: HttpRequest) -> HttpResponse:
+async def playground_completion(request: HttpRequest) -> HttpResponseBase:
     """POST an OpenAI chat completion body; the answer comes back exactly as /v1/chat/completions sends it."""
     try:
         public_id = await sync_to_async(_playground_key_public_id)(request)

@@ -15,7 +15,7 @@ from typing import Any
 
 from django.db import connections, router
 from django.db.backends.utils import CursorWrapper
-from django.db.models import Model
+from django.db.models import Field, Model
 
 _SQL_CACHE: dict[tuple[str, type[Model], tuple[str, ...]], str] = {}
 
@@ -28,7 +28,7 @@ def insert_ignoring_conflicts(model: type[Model], columns: Sequence[str], rows: 
         return
     connection = connections[router.db_for_write(model)]
     if connection.vendor != "postgresql":
-        model.objects.bulk_create([model(**dict(zip(columns, row, strict=True))) for row in rows], ignore_conflicts=True)
+        model._default_manager.bulk_create([model(**dict(zip(columns, row, strict=True))) for row in rows], ignore_conflicts=True)
         return
     import psycopg
 
@@ -38,7 +38,8 @@ def insert_ignoring_conflicts(model: type[Model], columns: Sequence[str], rows: 
     # Django's wrapper around a server-side-binding cursor: its execute wrappers (gateway.dbstats counts
     # statements), query log (tests' assertNumQueries) and error translation still apply.
     raw = psycopg.Cursor(connection.connection)
-    cursor: CursorWrapper = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
+    # django-stubs type the argument as a CursorWrapper; Django wraps a raw DB-API cursor in one here.
+    cursor: CursorWrapper = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)  # type: ignore[arg-type]
     with cursor:
         cursor.execute(sql, params)
 
@@ -52,7 +53,15 @@ def _postgres_sql(connection: Any, model: type[Model], columns: tuple[str, ...])
         names = ", ".join(qn(by_attname[c].column) for c in columns)
         # Arrays of the base type (varchar, not varchar(64)): an explicit cast to varchar(n) would
         # truncate a long value silently; the insert's assignment cast refuses it as bulk_create does.
-        casts = ", ".join(f"%b::{by_attname[c].db_type(connection).split('(')[0]}[]" for c in columns)
+        casts = ", ".join(f"%b::{_base_type(by_attname[c], connection)}[]" for c in columns)
         sql = f"INSERT INTO {qn(model._meta.db_table)} ({names}) SELECT * FROM unnest({casts}) ON CONFLICT DO NOTHING"
         _SQL_CACHE[key] = sql
     return sql
+
+
+def _base_type(field: Field, connection: Any) -> str:
+    db_type = field.db_type(connection)
+    # Only a field without a column (a many-to-many) has none, and such a field is no attname of a row.
+    if db_type is None:
+        raise TypeError(f"{field} has no column to insert into")
+    return db_type.split("(")[0]

@@ -105,7 +105,7 @@ def aiohttp_transport_keeping_received_bytes(limits: Any) -> Any:
     class Transport(AiohttpTransport):
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
             response = await super().handle_async_request(request)
-            response.stream = KeepsReceivedBytes(response.stream._aiohttp_response)  # type: ignore[attr-defined]
+            response.stream = KeepsReceivedBytes(response.stream._aiohttp_response)  # type: ignore[union-attr]  # private attribute of httpx-aiohttp's stream
             return response
 
     return Transport(limits=limits, trust_env=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, ItemsView, Mapping
 from pprint import pformat
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
@@ -13,11 +13,12 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http.response import HttpResponseBase
 from django.views.debug import ExceptionReporter, SafeExceptionReporterFilter
 from django.views.static import serve
 from rest_framework import status
 from rest_framework.exceptions import APIException, ParseError
-from rest_framework.parsers import JSONParser, get_encoding
+from rest_framework.parsers import JSONParser, get_encoding  # type: ignore[attr-defined]  # DRF has it; its stubs omit it
 
 from portal_project.redact import mask_url_credentials
 
@@ -69,7 +70,7 @@ class BoundedJSONParser(JSONParser):
     The size is bounded before this runs: DRF reads a JSON body through Django's `request.body`, which refuses more
     than DATA_UPLOAD_MAX_MEMORY_SIZE (answered 413 by api_exception_handler)."""
 
-    def parse(self, stream: IO[bytes], media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+    def parse(self, stream: IO[bytes], media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
         encoding = get_encoding(parser_context or {})
         try:
             return json_loads_bounded(stream.read().decode(encoding))
@@ -164,7 +165,7 @@ class PortalSecurityMiddleware:
         return ""
 
 
-def serve_asset(request: HttpRequest, path: str, document_root: str) -> HttpResponse:
+def serve_asset(request: HttpRequest, path: str, document_root: str) -> HttpResponseBase:
     """django.views.static.serve, with a name the filesystem refuses (too long: ENAMETOOLONG) not found, not a 500."""
     try:
         return serve(request, path, document_root=document_root)
@@ -277,10 +278,11 @@ class SecretsFilter(SafeExceptionReporterFilter):
                 parameters[name] = self.cleansed_substitute
         return parameters
 
-    def get_traceback_frame_variables(self, request: HttpRequest | None, tb_frame: FrameType) -> Iterable[tuple[str, Any]]:
-        return [
-            (name, self.cleanse_setting(name, value)) for name, value in super().get_traceback_frame_variables(request, tb_frame)
-        ]
+    def get_traceback_frame_variables(self, request: HttpRequest | None, tb_frame: FrameType) -> ItemsView[str, Any]:
+        # Items of a dict, as Django's own returns (and its stubs declare); the reporter only iterates the pairs.
+        return {
+            name: self.cleanse_setting(name, value) for name, value in super().get_traceback_frame_variables(request, tb_frame)
+        }.items()
 
 
 class SecretsReporter(ExceptionReporter):

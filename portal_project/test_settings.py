@@ -31,4 +31,6 @@ from portal_project.settings import *  # noqa: E402, F403
 # names (the manifest storage would raise for every one). The production storage (hashed names, the manifest) is
 # tested on a live daphne with portal_project.settings after a real collectstatic (tests/test_static_files.py).
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
-STATIC_ROOT = None  # nothing collected: WhiteNoise would warn on every request client that its directory is missing
+# Nothing collected: WhiteNoise would warn on every request client that its directory is missing. (None where the
+# base settings set a Path, which Django allows; mypy typed the name from the base.)
+STATIC_ROOT = None  # type: ignore[assignment]

@@ -175,7 +175,8 @@ def _classes() -> tuple[type, type, type]:
                 return
             super().allContentReceived()
 
-        def connectionLost(self, reason: Any) -> None:
+        # Typed as HTTPChannel's own (no default), which already differs from Protocol's (reason=connectionDone).
+        def connectionLost(self, reason: Any) -> None:  # type: ignore[override]
             _reading.pop(self, None)
             super().connectionLost(reason)
 
@@ -187,14 +188,16 @@ def _classes() -> tuple[type, type, type]:
             started = _reading.pop(self, None) or time.monotonic()
             method, path, client = self._portal_describe()
             self.persistent = False
-            self.transport.write(refusal(status, method=method, path=path, client=client, started=started))
+            assert self.transport is not None  # a channel still reading a request has its connection
+            # Twisted's zope interfaces declare their methods without self, which mypy reads as one argument too many.
+            self.transport.write(refusal(status, method=method, path=path, client=client, started=started))  # type: ignore[call-arg, misc]
             self.loseConnection()
 
         def _portal_describe(self) -> tuple[str, str, str | None]:
             """Method, path (decoded, no query) and client of the request being read, as far as they arrived."""
             command, target = getattr(self, "_command", b""), getattr(self, "_path", b"")
             path = unquote(target.split(b"?", 1)[0].decode("ascii", "replace")) if target else ""
-            peer = self.transport.getPeer() if self.transport is not None else None
+            peer = self.transport.getPeer() if self.transport is not None else None  # type: ignore[misc]  # zope interface: no self
             host = getattr(peer, "host", None)
             forwarded = self.requests[-1].requestHeaders.getRawHeaders(b"x-forwarded-for") if self.requests else None
             return command.decode("ascii", "replace"), path, client_from_forwarded(forwarded, host)

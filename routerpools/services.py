@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 
 from routerpools.config import EnvRouterConfig
 from routerpools.models import ModelAlias, RouterEndpoint, RouterPool, RouterSession
@@ -21,11 +22,15 @@ class SyncResult:
         return bool(self.created or self.updated or self.removed)
 
 
-def _upsert(model: type, lookup: dict, values: dict, counts: list[int], *, on_create: dict | None = None) -> object:
-    obj = model.objects.filter(**lookup).first()
+_M = TypeVar("_M", bound=models.Model)
+
+
+def _upsert(model: type[_M], lookup: dict, values: dict, counts: list[int], *, on_create: dict | None = None) -> _M:
+    # _default_manager is each model's `objects` (none declares another); the stubs know it on any Model class.
+    obj = model._default_manager.filter(**lookup).first()
     if obj is None:
         counts[0] += 1
-        return model.objects.create(**lookup, **values, **(on_create or {}))
+        return model._default_manager.create(**lookup, **values, **(on_create or {}))
     dirty = [name for name, value in values.items() if getattr(obj, name) != value]
     if dirty:
         for name in dirty:
@@ -74,8 +79,8 @@ def _sync_once(config: EnvRouterConfig) -> SyncResult:
             _upsert(RouterSession, {"pool": pool, "session_id": sid}, {"auth_key": key}, counts, on_create=_ENABLED)
         stale_sessions = RouterSession.objects.filter(pool=pool).exclude(session_id__in=spec.sessions)
         counts[2] += stale_sessions.count()
-        for row in stale_sessions:
-            row.delete()
+        for session in stale_sessions:
+            session.delete()
         existing = ModelAlias.objects.filter(alias=spec.alias).first()
         if existing is not None and not existing.env_managed:
             continue  # staff own this alias; the env only supplies the pool

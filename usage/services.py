@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, time, timedelta
 
 from django.db import DataError, IntegrityError, transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Model, Q, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -86,7 +86,8 @@ def usage_record_batch(*, usage: list[UsageRecord], logs: list[RequestLogRecord]
         # A key or organization deleted while its rows waited in the queue, or a value the database
         # refuses: one bad row must not block the batch forever. Write row by row, detaching rows
         # from what is gone and dropping (with an error line) a row the database will never take.
-        for row in [*(UsageEvent(**_values(u)) for u in usage), *(_log_row(log) for log in logs)]:
+        rows: list[UsageEvent | RequestLog] = [*(UsageEvent(**_values(u)) for u in usage), *(_log_row(log) for log in logs)]
+        for row in rows:
             _save_detached(row)
         # From the records, not the detached rows: a deleted key must not spare its organization
         # the bill. Debits of deleted organizations are skipped; a failure here retries the batch.
@@ -116,10 +117,11 @@ def _log_row(log: RequestLogRecord) -> RequestLog:
 
 
 def _save_detached(row: UsageEvent | RequestLog) -> None:
-    model = type(row)
+    # Typed as any model: a union of the two classes would make bulk_create([row]) a union of two signatures.
+    model: type[Model] = type(row)
     try:
         with transaction.atomic():
-            model.objects.bulk_create([row], ignore_conflicts=True)
+            model._default_manager.bulk_create([row], ignore_conflicts=True)
     except DataError as exc:
         logger.error("dropped a %s row the database refuses (%s) request_id=%s", model.__name__, exc.__class__.__name__, row.request_id)
     except IntegrityError:
@@ -129,7 +131,7 @@ def _save_detached(row: UsageEvent | RequestLog) -> None:
         if isinstance(row, UsageEvent) and row.api_key_id is not None and not ApiKey.objects.filter(pk=row.api_key_id).exists():
             row.api_key_id = None
         with transaction.atomic():
-            model.objects.bulk_create([row], ignore_conflicts=True)
+            model._default_manager.bulk_create([row], ignore_conflicts=True)
 
 
 PRUNE_BATCH_SIZE = 5_000
@@ -241,13 +243,13 @@ def _close_run(first: date, last: date) -> list[ClosedDay]:
             total_tokens=group["total"] or 0,
             computed_at=now,
         )
-    for group in debits:
-        key = (group["organization_id"], group["day"], group["alias"])
+    for debit in debits:
+        key = (debit["organization_id"], debit["day"], debit["alias"])
         if key not in rollups:
             # A debit whose event lost its organization (its key was deleted while queued): the
             # money is still owed, so the cost shows even with no requests beside it.
             rollups[key] = UsageDailyRollup(organization_id=key[0], day=key[1], alias=key[2], computed_at=now)
-        rollups[key].cost_micros = -(group["debited"] or 0)
+        rollups[key].cost_micros = -(debit["debited"] or 0)
     UsageDailyRollup.objects.bulk_create(
         list(rollups.values()),
         update_conflicts=True,

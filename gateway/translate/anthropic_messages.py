@@ -241,7 +241,7 @@ class MessagesStreamTranslator:
 
     def start(self) -> bytes:
         self._started = True
-        message = {
+        message: dict[str, Any] = {
             "id": self._message_id,
             "type": "message",
             "role": "assistant",

@@ -7,7 +7,7 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from gateway.errors import InvalidRequest
 from gateway.translate.bounds import (
@@ -221,7 +221,7 @@ class StopMatcher:
 # never a number on the wire, hence the explicit exclusions.
 
 
-def is_int(value: object) -> bool:
+def is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

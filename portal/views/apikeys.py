@@ -13,6 +13,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.csrf import csrf_protect
@@ -151,7 +152,7 @@ def api_key_revoke_page(request: HttpRequest, key_id: int) -> HttpResponse:
 class ApiKeyCollection(PortalAPIView):
     """GET lists the organization's keys (masked); POST creates one and returns the raw key once."""
 
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if not wants_json(request):
             return api_keys_page(request)
         return super().dispatch(request, *args, **kwargs)
@@ -182,7 +183,7 @@ class ApiKeyCollection(PortalAPIView):
         ctx = self.portal(request)
         if not ctx.can_manage_keys:
             raise PermissionDenied(MANAGERS_ONLY)
-        retry_after = rate_limit_usage(request, group=KEY_CREATE_GROUP, rate=settings.PORTAL_RATELIMIT_KEY_CREATE, key="user")  # type: ignore[arg-type]
+        retry_after = rate_limit_usage(request, group=KEY_CREATE_GROUP, rate=settings.PORTAL_RATELIMIT_KEY_CREATE, key="user")
         if retry_after is not None:
             return Response(
                 {"detail": f"Too many keys created; try again in {retry_after} seconds."},
@@ -198,7 +199,7 @@ class ApiKeyCollection(PortalAPIView):
                 created_by=ctx.user,
                 expires_at=body.validated_data["expires_at"],
                 actor_label="portal api",
-                source_ip=client_ip(request),  # type: ignore[arg-type]
+                source_ip=client_ip(request),
             )
         except KeyIssuerUnavailable:
             return Response(
@@ -216,7 +217,7 @@ class ApiKeyCollection(PortalAPIView):
 class ApiKeyDetail(PortalAPIView):
     """GET shows one key (masked); DELETE revokes it. Another organization's key is not found."""
 
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if request.method == "GET" and not wants_json(request):
             return redirect("portal:api-keys")
         return super().dispatch(request, *args, **kwargs)
@@ -238,7 +239,7 @@ class ApiKeyDetail(PortalAPIView):
         key = self._key(ctx, key_id)
         if not ctx.can_manage_keys:
             raise PermissionDenied(MANAGERS_ONLY)
-        revoked = apikey_revoke(api_key=key, actor=ctx.user, actor_label="portal api", source_ip=client_ip(request))  # type: ignore[arg-type]
+        revoked = apikey_revoke(api_key=key, actor=ctx.user, actor_label="portal api", source_ip=client_ip(request))
         revoked.is_playground = key.is_playground  # type: ignore[attr-defined]
         return Response(ApiKeySerializer(revoked).data)
 

@@ -144,7 +144,7 @@ def usage_page(request: HttpRequest) -> HttpResponse:
     )
 
 
-_TOTALS = {
+_TOTALS: dict[str, serializers.Field] = {
     name: serializers.IntegerField() for name in ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens")
 }
 SUMMARY_SCHEMA = inline_serializer(

@@ -23,4 +23,5 @@ class Command(BaseCommand):
         already = key.revoked_at is not None
         key = apikey_revoke(api_key=key, actor_label="manage.py revoke_key")
         state = "was already revoked" if already else "revoked"
+        assert key.revoked_at is not None  # set by apikey_revoke, or before it: for the type checker
         self.stdout.write(f"{key.masked} ({key.name}, {key.organization.slug}) {state} at {key.revoked_at.isoformat()}")

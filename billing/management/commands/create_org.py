@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.validators import validate_email
 from django.db import transaction
+from django.db.models import CharField, Model
 from django.utils.text import slugify
 
 from accounts.models import Organization, User
@@ -28,18 +29,18 @@ class Command(BaseCommand):
         slug = options["slug"].strip()
         if not slug or slugify(slug) != slug:
             raise CommandError(f"--slug must be lowercase letters, digits and dashes, got {slug!r}")
-        slug_max = Organization._meta.get_field("slug").max_length
+        slug_max = _max_length(Organization, "slug")
         if len(slug) > slug_max:
             raise CommandError(f"--slug must be at most {slug_max} characters")
         name = options["name"].strip()
-        name_max = Organization._meta.get_field("name").max_length
+        name_max = _max_length(Organization, "name")
         if not name or len(name) > name_max:
             raise CommandError(f"--name must be 1 to {name_max} characters")
         email = (options["owner_email"] or "").strip()
         if email:
             try:
                 validate_email(email)
-                if len(email) > User._meta.get_field("email").max_length:
+                if len(email) > _max_length(User, "email"):
                     raise ValidationError("too long")
             except ValidationError:
                 raise CommandError(f"--owner-email is not a valid email address: {options['owner_email']!r}") from None
@@ -50,3 +51,9 @@ class Command(BaseCommand):
         except (OrganizationExists, UnknownPlan) as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"created organization {org.slug} (plan {org.plan.slug if org.plan else 'none'})")
+
+
+def _max_length(model: type[Model], name: str) -> int:
+    field = model._meta.get_field(name)
+    assert isinstance(field, CharField) and field.max_length is not None  # each is one; Django requires its max_length
+    return field.max_length
