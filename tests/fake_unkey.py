@@ -7,7 +7,9 @@ and checks `Authorization: Bearer <root key>` on every call.
 
 Knobs: `delay_s` (answer late), `fail_status` (answer that HTTP status with an error body), `malformed`
 (answer 200 with a body that is not JSON), `verify_code` (verifyKey answers that code for every found key),
-each limited to some operations with `only`; `advance(ms)` moves the fake's clock. Every request is recorded
+each limited to some operations with `only`; `fail_next` (the next N calls answer `fail_status`, 503 if unset, then
+the fake is well again) and `drop_next` (the next N calls get their connection closed, no answer) for one-off
+hiccups; `advance(ms)` moves the fake's clock. Every request is recorded
 (operation, JSON body, whether it was authorized); the Authorization header itself is never kept.
 """
 
@@ -80,6 +82,8 @@ class Knobs:
     fail_status: int | None = None
     malformed: bool = False
     verify_code: str | None = None
+    fail_next: int = 0
+    drop_next: int = 0
     only: frozenset[str] | None = None  # None: every operation
 
     def applies(self, operation: str) -> bool:
@@ -339,8 +343,23 @@ def create_app(fake: FakeUnkey) -> web.Application:
         with fake.lock:
             fake.requests.append(RecordedRequest(operation, body, authorized))
             knobs = Knobs(**vars(fake.knobs))
+            # One-off failures count down under the lock, so N means exactly N calls however they interleave.
+            fail_once = drop_once = False
+            if fake.knobs.applies(operation) and fake.knobs.drop_next > 0:
+                fake.knobs.drop_next -= 1
+                drop_once = True
+            elif fake.knobs.applies(operation) and fake.knobs.fail_next > 0:
+                fake.knobs.fail_next -= 1
+                fail_once = True
         if knobs.applies(operation) and knobs.delay_s:
             await asyncio.sleep(knobs.delay_s)
+        if drop_once:
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=500)  # never reaches the client: the connection is gone
+        if fail_once:
+            status = knobs.fail_status or 503
+            return _error_response(ApiError(status, "Service Unavailable", "simulated failure", "https://unkey.com/docs/errors/unkey/application/internal"))
         if knobs.applies(operation) and knobs.fail_status is not None:
             return _error_response(ApiError(knobs.fail_status, "Internal Server Error", "simulated failure", "https://unkey.com/docs/errors/unkey/application/internal"))
         if knobs.applies(operation) and knobs.malformed:
