@@ -5,7 +5,7 @@ It follows the documented shapes: POST-only JSON, `{"meta": {"requestId"}, "data
 createKey, verifyKey (enabled flag, expiry, credits, named fixed-window rate limits), updateKey and deleteKey,
 and checks `Authorization: Bearer <root key>` on every call.
 
-Knobs: `delay_s` (answer late), `fail_status` (answer that HTTP status with an error body), `malformed`
+Knobs: `delay_s` (answer late, plus up to `delay_jitter_s`), `fail_status` (answer that HTTP status with an error body), `malformed`
 (answer 200 with a body that is not JSON), `verify_code` (verifyKey answers that code for every found key),
 each limited to some operations with `only`; `fail_next` (the next N calls answer `fail_status`, 503 if unset, then
 the fake is well again) and `drop_next` (the next N calls get their connection closed, no answer) for one-off
@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import random
 import secrets
 import threading
 import time
@@ -79,6 +80,7 @@ class RecordedRequest:
 @dataclass
 class Knobs:
     delay_s: float = 0.0
+    delay_jitter_s: float = 0.0  # plus up to this much more, uniformly (the benchmark's 20-40 ms Unkey)
     fail_status: int | None = None
     malformed: bool = False
     verify_code: str | None = None
@@ -351,8 +353,8 @@ def create_app(fake: FakeUnkey) -> web.Application:
             elif fake.knobs.applies(operation) and fake.knobs.fail_next > 0:
                 fake.knobs.fail_next -= 1
                 fail_once = True
-        if knobs.applies(operation) and knobs.delay_s:
-            await asyncio.sleep(knobs.delay_s)
+        if knobs.applies(operation) and (knobs.delay_s or knobs.delay_jitter_s):
+            await asyncio.sleep(knobs.delay_s + random.uniform(0, knobs.delay_jitter_s))
         if drop_once:
             assert request.transport is not None
             request.transport.close()
