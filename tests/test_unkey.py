@@ -881,7 +881,7 @@ def test_a_single_unkey_failure_is_retried_and_the_request_succeeds(unkey_gatewa
 
 # --- the verification cache ------------------------------------------------------------------------------------
 
-CACHE_TTL_MS = 1500
+CACHE_TTL_MS = 3000  # long enough for a handful of requests on a loaded machine; the production default is 1000
 
 
 @pytest.fixture(scope="module")
@@ -921,12 +921,12 @@ def test_a_cached_key_makes_one_unkey_call_for_many_requests_then_asks_again_aft
 ) -> None:
     key = issue_key(slug="acme")
     started = time.monotonic()
-    answers = [chat(cached_gateway, key.raw).status_code for _ in range(8)]
+    answers = [chat(cached_gateway, key.raw) for _ in range(5)]
     assert time.monotonic() - started < CACHE_TTL_MS / 1000, "too slow a machine for this test's TTL"
-    assert answers == [200] * 8
+    assert [a.status_code for a in answers] == [200] * 5
     assert verify_calls(unkey_mode, key.raw) == 1
     # The plan's own limiter still counts every request, cached or not.
-    assert chat(cached_gateway, key.raw).headers["x-ratelimit-remaining-requests"] == str(600 - 9)
+    assert answers[-1].headers["x-ratelimit-remaining-requests"] == str(600 - 5)
     time.sleep(CACHE_TTL_MS / 1000 + 0.1)
     assert chat(cached_gateway, key.raw).status_code == 200
     assert verify_calls(unkey_mode, key.raw) == 2
