@@ -20,6 +20,7 @@ reused answer skips, and what covers it:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import re
@@ -179,7 +180,7 @@ class VerificationCache:
         entries = self._entries
         entries.pop(digest, None)
         if len(entries) >= self.max_entries:
-            for old in list(entries)[: max(1, len(entries) // 10)]:  # amortized: a tenth at a time
+            for old in list(itertools.islice(entries, max(1, len(entries) // 10))):  # a tenth at a time: amortized
                 del entries[old]
         entries[digest] = [now + ttl_s, uses, 0, verification]
         self._sweep(now)
@@ -188,7 +189,7 @@ class VerificationCache:
         # Expired entries stay a while for their served count (a busy key's next request reports it); a few swept
         # per insert keeps the dict near the number of keys seen in that while.
         entries = self._entries
-        for old, entry in list(entries.items())[:8]:
+        for old, entry in list(itertools.islice(entries.items(), 8)):  # not a copy of the whole dict per insert
             if entry[0] > now - UNREPORTED_KEPT_S:
                 break
             del entries[old]
