@@ -60,6 +60,15 @@ plan, _ = Plan.objects.update_or_create(slug="bench", defaults={"name": "Bench",
     "window_seconds": 3600, "weekly_requests": 2_000_000_000})
 org = Organization.objects.get(slug="bench"); org.plan = plan; org.save()
 """
+# `--setup minimal`, the setup of the runs before issue 15: one alias, a plan with requests per minute only.
+MINIMAL_SETUP = """
+from accounts.models import Organization
+from billing.models import Plan
+plan, _ = Plan.objects.update_or_create(slug="bench", defaults={"name": "Bench", "requests_per_minute": 1_000_000_000,
+    "tokens_per_minute": None, "concurrent_requests": None, "window_requests": None, "weekly_requests": None})
+org = Organization.objects.get(slug="bench"); org.plan = plan; org.save()
+"""
+SETUP = "production"
 
 
 class BadRouters:
@@ -118,7 +127,7 @@ def sh(*args: str, env: dict[str, str] | None = None) -> str:
 
 
 def base_env(sim_url: str, bad: BadRouters) -> dict[str, str]:
-    pools, sessions = routing(sim_url, bad)
+    pools, sessions = routing(sim_url, bad) if SETUP == "production" else ({"oss-20b": sim_url}, {"oss-20b": [101]})
     env = dict(os.environ)
     env.update(
         {
@@ -147,7 +156,7 @@ def prepare_database(env: dict[str, str]) -> str:
     sh(sys.executable, "manage.py", "migrate", "--noinput", env=env)
     sh(sys.executable, "manage.py", "sync_router_pools", env=env)
     sh(sys.executable, "manage.py", "create_org", "--slug", "bench", "--name", "Bench", "--plan", "pro", env=env)
-    sh(sys.executable, "manage.py", "shell", "-c", BENCH_SETUP, env=env)
+    sh(sys.executable, "manage.py", "shell", "-c", BENCH_SETUP if SETUP == "production" else MINIMAL_SETUP, env=env)
     return sh(sys.executable, "manage.py", "issue_key", "--org", "bench", "--name", "bench", env=env)
 
 
@@ -437,7 +446,11 @@ def main() -> None:
     parser.add_argument("--soak-rate", type=int, default=100)
     parser.add_argument("--unkey", action="store_true", help="instead of the table: Unkey mode, verification cache off and on")
     parser.add_argument("--no-floor", action="store_true", help="skip the Django floor rows")
+    parser.add_argument("--setup", choices=("production", "minimal"), default="production",
+                        help="minimal: one alias and a requests-per-minute plan, as the runs before issue 15")
     args = parser.parse_args()
+    global SETUP
+    SETUP = args.setup
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is not installed (Debian: apt-get install wrk; `make bench` installs it)")
     if args.unkey:
