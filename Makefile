@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PG_URL ?= postgres://postgres@127.0.0.1:5432/portal
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test test-sqlite test-slow test-topology lint migrations-check install bench clean
+.PHONY: run test test-sqlite test-slow test-topology lint migrations-check install bench bench-unkey clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -50,3 +50,9 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || { echo "installing wrk from Debian's packages"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(PY) bench/bench.py --duration 10
+
+# Unkey mode against a fake Unkey 20-40 ms away: the gateway with the verification cache off and on.
+bench-unkey: $(STAMP)
+	@command -v wrk >/dev/null || { echo "installing wrk from Debian's packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	$(PY) bench/bench.py --unkey --duration 10

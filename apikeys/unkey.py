@@ -36,11 +36,16 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,80}$")
 class UnkeyError(Exception):
     """Unkey did not give a usable answer. The message is safe to log and never holds a secret."""
 
-    def __init__(self, operation: str, reason: str, *, status: int | None = None, request_id: str | None = None) -> None:
+    def __init__(
+        self, operation: str, reason: str, *, status: int | None = None, request_id: str | None = None, transient: bool = False
+    ) -> None:
         self.operation = operation
         self.reason = reason
         self.status = status
         self.request_id = request_id
+        # A broken connection or a 5xx: worth one more try. A timeout used the time there was; a 4xx or a malformed
+        # answer would be the same again.
+        self.transient = transient
         where = f" (Unkey request {request_id})" if request_id else ""
         super().__init__(f"Unkey {operation} failed: {reason}{where}")
 
@@ -87,6 +92,7 @@ class Verification:
     identity_external_id: str | None = None
     ratelimits: tuple[RatelimitState, ...] = ()
     expires_ms: int | None = None
+    credits: int | None = None  # remaining uses, when the key has a limited number of them (None: unlimited)
 
 
 class UnkeyClient:
@@ -153,11 +159,14 @@ class UnkeyClient:
         self._post_sync(DELETE, {"keyId": key_id})
 
     # --- verification (async, the gateway's hot path) ----------------------------------------------------
-    async def verify_key(self, key: str, *, ratelimits: list[dict[str, Any]] | None = None) -> Verification:
+    async def verify_key(
+        self, key: str, *, ratelimits: list[dict[str, Any]] | None = None, timeout_s: float | None = None
+    ) -> Verification:
+        """`timeout_s`, when given, replaces the client's deadline for this call (a retry gets what is left)."""
         body: dict[str, Any] = {"key": key}
         if ratelimits:
             body["ratelimits"] = ratelimits
-        return parse_verification(await self._post_async(VERIFY, body))
+        return parse_verification(await self._post_async(VERIFY, body, timeout_s=timeout_s))
 
     async def aclose(self) -> None:
         client, self._async = self._async, None
@@ -206,16 +215,17 @@ class UnkeyClient:
             raise UnkeyError(operation, f"transport error ({exc.__class__.__name__})") from None
         return decode_answer(operation, response.status_code, response.content)
 
-    async def _post_async(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post_async(self, operation: str, body: dict[str, Any], *, timeout_s: float | None = None) -> dict[str, Any]:
         client = self._async_client()
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
         try:
             # One total deadline: httpx's timeouts are per phase (connect, each read), not per call.
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(timeout_s):
                 response = await client.post(self._url(operation), content=_dumps(body), headers=self._headers())
         except (TimeoutError, httpx.TimeoutException):
             raise UnkeyError(operation, f"no answer within {self.timeout_s:g}s") from None
         except httpx.HTTPError as exc:
-            raise UnkeyError(operation, f"transport error ({exc.__class__.__name__})") from None
+            raise UnkeyError(operation, f"transport error ({exc.__class__.__name__})", transient=True) from None
         return decode_answer(operation, response.status_code, response.content)
 
 
@@ -228,16 +238,16 @@ def decode_answer(operation: str, status: int, content: bytes) -> dict[str, Any]
     try:
         payload = json.loads(content)
     except (ValueError, UnicodeDecodeError):
-        raise UnkeyError(operation, f"HTTP {status} with a body that is not JSON", status=status) from None
+        raise UnkeyError(operation, f"HTTP {status} with a body that is not JSON", status=status, transient=status >= 500) from None
     if not isinstance(payload, dict):
-        raise UnkeyError(operation, f"HTTP {status} with a body that is not a JSON object", status=status)
+        raise UnkeyError(operation, f"HTTP {status} with a body that is not a JSON object", status=status, transient=status >= 500)
     meta = payload.get("meta")
     request_id = meta.get("requestId") if isinstance(meta, dict) else None
     if not isinstance(request_id, str) or not _REQUEST_ID_RE.match(request_id):
         request_id = None
     if status >= 400 or "error" in payload:
         hint = {401: " (the root key was refused)", 403: " (the root key lacks a permission)"}.get(status, "")
-        raise UnkeyError(operation, f"HTTP {status}{hint}", status=status, request_id=request_id)
+        raise UnkeyError(operation, f"HTTP {status}{hint}", status=status, request_id=request_id, transient=status >= 500)
     data = payload.get("data")
     if status != 200 or not isinstance(data, dict):
         raise UnkeyError(operation, f"HTTP {status} without a data object", status=status, request_id=request_id)
@@ -283,6 +293,7 @@ def parse_verification(data: dict[str, Any]) -> Verification:
         identity_external_id=external_id if isinstance(external_id, str) else None,
         ratelimits=tuple(states),
         expires_ms=_int(data.get("expires")),
+        credits=_int(data.get("credits")),
     )
 
 

@@ -5,13 +5,26 @@ key, whatever its format, goes to Unkey's verifyKey (which also applies the key'
 keys issued locally before the switch are then unknown to Unkey and refused. A valid answer is cross-checked
 against our own row of the key, so a key revoked here or an organization suspended here is refused even
 while Unkey still says valid.
+
+A valid answer is reused for `PORTAL_UNKEY_CACHE_TTL_S` (about a second), so a busy key costs one Unkey round
+trip a second instead of one per request, and a failed call is retried once within the same deadline. What a
+reused answer skips, and what covers it:
+- Revocation and suspension here: nothing skipped, the cross-check with our own row runs on every request.
+- Revocation, expiry or deletion at Unkey only: seen at the next call, at most one TTL later.
+- Unkey's `requests` rate limit: the plan's limits (gateway/limits/) are applied to every request in both modes;
+  a reused answer serves at most as many requests as Unkey said remained in the key's tightest window, and the
+  requests it served are reported as the cost of the key's next verifyKey, so Unkey's counts stay whole.
+- Credits (a key with a limited number of uses): never reused; every use is counted by Unkey.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import math
 import re
+import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -34,6 +47,9 @@ UNKEY_RATELIMITS = [{"name": "requests", "cost": 1}]
 _UNKEY_CANDIDATE_RE = re.compile(rf"^{KEY_PREFIX}_[A-Za-z0-9_-]{{8,250}}$")
 USAGE_RETRY_AFTER_S = 60  # Unkey says nothing about when used-up credits come back
 WARN_EVERY_S = 10.0
+MAX_CACHED_VERIFICATIONS = 10_000  # distinct keys seen within one TTL; past it the oldest entries go
+UNREPORTED_KEPT_S = 60.0  # an expired entry's served count waits this long for the key's next verifyKey to report it
+MIN_RETRY_S = 0.05  # less time than this left of the deadline: answer 503 rather than a retry that cannot finish
 
 
 
@@ -119,17 +135,112 @@ class _WarningThrottle:
 _unkey_warnings = _WarningThrottle()
 
 
+class VerificationCache:
+    """Valid verifyKey answers for a short while, by a keyed hash of the presented key.
+
+    The hash's key is random per process, so what is held is useless outside it, and the raw key is never kept.
+    All entries share one TTL, so insertion order is expiry order: long-expired entries are swept from the front,
+    and when the cache is full the oldest go first.
+    """
+
+    __slots__ = ("_secret", "_entries", "max_entries")
+
+    def __init__(self, max_entries: int = MAX_CACHED_VERIFICATIONS) -> None:
+        self._secret = secrets.token_bytes(32)
+        # digest -> [expires at (monotonic), uses left, uses served (not yet reported to Unkey), the answer]
+        self._entries: dict[bytes, list[Any]] = {}
+        self.max_entries = max_entries
+
+    def digest(self, raw: str) -> bytes:
+        return hashlib.blake2b(raw.encode(), key=self._secret, digest_size=20).digest()
+
+    def take(self, digest: bytes, now: float) -> Verification | None:
+        """The cached answer, counting one use of it; None when there is none, it expired or its uses ran out."""
+        entry = self._entries.get(digest)
+        if entry is None or entry[0] <= now or entry[1] <= 0:
+            return None
+        entry[1] -= 1
+        entry[2] += 1
+        return entry[3]
+
+    def drop(self, digest: bytes) -> int:
+        """Forget the key's entry; how many requests it served, which Unkey has not counted yet."""
+        entry = self._entries.pop(digest, None)
+        return 0 if entry is None else entry[2]
+
+    def put(self, digest: bytes, verification: Verification, *, now: float, ttl_s: float) -> None:
+        if verification.credits is not None:
+            return  # a key with limited uses: every use must reach Unkey, which counts it
+        # Unkey's rate limits ran on this call; reused, the answer serves no more requests than the tightest window
+        # had left (the plan's own limits run on every request regardless).
+        uses = min((s.remaining for s in verification.ratelimits), default=1 << 30)
+        if verification.expires_ms is not None:
+            ttl_s = min(ttl_s, verification.expires_ms / 1000 - time.time())
+        if uses <= 0 or ttl_s <= 0:
+            return
+        entries = self._entries
+        entries.pop(digest, None)
+        if len(entries) >= self.max_entries:
+            for old in list(itertools.islice(entries, max(1, len(entries) // 10))):  # a tenth at a time: amortized
+                del entries[old]
+        entries[digest] = [now + ttl_s, uses, 0, verification]
+        self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        # Expired entries stay a while for their served count (a busy key's next request reports it); a few swept
+        # per insert keeps the dict near the number of keys seen in that while.
+        entries = self._entries
+        for old, entry in list(itertools.islice(entries.items(), 8)):  # not a copy of the whole dict per insert
+            if entry[0] > now - UNREPORTED_KEPT_S:
+                break
+            del entries[old]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+verification_cache = VerificationCache()
+
+
+async def verify_with_unkey(raw: str, *, cost: int = 1) -> Verification:
+    """verifyKey, retried once on a broken connection or a 5xx when time is left of the one deadline both attempts
+    share (PORTAL_UNKEY_TIMEOUT_MS): a single hiccup of Unkey's is not a 503 for the customer. `cost` counts this
+    request and those served from the cache since the key's last call."""
+    client = unkey_client()
+    ratelimits = UNKEY_RATELIMITS if cost == 1 else [{"name": "requests", "cost": cost}]
+    deadline = time.monotonic() + client.timeout_s
+    try:
+        return await client.verify_key(raw, ratelimits=ratelimits)
+    except UnkeyError as exc:
+        left = deadline - time.monotonic()
+        if not exc.transient or left < MIN_RETRY_S:
+            raise
+        log.info("Unkey verifyKey failed (%s); retrying once", exc.reason)
+    return await client.verify_key(raw, ratelimits=ratelimits, timeout_s=left)
+
+
 async def _authenticate_with_unkey(raw: str, surface: str | None) -> Principal:
     if not _UNKEY_CANDIDATE_RE.match(raw):
         raise AuthenticationFailed()
-    try:
-        verification = await unkey_client().verify_key(raw, ratelimits=UNKEY_RATELIMITS)
-    except UnkeyError as exc:
-        _unkey_warnings.warn(exc)
-        raise AuthUnavailable(headers={"retry-after": "1"}) from None
-    refusal = unkey_refusal(verification, surface=surface)
-    if refusal is not None:
-        raise refusal
+    ttl_s = settings.PORTAL_UNKEY_CACHE_TTL_S
+    now = time.monotonic()
+    digest = verification_cache.digest(raw) if ttl_s > 0 else b""
+    verification = verification_cache.take(digest, now) if ttl_s > 0 else None
+    if verification is None:
+        served = verification_cache.drop(digest) if ttl_s > 0 else 0
+        try:
+            verification = await verify_with_unkey(raw, cost=1 + served)
+        except UnkeyError as exc:
+            _unkey_warnings.warn(exc)
+            raise AuthUnavailable(headers={"retry-after": "1"}) from None
+        refusal = unkey_refusal(verification, surface=surface)
+        if refusal is not None:
+            raise refusal  # refusals are never cached: the next request asks again
+        if ttl_s > 0:
+            verification_cache.put(digest, verification, now=time.monotonic(), ttl_s=ttl_s)
     assert verification.key_id is not None  # parse_verification insists on it for a valid answer
     record = await state.unkey_key_record(verification.key_id)
     if record is None or record.revoked:

@@ -224,6 +224,9 @@ if not PORTAL_UNKEY_BASE_URL.startswith(("https://", "http://")):
     fail("PORTAL_UNKEY_BASE_URL", "must start with https:// (or http:// for a local fake)")
 # Total deadline of one Unkey call; verification runs on every /v1 request, so keep it short.
 PORTAL_UNKEY_TIMEOUT_S = float(env_int("PORTAL_UNKEY_TIMEOUT_MS", 2000, minimum=50)) / 1000
+# A valid verification is reused for this long (gateway/auth.py); 0 asks Unkey on every request. Local revocation
+# and suspension stay immediate either way: our own key record is checked on every request, cached or not.
+PORTAL_UNKEY_CACHE_TTL_S = float(env_int("PORTAL_UNKEY_CACHE_TTL_MS", 1000, minimum=0)) / 1000
 
 # --- Router pools and the gateway ----------------------------------------------------------
 try:

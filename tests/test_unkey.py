@@ -34,7 +34,7 @@ from apikeys.services import apikey_create, apikey_find, apikey_revoke
 from apikeys.unkey import RatelimitSpec, RatelimitState, UnkeyClient, UnkeyError, Verification
 from billing.models import Plan
 from billing.services import organization_create, plans_seed_defaults, subscription_start
-from gateway.auth import unkey_refusal
+from gateway.auth import VerificationCache, unkey_refusal
 from gateway.errors import AuthenticationFailed, AuthUnavailable, PermissionDenied, QuotaExceeded, RateLimited
 from gateway.invalidation import Scope, record_change
 from simulator import SimulatorServer, simulated_tokens
@@ -596,7 +596,10 @@ def test_manage_py_issue_key_with_unkey_refusing_the_root_key_is_one_clean_line(
 def unkey_gateway_process(
     django_db_setup: Any, django_db_blocker: Any, simulator: SimulatorServer, unkey_server: FakeUnkeyServer
 ) -> Iterator[LiveGateway]:
-    env = live_gateway_env(simulator.base_url, **unkey_env(unkey_server, PORTAL_UNKEY_TIMEOUT_MS=str(GATEWAY_TIMEOUT_MS)))
+    # No verification cache here: these tests watch what each of Unkey's answers does to a request.
+    env = live_gateway_env(
+        simulator.base_url, **unkey_env(unkey_server, PORTAL_UNKEY_TIMEOUT_MS=str(GATEWAY_TIMEOUT_MS), PORTAL_UNKEY_CACHE_TTL_MS="0")
+    )
     gateway = LiveGateway(env=env).start()
     yield gateway
     gateway.stop()
@@ -859,3 +862,177 @@ def test_the_gateway_log_never_holds_the_root_key_or_a_customer_key(unkey_gatewa
     assert_root_key_absent(log)
     assert key.raw not in log
     assert json.dumps(ROOT_KEY) not in log
+
+
+def test_a_single_unkey_failure_is_retried_and_the_request_succeeds(unkey_gateway: LiveGateway, unkey_mode: FakeUnkey) -> None:
+    key = issue_key(slug="acme")
+    for knob in ("fail_next", "drop_next"):  # a 503 from Unkey; a connection closed without an answer
+        before = len(unkey_mode.recorded("verifyKey"))
+        unkey_mode.configure(**{knob: 1})
+        response = chat(unkey_gateway, key.raw)
+        assert response.status_code == 200, (knob, response.text)
+        assert len(unkey_mode.recorded("verifyKey")) == before + 2, knob
+    unkey_mode.configure(fail_next=2)  # twice in a row: the one retry fails too, 503 as before
+    response = chat(unkey_gateway, key.raw)
+    assert (response.status_code, response.headers["retry-after"]) == (503, "1")
+    assert chat(unkey_gateway, key.raw).status_code == 200
+
+
+# --- the verification cache ------------------------------------------------------------------------------------
+
+CACHE_TTL_MS = 3000  # long enough for a handful of requests on a loaded machine; the production default is 1000
+
+
+@pytest.fixture(scope="module")
+def cached_gateway_process(
+    django_db_setup: Any, django_db_blocker: Any, simulator: SimulatorServer, unkey_server: FakeUnkeyServer
+) -> Iterator[LiveGateway]:
+    env = live_gateway_env(
+        simulator.base_url,
+        **unkey_env(unkey_server, PORTAL_UNKEY_TIMEOUT_MS=str(GATEWAY_TIMEOUT_MS), PORTAL_UNKEY_CACHE_TTL_MS=str(CACHE_TTL_MS)),
+    )
+    gateway = LiveGateway(env=env).start()
+    yield gateway
+    gateway.stop()
+    assert_root_key_absent(gateway.log())
+
+
+@pytest.fixture
+def cached_gateway(
+    transactional_db: Any, cached_gateway_process: LiveGateway, sim: SimulatorServer, unkey_mode: FakeUnkey
+) -> Iterator[LiveGateway]:
+    live.LIVE_ROUTER_ENV.clear()
+    live.LIVE_ROUTER_ENV.update(router_env(sim.base_url))
+    seed_routing()
+    wait_until_gateway_caught_up(cached_gateway_process)
+    yield cached_gateway_process
+    time.sleep(0.06)
+    wait_until_usage_written(cached_gateway_process)
+    assert_root_key_absent(cached_gateway_process.log())
+
+
+def verify_calls(unkey: FakeUnkey, raw: str) -> int:
+    return sum(1 for body in unkey.recorded("verifyKey") if body["key"] == raw)
+
+
+def test_a_cached_key_makes_one_unkey_call_for_many_requests_then_asks_again_after_the_ttl(
+    cached_gateway: LiveGateway, unkey_mode: FakeUnkey
+) -> None:
+    key = issue_key(slug="acme")
+    started = time.monotonic()
+    answers = [chat(cached_gateway, key.raw) for _ in range(5)]
+    assert time.monotonic() - started < CACHE_TTL_MS / 1000, "too slow a machine for this test's TTL"
+    assert [a.status_code for a in answers] == [200] * 5
+    assert verify_calls(unkey_mode, key.raw) == 1
+    # The plan's own limiter still counts every request, cached or not.
+    assert answers[-1].headers["x-ratelimit-remaining-requests"] == str(600 - 5)
+    time.sleep(CACHE_TTL_MS / 1000 + 0.1)
+    assert chat(cached_gateway, key.raw).status_code == 200
+    assert verify_calls(unkey_mode, key.raw) == 2
+
+
+def test_a_key_revoked_here_is_refused_at_once_though_its_verification_is_cached(
+    cached_gateway: LiveGateway, unkey_mode: FakeUnkey
+) -> None:
+    key = issue_key(slug="acme")
+    assert chat(cached_gateway, key.raw).status_code == 200
+    ApiKey.objects.filter(pk=key.key_id).update(revoked_at=timezone.now())  # behind the service's back: Unkey still says valid
+    record_change(Scope.UNKEY, ApiKey.objects.get(pk=key.key_id).external_id)  # what a save would record
+    assert seconds_until_refused(cached_gateway, key.raw, since=time.monotonic()) < 1.0
+    assert verify_calls(unkey_mode, key.raw) == 1  # refused by our own row, from the cached verification
+
+
+def test_an_organization_suspended_here_is_refused_at_once_though_cached(cached_gateway: LiveGateway, unkey_mode: FakeUnkey) -> None:
+    key = issue_key(slug="acme")
+    assert chat(cached_gateway, key.raw).status_code == 200
+    Organization.objects.filter(pk=key.organization_id).update(status=Organization.Status.SUSPENDED)
+    record_change(Scope.ORG, str(key.organization_id))
+    wait_until_gateway_caught_up(cached_gateway)
+    assert chat(cached_gateway, key.raw).status_code == 403
+    assert verify_calls(unkey_mode, key.raw) == 1
+
+
+def test_a_key_revoked_only_at_unkey_is_refused_within_the_ttl(cached_gateway: LiveGateway, unkey_mode: FakeUnkey) -> None:
+    key = issue_key(slug="acme")
+    assert chat(cached_gateway, key.raw).status_code == 200
+    row = ApiKey.objects.get(pk=key.key_id)
+    with unkey_mode.lock:
+        unkey_mode.keys[row.external_id].enabled = False  # disabled in Unkey's dashboard, say
+    assert seconds_until_refused(cached_gateway, key.raw, since=time.monotonic()) < CACHE_TTL_MS / 1000 + 0.3
+
+
+def test_a_key_with_limited_uses_is_never_served_from_the_cache(cached_gateway: LiveGateway, unkey_mode: FakeUnkey) -> None:
+    key = issue_key(slug="acme")
+    row = ApiKey.objects.get(pk=key.key_id)
+    with unkey_mode.lock:
+        unkey_mode.keys[row.external_id].credits = 3
+    assert [chat(cached_gateway, key.raw).status_code for _ in range(4)] == [200, 200, 200, 429]
+    assert verify_calls(unkey_mode, key.raw) == 4
+    assert unkey_mode.key(row.external_id).credits == 0
+
+
+def test_a_cached_verification_serves_no_more_requests_than_unkeys_window_had_left(
+    cached_gateway: LiveGateway, unkey_mode: FakeUnkey
+) -> None:
+    key = issue_key(slug="acme")
+    row = ApiKey.objects.get(pk=key.key_id)
+    unkey_mode.set_ratelimit(row.external_id, "requests", limit=3, duration=3_600_000)
+    # Unkey's first answer says 2 left: two requests from the cache, then Unkey again, which refuses (3 + 1 > 3).
+    statuses = [chat(cached_gateway, key.raw).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    # The second call reports the two served from the cache with its own: Unkey counted all four.
+    assert [body["ratelimits"] for body in unkey_mode.recorded("verifyKey") if body["key"] == key.raw] == [
+        [{"name": "requests", "cost": 1}], [{"name": "requests", "cost": 3}]
+    ]
+
+
+def test_the_plans_limits_apply_to_requests_served_from_the_cache(cached_gateway: LiveGateway, unkey_mode: FakeUnkey) -> None:
+    small = Plan.objects.create(slug=f"small{secrets.token_hex(3)}", name="Small", requests_per_minute=2)
+    key = issue_key(slug="smallco", plan=small.slug)
+    row = ApiKey.objects.get(pk=key.key_id)
+    unkey_mode.set_ratelimit(row.external_id, "requests", limit=1000)  # Unkey's limit looser than the plan
+    responses = [chat(cached_gateway, key.raw) for _ in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 429]
+    assert responses[-1].headers["x-ratelimit-limit-requests"] == "2"
+    assert verify_calls(unkey_mode, key.raw) == 1  # the 429 is our limiter's, on a cached verification
+
+
+def test_refusals_are_not_cached(cached_gateway: LiveGateway, unkey_mode: FakeUnkey) -> None:
+    key = issue_key(slug="acme")
+    unkey_mode.configure(verify_code="RATE_LIMITED")
+    assert chat(cached_gateway, key.raw).status_code == 429
+    unkey_mode.configure(verify_code=None)
+    assert chat(cached_gateway, key.raw).status_code == 200
+    assert verify_calls(unkey_mode, key.raw) == 2
+
+
+def _valid(**fields: Any) -> Verification:
+    return Verification(valid=True, code="VALID", key_id="key_1", **fields)
+
+
+def test_the_verification_cache_holds_a_keyed_hash_not_the_key_and_is_bounded() -> None:
+    cache = VerificationCache(max_entries=50)
+    raw = "ctr_" + secrets.token_urlsafe(32)
+    digest = cache.digest(raw)
+    assert digest != hashlib.sha256(raw.encode()).digest() and digest == cache.digest(raw)
+    assert VerificationCache().digest(raw) != digest  # a secret of its own per process
+    cache.put(digest, _valid(), now=0.0, ttl_s=1.0)
+    assert raw not in repr(cache._entries) and raw.encode() not in b"".join(cache._entries)
+    assert cache.take(digest, 0.5) is not None and cache.take(digest, 1.0) is None
+    assert (cache.drop(digest), len(cache)) == (1, 0)  # what it served, for the next verifyKey to report
+    for i in range(500):
+        cache.put(cache.digest(f"ctr_{i:040d}"), _valid(), now=float(i) / 1000, ttl_s=1.0)
+        assert len(cache) <= 50
+    assert cache.take(cache.digest(f"ctr_{499:040d}"), 0.5) is not None  # the newest stay
+
+
+def test_the_verification_cache_skips_limited_uses_and_counts_down_a_window() -> None:
+    cache = VerificationCache()
+    cache.put(b"a", _valid(credits=10), now=0.0, ttl_s=1.0)
+    assert cache.take(b"a", 0.1) is None
+    window = RatelimitState("requests", 5, 2, 0, False)
+    cache.put(b"b", _valid(ratelimits=(window,)), now=0.0, ttl_s=1.0)
+    assert [cache.take(b"b", 0.1) is not None for _ in range(3)] == [True, True, False]
+    assert cache.drop(b"b") == 2
+    cache.put(b"c", _valid(expires_ms=int(time.time() * 1000) - 1), now=0.0, ttl_s=1.0)  # expired at Unkey meanwhile
+    assert cache.take(b"c", 0.1) is None

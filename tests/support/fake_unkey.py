@@ -5,9 +5,11 @@ It follows the documented shapes: POST-only JSON, `{"meta": {"requestId"}, "data
 createKey, verifyKey (enabled flag, expiry, credits, named fixed-window rate limits), updateKey and deleteKey,
 and checks `Authorization: Bearer <root key>` on every call.
 
-Knobs: `delay_s` (answer late), `fail_status` (answer that HTTP status with an error body), `malformed`
+Knobs: `delay_s` (answer late, plus up to `delay_jitter_s`), `fail_status` (answer that HTTP status with an error body), `malformed`
 (answer 200 with a body that is not JSON), `verify_code` (verifyKey answers that code for every found key),
-each limited to some operations with `only`; `advance(ms)` moves the fake's clock. Every request is recorded
+each limited to some operations with `only`; `fail_next` (the next N calls answer `fail_status`, 503 if unset, then
+the fake is well again) and `drop_next` (the next N calls get their connection closed, no answer) for one-off
+hiccups; `advance(ms)` moves the fake's clock. Every request is recorded
 (operation, JSON body, whether it was authorized); the Authorization header itself is never kept.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 import secrets
 import threading
 import time
@@ -78,9 +81,12 @@ class RecordedRequest:
 @dataclass
 class Knobs:
     delay_s: float = 0.0
+    delay_jitter_s: float = 0.0  # plus up to this much more, uniformly (the benchmark's 20-40 ms Unkey)
     fail_status: int | None = None
     malformed: bool = False
     verify_code: str | None = None
+    fail_next: int = 0
+    drop_next: int = 0
     only: frozenset[str] | None = None  # None: every operation
 
     def applies(self, operation: str) -> bool:
@@ -340,8 +346,23 @@ def create_app(fake: FakeUnkey) -> web.Application:
         with fake.lock:
             fake.requests.append(RecordedRequest(operation, body, authorized))
             knobs = Knobs(**vars(fake.knobs))
-        if knobs.applies(operation) and knobs.delay_s:
-            await asyncio.sleep(knobs.delay_s)
+            # One-off failures count down under the lock, so N means exactly N calls however they interleave.
+            fail_once = drop_once = False
+            if fake.knobs.applies(operation) and fake.knobs.drop_next > 0:
+                fake.knobs.drop_next -= 1
+                drop_once = True
+            elif fake.knobs.applies(operation) and fake.knobs.fail_next > 0:
+                fake.knobs.fail_next -= 1
+                fail_once = True
+        if knobs.applies(operation) and (knobs.delay_s or knobs.delay_jitter_s):
+            await asyncio.sleep(knobs.delay_s + random.uniform(0, knobs.delay_jitter_s))
+        if drop_once:
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=500)  # never reaches the client: the connection is gone
+        if fail_once:
+            status = knobs.fail_status or 503
+            return _error_response(ApiError(status, "Service Unavailable", "simulated failure", "https://unkey.com/docs/errors/unkey/application/internal"))
         if knobs.applies(operation) and knobs.fail_status is not None:
             return _error_response(ApiError(knobs.fail_status, "Internal Server Error", "simulated failure", "https://unkey.com/docs/errors/unkey/application/internal"))
         if knobs.applies(operation) and knobs.malformed:
