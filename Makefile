@@ -38,6 +38,7 @@ test-topology: $(STAMP)
 # migrations-check; nothing connects to the database or Redis.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	DEBUG=1 $(VENV)/bin/mypy
 
 migrations-check: $(STAMP)

@@ -22,7 +22,17 @@ class ApiKeyAdmin(admin.ModelAdmin):
     list_filter = ["issuer"]
     search_fields = ["prefix", "name", "organization__slug"]
     exclude = ["key_hash"]
-    readonly_fields = ["public_id", "prefix", "last_four", "issuer", "external_id", "created_at", "last_used_at", "revoked_at", "created_by"]
+    readonly_fields = [
+        "public_id",
+        "prefix",
+        "last_four",
+        "issuer",
+        "external_id",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+        "created_by",
+    ]
     inlines = [ApiKeyEventInline]
     actions = ["revoke"]
 

@@ -113,7 +113,9 @@ def unkey_sync_plan(*, organization: Organization) -> tuple[int, int]:
     """
     from apikeys.models import ApiKey
 
-    live = ApiKey.objects.filter(organization=organization, issuer=ApiKey.Issuer.UNKEY, revoked_at__isnull=True).exclude(external_id="")
+    live = ApiKey.objects.filter(organization=organization, issuer=ApiKey.Issuer.UNKEY, revoked_at__isnull=True).exclude(
+        external_id=""
+    )
     updated = failed = 0
     for key_id, external_id in live.values_list("pk", "external_id"):
         meta, ratelimits = unkey_plan_fields(organization, key_id)

@@ -22,8 +22,15 @@ class KeyRecord:
 
 
 _RECORD_FIELDS = (
-    "id", "public_id", "key_hash", "expires_at", "revoked_at",
-    "organization__id", "organization__slug", "organization__status", "organization__plan_id",
+    "id",
+    "public_id",
+    "key_hash",
+    "expires_at",
+    "revoked_at",
+    "organization__id",
+    "organization__slug",
+    "organization__status",
+    "organization__plan_id",
 )
 
 

@@ -117,9 +117,7 @@ def expiry_in_days(days: int | None) -> datetime | None:
         raise ValueError("expiry days is too large") from None
 
 
-def apikey_revoke(
-    *, api_key: ApiKey, actor: User | None = None, actor_label: str = "", source_ip: str | None = None
-) -> ApiKey:
+def apikey_revoke(*, api_key: ApiKey, actor: User | None = None, actor_label: str = "", source_ip: str | None = None) -> ApiKey:
     with transaction.atomic():
         # Lock the row so two concurrent revokes write one audit event.
         locked = ApiKey.objects.select_for_update().get(pk=api_key.pk)
@@ -161,9 +159,7 @@ def apikey_list(*, organization: Organization) -> QuerySet[ApiKey]:
 def apikeys_touch_last_used(*, last_used: dict[int, datetime]) -> None:
     """Record when keys were last used; a plain UPDATE so no cache is invalidated by it."""
     for key_id, when in last_used.items():
-        ApiKey.objects.filter(pk=key_id).filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=when)).update(
-            last_used_at=when
-        )
+        ApiKey.objects.filter(pk=key_id).filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=when)).update(last_used_at=when)
 
 
 # --- Portal: the playground's internal key -------------------------------------------------------

@@ -238,9 +238,13 @@ def decode_answer(operation: str, status: int, content: bytes) -> dict[str, Any]
     try:
         payload = json.loads(content)
     except (ValueError, UnicodeDecodeError):
-        raise UnkeyError(operation, f"HTTP {status} with a body that is not JSON", status=status, transient=status >= 500) from None
+        raise UnkeyError(
+            operation, f"HTTP {status} with a body that is not JSON", status=status, transient=status >= 500
+        ) from None
     if not isinstance(payload, dict):
-        raise UnkeyError(operation, f"HTTP {status} with a body that is not a JSON object", status=status, transient=status >= 500)
+        raise UnkeyError(
+            operation, f"HTTP {status} with a body that is not a JSON object", status=status, transient=status >= 500
+        )
     meta = payload.get("meta")
     request_id = meta.get("requestId") if isinstance(meta, dict) else None
     if not isinstance(request_id, str) or not _REQUEST_ID_RE.match(request_id):

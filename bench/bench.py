@@ -115,8 +115,15 @@ def routing(sim_url: str, bad: BadRouters) -> tuple[dict[str, Any], dict[str, An
     sessions: dict[str, Any] = {"oss-20b": [101]}
     for n, alias in enumerate(("llama-8b", "qwen-7b", "mistral-7b", "gemma-9b"), start=102):
         pools[alias], sessions[alias] = sim_url, [n]
-    broken = {"phi-3": down[0], "yi-9b": down[1], "falcon-7b": hang, "olmo-7b": hang, "deepseek-7b": drop,
-              "granite-8b": drop, "mixed-8b": [sim_url, down[0], hang, drop]}
+    broken = {
+        "phi-3": down[0],
+        "yi-9b": down[1],
+        "falcon-7b": hang,
+        "olmo-7b": hang,
+        "deepseek-7b": drop,
+        "granite-8b": drop,
+        "mixed-8b": [sim_url, down[0], hang, drop],
+    }
     for n, (alias, url) in enumerate(broken.items(), start=201):
         pools[alias], sessions[alias] = url, [n]
     return pools, sessions
@@ -185,14 +192,22 @@ def wrk(url: str, *, connections: int, duration: int, body: dict, headers: dict[
     os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     stats = json.loads(out.split("JSON ", 1)[1].splitlines()[0])
-    return {"rps": round(rps, 1), "p50_ms": stats["p50"] / 1000, "p99_ms": stats["p99"] / 1000, "requests": stats["requests"],
-            "errors": stats["errors"]}
+    return {
+        "rps": round(rps, 1),
+        "p50_ms": stats["p50"] / 1000,
+        "p99_ms": stats["p99"] / 1000,
+        "requests": stats["requests"],
+        "errors": stats["errors"],
+    }
 
 
 def start_daphne(env: dict[str, str], port: int, app: str = "portal_project.asgi:application") -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port), app],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     for _ in range(150):
         try:
@@ -232,7 +247,9 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
     return out
 
 
-def sequential(port: int, path: str, body: dict, headers: dict[str, str], pid: int | None = None, count: int = 4000) -> dict[str, Any]:
+def sequential(
+    port: int, path: str, body: dict, headers: dict[str, str], pid: int | None = None, count: int = 4000
+) -> dict[str, Any]:
     """One keep-alive connection, one request at a time, from a plain socket client: latency percentiles
     that include every request (wrk's at one connection do not add up to its own request rate), and the
     server's CPU per request by thread, from /proc."""
@@ -271,7 +288,11 @@ def sequential(port: int, path: str, body: dict, headers: dict[str, str], pid: i
         "p90_ms": round(latencies[int(count * 0.9)], 3),
         "p99_ms": round(latencies[int(count * 0.99)], 3),
         "max_ms": round(latencies[-1], 2),
-        **({"cpu_ms_per_request": {k: round((cpu_after.get(k, 0.0) - v) * 1000 / count, 3) for k, v in cpu_before.items()}} if pid else {}),
+        **(
+            {"cpu_ms_per_request": {k: round((cpu_after.get(k, 0.0) - v) * 1000 / count, 3) for k, v in cpu_before.items()}}
+            if pid
+            else {}
+        ),
     }
 
 
@@ -311,8 +332,14 @@ async def hold_streams(url: str, key: str, count: int, pid: int) -> dict[str, An
         elapsed = time.perf_counter() - started
         done.set()
         await sampler
-    return {"streams": count, "completed": ok, "errors": errors, "rss_before_mb": round(before, 1), "peak_rss_mb": round(peak, 1),
-            "seconds": round(elapsed, 2)}
+    return {
+        "streams": count,
+        "completed": ok,
+        "errors": errors,
+        "rss_before_mb": round(before, 1),
+        "peak_rss_mb": round(peak, 1),
+        "seconds": round(elapsed, 2),
+    }
 
 
 async def soak(url: str, key: str, seconds: int, rate: int, pid: int) -> dict[str, Any]:
@@ -353,8 +380,18 @@ async def soak(url: str, key: str, seconds: int, rate: int, pid: int) -> dict[st
             await asyncio.sleep(0.002)
         await asyncio.gather(*tasks)
     warm = [rss for t, rss in samples if t >= min(60, seconds / 5)] or [samples[-1][1]]
-    return {"seconds": seconds, "rate": rate, "sent": sent, "ok": ok, "errors": errors, "request_ids": request_ids, "rss_samples": samples,
-            "rss_after_warmup_mb": warm[0], "rss_end_mb": samples[-1][1], "rss_growth_after_warmup_mb": round(samples[-1][1] - warm[0], 1)}
+    return {
+        "seconds": seconds,
+        "rate": rate,
+        "sent": sent,
+        "ok": ok,
+        "errors": errors,
+        "request_ids": request_ids,
+        "rss_samples": samples,
+        "rss_after_warmup_mb": warm[0],
+        "rss_end_mb": samples[-1][1],
+        "rss_growth_after_warmup_mb": round(samples[-1][1] - warm[0], 1),
+    }
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -393,19 +430,25 @@ def unkey_bench(args: argparse.Namespace) -> None:
     fake.fake.configure(delay_s=0.020, delay_jitter_s=0.020, only=["verifyKey"])
     sim = SimulatorServer(port=0, answer_tokens=64).start()
     bad = BadRouters(BAD_ROUTER_PORT).start()
-    unkey = {"PORTAL_KEY_ISSUER": "unkey", "PORTAL_UNKEY_ROOT_KEY": root_key, "PORTAL_UNKEY_API_ID": api_id,
-             "PORTAL_UNKEY_BASE_URL": fake.base_url}
+    unkey = {
+        "PORTAL_KEY_ISSUER": "unkey",
+        "PORTAL_UNKEY_ROOT_KEY": root_key,
+        "PORTAL_UNKEY_API_ID": api_id,
+        "PORTAL_UNKEY_BASE_URL": fake.base_url,
+    }
     env = {**base_env(sim.base_url, bad), **unkey}
     key = prepare_database(env)
     local_env = {**env, "PORTAL_KEY_ISSUER": "local"}
     local_key = sh(sys.executable, "manage.py", "issue_key", "--org", "bench", "--name", "bench-local", env=local_env)
     rows: list[dict[str, Any]] = []
     count = 500
-    for n, (label, overrides) in enumerate((
-        ("local key (reference)", {"PORTAL_KEY_ISSUER": "local"}),
-        ("unkey, no cache", {"PORTAL_UNKEY_CACHE_TTL_MS": "0"}),
-        ("unkey, cache 1 s", {"PORTAL_UNKEY_CACHE_TTL_MS": "1000"}),
-    )):
+    for n, (label, overrides) in enumerate(
+        (
+            ("local key (reference)", {"PORTAL_KEY_ISSUER": "local"}),
+            ("unkey, no cache", {"PORTAL_UNKEY_CACHE_TTL_MS": "0"}),
+            ("unkey, cache 1 s", {"PORTAL_UNKEY_CACHE_TTL_MS": "1000"}),
+        )
+    ):
         port = UNKEY_PORT + n
         auth = {"Content-Type": "application/json", "Authorization": f"Bearer {local_key if n == 0 else key}"}
         proc = start_daphne({**env, **overrides}, port)
@@ -420,19 +463,26 @@ def unkey_bench(args: argparse.Namespace) -> None:
             stop(proc)
         per_request = calls / (count + 200)  # sequential() sends 200 warm-up requests first
         rows.append({"target": label, "sequential": seq, "verify_calls_per_request": round(per_request, 3), "wrk_c32": w})
-        print(f"  {label:24} sequential p50 {seq['p50_ms']:.2f} ms, p90 {seq['p90_ms']:.2f}, p99 {seq['p99_ms']:.2f}, "
-              f"{per_request:.3f} verifyKey calls a request; c=32 {w['rps']:.0f} req/s, p50 {w['p50_ms']:.2f} ms, "
-              f"{w['errors']} errors", flush=True)
+        print(
+            f"  {label:24} sequential p50 {seq['p50_ms']:.2f} ms, p90 {seq['p90_ms']:.2f}, p99 {seq['p99_ms']:.2f}, "
+            f"{per_request:.3f} verifyKey calls a request; c=32 {w['rps']:.0f} req/s, p50 {w['p50_ms']:.2f} ms, "
+            f"{w['errors']} errors",
+            flush=True,
+        )
     sim.stop()
     bad.stop()
     fake.stop()
     local, off, on = (r["sequential"]["p50_ms"] for r in rows)
-    print(f"\nUnkey 20-40 ms away, sequential p50: {off:.2f} ms without the cache, {on:.2f} ms with it, {local:.2f} ms checked locally "
-          f"(the cache adds {on - local:+.2f} ms over the local check); c=32: "
-          + ", ".join(f"{r['target']} {r['wrk_c32']['rps']:.0f} req/s" for r in rows))
+    print(
+        f"\nUnkey 20-40 ms away, sequential p50: {off:.2f} ms without the cache, {on:.2f} ms with it, {local:.2f} ms checked locally "
+        f"(the cache adds {on - local:+.2f} ms over the local check); c=32: "
+        + ", ".join(f"{r['target']} {r['wrk_c32']['rps']:.0f} req/s" for r in rows)
+    )
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "unkey.json").write_text(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}, indent=2))
+    (out_dir / "unkey.json").write_text(
+        json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}, indent=2)
+    )
     print("written bench/results/unkey.json")
 
 
@@ -446,8 +496,12 @@ def main() -> None:
     parser.add_argument("--soak-rate", type=int, default=100)
     parser.add_argument("--unkey", action="store_true", help="instead of the table: Unkey mode, verification cache off and on")
     parser.add_argument("--no-floor", action="store_true", help="skip the Django floor rows")
-    parser.add_argument("--setup", choices=("production", "minimal"), default="production",
-                        help="minimal: one alias and a requests-per-minute plan, as the runs before issue 15")
+    parser.add_argument(
+        "--setup",
+        choices=("production", "minimal"),
+        default="production",
+        help="minimal: one alias and a requests-per-minute plan, as the runs before issue 15",
+    )
     args = parser.parse_args()
     global SETUP
     SETUP = args.setup
@@ -469,14 +523,19 @@ def main() -> None:
     def run(target: str, url: str, body: dict, headers: dict[str, str], c: int, kind: str = "non-stream") -> None:
         r = wrk(url, connections=c, duration=args.duration, body=body, headers=headers)
         results.append({"target": target, "kind": kind, "connections": c, **r})
-        print(f"  {target:28} {kind:10} c={c:<3} {r['rps']:>8.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms", flush=True)
+        print(
+            f"  {target:28} {kind:10} c={c:<3} {r['rps']:>8.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms",
+            flush=True,
+        )
 
     def seq(name: str, port: int, path: str, body: dict, headers: dict[str, str], pid: int | None = None) -> None:
         r = sequential(port, path, body, headers, pid, count=4000 if pid else 2000)
         extra["sequential"][name] = r
         cpu = f"; CPU per request {r['cpu_ms_per_request']}" if "cpu_ms_per_request" in r else ""
-        print(f"  sequential, one connection, {name}: p50 {r['p50_ms']} ms, p90 {r['p90_ms']}, p99 {r['p99_ms']}, max {r['max_ms']}{cpu}",
-              flush=True)
+        print(
+            f"  sequential, one connection, {name}: p50 {r['p50_ms']} ms, p90 {r['p90_ms']}, p99 {r['p99_ms']}, max {r['max_ms']}{cpu}",
+            flush=True,
+        )
 
     direct_url = f"{sim.base_url}/api/v3/completions/101"
     for c in conns:
@@ -534,10 +593,15 @@ def main() -> None:
     bad.stop()
 
     def base(r: dict[str, Any], target: str) -> dict[str, Any] | None:
-        return next((x for x in results if x["target"] == target and x["connections"] == r["connections"] and x["kind"] == r["kind"]), None)
+        return next(
+            (x for x in results if x["target"] == target and x["connections"] == r["connections"] and x["kind"] == r["kind"]),
+            None,
+        )
 
-    print(f"\n{'target':28} {'kind':10} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'+p50 vs direct':>15} "
-          f"{'+p50 vs pass':>13} {'x passthrough':>14} {'errors':>7}")
+    print(
+        f"\n{'target':28} {'kind':10} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'+p50 vs direct':>15} "
+        f"{'+p50 vs pass':>13} {'x passthrough':>14} {'errors':>7}"
+    )
     for r in results:
         direct = base(r, "direct-to-router")
         through = base(r, "asgi passthrough")
@@ -547,8 +611,10 @@ def main() -> None:
         added = f"{r['added_p50_ms']:.2f}" if r["added_p50_ms"] is not None else "-"
         added_pass = f"{r['added_p50_vs_passthrough_ms']:.2f}" if r["added_p50_vs_passthrough_ms"] is not None else "-"
         ratio = f"{r['ratio_to_passthrough']:.2f}x" if r["ratio_to_passthrough"] is not None else "-"
-        print(f"{r['target']:28} {r['kind']:10} {r['connections']:>5} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-              f"{added:>15} {added_pass:>13} {ratio:>14} {r['errors']:>7}")
+        print(
+            f"{r['target']:28} {r['kind']:10} {r['connections']:>5} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+            f"{added:>15} {added_pass:>13} {ratio:>14} {r['errors']:>7}"
+        )
 
     # The figures the targets are stated in, each against the passthrough measured in this same run.
     gw = [r for r in results if r["target"] == "gateway (aiohttp)"]
@@ -564,12 +630,18 @@ def main() -> None:
             ratios[label] = {"passthrough": p["rps"], "gateway": g["rps"], "ratio": round(g["rps"] / p["rps"], 2)}
     g1, p1 = pick(gw, "non-stream", 1), pick(pt, "non-stream", 1)
     if g1 and p1:
-        ratios["p50 one conn, wrk (ms)"] = {"passthrough": p1["p50_ms"], "gateway": g1["p50_ms"],
-                                             "added": round(g1["p50_ms"] - p1["p50_ms"], 3)}
+        ratios["p50 one conn, wrk (ms)"] = {
+            "passthrough": p1["p50_ms"],
+            "gateway": g1["p50_ms"],
+            "added": round(g1["p50_ms"] - p1["p50_ms"], 3),
+        }
     sq = extra["sequential"]
     if "gateway" in sq and "passthrough" in sq:
-        ratios["p50 one conn, sequential (ms)"] = {"passthrough": sq["passthrough"]["p50_ms"], "gateway": sq["gateway"]["p50_ms"],
-                                                    "added": round(sq["gateway"]["p50_ms"] - sq["passthrough"]["p50_ms"], 3)}
+        ratios["p50 one conn, sequential (ms)"] = {
+            "passthrough": sq["passthrough"]["p50_ms"],
+            "gateway": sq["gateway"]["p50_ms"],
+            "added": round(sq["gateway"]["p50_ms"] - sq["passthrough"]["p50_ms"], 3),
+        }
     extra["vs_passthrough"] = ratios
     print(f"\n{'gateway vs the ASGI passthrough':34} {'passthrough':>12} {'gateway':>9} {'ratio / added':>14}")
     for label, v in ratios.items():
@@ -577,8 +649,13 @@ def main() -> None:
         print(f"{label:34} {v['passthrough']:>12.2f} {v['gateway']:>9.2f} {last:>14}")
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(),
-               "load_average": os.getloadavg(), "results": results, **extra}
+    payload = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cores": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "results": results,
+        **extra,
+    }
     (out_dir / "latest.json").write_text(json.dumps(payload, indent=2))
     plot(results, out_dir / "latest.png")
     print("\nwritten bench/results/latest.json and bench/results/latest.png")

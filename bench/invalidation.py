@@ -88,7 +88,10 @@ def prepare_database(env: dict[str, str]) -> str:
 def start(env: dict[str, str], port: int) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port), "portal_project.asgi:application"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -110,7 +113,9 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def chat(client: httpx.Client, port: int, raw: str) -> int:
-    return client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {raw}"}).status_code
+    return client.post(
+        f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {raw}"}
+    ).status_code
 
 
 def operator(port: int, path: str) -> httpx.Response:
@@ -160,10 +165,15 @@ def warm(port: int, raw: str, limit: float = 5.0) -> None:
     """Until the process serves the key (a process just started may still be loading its tables or probing)."""
     deadline = time.monotonic() + limit
     while True:
-        response = CLIENTS[port].post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {raw}"})
+        response = CLIENTS[port].post(
+            f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {raw}"}
+        )
         if response.status_code == 200:
             return
-        print(f"  (process on {port} answered {response.status_code} to a new key: {response.text[:200]}; asking again)", file=sys.stderr)
+        print(
+            f"  (process on {port} answered {response.status_code} to a new key: {response.text[:200]}; asking again)",
+            file=sys.stderr,
+        )
         if time.monotonic() > deadline:
             raise SystemExit(f"process on {port} does not serve a new key: {response.status_code} {response.text[:300]}")
         time.sleep(0.05)
@@ -243,9 +253,11 @@ def main() -> None:
         after = {port: v1_statements(port) for port in pair}
         from gateway.models import CacheChange
 
-        print(f"burst: {args.signups} sign-ups (user, organization, subscription, key, playground key) in {burst_s:.2f}s "
-              f"({args.signups / burst_s:.0f}/s), {CacheChange.objects.count()} cache changes logged; both processes "
-              f"caught up {caught_up_s * 1000:.0f} ms after the last")
+        print(
+            f"burst: {args.signups} sign-ups (user, organization, subscription, key, playground key) in {burst_s:.2f}s "
+            f"({args.signups / burst_s:.0f}/s), {CacheChange.objects.count()} cache changes logged; both processes "
+            f"caught up {caught_up_s * 1000:.0f} ms after the last"
+        )
         print(f"org A's requests during the burst: {dict(statuses)} (both processes)")
         print(f"statements on the /v1 path during the burst: {[after[p] - before[p] for p in pair]} (per process; expected 0)")
         print(f"revoked key refused by both processes, pub/sub: {summary(revocation_trials(pair, args.trials))}")
@@ -258,7 +270,9 @@ def main() -> None:
     procs = [start(unheard, port) for port in fallback]
     try:
         poll_ms = int(env.get("PORTAL_CACHE_POLL_MS", "250"))
-        print(f"revoked key refused by both processes, poll only ({poll_ms} ms): {summary(revocation_trials(fallback, args.trials))}")
+        print(
+            f"revoked key refused by both processes, poll only ({poll_ms} ms): {summary(revocation_trials(fallback, args.trials))}"
+        )
     finally:
         for proc in procs:
             stop(proc)

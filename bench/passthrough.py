@@ -70,17 +70,28 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
     headers = {"content-type": "application/json", "user-agent": "cortensor-gateway"}
     if stream:
         headers["accept"] = "text/event-stream"
-    request = httpx.Request("POST", UPSTREAM, content=STREAM_BODY if stream else BODY, headers=headers,
-                            extensions={"timeout": TIMEOUT})
+    request = httpx.Request(
+        "POST", UPSTREAM, content=STREAM_BODY if stream else BODY, headers=headers, extensions={"timeout": TIMEOUT}
+    )
     response = await transport().handle_async_request(request)
     if not stream:
         content = await response.aread()
-        await send({"type": "http.response.start", "status": response.status_code,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": content})
         return
-    await send({"type": "http.response.start", "status": response.status_code,
-                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+        }
+    )
     try:
         async for chunk in response.aiter_raw():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})

@@ -118,7 +118,10 @@ class LedgerEntryAdmin(admin.ModelAdmin):
         # The entry is written by the service, so the admin and every other door keep one rule for manual entries;
         # the form's instance takes the saved row's identity for the admin's log entry and redirect.
         entry = ledger_entry_add(
-            organization=obj.organization, kind=obj.kind, amount_micros=obj.amount_micros, memo=obj.memo,
+            organization=obj.organization,
+            kind=obj.kind,
+            amount_micros=obj.amount_micros,
+            memo=obj.memo,
             created_by=request.user,
         )
         obj.pk, obj.created_by, obj.created_at = entry.pk, entry.created_by, entry.created_at

@@ -143,7 +143,15 @@ def _is_billable(row: BillableUsage) -> bool:
 
 
 DEBIT_COLUMNS = (
-    "organization_id", "kind", "amount_micros", "request_id", "alias", "input_tokens", "output_tokens", "created_at", "memo",
+    "organization_id",
+    "kind",
+    "amount_micros",
+    "request_id",
+    "alias",
+    "input_tokens",
+    "output_tokens",
+    "created_at",
+    "memo",
     "created_by_id",
 )
 
@@ -179,8 +187,18 @@ def ledger_debits_for_usage(*, rows: Iterable[BillableUsage]) -> int:
             output_micros_per_million=price.output_micros_per_million,
         )
         debits.append(
-            (row.organization_id, LedgerEntry.Kind.DEBIT.value, -cost, request_id, row.alias, row.prompt_tokens,
-             row.completion_tokens, row.created_at, "", None)
+            (
+                row.organization_id,
+                LedgerEntry.Kind.DEBIT.value,
+                -cost,
+                request_id,
+                row.alias,
+                row.prompt_tokens,
+                row.completion_tokens,
+                row.created_at,
+                "",
+                None,
+            )
         )
     if unpriced - _warned_unpriced:
         # Once per alias and process: a batch is written every fraction of a second.

@@ -52,8 +52,6 @@ UNREPORTED_KEPT_S = 60.0  # an expired entry's served count waits this long for 
 MIN_RETRY_S = 0.05  # less time than this left of the deadline: answer 503 rather than a retry that cannot finish
 
 
-
-
 def presented_key(headers: Mapping[str, str]) -> str | None:
     """The key the caller sent, or None; Bearer wins over x-api-key when both are present."""
     authorization = headers.get("authorization")
@@ -270,7 +268,8 @@ def unkey_refusal(verification: Verification, *, surface: str | None = None, now
         return _rate_limited(verification, surface=surface, now=time.time() if now is None else now)
     if code == "USAGE_EXCEEDED":
         return QuotaExceeded(
-            "this API key has used up its allowance", details={"limit": "credits", "scope": "key"},
+            "this API key has used up its allowance",
+            details={"limit": "credits", "scope": "key"},
             headers={"retry-after": str(USAGE_RETRY_AFTER_S)},
         )
     if code in ("FORBIDDEN", "INSUFFICIENT_PERMISSIONS"):

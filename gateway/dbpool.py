@@ -38,7 +38,7 @@ def stats() -> dict[str, int] | None:
 
 
 def status() -> str | None:
-    """"ok", or why the pool cannot hand out a connection now; None when no pool is configured (no check at all)."""
+    """ "ok", or why the pool cannot hand out a connection now; None when no pool is configured (no check at all)."""
     if not configured():
         return None
     found = stats()

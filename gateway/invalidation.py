@@ -80,7 +80,9 @@ def publish(change: Change) -> None:
     try:
         _publisher(url).publish(channel_name(), json.dumps(change._asdict()))
     except Exception as exc:  # never the URL: it may carry a password
-        log.warning("cache change %s not published (%s); gateway processes see it at their next poll", change.id, exc.__class__.__name__)
+        log.warning(
+            "cache change %s not published (%s); gateway processes see it at their next poll", change.id, exc.__class__.__name__
+        )
 
 
 # --- read side (run in a worker thread by gateway/state.py) -----------------------------------------------------------

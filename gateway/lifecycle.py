@@ -39,8 +39,12 @@ def on_server_start() -> None:
         try:
             result = router_pools_sync(config=config)
             if result.changed:
-                log.info("router pools from the environment applied: %d created, %d updated, %d removed",
-                         result.created, result.updated, result.removed)
+                log.info(
+                    "router pools from the environment applied: %d created, %d updated, %d removed",
+                    result.created,
+                    result.updated,
+                    result.removed,
+                )
         except DatabaseError as exc:
             # Serve anyway: pools already in the database (or a later poll) still route.
             log.error("could not apply router pools from the environment: %s", exc.__class__.__name__)
@@ -124,7 +128,9 @@ async def _drain_then_stop(reactor: Any) -> None:
         port.stopListening()
     log.info(
         "SIGTERM: stopped listening on %d socket(s); waiting for %d requests in flight, up to %ds",
-        len(ports), metrics.inflight_requests(), grace,
+        len(ports),
+        metrics.inflight_requests(),
+        grace,
     )
     left = await _requests_done(grace)
     if left:

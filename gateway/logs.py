@@ -41,6 +41,8 @@ def request_id_of(request: Any) -> str:
 def current_request_id() -> str:
     """The id of the request this code runs for (set at the ASGI entry), or a new one outside any request."""
     return request_id_var.get() or new_request_id()
+
+
 # URL paths that carry a live secret: allauth's password-reset key (/password/reset/key/<uidb36>-<key>/), its
 # e-mail confirmation key, and the portal's invitation token. Whoever reads the logs must not be able to use them.
 SECRET_PATHS = (

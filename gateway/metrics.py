@@ -13,16 +13,25 @@ registry = CollectorRegistry()
 # the HTTP status code. A customer can never mint a new series.
 REQUESTS = Counter("gateway_requests_total", "Completed /v1 requests", ["route", "alias", "status"], registry=registry)
 UPSTREAM_LATENCY = Histogram(
-    "gateway_upstream_latency_seconds", "Upstream call duration, first attempt to last byte", ["alias"], registry=registry,
+    "gateway_upstream_latency_seconds",
+    "Upstream call duration, first attempt to last byte",
+    ["alias"],
+    registry=registry,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 TTFB = Histogram(
-    "gateway_upstream_ttfb_seconds", "Time from the customer's request to the upstream's first byte", ["alias"], registry=registry,
+    "gateway_upstream_ttfb_seconds",
+    "Time from the customer's request to the upstream's first byte",
+    ["alias"],
+    registry=registry,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 OVERHEAD = Histogram(
-    "gateway_overhead_seconds", "Time the gateway itself adds to a request (everything but the upstream wait)", ["route"],
-    registry=registry, buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+    "gateway_overhead_seconds",
+    "Time the gateway itself adds to a request (everything but the upstream wait)",
+    ["route"],
+    registry=registry,
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
 INFLIGHT_STREAMS = Gauge("gateway_inflight_streams", "SSE streams being relayed now", registry=registry)
 INFLIGHT_REQUESTS = Gauge("gateway_inflight_requests", "HTTP requests being served now, streams included", registry=registry)
@@ -33,7 +42,10 @@ EDGE_REFUSALS = Counter(
 USAGE_WRITE_FAILURES = Counter("gateway_usage_write_failures_total", "Usage batches the database refused", registry=registry)
 # Requests refused before anyone was authenticated (bad keys, unknown routes): counted here instead of a row each.
 ANONYMOUS_REFUSALS = Counter(
-    "gateway_anonymous_refusals_total", "Requests refused without an authenticated principal", ["route", "status"], registry=registry
+    "gateway_anonymous_refusals_total",
+    "Requests refused without an authenticated principal",
+    ["route", "status"],
+    registry=registry,
 )
 REQUEST_LOGS_DROPPED = Counter(
     "gateway_request_logs_dropped_total", "Request log rows dropped, oldest first, over the in-memory bound", registry=registry

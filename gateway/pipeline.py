@@ -131,8 +131,17 @@ class Exchange:
             key_id=self.principal.key_id if self.principal else None,
         )
 
-    def usage_row(self, *, status: str, http_status: int, call: UpstreamCall | None, streamed: bool, usage: Usage | None,
-                  error_code: str = "", ttfb: float | None = None) -> UsageRecord | None:
+    def usage_row(
+        self,
+        *,
+        status: str,
+        http_status: int,
+        call: UpstreamCall | None,
+        streamed: bool,
+        usage: Usage | None,
+        error_code: str = "",
+        ttfb: float | None = None,
+    ) -> UsageRecord | None:
         if self.route is None or self.principal is None:
             return None  # refused before a model was chosen: a request log row only
         now = time.perf_counter()
@@ -308,7 +317,9 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
         if isinstance(exc, asyncio.CancelledError):
             # The client hung up before an answer began (Django cancels the view): the request still
             # leaves its usage event and log line, with nginx's 499 "client closed request".
-            usage = ex.usage_row(status="cancelled", http_status=CLIENT_CLOSED, call=None, streamed=bool(creq and creq.stream), usage=None)
+            usage = ex.usage_row(
+                status="cancelled", http_status=CLIENT_CLOSED, call=None, streamed=bool(creq and creq.stream), usage=None
+            )
             ex.record(usage=usage, log_row=ex.log_row(CLIENT_CLOSED))
         await ex.release(None)
         raise
@@ -321,16 +332,25 @@ def _refuse(ex: Exchange, err: GatewayError, call: UpstreamCall | None = None) -
         response[name] = value
     ex.stamp_overhead(response)
     status = response.status_code
-    usage = ex.usage_row(status="error", http_status=status, call=call, streamed=False, usage=None, error_code=err.code or err.envelope_code)
+    usage = ex.usage_row(
+        status="error", http_status=status, call=call, streamed=False, usage=None, error_code=err.code or err.envelope_code
+    )
     ex.record(usage=usage, log_row=ex.log_row(status))
     return response
 
 
-async def _complete(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, body: dict[str, Any], deadline: float) -> HttpResponse:
+async def _complete(
+    ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, body: dict[str, Any], deadline: float
+) -> HttpResponse:
     assert ex.route is not None
     ex.upstream_started = time.perf_counter()
     call = await upstreams.call(
-        route=ex.route, body=body, stream=False, request_id=ex.request_id, deadline=deadline, attempt_timeout=_attempt_timeout(ex.route)
+        route=ex.route,
+        body=body,
+        stream=False,
+        request_id=ex.request_id,
+        deadline=deadline,
+        attempt_timeout=_attempt_timeout(ex.route),
     )
     ex.upstream_answered = time.perf_counter()
     try:
@@ -368,15 +388,23 @@ class RelayResponse(StreamingHttpResponse):
         self.on_abandon = on_abandon
 
 
-async def _stream(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, body: dict[str, Any], deadline: float) -> HttpResponseBase:
+async def _stream(
+    ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, body: dict[str, Any], deadline: float
+) -> HttpResponseBase:
     assert ex.route is not None
     ex.upstream_started = time.perf_counter()
     call = await upstreams.call(
-        route=ex.route, body=body, stream=True, request_id=ex.request_id, deadline=deadline, attempt_timeout=_attempt_timeout(ex.route)
+        route=ex.route,
+        body=body,
+        stream=True,
+        request_id=ex.request_id,
+        deadline=deadline,
+        attempt_timeout=_attempt_timeout(ex.route),
     )
     ex.upstream_answered = time.perf_counter()
     writer = ex.surface.stream_writer(ctx)
     started = [False]
+
     async def on_abandon() -> None:
         # The client left before the stream began: the generator never ran, so its
         # `finally` will not either. Close, release and record here instead.
@@ -385,8 +413,13 @@ async def _stream(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, bod
         await call.response.aclose()
         await ex.release(0)
         ex.record(
-            usage=ex.usage_row(status="cancelled", http_status=200, call=call, streamed=True,
-                               usage=Usage(ctx.prompt_tokens_estimate, 0, estimated=True)),
+            usage=ex.usage_row(
+                status="cancelled",
+                http_status=200,
+                call=call,
+                streamed=True,
+                usage=Usage(ctx.prompt_tokens_estimate, 0, estimated=True),
+            ),
             log_row=ex.log_row(200),
         )
 
@@ -400,7 +433,12 @@ async def _stream(ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, bod
 
 
 async def _relay(
-    ex: Exchange, creq: CompletionRequest, ctx: AnswerContext, call: UpstreamCall, writer: StreamWriter, started: list[bool],
+    ex: Exchange,
+    creq: CompletionRequest,
+    ctx: AnswerContext,
+    call: UpstreamCall,
+    writer: StreamWriter,
+    started: list[bool],
 ) -> AsyncIterator[bytes]:
     """The async shell around the pure relay (gateway/relay.py): reads the router within its deadline, writes what the
     relay makes of each read, and in `finally` closes the upstream, settles the reservation and records the usage."""
@@ -430,7 +468,9 @@ async def _relay(
             out = relay.feed(chunk)
             if relay.reader.protocol_errors != protocol_errors:
                 protocol_errors = relay.reader.protocol_errors
-                log.warning("upstream %s sent a data line that is not JSON; skipped request_id=%s", call.upstream.label, ex.request_id)
+                log.warning(
+                    "upstream %s sent a data line that is not JSON; skipped request_id=%s", call.upstream.label, ex.request_id
+                )
             if out:
                 yield out
         out = relay.finish()
@@ -452,7 +492,9 @@ async def _relay(
         def record() -> int:
             usage = relay.usage()
             ex.record(
-                usage=ex.usage_row(status=status, http_status=200, call=call, streamed=True, usage=usage, error_code=error_code, ttfb=ttfb),
+                usage=ex.usage_row(
+                    status=status, http_status=200, call=call, streamed=True, usage=usage, error_code=error_code, ttfb=ttfb
+                ),
                 log_row=ex.log_row(200),
             )
             return usage.total_tokens

@@ -45,8 +45,6 @@ LOG_TRIM_FRACTION = 0.9  # over the log bound, the oldest rows go down to this: 
 OK, WARNING, FULL = 0, 1, 2  # the backlog states, as gateway_usage_backlog_state reports them
 
 
-
-
 def _setting(name: str, default: int) -> int:
     return int(getattr(settings, name, default))
 

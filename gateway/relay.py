@@ -63,8 +63,16 @@ class StreamRelay:
     """
 
     __slots__ = (
-        "writer", "prompt_tokens_estimate", "parser", "reader", "stops", "billed",
-        "ended", "failure", "finish_reason", "stop_sequence",
+        "writer",
+        "prompt_tokens_estimate",
+        "parser",
+        "reader",
+        "stops",
+        "billed",
+        "ended",
+        "failure",
+        "finish_reason",
+        "stop_sequence",
     )
 
     def __init__(self, writer: StreamWriter, *, stops: list[str] | None, ctx: AnswerContext) -> None:

@@ -286,7 +286,9 @@ class GatewayState:
         while True:
             # No socket timeout: the reads below carry their own, and redis-py's default (5 s) would break an idle
             # subscription. The health check pings an idle connection, so a dead one is found and replaced.
-            client = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=None, socket_connect_timeout=2, health_check_interval=15)
+            client = aioredis.Redis.from_url(
+                settings.REDIS_URL, socket_timeout=None, socket_connect_timeout=2, health_check_interval=15
+            )
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(channel_name())
@@ -312,7 +314,9 @@ class GatewayState:
                 raise
             except Exception as exc:
                 if not failing:  # once per outage; the poll carries on meanwhile
-                    log.warning("cache change subscription lost (%s); relying on the poll until it is back", exc.__class__.__name__)
+                    log.warning(
+                        "cache change subscription lost (%s); relying on the poll until it is back", exc.__class__.__name__
+                    )
                 failing = True
             finally:
                 self.pubsub_connected = False

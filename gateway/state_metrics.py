@@ -34,7 +34,8 @@ class _StateCollector:
             yield GaugeMetricFamily(f"gateway_{name}_backlog_rows", f"{what} waiting in memory for the database", value=rows)
             yield GaugeMetricFamily(f"gateway_{name}_backlog_limit", f"{what} that may wait in memory", value=bound)
         backlog = GaugeMetricFamily(
-            "gateway_usage_backlog_state", "0 ok; 1 usage backlog over 80% of its bound; 2 at the bound, billable requests refused"
+            "gateway_usage_backlog_state",
+            "0 ok; 1 usage backlog over 80% of its bound; 2 at the bound, billable requests refused",
         )
         backlog.add_metric([], recorder.backlog_state)
         yield backlog
@@ -42,13 +43,21 @@ class _StateCollector:
         queries.add_metric([], dbstats.queries_executed())
         yield queries
         yield GaugeMetricFamily(
-            "gateway_db_queries_v1", "Database statements run while serving /v1 requests", value=dbstats.queries_executed_on_v1_path()
+            "gateway_db_queries_v1",
+            "Database statements run while serving /v1 requests",
+            value=dbstats.queries_executed_on_v1_path(),
         )
         yield GaugeMetricFamily(
-            "gateway_cache_pubsub_connected", "1 while cache changes arrive over Redis pub/sub; 0: the poll alone", value=int(state.pubsub_connected)
+            "gateway_cache_pubsub_connected",
+            "1 while cache changes arrive over Redis pub/sub; 0: the poll alone",
+            value=int(state.pubsub_connected),
         )
-        yield GaugeMetricFamily("gateway_cache_position", "The newest cache change this process has applied", value=state.position or 0)
-        healthy = GaugeMetricFamily("gateway_upstreams_healthy", "Healthy upstreams (endpoint x session) per alias", labels=["alias"])
+        yield GaugeMetricFamily(
+            "gateway_cache_position", "The newest cache change this process has applied", value=state.position or 0
+        )
+        healthy = GaugeMetricFamily(
+            "gateway_upstreams_healthy", "Healthy upstreams (endpoint x session) per alias", labels=["alias"]
+        )
         total = GaugeMetricFamily("gateway_upstreams", "Configured upstreams (endpoint x session) per alias", labels=["alias"])
         for route in state.snapshot.routes.values():
             healthy.add_metric([route.alias], upstreams.healthy_count(route))

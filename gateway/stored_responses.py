@@ -46,12 +46,6 @@ MAX_WAITING = 64  # misses of this process looking again at once
 _waiting = 0
 
 
-
-
-
-
-
-
 def not_found(response_id: str) -> ResponseNotFound:
     return ResponseNotFound(f"Response with id '{shown(response_id)}' not found.")
 

@@ -120,7 +120,9 @@ class _ResponsesStream(StreamWriter):
     def finish(self, *, finish_reason: str, stop_sequence: str | None, usage: Usage) -> bytes:
         frames = self._t.finish(finish_reason=finish_reason, usage=usage)
         assert self._t.final is not None and self._t.final_json is not None
-        stored_responses.remember(self._ctx, body_json=self._t.final_json, text=self._t.final_text, status=self._t.final["status"])
+        stored_responses.remember(
+            self._ctx, body_json=self._t.final_json, text=self._t.final_text, status=self._t.final["status"]
+        )
         return frames
 
     def error(self, err: GatewayError) -> bytes:
@@ -151,7 +153,9 @@ class Surface:
     def limits_surface(self) -> Literal["openai", "anthropic"]:
         return "anthropic" if self.anthropic else "openai"
 
-    def error_body(self, err: GatewayError, *, request_id: str, model: str | None = None, pool_name: str | None = None) -> dict[str, Any]:
+    def error_body(
+        self, err: GatewayError, *, request_id: str, model: str | None = None, pool_name: str | None = None
+    ) -> dict[str, Any]:
         if self.anthropic:
             return anthropic_messages.anthropic_error_body(err, request_id)
         if self.route == ENVELOPE_ROUTE:
@@ -161,32 +165,50 @@ class Surface:
     def error_status(self, err: GatewayError) -> int:
         return err.status_for_anthropic if self.anthropic else err.status
 
-    def error_response(self, err: GatewayError, *, request_id: str, model: str | None = None, pool_name: str | None = None) -> HttpResponse:
+    def error_response(
+        self, err: GatewayError, *, request_id: str, model: str | None = None, pool_name: str | None = None
+    ) -> HttpResponse:
         return json_response(
             self.error_body(err, request_id=request_id, model=model, pool_name=pool_name),
             status=self.error_status(err),
             headers=err.headers,
         )
 
-    def answer(self, ctx: AnswerContext, *, text: str, finish_reason: str, stop_sequence: str | None, usage: Usage, raw: dict[str, Any]) -> dict[str, Any]:
+    def answer(
+        self, ctx: AnswerContext, *, text: str, finish_reason: str, stop_sequence: str | None, usage: Usage, raw: dict[str, Any]
+    ) -> dict[str, Any]:
         if self.anthropic:
             return anthropic_messages.messages_response(
-                message_id=f"msg_{ctx.request_id[4:]}", model=ctx.model, text=text,
-                finish_reason=finish_reason, stop_sequence=stop_sequence, usage=usage,
+                message_id=f"msg_{ctx.request_id[4:]}",
+                model=ctx.model,
+                text=text,
+                finish_reason=finish_reason,
+                stop_sequence=stop_sequence,
+                usage=usage,
             )
         if self.route == ENVELOPE_ROUTE:
             return envelope.envelope_response(request_id=ctx.request_id, model=ctx.model, pool_name=ctx.pool_name, data=raw)
         if self.route == RESPONSES_ROUTE:
             assert isinstance(ctx.request, responses.ResponsesRequest)
             answer = responses.responses_answer(
-                request_id=ctx.request_id, created_at=ctx.created, model=ctx.model, request=ctx.request, text=text,
-                finish_reason=finish_reason, usage=usage, completed_at=int(time.time()),
+                request_id=ctx.request_id,
+                created_at=ctx.created,
+                model=ctx.model,
+                request=ctx.request,
+                text=text,
+                finish_reason=finish_reason,
+                usage=usage,
+                completed_at=int(time.time()),
             )
             stored_responses.remember(ctx, body_json=json_compact(answer), text=text, status=answer["status"])
             return answer
         return openai_chat.chat_completion_response(
-            completion_id=f"chatcmpl-{ctx.request_id[4:]}", created=ctx.created, model=ctx.model,
-            text=text, finish_reason=finish_reason, usage=usage,
+            completion_id=f"chatcmpl-{ctx.request_id[4:]}",
+            created=ctx.created,
+            model=ctx.model,
+            text=text,
+            finish_reason=finish_reason,
+            usage=usage,
         )
 
 

@@ -237,7 +237,9 @@ class UpstreamPool:
                     response = await transport.handle_async_request(request)
             except (TimeoutError, httpx.TransportError) as exc:
                 self.mark_failed(upstream)
-                log.warning("upstream %s failed before answering (%s) request_id=%s", upstream.label, exc.__class__.__name__, request_id)
+                log.warning(
+                    "upstream %s failed before answering (%s) request_id=%s", upstream.label, exc.__class__.__name__, request_id
+                )
                 continue
             if response.status_code in RETRYABLE_STATUSES:
                 await response.aclose()
@@ -253,11 +255,17 @@ class UpstreamPool:
                 except (TimeoutError, httpx.TransportError) as exc:
                     await response.aclose()
                     self.mark_failed(upstream)
-                    log.warning("upstream %s failed mid-answer (%s) request_id=%s", upstream.label, exc.__class__.__name__, request_id)
+                    log.warning(
+                        "upstream %s failed mid-answer (%s) request_id=%s", upstream.label, exc.__class__.__name__, request_id
+                    )
                     continue
             self.mark_ok(upstream)
             return UpstreamCall(
-                upstream=upstream, response=response, started=started, headers_at=time.perf_counter(), attempts=attempts,
+                upstream=upstream,
+                response=response,
+                started=started,
+                headers_at=time.perf_counter(),
+                attempts=attempts,
                 deadline=attempt_deadline,
             )
         raise UpstreamUnavailable()
@@ -269,7 +277,9 @@ class UpstreamPool:
         if status in (401, 403):
             log.error(
                 "OPERATOR ALERT: upstream %s refused our router auth key (%d); check the pool's auth keys request_id=%s",
-                upstream.label, status, request_id,
+                upstream.label,
+                status,
+                request_id,
             )
             error = UpstreamError("the upstream model server rejected the gateway's credentials")
         elif status in (400, 422):

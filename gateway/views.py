@@ -382,7 +382,9 @@ async def _checks() -> dict[str, str]:
     return checks
 
 
-def _probe_response(request: HttpRequest, body: dict[str, object], *, status: int, checks: dict[str, str], started: float) -> HttpResponse:
+def _probe_response(
+    request: HttpRequest, body: dict[str, object], *, status: int, checks: dict[str, str], started: float
+) -> HttpResponse:
     if _operator(request):
         routes = sorted(state.snapshot.routes.values(), key=lambda r: r.alias)
         body["checks"] = checks

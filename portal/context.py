@@ -112,13 +112,17 @@ def portal_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse
             return redirect_to_login(request.get_full_path())
         ctx = request.portal = portal_context(request)  # type: ignore[attr-defined]
         if ctx.lost_organization:
-            messages.warning(request, f"You are no longer a member of the organization you were working in; this is {ctx.organization.name}.")
+            messages.warning(
+                request, f"You are no longer a member of the organization you were working in; this is {ctx.organization.name}."
+            )
         return view(request, *args, **kwargs)
 
     return wrapped
 
 
-def render_portal(request: HttpRequest, template: str, context: dict[str, Any] | None = None, *, status: int = 200) -> HttpResponse:
+def render_portal(
+    request: HttpRequest, template: str, context: dict[str, Any] | None = None, *, status: int = 200
+) -> HttpResponse:
     return render(request, template, {"portal": request.portal, **(context or {})}, status=status)  # type: ignore[attr-defined]
 
 
@@ -143,7 +147,10 @@ def too_many_requests(request: HttpRequest, retry_after: int) -> HttpResponse:
 # --- The management API's base ----------------------------------------------------------------------
 
 ORG_PARAMETER = OpenApiParameter(
-    "org", OpenApiTypes.STR, OpenApiParameter.QUERY, required=False,
+    "org",
+    OpenApiTypes.STR,
+    OpenApiParameter.QUERY,
+    required=False,
     description="organization slug or id; default: the one selected in the portal (else your first)",
 )
 

@@ -87,17 +87,20 @@ def main() -> None:
     manage("sync_router_pools", env=env)
     key = manage("shell", "-c", SETUP_DEMO, env=env).splitlines()[-1]
     sim = subprocess.Popen(
-        [sys.executable, "-m", "simulator", "--port", str(SIM_PORT), "--auth-key", "default-dev-token",
-         "--token-delay-ms", "20"],
-        cwd=ROOT, env=env,
+        [sys.executable, "-m", "simulator", "--port", str(SIM_PORT), "--auth-key", "default-dev-token", "--token-delay-ms", "20"],
+        cwd=ROOT,
+        env=env,
     )
     wait_http(f"http://127.0.0.1:{SIM_PORT}/api/v1/status")
     server = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(PORT), "portal_project.asgi:application"], cwd=ROOT, env=env
+        [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(PORT), "portal_project.asgi:application"],
+        cwd=ROOT,
+        env=env,
     )
     wait_http(f"http://127.0.0.1:{PORT}/health")
     base = f"http://127.0.0.1:{PORT}"
-    print(f"""
+    print(
+        f"""
 Cortensor gateway on {base}  (router simulator on http://127.0.0.1:{SIM_PORT})
   admin and portal login: {DEMO_EMAIL} / {DEMO_PASSWORD}   ({base}/admin/ needs `python manage.py createsuperuser`)
   demo API key: {key}
@@ -107,7 +110,9 @@ Try it:
     -d '{{"model": "oss-20b", "messages": [{{"role": "user", "content": "Summarize Cortensor in one sentence."}}], "max_tokens": 48}}'
 
 Ctrl-C stops both.
-""", flush=True)
+""",
+        flush=True,
+    )
 
     def stop(*_: object) -> None:
         for proc in (server, sim):

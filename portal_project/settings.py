@@ -117,12 +117,17 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
     # `verify-full` also checks the certificate's chain and name: it needs the CA (PORTAL_DB_SSLROOTCERT, e.g.
     # Supabase's downloadable root certificate, or `system` for the OS store with libpq 16+).
     _host = str(_db.get("HOST") or "").lower().rstrip(".")
-    _sslmode = env_str("PORTAL_DB_SSLMODE") or _db["OPTIONS"].get("sslmode") or (
-        "require" if _host.endswith((".supabase.co", ".pooler.supabase.com")) else ""
+    _sslmode = (
+        env_str("PORTAL_DB_SSLMODE")
+        or _db["OPTIONS"].get("sslmode")
+        or ("require" if _host.endswith((".supabase.co", ".pooler.supabase.com")) else "")
     )
     if _sslmode:
         if _sslmode not in {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}:
-            fail("PORTAL_DB_SSLMODE" if env_str("PORTAL_DB_SSLMODE") else _db_source, f"sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full; got {_sslmode!r}")
+            fail(
+                "PORTAL_DB_SSLMODE" if env_str("PORTAL_DB_SSLMODE") else _db_source,
+                f"sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full; got {_sslmode!r}",
+            )
         _db["OPTIONS"]["sslmode"] = _sslmode
     _sslrootcert = env_str("PORTAL_DB_SSLROOTCERT")
     if _sslrootcert:
@@ -261,7 +266,10 @@ PORTAL_USAGE_FLUSH_S = float(env_int("PORTAL_USAGE_FLUSH_MS", 200, minimum=10)) 
 # upstream this long for that chunk (the router's count is billed, not an estimate), then close it. 0: never wait.
 PORTAL_CANCEL_USAGE_GRACE_MS = env_int("PORTAL_CANCEL_USAGE_GRACE_MS", 1000, minimum=0)
 if PORTAL_CANCEL_USAGE_GRACE_MS > 10_000:
-    fail("PORTAL_CANCEL_USAGE_GRACE_MS", f"must be at most 10000 (it holds an upstream after its client left), got {PORTAL_CANCEL_USAGE_GRACE_MS}")
+    fail(
+        "PORTAL_CANCEL_USAGE_GRACE_MS",
+        f"must be at most 10000 (it holds an upstream after its client left), got {PORTAL_CANCEL_USAGE_GRACE_MS}",
+    )
 PORTAL_CANCEL_USAGE_GRACE_S = PORTAL_CANCEL_USAGE_GRACE_MS / 1000
 # What may wait in memory while the database is away (gateway/recorder.py): usage rows are never dropped, so at
 # this many the gateway refuses billable requests with 503 until they drain (alarming at 80%); request log rows
@@ -398,7 +406,10 @@ LOGGING = {
     "filters": {"request_id": {"()": "gateway.logs.RequestIdFilter"}},
     "formatters": {
         "json": {"()": "gateway.logs.JsonFormatter"},
-        "plain": {"()": "gateway.logs.PlainFormatter", "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s request_id=%(request_id)s"},
+        "plain": {
+            "()": "gateway.logs.PlainFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s request_id=%(request_id)s",
+        },
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},

@@ -17,15 +17,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """CLI flags shared by `python -m simulator` and the management command."""
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5010)
-    parser.add_argument(
-        "--auth-key", default=None, help="require 'Authorization: Bearer KEY'"
-    )
+    parser.add_argument("--auth-key", default=None, help="require 'Authorization: Bearer KEY'")
     parser.add_argument("--token-delay-ms", type=float, default=0.0)
     parser.add_argument("--first-byte-delay-ms", type=float, default=0.0)
     parser.add_argument("--no-usage", action="store_true", help="answer without usage")
-    parser.add_argument(
-        "--usage-every-chunk", action="store_true", help="running usage on every chunk"
-    )
+    parser.add_argument("--usage-every-chunk", action="store_true", help="running usage on every chunk")
     parser.add_argument("--interleave-miners", action="store_true")
     parser.add_argument("--fail-status", type=int, default=None)
     parser.add_argument("--hang", action="store_true")
@@ -60,9 +56,7 @@ def config_from_options(options: Mapping[str, Any] | argparse.Namespace) -> SimC
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """Bind the listening socket up front so the real port is known before serving."""
-    infos = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, socktype, proto, _, address = infos[0]
     sock = socket.socket(family, socktype, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -107,4 +101,3 @@ def main(argv: Iterable[str] | None = None) -> None:
     except ValueError as exc:
         parser.error(str(exc))
     serve(config, options.host, options.port)
-

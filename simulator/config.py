@@ -26,9 +26,7 @@ class SimConfig:
     answer_tokens: int | None = None
 
 
-_FIELDS: dict[str, dataclasses.Field[Any]] = {
-    f.name: f for f in dataclasses.fields(SimConfig)
-}
+_FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(SimConfig)}
 _BOOL_FIELDS = {
     "omit_usage",
     "usage_only_at_end",
@@ -53,17 +51,11 @@ def validated_fields(values: Mapping[str, Any]) -> dict[str, Any]:
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be a boolean")
         elif name in _FLOAT_FIELDS:
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or value < 0
-            ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number")
             value = float(value)
         elif name in _OPTIONAL_INT_FIELDS:
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int)
-            ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"{name} must be an integer or null")
             if name == "fail_status" and value is not None and not 100 <= value <= 599:
                 raise ValueError("fail_status must be an HTTP status code")
@@ -76,4 +68,3 @@ def validated_fields(values: Mapping[str, Any]) -> dict[str, Any]:
             value = value or None
         clean[name] = value
     return clean
-

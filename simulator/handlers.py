@@ -143,9 +143,7 @@ async def _answer(
     if denied is not None:
         return denied
     if config.fail_status is not None:
-        return _json_response(
-            {"detail": "simulated failure"}, status=config.fail_status
-        )
+        return _json_response({"detail": "simulated failure"}, status=config.fail_status)
     if config.hang:
         while True:
             await _sleep_watching_client(request, 3600)
@@ -160,11 +158,7 @@ async def _answer(
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
         max_tokens = DEFAULT_MAX_TOKENS
-    elif (
-        isinstance(max_tokens, bool)
-        or not isinstance(max_tokens, int)
-        or max_tokens < 1
-    ):
+    elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         return _bad_request("max_tokens must be a positive integer")
 
     if config.answer_tokens:
@@ -176,9 +170,7 @@ async def _answer(
     completion_id = _new_completion_id()
     task_id = next(state.task_ids)
     if config.interleave_miners:
-        other_tokens, other_reason = prompt_answer(
-            second_miner_prompt(prompt), max_tokens
-        )
+        other_tokens, other_reason = prompt_answer(second_miner_prompt(prompt), max_tokens)
         other = (_new_completion_id(), next(state.task_ids), other_tokens, other_reason)
     else:
         other = None
@@ -218,9 +210,7 @@ def _non_stream_answer(
     prompt_tokens: int,
     other: tuple[str, int, tuple[str, ...], str] | None,
 ) -> web.Response:
-    choices = [
-        {"index": 0, "text": "".join(tokens), "finish_reason": reason, "logprobs": None}
-    ]
+    choices = [{"index": 0, "text": "".join(tokens), "finish_reason": reason, "logprobs": None}]
     if other is not None:
         choices.append(
             {
@@ -268,12 +258,7 @@ class _ChunkWriter:
         self.config = config
 
     def _usage_bytes(self, completion_tokens: int) -> bytes:
-        return (
-            b',"usage":'
-            + json.dumps(
-                _usage(self.prompt_tokens, completion_tokens), separators=(",", ":")
-            ).encode()
-        )
+        return b',"usage":' + json.dumps(_usage(self.prompt_tokens, completion_tokens), separators=(",", ":")).encode()
 
     def token_event(self, index: int) -> bytes:
         tail = b',"finish_reason":null}],"model":"default"'
@@ -282,11 +267,7 @@ class _ChunkWriter:
         return self.head + TOKEN_JSON[self.tokens[index]] + tail + b"}\n\n"
 
     def final_event(self) -> bytes:
-        tail = (
-            b',"finish_reason":'
-            + json.dumps(self.reason).encode()
-            + b'}],"model":"default"'
-        )
+        tail = b',"finish_reason":' + json.dumps(self.reason).encode() + b'}],"model":"default"'
         if not self.config.omit_usage:
             tail += self._usage_bytes(len(self.tokens))
         return self.head + b'""' + tail + b"}\n\n"
@@ -304,16 +285,8 @@ async def _stream_answer(
     prompt_tokens: int,
     other: tuple[str, int, tuple[str, ...], str] | None,
 ) -> web.StreamResponse:
-    main = _ChunkWriter(
-        config, completion_id, task_id, created, tokens, reason, prompt_tokens
-    )
-    decoy = (
-        None
-        if other is None
-        else _ChunkWriter(
-            config, other[0], other[1], created, other[2], other[3], prompt_tokens
-        )
-    )
+    main = _ChunkWriter(config, completion_id, task_id, created, tokens, reason, prompt_tokens)
+    decoy = None if other is None else _ChunkWriter(config, other[0], other[1], created, other[2], other[3], prompt_tokens)
 
     # Each item is one SSE event; the stream is a flat list so delays, splits and
     # truncation all apply uniformly. True marks a token of the real miner.
@@ -351,9 +324,7 @@ async def _stream_answer(
     if delay <= 0 and not config.split_writes:
         # Without pacing, one write for the whole stream is far cheaper; the client
         # must cope with several events in one read anyway (docs/router.md).
-        await response.write(
-            b": keep-alive\n\n" + b"".join(event for event, _ in events)
-        )
+        await response.write(b": keep-alive\n\n" + b"".join(event for event, _ in events))
     else:
         await _write_event(request, response, b": keep-alive\n\n", config.split_writes)
         for position, (event, _) in enumerate(events):
@@ -374,9 +345,7 @@ async def _stream_answer(
     return response
 
 
-async def _write_event(
-    request: web.Request, response: web.StreamResponse, event: bytes, split: bool
-) -> None:
+async def _write_event(request: web.Request, response: web.StreamResponse, event: bytes, split: bool) -> None:
     if split and len(event) > 1:
         middle = len(event) // 2
         await response.write(event[:middle])
@@ -401,9 +370,7 @@ def _status_payload(state: SimState) -> dict[str, Any]:
 async def _handle_status(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     if state.any_status_fail():
-        return _json_response(
-            {"status": "error", "detail": "simulated unhealthy router"}, status=503
-        )
+        return _json_response({"status": "error", "detail": "simulated unhealthy router"}, status=503)
     return _json_response(_status_payload(state))
 
 
@@ -430,9 +397,7 @@ async def _handle_info(request: web.Request) -> web.Response:
 
 
 def _known_sessions(state: SimState) -> list[int]:
-    return sorted(
-        {int(k) for k in state.requests} | {int(k) for k in state.session_overrides}
-    )
+    return sorted({int(k) for k in state.requests} | {int(k) for k in state.session_overrides})
 
 
 def _session_payload(state: SimState, session_id: int) -> dict[str, Any]:
@@ -452,18 +417,14 @@ def _session_payload(state: SimState, session_id: int) -> dict[str, Any]:
 
 async def _handle_sessions(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
-    return _json_response(
-        {"sessions": [_session_payload(state, sid) for sid in _known_sessions(state)]}
-    )
+    return _json_response({"sessions": [_session_payload(state, sid) for sid in _known_sessions(state)]})
 
 
 async def _handle_session(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     session_id = int(request.match_info["session_id"])
     payload = _session_payload(state, session_id)
-    return _json_response(
-        payload, status=503 if payload["state"] == "unhealthy" else 200
-    )
+    return _json_response(payload, status=503 if payload["state"] == "unhealthy" else 200)
 
 
 async def _handle_sim_config(request: web.Request) -> web.Response:
@@ -516,4 +477,3 @@ def build_app(state: SimState) -> web.Application:
     app.router.add_post("/_sim/reset", _handle_sim_reset)
     app.router.add_get("/_sim/stats", _handle_sim_stats)
     return app
-

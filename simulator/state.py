@@ -52,9 +52,7 @@ class SimState:
         self.streams_truncated_by_server = 0
         self.statuses: collections.Counter[str] = collections.Counter()
         self.last_request: dict[str, Any] | None = None
-        self.last_bodies: collections.deque[Any] = collections.deque(
-            maxlen=LAST_BODIES_KEPT
-        )
+        self.last_bodies: collections.deque[Any] = collections.deque(maxlen=LAST_BODIES_KEPT)
 
     def reset(self) -> None:
         self.global_config = dataclasses.replace(self.startup)
@@ -72,9 +70,7 @@ class SimState:
         new_global = validated_fields(global_ or {})
         new_sessions: dict[str, dict[str, Any] | None] = {}
         for sid, values in (sessions or {}).items():
-            new_sessions[_session_key(sid)] = (
-                None if values is None else validated_fields(values)
-            )
+            new_sessions[_session_key(sid)] = None if values is None else validated_fields(values)
         self.global_config = dataclasses.replace(self.global_config, **new_global)
         for key, values in new_sessions.items():
             if values is None:
@@ -88,18 +84,12 @@ class SimState:
         cached = self._effective_cache.get(session_key)
         if cached is None:
             overrides = self.session_overrides.get(session_key)
-            cached = (
-                dataclasses.replace(self.global_config, **overrides)
-                if overrides
-                else self.global_config
-            )
+            cached = dataclasses.replace(self.global_config, **overrides) if overrides else self.global_config
             self._effective_cache[session_key] = cached
         return cached
 
     def any_status_fail(self) -> bool:
-        return self.global_config.status_fail or any(
-            o.get("status_fail") for o in self.session_overrides.values()
-        )
+        return self.global_config.status_fail or any(o.get("status_fail") for o in self.session_overrides.values())
 
     def config_snapshot(self) -> dict[str, Any]:
         return {
@@ -119,9 +109,6 @@ class SimState:
             "streams_aborted_by_client": self.streams_aborted_by_client,
             "streams_truncated_by_server": self.streams_truncated_by_server,
             "statuses": dict(self.statuses),
-            "last_request": None
-            if self.last_request is None
-            else dict(self.last_request),
+            "last_request": None if self.last_request is None else dict(self.last_request),
             "last_bodies": list(self.last_bodies),
         }
-

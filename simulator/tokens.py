@@ -22,9 +22,7 @@ VOCABULARY: tuple[str, ...] = (
 # byte concatenation, which keeps the simulator cheap as a benchmark upstream.
 _FIRST_TOKENS: tuple[str, ...] = VOCABULARY
 _NEXT_TOKENS: tuple[str, ...] = tuple(" " + word for word in VOCABULARY)
-TOKEN_JSON: dict[str, bytes] = {
-    token: json.dumps(token).encode() for token in _FIRST_TOKENS + _NEXT_TOKENS
-}
+TOKEN_JSON: dict[str, bytes] = {token: json.dumps(token).encode() for token in _FIRST_TOKENS + _NEXT_TOKENS}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -37,10 +35,7 @@ def prompt_answer(prompt: str, max_tokens: int) -> tuple[tuple[str, ...], str]:
     natural = MIN_NATURAL_TOKENS + material[0] % span
     count = max(0, min(natural, max_tokens))
     size = len(VOCABULARY)
-    tokens = tuple(
-        (_FIRST_TOKENS if i == 0 else _NEXT_TOKENS)[material[1 + i] % size]
-        for i in range(count)
-    )
+    tokens = tuple((_FIRST_TOKENS if i == 0 else _NEXT_TOKENS)[material[1 + i] % size] for i in range(count))
     return tokens, ("length" if count < natural else "stop")
 
 

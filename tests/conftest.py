@@ -67,4 +67,3 @@ def gateway(transactional_db, live_server_process: LiveGateway, sim: SimulatorSe
 @pytest.fixture
 def api_key(gateway: LiveGateway) -> IssuedKey:
     return issue_key()
-

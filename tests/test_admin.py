@@ -238,10 +238,17 @@ def test_a_credit_added_in_the_admin_is_written_by_the_ledger_service(staff: Cli
     service = billing.admin.ledger_entry_add
     monkeypatch.setattr(billing.admin, "ledger_entry_add", lambda **kw: calls.append(kw) or service(**kw))
     add = reverse("admin:billing_ledgerentry_add")
-    response = staff.post(add, {"organization": org.pk, "kind": "credit", "amount_micros": 5_000_000, "memo": "prepaid", "_save": "Save"})
+    response = staff.post(
+        add, {"organization": org.pk, "kind": "credit", "amount_micros": 5_000_000, "memo": "prepaid", "_save": "Save"}
+    )
     assert response.status_code == 302, response.content[:2000]
     entry = LedgerEntry.objects.get(organization=org)
-    assert (entry.kind, entry.amount_micros, entry.memo, entry.created_by.email) == ("credit", 5_000_000, "prepaid", "staff@example.com")
+    assert (entry.kind, entry.amount_micros, entry.memo, entry.created_by.email) == (
+        "credit",
+        5_000_000,
+        "prepaid",
+        "staff@example.com",
+    )
     assert [call["kind"] for call in calls] == ["credit"]
     assert LogEntry.objects.get(object_id=str(entry.pk)).object_repr == str(entry)
     # Only credits and adjustments are offered; a debit is refused by the form and nothing is written.

@@ -246,8 +246,12 @@ def test_test_helpers_live_in_tests_support_not_in_conftest() -> None:
     offenders = []
     for path in sorted((ROOT / "tests").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.ImportFrom) and node.module and (
-                node.module.endswith("conftest") or (node.module == "tests" and any(a.name == "conftest" for a in node.names))
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and (
+                    node.module.endswith("conftest") or (node.module == "tests" and any(a.name == "conftest" for a in node.names))
+                )
             ):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []

@@ -72,7 +72,9 @@ def test_create_org_with_plan_and_owner(plans) -> None:  # noqa: ANN001
     assert out == "created organization beta (plan pro)\n"
     org = Organization.objects.get(slug="beta")
     assert org.plan.slug == "pro"
-    assert list(Membership.objects.filter(organization=org).values_list("user__email", "role")) == [("owner@example.com", "owner")]
+    assert list(Membership.objects.filter(organization=org).values_list("user__email", "role")) == [
+        ("owner@example.com", "owner")
+    ]
     # An existing user becomes the owner of a second organization; no second user.
     run("create_org", "--slug", "gamma", "--name", "Gamma", "--owner-email", "owner@example.com")
     assert User.objects.filter(email="owner@example.com").count() == 1
@@ -89,7 +91,10 @@ def test_create_org_with_plan_and_owner(plans) -> None:  # noqa: ANN001
         (["--slug", "new", "--name", "X", "--plan", "gold"], "no plan with slug 'gold'"),
         (["--slug", "new", "--name", "   "], "--name must be 1 to 200 characters"),
         (["--slug", "new", "--name", "n" * 201], "--name must be 1 to 200 characters"),
-        (["--slug", "new", "--name", "X", "--owner-email", "not an email"], "--owner-email is not a valid email address: 'not an email'"),
+        (
+            ["--slug", "new", "--name", "X", "--owner-email", "not an email"],
+            "--owner-email is not a valid email address: 'not an email'",
+        ),
     ],
 )
 def test_create_org_bad_input_is_a_command_error(plans, args: list[str], message: str) -> None:  # noqa: ANN001
@@ -135,7 +140,11 @@ def test_issue_key_prints_only_the_raw_key_on_stdout() -> None:
     assert match, raw
     key = ApiKey.objects.get()
     assert (key.organization_id, key.name, key.public_id, key.prefix, key.last_four) == (
-        org.pk, "ci deploy", match.group(1), f"ctr_{match.group(1)}", raw[-4:]
+        org.pk,
+        "ci deploy",
+        match.group(1),
+        f"ctr_{match.group(1)}",
+        raw[-4:],
     )
     assert key.key_hash == hash_key(raw)
     assert key.expires_at is None and key.revoked_at is None
@@ -168,7 +177,10 @@ def test_issue_key_with_expiry(plans, capsys) -> None:  # noqa: ANN001
         (["--org", "acme", "--name", "k", "--expires-in-days", "0"], "expiry days must be positive"),
         (["--org", "acme", "--name", "k", "--expires-in-days", "-3"], "expiry days must be positive"),
         (["--org", "acme", "--name", "k", "--expires-in-days", "3000000"], "expiry days is too large"),
-        (["--org", "acme", "--name", "k", "--expires-in-days", "soon"], "Error: argument --expires-in-days: invalid int value: 'soon'"),
+        (
+            ["--org", "acme", "--name", "k", "--expires-in-days", "soon"],
+            "Error: argument --expires-in-days: invalid int value: 'soon'",
+        ),
     ],
 )
 def test_issue_key_bad_input_is_a_command_error(plans, args: list[str], message: str) -> None:  # noqa: ANN001
@@ -256,7 +268,9 @@ def test_list_keys_unknown_org(plans) -> None:  # noqa: ANN001
 
 
 TWO_ALIASES = {
-    "PORTAL_ROUTER_POOLS_JSON": json.dumps({"oss-20b": ["http://10.0.0.5:5010", "http://10.0.0.6:5010"], "gemma4": "http://10.0.0.7:5010"}),
+    "PORTAL_ROUTER_POOLS_JSON": json.dumps(
+        {"oss-20b": ["http://10.0.0.5:5010", "http://10.0.0.6:5010"], "gemma4": "http://10.0.0.7:5010"}
+    ),
     "PORTAL_ROUTER_MODEL_SESSIONS_JSON": json.dumps({"oss-20b": [101, 102], "gemma4": 7}),
     "PORTAL_ROUTER_MODEL_AUTH_KEYS_JSON": json.dumps({"oss-20b": "router-secret"}),
     "PORTAL_ROUTER_SESSION_AUTH_KEYS_JSON": json.dumps({"7": "session-7-secret"}),
@@ -286,7 +300,10 @@ def sync(settings, env: dict[str, str]) -> str:  # noqa: ANN001
 def test_sync_router_pools_writes_the_env_and_a_second_run_changes_nothing(settings, db) -> None:  # noqa: ANN001
     out = sync(settings, TWO_ALIASES)
     assert out == "router pools synced (oss-20b, gemma4): 10 created, 0 updated, 0 removed\n"
-    assert sorted(RouterPool.objects.values_list("name", "enabled", "env_managed")) == [("gemma4", True, True), ("oss-20b", True, True)]
+    assert sorted(RouterPool.objects.values_list("name", "enabled", "env_managed")) == [
+        ("gemma4", True, True),
+        ("oss-20b", True, True),
+    ]
     assert sorted(RouterEndpoint.objects.values_list("pool__name", "base_url", "auth_key")) == [
         ("gemma4", "http://10.0.0.7:5010", ""),
         ("oss-20b", "http://10.0.0.5:5010", "router-secret"),
@@ -335,7 +352,9 @@ def test_sync_router_pools_applies_changed_urls_and_keys(settings, db) -> None: 
     changed["PORTAL_ROUTER_POOLS_JSON"] = json.dumps({"oss-20b": "http://10.0.0.5:5010", "gemma4": "http://10.0.0.7:5010"})
     changed["PORTAL_ROUTER_SESSION_AUTH_KEYS_JSON"] = json.dumps({"7": "rotated"})
     assert sync(settings, changed) == "router pools synced (oss-20b, gemma4): 0 created, 1 updated, 1 removed\n"
-    assert list(RouterEndpoint.objects.filter(pool__name="oss-20b").values_list("base_url", flat=True)) == ["http://10.0.0.5:5010"]
+    assert list(RouterEndpoint.objects.filter(pool__name="oss-20b").values_list("base_url", flat=True)) == [
+        "http://10.0.0.5:5010"
+    ]
     assert RouterSession.objects.get(session_id=7).auth_key == "rotated"
 
 
@@ -387,7 +406,9 @@ def test_run_router_simulator_serves_status(door: list[str]) -> None:
         reader = threading.Thread(target=lambda: first_line.append(process.stdout.readline()), daemon=True)
         reader.start()
         reader.join(timeout=30)
-        assert first_line == [f"router simulator listening on http://127.0.0.1:{port}\n"], process.stderr.read() if process.poll() is not None else ""
+        assert first_line == [f"router simulator listening on http://127.0.0.1:{port}\n"], (
+            process.stderr.read() if process.poll() is not None else ""
+        )
         status = httpx.get(f"http://127.0.0.1:{port}/api/v1/status", timeout=5)
         assert status.status_code == 200
         body = status.json()
@@ -405,7 +426,11 @@ def test_run_router_simulator_serves_status(door: list[str]) -> None:
 def test_run_router_simulator_bad_flag_is_a_command_error() -> None:
     result = subprocess.run(
         [sys.executable, "manage.py", "run_router_simulator", "--port", str(free_port()), "--fail-status", "42"],
-        cwd=ROOT, env=command_env(), capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=command_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert result.stderr == "CommandError: fail_status must be an HTTP status code\n"

@@ -36,11 +36,7 @@ VALID_ROUTER_ENV = {
 
 def base_env(**overrides: str | None) -> dict[str, str]:
     """A valid production-like environment (DEBUG off), with overrides; None removes a variable."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PYTEST", "PORTAL_")) and k not in _PRODUCT_VARS
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "PORTAL_")) and k not in _PRODUCT_VARS}
     env.update(
         {
             "DJANGO_SETTINGS_MODULE": "portal_project.settings",
@@ -61,9 +57,7 @@ def base_env(**overrides: str | None) -> dict[str, str]:
 
 
 def manage_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
+    return subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_the_valid_base_environment_passes_the_check() -> None:
@@ -80,7 +74,11 @@ BAD_VALUES = [
     pytest.param(POOLS, {POOLS: '{"oss-20b": "10.0.0.5:5010", "gemma4": "http://10.0.0.7:5010"}'}, id="pools-no-scheme"),
     pytest.param(POOLS, {POOLS: '{"oss-20b": ["http://10.0.0.5:5010", 5010], "gemma4": "http://x"}'}, id="pools-url-not-string"),
     pytest.param(POOLS, {POOLS: '{"oss-20b": [], "gemma4": "http://10.0.0.7:5010"}'}, id="pools-empty-list"),
-    pytest.param(POOLS, {POOLS: '{"oss 20b": "http://x", "gemma4": "http://y"}', SESSIONS: '{"oss 20b": 1, "gemma4": 7}'}, id="pools-bad-alias"),
+    pytest.param(
+        POOLS,
+        {POOLS: '{"oss 20b": "http://x", "gemma4": "http://y"}', SESSIONS: '{"oss 20b": 1, "gemma4": 7}'},
+        id="pools-bad-alias",
+    ),
     # An alias of the pools map missing from the sessions map, and the other way round.
     pytest.param(SESSIONS, {SESSIONS: '{"oss-20b": [101, 102]}'}, id="sessions-missing-a-pool-alias"),
     pytest.param(POOLS, {SESSIONS: '{"oss-20b": [101], "gemma4": 7, "llama": 9}'}, id="pools-missing-a-session-alias"),
@@ -155,8 +153,12 @@ def test_debug_on_allows_the_dev_secret() -> None:
 def test_makemigrations_runs_without_the_production_secret_and_other_commands_do_not() -> None:
     env = base_env(SECRET_KEY=None, PORTAL_API_KEY_PEPPER=None)
     migrations = subprocess.run(
-        [sys.executable, "manage.py", "makemigrations", "--check", "--dry-run"], cwd=ROOT, env=env, capture_output=True,
-        text=True, timeout=60,
+        [sys.executable, "manage.py", "makemigrations", "--check", "--dry-run"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert migrations.returncode == 0, migrations.stdout + migrations.stderr
     assert "No changes detected" in migrations.stdout
@@ -179,7 +181,9 @@ def test_the_config_md_example_parses() -> None:
             session_keys={},
             alias_key="router-secret",
         ),
-        EnvAlias(alias="gemma4", urls=("http://10.0.0.7:5010",), sessions=(7,), session_keys={7: "session-7-secret"}, alias_key=""),
+        EnvAlias(
+            alias="gemma4", urls=("http://10.0.0.7:5010",), sessions=(7,), session_keys={7: "session-7-secret"}, alias_key=""
+        ),
     )
 
 
@@ -275,8 +279,7 @@ def test_routing_table_session_key_wins_over_alias_key() -> None:
 SUPABASE_POOLER = "postgresql://postgres.abcdefgh:s3cret@aws-0-eu-central-1.pooler.supabase.com:6543/postgres"
 
 _PRINT_DATABASES = (
-    "import json; from django.conf import settings; "
-    "print(json.dumps(settings.DATABASES['default'], default=str, sort_keys=True))"
+    "import json; from django.conf import settings; print(json.dumps(settings.DATABASES['default'], default=str, sort_keys=True))"
 )
 
 
@@ -305,9 +308,7 @@ def test_supabase_pooler_url_is_used_without_database_url_and_is_pooler_safe() -
 
 
 def test_database_url_wins_over_supabase() -> None:
-    db = _databases(
-        base_env(DATABASE_URL="postgres://app@db.internal:5432/portal", PORTAL_SUPABASE_DB_URL=SUPABASE_POOLER)
-    )
+    db = _databases(base_env(DATABASE_URL="postgres://app@db.internal:5432/portal", PORTAL_SUPABASE_DB_URL=SUPABASE_POOLER))
     assert (db["HOST"], db["PORT"], db["NAME"], db["USER"]) == ("db.internal", 5432, "portal", "app")
     assert db.get("DISABLE_SERVER_SIDE_CURSORS", False) is False
 

@@ -38,7 +38,11 @@ def test_the_settings_pool_postgresql_connections_without_persistent_ones() -> N
 def _server_connections(application_name: str) -> int:
     admin = {**settings.DATABASES["default"]}
     with psycopg.connect(
-        host=admin["HOST"], port=admin["PORT"], user=admin["USER"], password=admin["PASSWORD"] or None, dbname="postgres",
+        host=admin["HOST"],
+        port=admin["PORT"],
+        user=admin["USER"],
+        password=admin["PASSWORD"] or None,
+        dbname="postgres",
         autocommit=True,
     ) as conn:
         return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [application_name]).fetchone()[0]
@@ -95,8 +99,10 @@ def test_concurrent_requests_share_at_most_pool_max_server_connections_reused_ac
         worker.start()
     for worker in workers:
         worker.join(60)
-    wait_for(lambda: httpx.get(f"{gateway.url}/health", headers=gateway.operator_headers, timeout=5).json()["usage_queue_depth"] == 0,
-             timeout=15)
+    wait_for(
+        lambda: httpx.get(f"{gateway.url}/health", headers=gateway.operator_headers, timeout=5).json()["usage_queue_depth"] == 0,
+        timeout=15,
+    )
     stop.set()
     sampler.join(5)
 
@@ -122,7 +128,10 @@ def test_the_pool_is_sized_from_the_environment_and_left_off_behind_the_transact
 @pytest.mark.parametrize(
     ("overrides", "line"),
     [
-        ({"PORTAL_DB_POOL_MIN": "3", "PORTAL_DB_POOL_MAX": "2"}, "PORTAL_DB_POOL_MIN: must be at most PORTAL_DB_POOL_MAX (2), got 3"),
+        (
+            {"PORTAL_DB_POOL_MIN": "3", "PORTAL_DB_POOL_MAX": "2"},
+            "PORTAL_DB_POOL_MIN: must be at most PORTAL_DB_POOL_MAX (2), got 3",
+        ),
         ({"PORTAL_DB_POOL_MAX": "ten"}, "PORTAL_DB_POOL_MAX: expected an integer, got 'ten'"),
         ({"PORTAL_DB_POOL_MAX": "0"}, "PORTAL_DB_POOL_MAX: must be at least 1, got 0"),
         ({"PORTAL_DB_POOL_TIMEOUT_MS": "10"}, "PORTAL_DB_POOL_TIMEOUT_MS: must be at least 100, got 10"),

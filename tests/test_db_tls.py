@@ -30,25 +30,38 @@ def test_another_host_keeps_what_its_url_says() -> None:
 
 
 def test_an_sslmode_in_the_url_wins_over_the_supabase_default() -> None:
-    assert _databases(base_env(DATABASE_URL=f"{SUPABASE_DIRECT}?sslmode=verify-ca&sslrootcert=system"))["OPTIONS"]["sslmode"] == "verify-ca"
+    assert (
+        _databases(base_env(DATABASE_URL=f"{SUPABASE_DIRECT}?sslmode=verify-ca&sslrootcert=system"))["OPTIONS"]["sslmode"]
+        == "verify-ca"
+    )
 
 
 def test_the_variables_set_the_mode_and_the_ca_bundle(tmp_path: Path) -> None:
     bundle = tmp_path / "supabase-ca.crt"
     bundle.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
-    options = _databases(base_env(DATABASE_URL=SUPABASE_DIRECT, PORTAL_DB_SSLMODE="verify-full", PORTAL_DB_SSLROOTCERT=str(bundle)))["OPTIONS"]
+    options = _databases(
+        base_env(DATABASE_URL=SUPABASE_DIRECT, PORTAL_DB_SSLMODE="verify-full", PORTAL_DB_SSLROOTCERT=str(bundle))
+    )["OPTIONS"]
     assert (options["sslmode"], options["sslrootcert"]) == ("verify-full", str(bundle))
     # The variable is the operator's explicit choice: it wins over the URL's.
-    options = _databases(base_env(DATABASE_URL="postgres://app@db.internal/portal?sslmode=disable", PORTAL_DB_SSLMODE="require"))["OPTIONS"]
+    options = _databases(base_env(DATABASE_URL="postgres://app@db.internal/portal?sslmode=disable", PORTAL_DB_SSLMODE="require"))[
+        "OPTIONS"
+    ]
     assert options["sslmode"] == "require"
 
 
 @pytest.mark.parametrize(
     ("overrides", "line"),
     [
-        ({"PORTAL_DB_SSLMODE": "on"}, "PORTAL_DB_SSLMODE: sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full; got 'on'"),
+        (
+            {"PORTAL_DB_SSLMODE": "on"},
+            "PORTAL_DB_SSLMODE: sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full; got 'on'",
+        ),
         ({"DATABASE_URL": "postgres://app@db.internal/portal?sslmode=yes"}, "DATABASE_URL: sslmode must be one of"),
-        ({"PORTAL_DB_SSLMODE": "verify-full"}, "PORTAL_DB_SSLMODE: verify-full checks the server's certificate: set PORTAL_DB_SSLROOTCERT"),
+        (
+            {"PORTAL_DB_SSLMODE": "verify-full"},
+            "PORTAL_DB_SSLMODE: verify-full checks the server's certificate: set PORTAL_DB_SSLROOTCERT",
+        ),
         ({"PORTAL_DB_SSLROOTCERT": "/nonexistent/ca.crt"}, "PORTAL_DB_SSLROOTCERT: no such file: /nonexistent/ca.crt"),
     ],
 )
@@ -67,7 +80,9 @@ def _connect(**env: str) -> subprocess.CompletedProcess[str]:
         "except Exception as exc:\n"
         "    print('refused:', exc)\n"
     )
-    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=base_env(**env), capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=base_env(**env), capture_output=True, text=True, timeout=60
+    )
 
 
 def test_the_mode_reaches_the_driver() -> None:

@@ -101,7 +101,9 @@ def test_the_docs_page_shows_the_generated_table(portal_settings) -> None:  # no
     team = make_team()
     page = team.client(team.member).get("/portal/docs").content.decode()
     table = page[page.index('id="error-codes"') : page.index("</table>", page.index('id="error-codes"'))]
-    shown = [html.unescape(code) for code in re.findall(r'data-label="OpenAI code"><code class="mono small">([^<]*)</code>', table)]
+    shown = [
+        html.unescape(code) for code in re.findall(r'data-label="OpenAI code"><code class="mono small">([^<]*)</code>', table)
+    ]
     assert shown == [row.code for row in catalog()]
     for row in catalog():
         assert html.escape(row.meaning, quote=False) in table or html.escape(row.meaning) in table

@@ -386,7 +386,9 @@ def _serve_through_an_outage(cluster: ThrowawayPostgres, env: dict[str, str], ra
             assert failures and float(failures[0].split()[1]) >= 1, failures
 
             cluster.start()
-            wait_for(lambda: health_database(gateway) == "ok" and health(gateway)["usage_queue_depth"] == 0, timeout=30, interval=0.2)
+            wait_for(
+                lambda: health_database(gateway) == "ok" and health(gateway)["usage_queue_depth"] == 0, timeout=30, interval=0.2
+            )
 
         assert len(rids) == count + 1 == len(set(rids))
         events = cluster.query("portal", "SELECT request_id, status, prompt_tokens, completion_tokens FROM usage_usageevent")
@@ -427,8 +429,15 @@ def test_a_row_the_database_refuses_is_dropped_alone_and_does_not_block_its_batc
     key = issue_key(slug="poison")
     now = timezone.now()
     good = [
-        RequestLogRecord(request_id=f"req_ok{i}", method="POST", path="/v1/chat/completions", status=200, created_at=now,
-                         organization_id=key.organization_id, key_id=key.key_id)
+        RequestLogRecord(
+            request_id=f"req_ok{i}",
+            method="POST",
+            path="/v1/chat/completions",
+            status=200,
+            created_at=now,
+            organization_id=key.organization_id,
+            key_id=key.key_id,
+        )
         for i in range(3)
     ]
     refused = RequestLogRecord(request_id="req_nul", method="GET", path="/v1/models/\x00", status=404, created_at=now)
@@ -445,10 +454,15 @@ def _open_streams(gateway: LiveGateway, key: IssuedKey, paths: list[str]) -> tup
 
     def run(i: int, path: str) -> None:
         try:
-            with httpx.Client(timeout=30) as client, client.stream(
-                "POST", f"{gateway.url}{path}", json=body_for(path, text=f"drain {i}", max_tokens=64, stream=True),
-                headers=headers_for(key.raw, path),
-            ) as response:
+            with (
+                httpx.Client(timeout=30) as client,
+                client.stream(
+                    "POST",
+                    f"{gateway.url}{path}",
+                    json=body_for(path, text=f"drain {i}", max_tokens=64, stream=True),
+                    headers=headers_for(key.raw, path),
+                ) as response,
+            ):
                 results[i]["status"] = response.status_code
                 results[i]["rid"] = response.headers.get("x-request-id")
                 results[i]["text"] = response.read().decode()
@@ -604,8 +618,11 @@ def test_a_requests_per_minute_limit_is_exact_across_two_processes(
             return list(
                 await asyncio.gather(
                     *(
-                        client.post(f"{proxy.url}{SURFACES[i % 3]}", json=body_for(SURFACES[i % 3], text=f"rpm {i}"),
-                                    headers=headers_for(key.raw, SURFACES[i % 3]))
+                        client.post(
+                            f"{proxy.url}{SURFACES[i % 3]}",
+                            json=body_for(SURFACES[i % 3], text=f"rpm {i}"),
+                            headers=headers_for(key.raw, SURFACES[i % 3]),
+                        )
                         for i in range(total)
                     )
                 )
@@ -618,4 +635,3 @@ def test_a_requests_per_minute_limit_is_exact_across_two_processes(
     assert picks.count(0) == picks.count(1) == total // 2  # both processes took half of the burst
     with _one_connection_each() as client:
         assert [post(client, proxy.url, key.raw, CHAT).status_code for _ in range(2)] == [429, 429]
-

@@ -49,12 +49,19 @@ json_values = st.recursive(
     scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=12
 )
 text_block = st.fixed_dictionaries(
-    {"type": st.sampled_from(["text", "image", "image_url", "tool_use", "tool_result", "document", "thinking", "input_audio", ""])},
+    {
+        "type": st.sampled_from(
+            ["text", "image", "image_url", "tool_use", "tool_result", "document", "thinking", "input_audio", ""]
+        )
+    },
     optional={"text": st.text(max_size=40) | json_values, "source": json_values, "cache_control": json_values},
 )
 content = st.text(max_size=60) | st.lists(text_block, max_size=3) | json_values
 message = st.fixed_dictionaries(
-    {"role": st.sampled_from(["user", "assistant", "system", "developer", "tool", "function", ""]) | json_values, "content": content},
+    {
+        "role": st.sampled_from(["user", "assistant", "system", "developer", "tool", "function", ""]) | json_values,
+        "content": content,
+    },
     optional={"name": json_values, "tool_call_id": json_values},
 )
 messages = st.lists(message, max_size=4) | json_values
@@ -102,7 +109,9 @@ def bodies(fields: dict[str, Any], valid: dict[str, Any]) -> st.SearchStrategy[b
 
 def header_sets(route_method: str) -> st.SearchStrategy[tuple[str, dict[str, str]]]:
     """(method, headers): usually the route's method; auth in every form, arbitrary client ids and content types."""
-    auth = st.sampled_from(["bearer"] * 3 + ["x-api-key"] * 3 + ["both", "none", "garbage-bearer", "garbage-x-api-key", "basic", "empty-bearer"])
+    auth = st.sampled_from(
+        ["bearer"] * 3 + ["x-api-key"] * 3 + ["both", "none", "garbage-bearer", "garbage-x-api-key", "basic", "empty-bearer"]
+    )
     optional = {
         "x-request-id": header_text,
         # Not multipart/form-data: Twisted parses such bodies itself and answers a malformed one with a bare 400
@@ -222,7 +231,9 @@ def check_response(route: str, response: httpx.Response, gateway: LiveGateway, *
 def anonymous_refusals(gateway: LiveGateway) -> float:
     """The gateway's count of requests refused without an authenticated principal (they leave no row)."""
     text = httpx.get(f"{gateway.url}/metrics", headers=gateway.operator_headers, timeout=5).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("gateway_anonymous_refusals_total{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("gateway_anonymous_refusals_total{")
+    )
 
 
 def every_request_was_logged(gateway: LiveGateway, sent: int, anonymous_before: float) -> None:
@@ -253,7 +264,9 @@ def client() -> Iterator[httpx.Client]:
         yield session
 
 
-def send(client: httpx.Client, gateway: LiveGateway, key: str, path: str, method: str, headers: dict[str, str], body: bytes | None) -> httpx.Response:
+def send(
+    client: httpx.Client, gateway: LiveGateway, key: str, path: str, method: str, headers: dict[str, str], body: bytes | None
+) -> httpx.Response:
     headers = dict(headers)
     auth = headers.pop("__auth")
     if auth in ("bearer", "both"):
@@ -272,7 +285,12 @@ def send(client: httpx.Client, gateway: LiveGateway, key: str, path: str, method
 
 
 ROUTES = [
-    ("/v1/chat/completions", "POST", CHAT_FIELDS, {"model": ALIAS, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}),
+    (
+        "/v1/chat/completions",
+        "POST",
+        CHAT_FIELDS,
+        {"model": ALIAS, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
+    ),
     ("/v1/messages", "POST", MESSAGES_FIELDS, {"model": ALIAS, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}),
     ("/v1/messages/count_tokens", "POST", MESSAGES_FIELDS, {"model": ALIAS, "messages": [{"role": "user", "content": "hi"}]}),
     ("/v1/completions", "POST", ENVELOPE_FIELDS, {"model": ALIAS, "prompt": "hi", "max_tokens": 8}),
@@ -281,7 +299,13 @@ ROUTES = [
 
 @pytest.mark.parametrize("path,method,fields,valid", ROUTES, ids=[r[0] for r in ROUTES])
 def test_no_body_and_no_headers_make_a_completion_route_fail_or_answer_out_of_shape(
-    gateway: LiveGateway, fuzz_key: str, client: httpx.Client, path: str, method: str, fields: dict[str, Any], valid: dict[str, Any]
+    gateway: LiveGateway,
+    fuzz_key: str,
+    client: httpx.Client,
+    path: str,
+    method: str,
+    fields: dict[str, Any],
+    valid: dict[str, Any],
 ) -> None:
     seen: dict[int, int] = {}
     anonymous_before = anonymous_refusals(gateway)

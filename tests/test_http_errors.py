@@ -142,28 +142,75 @@ class Expected:
 
 
 def invalid(param: str | None, code: str | None, *, message: str | None = None, mentions: str | None = None) -> Expected:
-    return Expected(400, "invalid_request_error", code, param, "invalid_request_error", "invalid_request", message=message,
-                    mentions=mentions)
+    return Expected(
+        400, "invalid_request_error", code, param, "invalid_request_error", "invalid_request", message=message, mentions=mentions
+    )
 
 
-UNAUTHORIZED = Expected(401, "invalid_request_error", "invalid_api_key", None, "authentication_error", "invalid_api_key",
-                        message=INVALID_KEY_MESSAGE)
-MISSING_KEY = Expected(401, "invalid_request_error", "invalid_api_key", None, "authentication_error", "invalid_api_key",
-                       message=MISSING_KEY_MESSAGE)
-SUSPENDED = Expected(403, "permission_error", "account_suspended", None, "permission_error", "permission_denied",
-                     message="this organization is suspended")
-NOT_ALLOWED = Expected(403, "permission_error", "model_not_allowed", "model", "permission_error", "permission_denied",
-                       message=f"your plan does not include the model '{ALIAS}'")
-NOT_FOUND = Expected(404, "invalid_request_error", "model_not_found", "model", "not_found_error", "model_not_found",
-                     message="the model 'no-such-model' does not exist")
-TOO_LARGE = Expected(413, "invalid_request_error", "request_too_large", None, "request_too_large", "invalid_request",
-                     message=f"request body is larger than {LIMIT} bytes")
-UNAVAILABLE = Expected(503, "api_error", "upstream_unavailable", None, "overloaded_error", "upstream_unavailable",
-                       anthropic_status=529, message="no upstream model server is available; try again shortly")
-UPSTREAM_AUTH = Expected(502, "api_error", "upstream_error", None, "api_error", "upstream_error",
-                         message="the upstream model server rejected the gateway's credentials")
-UPSTREAM_FAILED = Expected(502, "api_error", "upstream_error", None, "api_error", "upstream_error",
-                           message="the upstream model server failed to answer")
+UNAUTHORIZED = Expected(
+    401, "invalid_request_error", "invalid_api_key", None, "authentication_error", "invalid_api_key", message=INVALID_KEY_MESSAGE
+)
+MISSING_KEY = Expected(
+    401, "invalid_request_error", "invalid_api_key", None, "authentication_error", "invalid_api_key", message=MISSING_KEY_MESSAGE
+)
+SUSPENDED = Expected(
+    403,
+    "permission_error",
+    "account_suspended",
+    None,
+    "permission_error",
+    "permission_denied",
+    message="this organization is suspended",
+)
+NOT_ALLOWED = Expected(
+    403,
+    "permission_error",
+    "model_not_allowed",
+    "model",
+    "permission_error",
+    "permission_denied",
+    message=f"your plan does not include the model '{ALIAS}'",
+)
+NOT_FOUND = Expected(
+    404,
+    "invalid_request_error",
+    "model_not_found",
+    "model",
+    "not_found_error",
+    "model_not_found",
+    message="the model 'no-such-model' does not exist",
+)
+TOO_LARGE = Expected(
+    413,
+    "invalid_request_error",
+    "request_too_large",
+    None,
+    "request_too_large",
+    "invalid_request",
+    message=f"request body is larger than {LIMIT} bytes",
+)
+UNAVAILABLE = Expected(
+    503,
+    "api_error",
+    "upstream_unavailable",
+    None,
+    "overloaded_error",
+    "upstream_unavailable",
+    anthropic_status=529,
+    message="no upstream model server is available; try again shortly",
+)
+UPSTREAM_AUTH = Expected(
+    502,
+    "api_error",
+    "upstream_error",
+    None,
+    "api_error",
+    "upstream_error",
+    message="the upstream model server rejected the gateway's credentials",
+)
+UPSTREAM_FAILED = Expected(
+    502, "api_error", "upstream_error", None, "api_error", "upstream_error", message="the upstream model server failed to answer"
+)
 UPSTREAM_REFUSED = invalid(None, None, message="the model server could not process this request")
 
 
@@ -224,47 +271,83 @@ NOT_OBJECT = invalid(None, "invalid_type", message="The request body must be a J
 BODY_CASES: dict[str, dict[str, tuple[Any, Expected]]] = {
     # case -> route -> (body, or bytes sent as is; expected)
     "not_json": {route: (b'{"model": "oss-20b", "messages": [', NOT_JSON) for route in ROUTES},
-    "empty_body": {route: (b"", invalid(None, None, message="the request body is empty; send a JSON object")) for route in ROUTES},
+    "empty_body": {
+        route: (b"", invalid(None, None, message="the request body is empty; send a JSON object")) for route in ROUTES
+    },
     "json_array": {route: (b'[{"model": "oss-20b"}]', NOT_OBJECT) for route in ROUTES},
     "messages_a_string": {
-        CHAT: (good_body(CHAT, messages="hi"), invalid("messages", "invalid_type",
-               message="Invalid type for 'messages': expected an array, but got a string instead.")),
-        MESSAGES: (good_body(MESSAGES, messages="hi"), invalid("messages", "invalid_type",
-                   message="Invalid type for 'messages': expected an array, but got a string instead.")),
-        ENVELOPE: (good_body(ENVELOPE, prompt=["hi"]), invalid("prompt", "invalid_type",
-                   message="Invalid type for 'prompt': expected a string, but got an array instead.")),
+        CHAT: (
+            good_body(CHAT, messages="hi"),
+            invalid(
+                "messages", "invalid_type", message="Invalid type for 'messages': expected an array, but got a string instead."
+            ),
+        ),
+        MESSAGES: (
+            good_body(MESSAGES, messages="hi"),
+            invalid(
+                "messages", "invalid_type", message="Invalid type for 'messages': expected an array, but got a string instead."
+            ),
+        ),
+        ENVELOPE: (
+            good_body(ENVELOPE, prompt=["hi"]),
+            invalid("prompt", "invalid_type", message="Invalid type for 'prompt': expected a string, but got an array instead."),
+        ),
     },
     "max_tokens_a_string": {
-        route: (good_body(route, max_tokens="ten"), invalid("max_tokens", "invalid_type",
-                message="Invalid type for 'max_tokens': expected an integer, but got a string instead."))
+        route: (
+            good_body(route, max_tokens="ten"),
+            invalid(
+                "max_tokens",
+                "invalid_type",
+                message="Invalid type for 'max_tokens': expected an integer, but got a string instead.",
+            ),
+        )
         for route in ROUTES
     },
     "temperature_out_of_range": {
-        CHAT: (good_body(CHAT, temperature=9), invalid("temperature", "invalid_value",
-               message="Invalid value for 'temperature': must be between 0 and 2, got 9.")),
-        ENVELOPE: (good_body(ENVELOPE, temperature=9), invalid("temperature", "invalid_value",
-                   message="Invalid value for 'temperature': must be between 0 and 2, got 9.")),
-        MESSAGES: (good_body(MESSAGES, temperature=9), invalid("temperature", "invalid_value",
-                   message="Invalid value for 'temperature': must be between 0 and 1, got 9.")),
+        CHAT: (
+            good_body(CHAT, temperature=9),
+            invalid("temperature", "invalid_value", message="Invalid value for 'temperature': must be between 0 and 2, got 9."),
+        ),
+        ENVELOPE: (
+            good_body(ENVELOPE, temperature=9),
+            invalid("temperature", "invalid_value", message="Invalid value for 'temperature': must be between 0 and 2, got 9."),
+        ),
+        MESSAGES: (
+            good_body(MESSAGES, temperature=9),
+            invalid("temperature", "invalid_value", message="Invalid value for 'temperature': must be between 0 and 1, got 9."),
+        ),
     },
     "missing_messages": {
-        CHAT: ({"model": ALIAS}, invalid("messages", "missing_required_parameter",
-               message="Missing required parameter: 'messages'.")),
-        MESSAGES: ({"model": ALIAS, "max_tokens": 8}, invalid("messages", "missing_required_parameter",
-                   message="Missing required parameter: 'messages'.")),
-        ENVELOPE: ({"model": ALIAS}, invalid("prompt", "missing_required_parameter",
-                   message="Missing required parameter: 'prompt'.")),
+        CHAT: (
+            {"model": ALIAS},
+            invalid("messages", "missing_required_parameter", message="Missing required parameter: 'messages'."),
+        ),
+        MESSAGES: (
+            {"model": ALIAS, "max_tokens": 8},
+            invalid("messages", "missing_required_parameter", message="Missing required parameter: 'messages'."),
+        ),
+        ENVELOPE: (
+            {"model": ALIAS},
+            invalid("prompt", "missing_required_parameter", message="Missing required parameter: 'prompt'."),
+        ),
     },
     "missing_model": {
         # The envelope falls back to PORTAL_DEFAULT_MODEL instead (tests/test_routing.py).
-        CHAT: ({"messages": [{"role": "user", "content": "hi"}]}, invalid("model", "missing_required_parameter",
-               message="Missing required parameter: 'model'.")),
-        MESSAGES: ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
-                   invalid("model", "missing_required_parameter", message="Missing required parameter: 'model'.")),
+        CHAT: (
+            {"messages": [{"role": "user", "content": "hi"}]},
+            invalid("model", "missing_required_parameter", message="Missing required parameter: 'model'."),
+        ),
+        MESSAGES: (
+            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
+            invalid("model", "missing_required_parameter", message="Missing required parameter: 'model'."),
+        ),
     },
     "missing_max_tokens_on_messages": {
-        MESSAGES: (good_body(MESSAGES, max_tokens=None), invalid("max_tokens", "missing_required_parameter",
-                   message="Missing required parameter: 'max_tokens'.")),
+        MESSAGES: (
+            good_body(MESSAGES, max_tokens=None),
+            invalid("max_tokens", "missing_required_parameter", message="Missing required parameter: 'max_tokens'."),
+        ),
     },
 }
 
@@ -298,23 +381,38 @@ UNSUPPORTED_CHAT: dict[str, tuple[dict[str, Any], Expected]] = {
     ),
     "tool_choice_auto": (
         {"tool_choice": "auto"},
-        invalid("tool_choice", "unsupported_value", message=f"Unsupported value for 'tool_choice': only 'none' is accepted. {_NO_TOOLS}"),
+        invalid(
+            "tool_choice",
+            "unsupported_value",
+            message=f"Unsupported value for 'tool_choice': only 'none' is accepted. {_NO_TOOLS}",
+        ),
     ),
     "tool_role_message": (
         {"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "call_1", "content": "42"}]},
         invalid("messages[1].role", "unsupported_value", mentions="role 'tool'"),
     ),
     "image_part": (
-        {"messages": [{"role": "user", "content": [
-            {"type": "text", "text": "what is this?"},
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
-        ]}]},
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "what is this?"},
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                    ],
+                }
+            ]
+        },
         invalid("messages[0].content[1].type", "unsupported_value", mentions="'image_url'"),
     ),
     "n_2": ({"n": 2}, invalid("n", "unsupported_value", mentions="'n' must be 1")),
     "response_format_json": (
         {"response_format": {"type": "json_object"}},
-        invalid("response_format", "unsupported_value", message="Unsupported value for 'response_format': only {'type': 'text'} is supported."),
+        invalid(
+            "response_format",
+            "unsupported_value",
+            message="Unsupported value for 'response_format': only {'type': 'text'} is supported.",
+        ),
     ),
     "logprobs": ({"logprobs": True}, invalid("logprobs", "unsupported_value", mentions="log probabilities")),
 }
@@ -333,27 +431,48 @@ def test_chat_refuses_what_hosted_routes_do_not_offer(gateway: LiveGateway, key:
 
 
 def test_chat_accepts_the_harmless_forms_of_those_fields(gateway: LiveGateway, key: IssuedKey) -> None:
-    body = good_body(CHAT, tools=[], functions=[], tool_choice="none", n=1, response_format={"type": "text"}, logprobs=False,
-                     unknown_field={"ignored": True})
+    body = good_body(
+        CHAT,
+        tools=[],
+        functions=[],
+        tool_choice="none",
+        n=1,
+        response_format={"type": "text"},
+        logprobs=False,
+        unknown_field={"ignored": True},
+    )
     response = post(gateway, CHAT, key.raw, body=body)
     assert response.status_code == 200, response.text
     assert response.json()["object"] == "chat.completion"
 
 
 UNSUPPORTED_MESSAGES: dict[str, tuple[dict[str, Any], Expected]] = {
-    "tools": ({"tools": [{"name": "f", "input_schema": {"type": "object"}}]}, invalid("tools", "unsupported_parameter", mentions="'tools'")),
+    "tools": (
+        {"tools": [{"name": "f", "input_schema": {"type": "object"}}]},
+        invalid("tools", "unsupported_parameter", mentions="'tools'"),
+    ),
     "tool_choice": ({"tool_choice": {"type": "auto"}}, invalid("tool_choice", "unsupported_parameter", mentions="'tool_choice'")),
     "image_block": (
-        {"messages": [{"role": "user", "content": [
-            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
-        ]}]},
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                    ],
+                }
+            ]
+        },
         invalid("messages[0].content[0].type", "unsupported_value", mentions="'messages[0].content[0].type'"),
     ),
     "tool_result_block": (
         {"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "42"}]}]},
         invalid("messages[0].content[0].type", "unsupported_value", mentions="'tool_result'"),
     ),
-    "thinking": ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, invalid("thinking", "unsupported_value", mentions="'thinking'")),
+    "thinking": (
+        {"thinking": {"type": "enabled", "budget_tokens": 1024}},
+        invalid("thinking", "unsupported_value", mentions="'thinking'"),
+    ),
 }
 
 
@@ -476,8 +595,12 @@ def test_x_api_key_works_like_bearer_on_every_route(gateway: LiveGateway, key: I
             assert response.status_code == 200, (style, path, response.text)
             request_id_of(response)
         header = {"authorization": f"Bearer {key.raw}"} if style == "bearer" else {"x-api-key": key.raw}
-        response = httpx.post(f"{gateway.url}/v1/messages/count_tokens", headers=header, timeout=10,
-                              json={"model": ALIAS, "messages": [{"role": "user", "content": "hi"}]})
+        response = httpx.post(
+            f"{gateway.url}/v1/messages/count_tokens",
+            headers=header,
+            timeout=10,
+            json={"model": ALIAS, "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert response.status_code == 200, (style, response.text)
         assert response.json() == {"input_tokens": estimate_tokens(CHATML_HI)}
 
@@ -645,7 +768,12 @@ def test_all_sessions_down_is_503_and_529(gateway: LiveGateway, key: IssuedKey, 
             assert_logged(rid, status, usage=True)
             event = wait_for(lambda rid=rid: UsageEvent.objects.filter(request_id=rid).first())
             assert (event.status, event.http_status, event.error_code) == ("error", status, "upstream_unavailable")
-            assert (event.alias, event.pool, event.organization_id, event.api_key_id) == (ALIAS, ALIAS, key.organization_id, key.key_id)
+            assert (event.alias, event.pool, event.organization_id, event.api_key_id) == (
+                ALIAS,
+                ALIAS,
+                key.organization_id,
+                key.key_id,
+            )
             assert event.route == {CHAT: "chat.completions", ENVELOPE: "completions", MESSAGES: "messages"}[route]
             assert (event.completion_tokens, event.streamed) == (0, False)
 
@@ -655,7 +783,9 @@ def test_all_sessions_down_is_503_and_529(gateway: LiveGateway, key: IssuedKey, 
     [
         pytest.param({"global_": {"fail_status": 401}}, id="fail_status_401"),
         pytest.param({"global_": {"fail_status": 403}}, id="fail_status_403"),
-        pytest.param({"global_": {"auth_key": "rotated-key"}, "sessions": {"102": {"auth_key": "rotated-102"}}}, id="key_mismatch"),
+        pytest.param(
+            {"global_": {"auth_key": "rotated-key"}, "sessions": {"102": {"auth_key": "rotated-102"}}}, id="key_mismatch"
+        ),
     ],
 )
 def test_router_refusing_our_credentials_is_502(config: dict[str, Any], gateway: LiveGateway, key: IssuedKey, sim: Any) -> None:

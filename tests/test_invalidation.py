@@ -38,14 +38,19 @@ from tests.support.live import (
 )
 
 OTHER_ALIAS = "inval-other"
-needs_pubsub = pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="pub/sub needs REDIS_URL (without it the poll is the only path)")
+needs_pubsub = pytest.mark.skipif(
+    not os.environ.get("REDIS_URL"), reason="pub/sub needs REDIS_URL (without it the poll is the only path)"
+)
 POLL_FALLBACK_MS = 300
 CHAT = {"model": ALIAS, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
 def chat(gateway: LiveGateway, raw: str, *, model: str = ALIAS) -> httpx.Response:
     return httpx.post(
-        f"{gateway.url}/v1/chat/completions", headers={"authorization": f"Bearer {raw}"}, json={**CHAT, "model": model}, timeout=10
+        f"{gateway.url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {raw}"},
+        json={**CHAT, "model": model},
+        timeout=10,
     )
 
 
@@ -202,7 +207,9 @@ def test_a_burst_of_signups_runs_no_statement_on_another_organizations_request_p
 
     assert statuses[200] > 0 and set(statuses) == {200}, statuses
     after = [v1_statements(gw) for gw in pubsub_pair]
-    assert after == before, f"org A's request path ran {[a - b for a, b in zip(after, before, strict=True)]} statements during the burst"
+    assert after == before, (
+        f"org A's request path ran {[a - b for a, b in zip(after, before, strict=True)]} statements during the burst"
+    )
     # The new organizations' keys work at once, on both processes (their lookups are theirs to pay).
     for gw in pubsub_pair:
         assert chat(gw, new_keys[-1]).status_code == 200
@@ -262,7 +269,9 @@ def test_plan_and_routing_changes_reach_every_process(gateway: LiveGateway, pubs
 
 @pytest.mark.slow
 def test_without_pubsub_the_poll_refuses_a_revoked_key_within_its_interval(
-    gateway: LiveGateway, poll_pair: list[LiveGateway], settings  # noqa: ANN001
+    gateway: LiveGateway,
+    poll_pair: list[LiveGateway],
+    settings,  # noqa: ANN001
 ) -> None:
     settings.REDIS_URL = "redis://127.0.0.1:18299/0" if settings.REDIS_URL else ""  # publishing fails too
     key = issue_key(slug=f"poll-{uuid.uuid4().hex[:8]}")
@@ -280,7 +289,9 @@ def test_without_pubsub_the_poll_refuses_a_revoked_key_within_its_interval(
     warm(poll_pair, other)
     started = time.monotonic()
     plan.allowed_aliases.set([ModelAlias.objects.create(alias=OTHER_ALIAS, pool=RouterPool.objects.get(name=ALIAS))])
-    assert seconds_until(poll_pair, lambda gw: models(gw, other.raw) == [OTHER_ALIAS], since=started) < POLL_FALLBACK_MS / 1000 + 1.0
+    assert (
+        seconds_until(poll_pair, lambda gw: models(gw, other.raw) == [OTHER_ALIAS], since=started) < POLL_FALLBACK_MS / 1000 + 1.0
+    )
 
 
 @pytest.mark.slow

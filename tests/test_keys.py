@@ -218,7 +218,12 @@ def test_the_raw_key_is_in_no_database_column_after_use(gateway: LiveGateway, ap
     )
     assert response.status_code == 200
     request_id = response.headers["x-request-id"]
-    wait_for(lambda: UsageEvent.objects.filter(request_id=request_id).exists() and RequestLog.objects.filter(request_id=request_id).exists())
+    wait_for(
+        lambda: (
+            UsageEvent.objects.filter(request_id=request_id).exists()
+            and RequestLog.objects.filter(request_id=request_id).exists()
+        )
+    )
     apikey_revoke(api_key=ApiKey.objects.get(pk=api_key.key_id), actor_label="tests")
     secret = api_key.raw.split("_", 2)[2]
     tables = connection.introspection.table_names()

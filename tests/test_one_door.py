@@ -10,7 +10,9 @@ from django.urls import Resolver404, resolve
 from gateway.asgi import GATEWAY_URLCONF, is_gateway_path
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/models", "/health", "/ready", "/metrics"])
+@pytest.mark.parametrize(
+    "path", ["/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/models", "/health", "/ready", "/metrics"]
+)
 def test_the_api_is_routed_by_the_fast_path_only(path: str) -> None:
     assert is_gateway_path(path)
     assert resolve(path, urlconf=GATEWAY_URLCONF).func is not None

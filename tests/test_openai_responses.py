@@ -546,7 +546,9 @@ def test_a_database_that_cannot_be_read_is_a_503_not_a_500(in_process_gateway: N
         auth = {"authorization": f"Bearer {key.raw}"}
         try:
             body = {"model": ALIAS, "input": "and?", "previous_response_id": "resp_" + "1" * 24}
-            response = await api.post("/v1/responses", content=json.dumps(body), headers={**auth, "content-type": "application/json"})
+            response = await api.post(
+                "/v1/responses", content=json.dumps(body), headers={**auth, "content-type": "application/json"}
+            )
             answers.append((response.status_code, json.loads(response.content), response.headers.get("retry-after")))
             for method in (api.get, api.delete):
                 response = await method("/v1/responses/resp_" + "1" * 24, headers=auth)

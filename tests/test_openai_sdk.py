@@ -40,7 +40,10 @@ def test_chat_completion_non_stream_matches_the_router_answer(gateway: LiveGatew
 
 def test_chat_completion_stream_with_include_usage(gateway: LiveGateway, api_key: IssuedKey) -> None:
     stream = client(gateway, api_key).chat.completions.create(
-        model=ALIAS, messages=[{"role": "user", "content": "hi"}], max_tokens=7, stream=True,
+        model=ALIAS,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=7,
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)

@@ -128,8 +128,12 @@ def known_usage(team: Team) -> None:
             usage(acme, datetime(2026, 3, 4, 13, tzinfo=UTC), status="error", http_status=502, error_code="upstream_error"),
             usage(acme, datetime(2026, 3, 4, 13, 10, tzinfo=UTC), status="cancelled", http_status=499),
             # Refused by the limiter: recorded, never counted.
-            usage(acme, datetime(2026, 3, 4, 13, 15, tzinfo=UTC), status="error", http_status=429, error_code="rate_limit_exceeded"),
-            usage(acme, datetime(2026, 3, 4, 13, 16, tzinfo=UTC), status="error", http_status=429, error_code="insufficient_quota"),
+            usage(
+                acme, datetime(2026, 3, 4, 13, 15, tzinfo=UTC), status="error", http_status=429, error_code="rate_limit_exceeded"
+            ),
+            usage(
+                acme, datetime(2026, 3, 4, 13, 16, tzinfo=UTC), status="error", http_status=429, error_code="insufficient_quota"
+            ),
             usage(acme, WINDOW_START - timedelta(seconds=1)),  # the window before: this week only
             usage(acme, WEEK_START),  # the week's first instant
             usage(acme, WEEK_START - timedelta(seconds=1)),  # last week
@@ -164,7 +168,10 @@ def test_balance_month_totals_and_running_balance_are_exact(team: Team, known_le
     assert context["balance"] == 10_765_391
     month = context["month"]
     assert (month.debits_micros, month.credits_micros, month.adjustments_micros, month.net_micros) == (
-        -1_234_609, 2_500_000, -500_000, 765_391,
+        -1_234_609,
+        2_500_000,
+        -500_000,
+        765_391,
     )
     assert (month.billed_requests, month.input_tokens, month.output_tokens) == (3, 1014, 2008)
     assert 'id="kpi-balance" title="$10.765391">$10.77<' in html
@@ -174,7 +181,9 @@ def test_balance_month_totals_and_running_balance_are_exact(team: Team, known_le
     assert "Usage in March" in html
 
     rows = re.findall(r'<tr data-entry="\d+"[^>]*>(.*?)</tr>', html, re.S)
-    cells = [[" ".join(re.sub(r"<[^>]+>", " ", c).split()) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)] for row in rows]
+    cells = [
+        [" ".join(re.sub(r"<[^>]+>", " ", c).split()) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)] for row in rows
+    ]
     assert cells == [
         ["Mar 4, 13:00:00", "usage", "oss-20b req_c", "12 / 7", "-$0.000037", "$10.765391"],
         ["Mar 4, 08:00:00", "credit", "Top-up", "—", "$2.500000", "$10.765428"],
@@ -183,13 +192,20 @@ def test_balance_month_totals_and_running_balance_are_exact(team: Team, known_le
         ["Mar 1, 09:00:00", "usage", "oss-20b req_a", "1,000 / 2,000", "-$1.234567", "$8.765433"],
         ["Feb 20, 10:00:00", "credit", "Welcome credit", "—", "$10.000000", "$10.000000"],
     ]
-    assert "6 entries · balance <strong class=\"mono\">$10.765391</strong>" in html
+    assert '6 entries · balance <strong class="mono">$10.765391</strong>' in html
     assert "globex money" not in html
 
 
 def test_a_negative_balance_reads_as_owed(team: Team, clock: Clock) -> None:
-    LedgerEntry.objects.create(**{"organization": team.acme, "kind": "debit", "amount_micros": -4_999, "request_id": "req_x",
-                                  "created_at": datetime(2026, 3, 4, 9, tzinfo=UTC)})
+    LedgerEntry.objects.create(
+        **{
+            "organization": team.acme,
+            "kind": "debit",
+            "amount_micros": -4_999,
+            "request_id": "req_x",
+            "created_at": datetime(2026, 3, 4, 9, tzinfo=UTC),
+        }
+    )
     _, html, context = page(team.client(team.owner))
     assert context["balance"] == -4_999
     # Rounds to no cents at all: no sign on "$0.00", the exact amount next to it.
@@ -200,7 +216,12 @@ def test_allowances_count_admitted_requests_in_the_limiters_windows(team: Team, 
     _, html, context = page(team.client(team.member))
     window, week = context["allowances"]
     assert (window.kind, window.title, window.used, window.limit, window.percent) == (WINDOW, "3-hour window", 5, 100, 5)
-    assert (window.starts_at, window.resets_at, window.resets_in, window.counted_by) == (WINDOW_START, WINDOW_RESET, "1 h 30 min", "usage")
+    assert (window.starts_at, window.resets_at, window.resets_in, window.counted_by) == (
+        WINDOW_START,
+        WINDOW_RESET,
+        "1 h 30 min",
+        "usage",
+    )
     assert (week.kind, week.title, week.used, week.limit, week.percent) == (WEEKLY, "This week", 7, 1000, 0)
     assert (week.starts_at, week.resets_at, week.resets_in) == (WEEK_START, WEEK_RESET, "4 d 10 h")
     feet = [text_of(f) for f in re.findall(r'<div class="allowance-foot">(.*?)</div>', html, re.S)]
@@ -307,12 +328,15 @@ def redis_limiter(monkeypatch: pytest.MonkeyPatch) -> Iterator[Limiter]:
 
 
 def test_with_redis_the_page_shows_the_limiters_own_counters(team: Team, clock: Clock, redis_limiter: Limiter) -> None:
-    plan = Plan.objects.create(slug="tight", name="Tight", requests_per_minute=1000, window_requests=5, window_seconds=10800,
-                               weekly_requests=50)
+    plan = Plan.objects.create(
+        slug="tight", name="Tight", requests_per_minute=1000, window_requests=5, window_seconds=10800, weekly_requests=50
+    )
     team.acme.plan = plan
     team.acme.save()
     key_a = Principal(key_id=team.acme_key_id, organization_id=team.acme.pk, organization_slug="acme", plan=plan_record(plan))
-    key_b = Principal(key_id=team.acme_key_id + 1000, organization_id=team.acme.pk, organization_slug="acme", plan=plan_record(plan))
+    key_b = Principal(
+        key_id=team.acme_key_id + 1000, organization_id=team.acme.pk, organization_slug="acme", plan=plan_record(plan)
+    )
 
     async def traffic() -> QuotaExceeded:
         for i in range(5):  # two keys, one organization budget
@@ -337,8 +361,9 @@ def test_with_redis_the_page_shows_the_limiters_own_counters(team: Team, clock: 
     assert [a.used for a in other["allowances"]] == [0, 0]
 
 
-def test_an_unreachable_redis_falls_back_to_counting_rows(team: Team, clock: Clock, known_usage: None,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unreachable_redis_falls_back_to_counting_rows(
+    team: Team, clock: Clock, known_usage: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(gateway.limits, "limiter", Limiter(redis_url="redis://127.0.0.1:1/0"))
     _, _, context = page(team.client(team.member))
     assert [(a.used, a.counted_by) for a in context["allowances"]] == [(5, "usage"), (7, "usage")]
@@ -365,7 +390,9 @@ def test_free_is_compared_with_pro_side_by_side(team: Team, clock: Clock) -> Non
         ("oss-20b per 1M tokens", "$0.20 in · $0.60 out", "$0.15 in · $0.45 out", True),
     ]
     assert "What Pro changes" in html and 'id="plan-compare"' in html
-    assert '<tr class="is-changed"><th scope="row">Requests per minute</th><td>20</td><td class="compare-next">600</td></tr>' in html
+    assert (
+        '<tr class="is-changed"><th scope="row">Requests per minute</th><td>20</td><td class="compare-next">600</td></tr>' in html
+    )
 
 
 def test_the_top_plan_says_so(team: Team, clock: Clock) -> None:
@@ -386,8 +413,16 @@ def test_next_plan_up_is_the_least_generous_of_the_more_generous(db) -> None:  #
     assert plan_next_up(team_plan, plans) == pro
     assert plan_next_up(pro, plans) is None
     # Same rate, no weekly cap: more generous than free.
-    relaxed = Plan.objects.create(slug="relaxed", name="Relaxed", requests_per_minute=20, tokens_per_minute=20_000,
-                                  concurrent_requests=4, window_requests=100, window_seconds=10800, weekly_requests=None)
+    relaxed = Plan.objects.create(
+        slug="relaxed",
+        name="Relaxed",
+        requests_per_minute=20,
+        tokens_per_minute=20_000,
+        concurrent_requests=4,
+        window_requests=100,
+        window_seconds=10800,
+        weekly_requests=None,
+    )
     assert plan_next_up(free, [*plans, relaxed]) == relaxed
 
 
@@ -422,7 +457,11 @@ def test_money_is_formatted_in_integer_arithmetic(micros: int, exact: str, cents
 
 def test_ledger_columns_keep_all_six_decimals() -> None:
     assert [format_micros_exact(m, full=True) for m in (0, 5_000_000, -15, 1_234_567, -1_500_000_000)] == [
-        "$0.000000", "$5.000000", "-$0.000015", "$1.234567", "-$1,500.000000",
+        "$0.000000",
+        "$5.000000",
+        "-$0.000015",
+        "$1.234567",
+        "-$1,500.000000",
     ]
 
 
@@ -432,7 +471,15 @@ def test_rounding_to_cents_is_half_up_on_the_magnitude() -> None:
 
 def test_durations_and_window_names() -> None:
     assert [duration_words(s) for s in (0, 59, 60, 3599, 3600, 5400, 86_399, 86_400, 387_000)] == [
-        "0 s", "59 s", "1 min", "59 min", "1 h 0 min", "1 h 30 min", "23 h 59 min", "1 d 0 h", "4 d 11 h",
+        "0 s",
+        "59 s",
+        "1 min",
+        "59 min",
+        "1 h 0 min",
+        "1 h 30 min",
+        "23 h 59 min",
+        "1 d 0 h",
+        "4 d 11 h",
     ]
     assert [window_adjective(s) for s in (10800, 3600, 1800, 90)] == ["3-hour", "1-hour", "30-minute", "90-second"]
 
@@ -482,8 +529,9 @@ def test_a_member_of_two_organizations_picks_one_with_org(team: Team, known_ledg
 # --- A busy organization ------------------------------------------------------------------------------------------
 
 
-def test_a_busy_organization_renders_in_a_bounded_number_of_queries(team: Team, clock: Clock,
-                                                                   django_assert_max_num_queries) -> None:  # noqa: ANN001
+def test_a_busy_organization_renders_in_a_bounded_number_of_queries(
+    team: Team, clock: Clock, django_assert_max_num_queries
+) -> None:  # noqa: ANN001
     acme = team.acme
     client = team.client(team.owner)
 
@@ -497,8 +545,17 @@ def test_a_busy_organization_renders_in_a_bounded_number_of_queries(team: Team, 
     UsageEvent.objects.bulk_create([usage(acme, FROZEN)])
     quiet = queries()  # one entry, one request
     LedgerEntry.objects.bulk_create(
-        [entry(acme, start + timedelta(minutes=10 * i), "debit", -(i % 97) - 1, request_id=f"req_busy_{i}", tokens=(i % 50, i % 7))
-           for i in range(1, 3000)],
+        [
+            entry(
+                acme,
+                start + timedelta(minutes=10 * i),
+                "debit",
+                -(i % 97) - 1,
+                request_id=f"req_busy_{i}",
+                tokens=(i % 50, i % 7),
+            )
+            for i in range(1, 3000)
+        ],
         batch_size=1000,
     )
     UsageEvent.objects.bulk_create([usage(acme, FROZEN - timedelta(seconds=37 * i)) for i in range(1, 5000)], batch_size=1000)
@@ -512,13 +569,18 @@ def test_a_busy_organization_renders_in_a_bounded_number_of_queries(team: Team, 
 
     html = response.content.decode()
     assert html.count('<tr data-entry="') == 50 and "Page 1 of 60" in html
-    amounts = list(LedgerEntry.objects.filter(organization=acme).order_by("-created_at", "-id").values_list("amount_micros", flat=True))
+    amounts = list(
+        LedgerEntry.objects.filter(organization=acme).order_by("-created_at", "-id").values_list("amount_micros", flat=True)
+    )
     total = sum(amounts)
     assert response.context["balance"] == total
     # The running balance of page 2's first row: everything but the 50 newest entries.
     first_on_two = second.context["ledger"].object_list[0]
     assert first_on_two.balance_micros == total - sum(amounts[:50])
-    assert f'<td class="num nowrap l-balance">{format_micros_exact(total - sum(amounts[:50]), full=True)}</td>' in second.content.decode()
+    assert (
+        f'<td class="num nowrap l-balance">{format_micros_exact(total - sum(amounts[:50]), full=True)}</td>'
+        in second.content.decode()
+    )
     window, week = response.context["allowances"]
     assert window.used == sum(1 for i in range(5000) if FROZEN - timedelta(seconds=37 * i) >= WINDOW_START)
     assert week.used == 5000  # 5000 × 37 s is under two days and a half: all since Monday
@@ -532,7 +594,10 @@ def test_a_busy_organization_renders_in_a_bounded_number_of_queries(team: Team, 
 
 def test_invitations_are_read_only_in_the_admin(team: Team) -> None:
     invitation = Invitation.objects.create(
-        organization=team.acme, email="new@acme.test", token="tok-secret-Zx81", invited_by=team.owner,
+        organization=team.acme,
+        email="new@acme.test",
+        token="tok-secret-Zx81",
+        invited_by=team.owner,
         expires_at=timezone.now() + timedelta(days=7),
     )
     staff = Client()

@@ -28,8 +28,8 @@ def test_docs_show_the_responses_route_with_examples() -> None:
     assert "client.responses.create(" in page and "previous_response_id=response.id" in page
     assert "client.responses.stream(" in page and 'event.type == "response.output_text.delta"' in page
     assert 'AsyncOpenAI(base_url="https://api.example.test/v1"' in page and "Runner.run_sync(agent" in page
-    assert "<code class=\"mono small\">response_not_found</code>" in page
-    assert "<code class=\"mono small\">previous_response_not_found</code>" in page
+    assert '<code class="mono small">response_not_found</code>' in page
+    assert '<code class="mono small">previous_response_not_found</code>' in page
 
 
 def test_the_python_examples_compile() -> None:

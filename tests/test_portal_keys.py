@@ -181,7 +181,9 @@ def test_api_create_validates_its_input(team: Team) -> None:
     assert status == 400 and "name" in body
     status, body = json_post(client, "/portal/api-keys", {"name": "x", "expires_at": "2001-01-01T00:00:00Z"})
     assert status == 400 and body == {"expires_at": ["the expiry must be in the future"]}
-    status, body = json_post(client, "/portal/api-keys", {"name": "x", "expires_in_days": 3, "expires_at": "2101-01-01T00:00:00Z"})
+    status, body = json_post(
+        client, "/portal/api-keys", {"name": "x", "expires_in_days": 3, "expires_at": "2101-01-01T00:00:00Z"}
+    )
     assert status == 400
     assert ApiKey.objects.filter(organization=team.acme).count() == 1
 
@@ -237,8 +239,12 @@ def test_api_org_parameter_picks_one_of_the_users_organizations(team: Team) -> N
 
 def test_api_refuses_anonymous_callers_with_403_json(team: Team) -> None:
     client = Client()
-    for method, url in (("get", "/portal/api-keys"), ("post", "/portal/api-keys"), ("get", f"/portal/api-keys/{team.acme_key_id}"),
-                        ("delete", f"/portal/api-keys/{team.acme_key_id}")):
+    for method, url in (
+        ("get", "/portal/api-keys"),
+        ("post", "/portal/api-keys"),
+        ("get", f"/portal/api-keys/{team.acme_key_id}"),
+        ("delete", f"/portal/api-keys/{team.acme_key_id}"),
+    ):
         response = getattr(client, method)(url, HTTP_ACCEPT="application/json", content_type="application/json")
         assert response.status_code == 403, url
         assert response.json() == {"detail": "Authentication credentials were not provided."}
@@ -257,7 +263,9 @@ def test_api_writes_need_the_csrf_token(team: Team) -> None:
     # With the token from the page it works.
     client.get("/portal/api-keys", HTTP_ACCEPT="text/html")
     token = client.cookies["csrftoken"].value
-    response = client.post("/portal/api-keys", data=json.dumps({"name": "fine"}), content_type="application/json", HTTP_X_CSRFTOKEN=token)
+    response = client.post(
+        "/portal/api-keys", data=json.dumps({"name": "fine"}), content_type="application/json", HTTP_X_CSRFTOKEN=token
+    )
     assert response.status_code == 201
 
 

@@ -29,8 +29,13 @@ def session_http(gateway: LiveGateway, client: Client, *, csrf: bool = True) -> 
 
 
 def chat(stream: bool, model: str = ALIAS) -> dict[str, object]:
-    return {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 9, "stream": stream,
-            "stream_options": {"include_usage": True}}
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 9,
+        "stream": stream,
+        "stream_options": {"include_usage": True},
+    }
 
 
 @pytest.mark.django_db

@@ -28,8 +28,18 @@ DAY2 = datetime(2026, 3, 3, 23, 59, 59, tzinfo=UTC)
 DAY3 = datetime(2026, 3, 4, 0, 0, 0, tzinfo=UTC)
 
 
-def event(team_org, key, n: int, *, when: datetime, alias: str = "oss-20b", prompt: int = 0, completion: int = 0,  # noqa: ANN001
-          status: str = "ok", http_status: int = 200) -> UsageEvent:
+def event(
+    team_org,
+    key,
+    n: int,
+    *,
+    when: datetime,
+    alias: str = "oss-20b",
+    prompt: int = 0,
+    completion: int = 0,  # noqa: ANN001
+    status: str = "ok",
+    http_status: int = 200,
+) -> UsageEvent:
     return UsageEvent(
         request_id=f"req_{team_org.slug}_{n:06d}",
         organization=team_org,
@@ -112,16 +122,48 @@ def test_summary_by_model_and_by_key_are_exact(team: Team, known_events: dict[st
     _, by_key = summary(client, "from=2026-03-02&to=2026-03-04&group_by=key")
     backend, batch = known_events["backend"], known_events["batch"]
     assert by_key["rows"] == [
-        {"key_id": backend.pk, "key_name": "acme backend", "key_masked": backend.masked,
-         "requests": 4, "errors": 1, "prompt_tokens": 22, "completion_tokens": 25, "total_tokens": 47},
-        {"key_id": batch.pk, "key_name": "batch jobs", "key_masked": batch.masked,
-         "requests": 2, "errors": 0, "prompt_tokens": 101, "completion_tokens": 3, "total_tokens": 104},
-        {"key_id": None, "key_name": "(deleted key)", "key_masked": "",
-         "requests": 1, "errors": 0, "prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+        {
+            "key_id": backend.pk,
+            "key_name": "acme backend",
+            "key_masked": backend.masked,
+            "requests": 4,
+            "errors": 1,
+            "prompt_tokens": 22,
+            "completion_tokens": 25,
+            "total_tokens": 47,
+        },
+        {
+            "key_id": batch.pk,
+            "key_name": "batch jobs",
+            "key_masked": batch.masked,
+            "requests": 2,
+            "errors": 0,
+            "prompt_tokens": 101,
+            "completion_tokens": 3,
+            "total_tokens": 104,
+        },
+        {
+            "key_id": None,
+            "key_name": "(deleted key)",
+            "key_masked": "",
+            "requests": 1,
+            "errors": 0,
+            "prompt_tokens": 3,
+            "completion_tokens": 3,
+            "total_tokens": 6,
+        },
     ]
-    assert by_key["totals"] == by_model["totals"] == {
-        "requests": 7, "errors": 1, "prompt_tokens": 126, "completion_tokens": 31, "total_tokens": 157,
-    }
+    assert (
+        by_key["totals"]
+        == by_model["totals"]
+        == {
+            "requests": 7,
+            "errors": 1,
+            "prompt_tokens": 126,
+            "completion_tokens": 31,
+            "total_tokens": 157,
+        }
+    )
 
 
 def test_summary_sees_only_the_callers_organization(team: Team, known_events: dict[str, ApiKey]) -> None:
@@ -244,7 +286,8 @@ def test_page_redirects_anonymous_visitors() -> None:
 
 
 def test_page_of_a_busy_organization_costs_a_bounded_number_of_queries(
-    team: Team, django_assert_max_num_queries  # noqa: ANN001
+    team: Team,
+    django_assert_max_num_queries,  # noqa: ANN001
 ) -> None:
     keys = [ApiKey.objects.get(pk=team.acme_key_id)] + [
         apikey_create(organization=team.acme, name=f"key {i}", created_by=team.owner).api_key for i in range(4)
@@ -252,8 +295,15 @@ def test_page_of_a_busy_organization_costs_a_bounded_number_of_queries(
     now = timezone.now()
     UsageEvent.objects.bulk_create(
         [
-            event(team.acme, keys[i % 5], i, when=now - timedelta(minutes=i * 3), alias=("oss-20b", "gemma4")[i % 2],
-                  prompt=i % 50, completion=i % 7)
+            event(
+                team.acme,
+                keys[i % 5],
+                i,
+                when=now - timedelta(minutes=i * 3),
+                alias=("oss-20b", "gemma4")[i % 2],
+                prompt=i % 50,
+                completion=i % 7,
+            )
             for i in range(5000)
         ],
         batch_size=1000,
@@ -286,9 +336,19 @@ async def _connect(client: Client, query: str = "") -> tuple[WebsocketCommunicat
 
 def _record(org_id: int, key_id: int | None, request_id: str) -> UsageRecord:
     return UsageRecord(
-        request_id=request_id, organization_id=org_id, api_key_id=key_id, alias="oss-20b", route="chat.completions",
-        status="ok", http_status=200, created_at=timezone.now(), prompt_tokens=3, completion_tokens=4, total_tokens=7,
-        duration_ms=12, streamed=True,
+        request_id=request_id,
+        organization_id=org_id,
+        api_key_id=key_id,
+        alias="oss-20b",
+        route="chat.completions",
+        status="ok",
+        http_status=200,
+        created_at=timezone.now(),
+        prompt_tokens=3,
+        completion_tokens=4,
+        total_tokens=7,
+        duration_ms=12,
+        streamed=True,
     )
 
 
@@ -312,7 +372,10 @@ def test_live_feed_sends_the_organizations_new_requests_only(portal_settings) ->
         }
         # As the gateway's usage writer calls it: on its event loop.
         await apublish_usage_events(
-            [_record(team.globex.pk, team.globex_key_id, "req_globex_live"), _record(team.acme.pk, team.acme_key_id, "req_acme_live")]
+            [
+                _record(team.globex.pk, team.globex_key_id, "req_globex_live"),
+                _record(team.acme.pk, team.acme_key_id, "req_acme_live"),
+            ]
         )
         got = [await feed.receive_json_from(timeout=5)]
         assert await feed.receive_nothing(timeout=0.3)

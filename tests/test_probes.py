@@ -147,10 +147,15 @@ def test_a_draining_process_fails_both_probes_on_the_connections_it_still_serves
     ended = threading.Event()
 
     def stream() -> None:
-        with httpx.Client(timeout=30) as client, client.stream(
-            "POST", f"{gateway.url}{CHAT}", json=body_for(CHAT, text="drain", max_tokens=64, stream=True),
-            headers=headers_for(routed.raw, CHAT),
-        ) as response:
+        with (
+            httpx.Client(timeout=30) as client,
+            client.stream(
+                "POST",
+                f"{gateway.url}{CHAT}",
+                json=body_for(CHAT, text="drain", max_tokens=64, stream=True),
+                headers=headers_for(routed.raw, CHAT),
+            ) as response,
+        ):
             response.read()
         ended.set()
 

@@ -209,7 +209,9 @@ def test_an_old_or_misspelt_supabase_name_stops_start_up_with_one_line(name: str
     for env in (base_env(**PRODUCTION, **{name: "postgres://x@db.example.supabase.co/postgres"}),
                 base_env(**PRODUCTION, DATABASE_URL=None, **{name: "postgres://x@db.example.supabase.co/postgres"}),
                 base_env(DEBUG="1", **{name: ""})):  # fmt: skip
-        result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 2, result.stdout + result.stderr
         assert result.stderr == (
             f"configuration error: {name}: not a setting: the Supabase connection string goes in PORTAL_SUPABASE_DB_URL"
@@ -219,7 +221,9 @@ def test_an_old_or_misspelt_supabase_name_stops_start_up_with_one_line(name: str
 
 def test_a_production_start_without_a_database_url_stops_instead_of_running_on_sqlite() -> None:
     for env in (base_env(**PRODUCTION, DATABASE_URL=None), base_env(**PRODUCTION, DATABASE_URL="  ", PORTAL_SUPABASE_DB_URL="")):
-        result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 2
         assert result.stderr == (
             "configuration error: DATABASE_URL: must be set when DEBUG is off (or PORTAL_SUPABASE_DB_URL): production"
@@ -227,7 +231,9 @@ def test_a_production_start_without_a_database_url_stops_instead_of_running_on_s
         ), result.stderr
 
 
-def test_the_embedded_database_still_serves_debug_make_run_and_the_supabase_url_production(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_embedded_database_still_serves_debug_make_run_and_the_supabase_url_production(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     debug = subprocess.run(
         [sys.executable, "manage.py", "check"], cwd=ROOT, env=base_env(DATABASE_URL=None, DEBUG="1"),
         capture_output=True, text=True, timeout=60,
@@ -243,5 +249,7 @@ def test_the_embedded_database_still_serves_debug_make_run_and_the_supabase_url_
     supabase = base_env(
         **PRODUCTION, DATABASE_URL=None, PORTAL_SUPABASE_DB_URL="postgresql://postgres:pw@db.abcdefgh.supabase.co:5432/postgres"
     )
-    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=supabase, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=supabase, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr

@@ -143,14 +143,19 @@ def test_envelope_non_stream_wraps_the_router_object(gateway: LiveGateway, key: 
 def _router_chunks(tokens: list[str], reason: str, prompt: str) -> list[dict[str, Any]]:
     """What the simulator streams for these tokens, without the per-call id, task_id and created."""
     chunks: list[dict[str, Any]] = [
-        {"object": "text_completion", "choices": [{"index": 0, "text": t, "finish_reason": None}], "model": "default"} for t in tokens
+        {"object": "text_completion", "choices": [{"index": 0, "text": t, "finish_reason": None}], "model": "default"}
+        for t in tokens
     ]
     chunks.append(
         {
             "object": "text_completion",
             "choices": [{"index": 0, "text": "", "finish_reason": reason}],
             "model": "default",
-            "usage": {"prompt_tokens": simulator_prompt_tokens(prompt), "completion_tokens": len(tokens), "total_tokens": simulator_prompt_tokens(prompt) + len(tokens)},
+            "usage": {
+                "prompt_tokens": simulator_prompt_tokens(prompt),
+                "completion_tokens": len(tokens),
+                "total_tokens": simulator_prompt_tokens(prompt) + len(tokens),
+            },
         }
     )
     return chunks
@@ -174,7 +179,11 @@ def test_envelope_stream_relays_router_chunks_one_to_one(gateway: LiveGateway, k
 
 
 def test_envelope_without_model_uses_the_default_model(gateway: LiveGateway, key: IssuedKey, sim: Any) -> None:
-    for body in ({"prompt": "hi", "max_tokens": 5}, {"model": None, "prompt": "hi", "max_tokens": 5}, {"model": "", "prompt": "hi", "max_tokens": 5}):
+    for body in (
+        {"prompt": "hi", "max_tokens": 5},
+        {"model": None, "prompt": "hi", "max_tokens": 5},
+        {"model": "", "prompt": "hi", "max_tokens": 5},
+    ):
         response = post(gateway, ENVELOPE, key, body)
         assert response.status_code == 200, response.text
         out = response.json()
@@ -197,8 +206,15 @@ def test_models_list_and_retrieve(gateway: LiveGateway, key: IssuedKey) -> None:
     created = int(ModelAlias.objects.get(alias=ALIAS).created_at.timestamp())
     # OpenAI's four fields, then the alias's name, its cap (what a request without max_tokens gets) and its
     # context window (not stated for an alias synced from the environment).
-    entry = {"id": ALIAS, "object": "model", "created": created, "owned_by": "cortensor", "display_name": ALIAS,
-             "max_output_tokens": 4096, "context_length": None}
+    entry = {
+        "id": ALIAS,
+        "object": "model",
+        "created": created,
+        "owned_by": "cortensor",
+        "display_name": ALIAS,
+        "max_output_tokens": 4096,
+        "context_length": None,
+    }
     auth = {"authorization": f"Bearer {key.raw}"}
 
     response = httpx.get(f"{gateway.url}/v1/models", headers=auth, timeout=10)
@@ -216,8 +232,12 @@ def test_models_list_and_retrieve(gateway: LiveGateway, key: IssuedKey) -> None:
     assert response.status_code == 404
     request_id_of(response)
     assert response.json() == {
-        "error": {"message": "the model 'no-such-model' does not exist", "type": "invalid_request_error", "param": "model",
-                  "code": "model_not_found"}
+        "error": {
+            "message": "the model 'no-such-model' does not exist",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
     }
 
     for path in ("/v1/models", f"/v1/models/{ALIAS}", "/v1/models/no-such-model"):
@@ -249,7 +269,9 @@ def test_models_list_follows_aliases_added_and_disabled(gateway: LiveGateway, ke
 # --- what the router receives ------------------------------------------------------------------------------------------------
 
 
-def test_router_gets_the_chatml_prompt_our_request_id_and_the_capped_max_tokens(gateway: LiveGateway, key: IssuedKey, sim: Any) -> None:
+def test_router_gets_the_chatml_prompt_our_request_id_and_the_capped_max_tokens(
+    gateway: LiveGateway, key: IssuedKey, sim: Any
+) -> None:
     from routerpools.models import ModelAlias
 
     alias = ModelAlias.objects.get(alias=ALIAS)
@@ -257,8 +279,22 @@ def test_router_gets_the_chatml_prompt_our_request_id_and_the_capped_max_tokens(
     alias.save()
     wait_until_gateway_caught_up(gateway)
 
-    response = post(gateway, CHAT, key, {"model": ALIAS, "messages": HI, "max_tokens": 500, "temperature": 0.5, "top_p": 0.9,
-                                          "presence_penalty": 0.25, "frequency_penalty": -0.5, "user": "u-1", "seed": 7})
+    response = post(
+        gateway,
+        CHAT,
+        key,
+        {
+            "model": ALIAS,
+            "messages": HI,
+            "max_tokens": 500,
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "presence_penalty": 0.25,
+            "frequency_penalty": -0.5,
+            "user": "u-1",
+            "seed": 7,
+        },
+    )
     assert response.status_code == 200, response.text
     rid = request_id_of(response)
     sent = last_request(sim)
@@ -280,10 +316,20 @@ def test_router_gets_the_chatml_prompt_our_request_id_and_the_capped_max_tokens(
     tokens, text, reason = answer(CHATML_HI, 10)
     out = response.json()
     assert out["id"] == f"chatcmpl-{rid[4:]}"
-    assert out["choices"] == [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None}, "logprobs": None,
-                               "finish_reason": reason}]
+    assert out["choices"] == [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": None},
+            "logprobs": None,
+            "finish_reason": reason,
+        }
+    ]
     assert reason == "length"
-    assert out["usage"] == {"prompt_tokens": simulator_prompt_tokens(CHATML_HI), "completion_tokens": 10, "total_tokens": simulator_prompt_tokens(CHATML_HI) + 10}
+    assert out["usage"] == {
+        "prompt_tokens": simulator_prompt_tokens(CHATML_HI),
+        "completion_tokens": 10,
+        "total_tokens": simulator_prompt_tokens(CHATML_HI) + 10,
+    }
 
     # max_completion_tokens is capped the same way; a request under the cap is sent as asked.
     post(gateway, CHAT, key, {"model": ALIAS, "messages": HI, "max_completion_tokens": 11})
@@ -291,7 +337,9 @@ def test_router_gets_the_chatml_prompt_our_request_id_and_the_capped_max_tokens(
     post(gateway, CHAT, key, {"model": ALIAS, "messages": HI, "max_tokens": 3})
     assert last_request(sim)["max_tokens"] == 3
     # The Anthropic surface: the same cap, its own fields.
-    response = post(gateway, MESSAGES, key, {"model": ALIAS, "max_tokens": 500, "messages": HI, "top_k": 5, "stop_sequences": ["zzz"]})
+    response = post(
+        gateway, MESSAGES, key, {"model": ALIAS, "max_tokens": 500, "messages": HI, "top_k": 5, "stop_sequences": ["zzz"]}
+    )
     assert response.status_code == 200, response.text
     sent = last_request(sim)
     assert (sent["prompt"], sent["max_tokens"], sent["top_k"], sent["stop"]) == (CHATML_HI, 10, 5, ["zzz"])
@@ -315,8 +363,12 @@ def test_router_gets_every_message_rendered_as_chatml(gateway: LiveGateway, key:
     assert last_request(sim)["prompt"] == prompt
     assert response.json()["choices"][0]["message"]["content"] == answer(prompt, 4)[1]
 
-    response = post(gateway, MESSAGES, key, {"model": ALIAS, "max_tokens": 4, "system": [{"type": "text", "text": "be brief"}],
-                                             "messages": HI})
+    response = post(
+        gateway,
+        MESSAGES,
+        key,
+        {"model": ALIAS, "max_tokens": 4, "system": [{"type": "text", "text": "be brief"}], "messages": HI},
+    )
     assert response.status_code == 200, response.text
     prompt = "<|im_start|>system\nbe brief<|im_end|>\n" + CHATML_HI
     assert last_request(sim)["prompt"] == prompt
@@ -369,13 +421,19 @@ def test_interleaved_miners_keep_the_first_miner_only(gateway: LiveGateway, key:
     assert response.json()["choices"][0]["message"]["content"] == text
     assert response.json()["choices"][0]["finish_reason"] == reason
 
-    response = post(gateway, CHAT, key, {"model": ALIAS, "messages": HI, "max_tokens": 64, "stream": True,
-                                          "stream_options": {"include_usage": True}})
+    response = post(
+        gateway,
+        CHAT,
+        key,
+        {"model": ALIAS, "messages": HI, "max_tokens": 64, "stream": True, "stream_options": {"include_usage": True}},
+    )
     assert response.status_code == 200, response.text
     chunks = data_only(response)
     assert chunks[-1] == "[DONE]"
     assert chat_text(chunks) == text
-    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1] if c["choices"] and c["choices"][0]["finish_reason"]] == [reason]
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1] if c["choices"] and c["choices"][0]["finish_reason"]] == [
+        reason
+    ]
     assert chunks[-2]["usage"]["completion_tokens"] == len(answer(CHATML_HI, 64)[0])
 
     response = post(gateway, MESSAGES, key, {"model": ALIAS, "messages": HI, "max_tokens": 64, "stream": True})
@@ -395,8 +453,11 @@ def test_interleaved_miners_keep_the_first_miner_only(gateway: LiveGateway, key:
 def test_router_without_usage_is_estimated(gateway: LiveGateway, key: IssuedKey, sim: Any) -> None:
     sim.configure(global_={"omit_usage": True})
     _, text, _ = answer(CHATML_HI, 64)
-    expected = {"prompt_tokens": estimate(CHATML_HI), "completion_tokens": estimate(text),
-                "total_tokens": estimate(CHATML_HI) + estimate(text)}
+    expected = {
+        "prompt_tokens": estimate(CHATML_HI),
+        "completion_tokens": estimate(text),
+        "total_tokens": estimate(CHATML_HI) + estimate(text),
+    }
     assert expected["completion_tokens"] != len(answer(CHATML_HI, 64)[0])  # not the router's count
 
     response = post(gateway, CHAT, key, {"model": ALIAS, "messages": HI, "max_tokens": 64})
@@ -404,15 +465,28 @@ def test_router_without_usage_is_estimated(gateway: LiveGateway, key: IssuedKey,
     assert response.json()["usage"] == expected
     event = usage_event(request_id_of(response))
     assert (event.estimated, event.prompt_tokens, event.completion_tokens, event.total_tokens) == (
-        True, expected["prompt_tokens"], expected["completion_tokens"], expected["total_tokens"])
+        True,
+        expected["prompt_tokens"],
+        expected["completion_tokens"],
+        expected["total_tokens"],
+    )
 
-    response = post(gateway, CHAT, key, {"model": ALIAS, "messages": HI, "max_tokens": 64, "stream": True,
-                                          "stream_options": {"include_usage": True}})
+    response = post(
+        gateway,
+        CHAT,
+        key,
+        {"model": ALIAS, "messages": HI, "max_tokens": 64, "stream": True, "stream_options": {"include_usage": True}},
+    )
     chunks = data_only(response)
     assert chat_text(chunks) == text
     assert chunks[-2]["choices"] == [] and chunks[-2]["usage"] == expected
     event = usage_event(request_id_of(response))
-    assert (event.estimated, event.completion_tokens, event.streamed, event.status) == (True, expected["completion_tokens"], True, "ok")
+    assert (event.estimated, event.completion_tokens, event.streamed, event.status) == (
+        True,
+        expected["completion_tokens"],
+        True,
+        "ok",
+    )
 
     # With usage from the router, its counts win and nothing is estimated.
     sim.configure(global_={"omit_usage": False})
@@ -426,8 +500,12 @@ def test_truncated_stream_ends_with_an_error_event(gateway: LiveGateway, key: Is
     tokens, _, _ = answer(CHATML_HI, 64)
     delivered = "".join(tokens[:3])
 
-    response = post(gateway, CHAT, key, {"model": ALIAS, "messages": HI, "max_tokens": 64, "stream": True,
-                                          "stream_options": {"include_usage": True}})
+    response = post(
+        gateway,
+        CHAT,
+        key,
+        {"model": ALIAS, "messages": HI, "max_tokens": 64, "stream": True, "stream_options": {"include_usage": True}},
+    )
     assert response.status_code == 200
     rid = request_id_of(response)
     chunks = data_only(response)
@@ -437,7 +515,10 @@ def test_truncated_stream_ends_with_an_error_event(gateway: LiveGateway, key: Is
     error = chunks[-1]
     assert set(error) == {"error"}
     assert (error["error"]["type"], error["error"]["param"], error["error"]["code"]) == ("api_error", None, "upstream_error")
-    assert error["error"]["message"] in ("the upstream model server ended the stream early", "the upstream model server failed mid-stream")
+    assert error["error"]["message"] in (
+        "the upstream model server ended the stream early",
+        "the upstream model server failed mid-stream",
+    )
     assert sim.stats()["streams_truncated_by_server"] == 1
     event = usage_event(rid)
     assert (event.status, event.error_code, event.http_status, event.streamed) == ("error", "upstream_error", 200, True)
@@ -459,7 +540,13 @@ def test_truncated_stream_ends_with_an_error_event(gateway: LiveGateway, key: Is
     assert "[DONE]" not in payloads
     assert [c["choices"][0]["text"] for c in payloads[:-1]] == answer("hi", 64)[0][:3]
     error = payloads[-1]
-    assert (error["request_id"], error["status"], error["data"], error["model"], error["router_pool"]) == (rid, "failed", None, ALIAS, ALIAS)
+    assert (error["request_id"], error["status"], error["data"], error["model"], error["router_pool"]) == (
+        rid,
+        "failed",
+        None,
+        ALIAS,
+        ALIAS,
+    )
     assert error["error"]["code"] == "upstream_error"
 
 
@@ -542,7 +629,9 @@ def test_stop_sequence_cuts_the_answer(gateway: LiveGateway, key: IssuedKey, sim
     out = response.json()
     assert (out["content"], out["stop_reason"], out["stop_sequence"]) == ([{"type": "text", "text": cut}], "stop_sequence", word)
 
-    response = post(gateway, MESSAGES, key, {"model": ALIAS, "messages": HI, "max_tokens": 64, "stop_sequences": [word], "stream": True})
+    response = post(
+        gateway, MESSAGES, key, {"model": ALIAS, "messages": HI, "max_tokens": 64, "stop_sequences": [word], "stream": True}
+    )
     events = sse(response)
     assert "".join(json.loads(d)["delta"]["text"] for name, d in events if name == "content_block_delta") == cut
     delta = json.loads(next(d for name, d in events if name == "message_delta"))
@@ -560,7 +649,9 @@ def test_health_reports_services_and_pool_sizes_without_secrets(gateway: LiveGat
     assert body["status"] == "ok"
     assert body["models"] == [ALIAS]
     assert body["checks"] == {"database": "ok", "cache": "ok", "pool": "ok", "state": "ok"}
-    assert body["pools"] == [{"alias": ALIAS, "pool": ALIAS, "draining": False, "endpoints": 1, "sessions": 2, "upstreams": 2, "healthy": 2}]
+    assert body["pools"] == [
+        {"alias": ALIAS, "pool": ALIAS, "draining": False, "endpoints": 1, "sessions": 2, "upstreams": 2, "healthy": 2}
+    ]
     assert isinstance(body["usage_queue_depth"], int)
     assert isinstance(body["cache_epoch"], int)
     text = response.text

@@ -55,9 +55,9 @@ def supabase_roles() -> Iterator[psycopg.Connection]:
     with _connect() as conn:
         for role in ROLES:
             conn.execute(
-                sql.SQL(
-                    "DO $$ BEGIN CREATE ROLE {} NOLOGIN NOINHERIT; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
-                ).format(sql.Identifier(role))
+                sql.SQL("DO $$ BEGIN CREATE ROLE {} NOLOGIN NOINHERIT; EXCEPTION WHEN duplicate_object THEN NULL; END $$").format(
+                    sql.Identifier(role)
+                )
             )
         roles = sql.SQL(", ").join(sql.Identifier(r) for r in ROLES)
         for grant in SUPABASE_GRANTS:

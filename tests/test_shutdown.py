@@ -174,7 +174,11 @@ def test_a_row_of_a_deleted_organization_does_not_block_the_batch() -> None:
     gone = issue_key(slug="gone")
     now = timezone.now()
     batch_usage = [usage("req_k1", kept), usage("req_g1", gone), usage("req_k2", kept), usage("req_anon", None, status="error")]
-    batch_logs = [log("req_k1", kept, created_at=now), log("req_g1", gone), log("req_k2", kept, created_at=now + timedelta(seconds=1))]
+    batch_logs = [
+        log("req_k1", kept, created_at=now),
+        log("req_g1", gone),
+        log("req_k2", kept, created_at=now + timedelta(seconds=1)),
+    ]
     Organization.objects.filter(pk=gone.organization_id).delete()  # its keys go with it
 
     usage_record_batch(usage=batch_usage, logs=batch_logs)

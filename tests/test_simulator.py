@@ -108,9 +108,7 @@ def test_estimate_prompt_tokens_is_a_quarter_of_the_characters_rounded_up() -> N
 # --- completions ------------------------------------------------------------------
 
 
-def test_non_stream_answer_carries_the_deterministic_text_and_usage(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
+def test_non_stream_answer_carries_the_deterministic_text_and_usage(sim: SimulatorServer, client: httpx.Client) -> None:
     tokens, reason = simulated_tokens(PROMPT, 5)
 
     response = client.post(
@@ -126,9 +124,7 @@ def test_non_stream_answer_carries_the_deterministic_text_and_usage(
     assert body["model"] == "default"
     assert isinstance(body["created"], int) and abs(body["created"] - time.time()) < 5
     assert isinstance(body["task_id"], int)
-    assert body["choices"] == [
-        {"index": 0, "text": "".join(tokens), "finish_reason": reason, "logprobs": None}
-    ]
+    assert body["choices"] == [{"index": 0, "text": "".join(tokens), "finish_reason": reason, "logprobs": None}]
     prompt_tokens = estimate_prompt_tokens(PROMPT)
     assert body["usage"] == {
         "prompt_tokens": prompt_tokens,
@@ -146,14 +142,10 @@ def test_max_tokens_defaults_to_128(sim: SimulatorServer, client: httpx.Client) 
     assert body["choices"][0]["finish_reason"] == reason == "stop"
 
 
-def test_stream_sends_keepalive_token_chunks_final_chunk_and_done(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
+def test_stream_sends_keepalive_token_chunks_final_chunk_and_done(sim: SimulatorServer, client: httpx.Client) -> None:
     tokens, reason = simulated_tokens(PROMPT, 128)
 
-    response = client.post(
-        sim.completions_url(102), json={"prompt": PROMPT, "stream": True}
-    )
+    response = client.post(sim.completions_url(102), json={"prompt": PROMPT, "stream": True})
 
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/event-stream"
@@ -174,39 +166,27 @@ def test_stream_sends_keepalive_token_chunks_final_chunk_and_done(
         "completion_tokens": len(tokens),
         "total_tokens": prompt_tokens + len(tokens),
     }
-    identity = {
-        (c["id"], c["task_id"], c["created"], c["object"], c["model"]) for c in chunks
-    }
+    identity = {(c["id"], c["task_id"], c["created"], c["object"], c["model"]) for c in chunks}
     assert len(identity) == 1
     (_, _, _, obj, model) = identity.pop()
     assert (obj, model) == ("text_completion", "default")
 
 
-def test_stream_truncated_by_max_tokens_ends_with_length(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
-    response = client.post(
-        sim.completions_url(3), json={"prompt": PROMPT, "stream": True, "max_tokens": 2}
-    )
+def test_stream_truncated_by_max_tokens_ends_with_length(sim: SimulatorServer, client: httpx.Client) -> None:
+    response = client.post(sim.completions_url(3), json={"prompt": PROMPT, "stream": True, "max_tokens": 2})
 
     _, payloads = parse_sse(response.text)
-    assert [c["choices"][0]["text"] for c in payloads[:2]] == simulated_tokens(
-        PROMPT, 2
-    )[0]
+    assert [c["choices"][0]["text"] for c in payloads[:2]] == simulated_tokens(PROMPT, 2)[0]
     assert payloads[2]["choices"][0]["finish_reason"] == "length"
     assert payloads[2]["usage"]["completion_tokens"] == 2
     assert payloads[3] == "[DONE]"
 
 
-def test_omit_usage_drops_usage_from_both_shapes(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
+def test_omit_usage_drops_usage_from_both_shapes(sim: SimulatorServer, client: httpx.Client) -> None:
     sim.configure(omit_usage=True)
 
     plain = client.post(sim.completions_url(1), json={"prompt": PROMPT}).json()
-    streamed = client.post(
-        sim.completions_url(1), json={"prompt": PROMPT, "stream": True}
-    )
+    streamed = client.post(sim.completions_url(1), json={"prompt": PROMPT, "stream": True})
 
     assert "usage" not in plain
     _, payloads = parse_sse(streamed.text)
@@ -214,14 +194,10 @@ def test_omit_usage_drops_usage_from_both_shapes(
     assert all("usage" not in c for c in payloads[:-1])
 
 
-def test_usage_on_every_chunk_when_not_only_at_end(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
+def test_usage_on_every_chunk_when_not_only_at_end(sim: SimulatorServer, client: httpx.Client) -> None:
     sim.configure(usage_only_at_end=False)
 
-    response = client.post(
-        sim.completions_url(1), json={"prompt": PROMPT, "stream": True, "max_tokens": 3}
-    )
+    response = client.post(sim.completions_url(1), json={"prompt": PROMPT, "stream": True, "max_tokens": 3})
 
     _, payloads = parse_sse(response.text)
     assert [c["usage"]["completion_tokens"] for c in payloads[:-1]] == [1, 2, 3, 3]
@@ -235,9 +211,7 @@ def test_usage_on_every_chunk_when_not_only_at_end(
         ("/api/v3/completions/", 404),
     ],
 )
-def test_session_id_must_be_an_integer_path_segment(
-    sim: SimulatorServer, client: httpx.Client, path: str, status: int
-) -> None:
+def test_session_id_must_be_an_integer_path_segment(sim: SimulatorServer, client: httpx.Client, path: str, status: int) -> None:
     response = client.post(sim.base_url + path, json={"prompt": "x"})
 
     assert response.status_code == status
@@ -253,9 +227,7 @@ def test_session_id_must_be_an_integer_path_segment(
         (b'{"prompt": "x", "max_tokens": 0}', "max_tokens must be a positive integer"),
     ],
 )
-def test_malformed_requests_are_400(
-    sim: SimulatorServer, client: httpx.Client, content: bytes, message: str
-) -> None:
+def test_malformed_requests_are_400(sim: SimulatorServer, client: httpx.Client, content: bytes, message: str) -> None:
     response = client.post(
         sim.completions_url(1),
         content=content,
@@ -269,9 +241,7 @@ def test_malformed_requests_are_400(
 # --- auth -----------------------------------------------------------------------
 
 
-def test_no_auth_key_configured_means_no_auth_check(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
+def test_no_auth_key_configured_means_no_auth_check(sim: SimulatorServer, client: httpx.Client) -> None:
     response = client.post(sim.completions_url(1), json={"prompt": "x"})
 
     assert response.status_code == 200
@@ -284,18 +254,14 @@ def test_missing_or_ill_formed_authorization_is_plain_text_401(
     sim.configure(auth_key=AUTH_KEY)
     headers = {} if header is None else {"Authorization": header}
 
-    response = client.post(
-        sim.completions_url(1), json={"prompt": "x"}, headers=headers
-    )
+    response = client.post(sim.completions_url(1), json={"prompt": "x"}, headers=headers)
 
     assert response.status_code == 401
     assert response.headers["content-type"].startswith("text/plain")
     assert response.text == "Invalid Authorization header format"
 
 
-def test_wrong_key_is_json_401_and_right_key_passes(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
+def test_wrong_key_is_json_401_and_right_key_passes(sim: SimulatorServer, client: httpx.Client) -> None:
     sim.configure(auth_key=AUTH_KEY)
 
     wrong = client.post(
@@ -314,9 +280,7 @@ def test_wrong_key_is_json_401_and_right_key_passes(
     assert right.status_code == 200
 
 
-def test_per_session_auth_key_overrides_the_global_one(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
+def test_per_session_auth_key_overrides_the_global_one(sim: SimulatorServer, client: httpx.Client) -> None:
     sim.configure(
         {"auth_key": "global-key"},
         sessions={7: {"auth_key": "session-key"}, 8: {"auth_key": None}},
@@ -324,9 +288,7 @@ def test_per_session_auth_key_overrides_the_global_one(
 
     def status(session: int, key: str | None) -> int:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return client.post(
-            sim.completions_url(session), json={"prompt": "x"}, headers=headers
-        ).status_code
+        return client.post(sim.completions_url(session), json={"prompt": "x"}, headers=headers).status_code
 
     assert status(7, "session-key") == 200
     assert status(7, "global-key") == 401
@@ -337,9 +299,7 @@ def test_per_session_auth_key_overrides_the_global_one(
 # --- failure knobs ----------------------------------------------------------------
 
 
-def test_fail_status_answers_every_completion_with_that_status(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
+def test_fail_status_answers_every_completion_with_that_status(sim: SimulatorServer, client: httpx.Client) -> None:
     sim.configure(fail_status=503)
 
     plain = client.post(sim.completions_url(1), json={"prompt": "x"})
@@ -352,9 +312,7 @@ def test_fail_status_answers_every_completion_with_that_status(
     )
 
 
-def test_per_session_fail_status_leaves_other_sessions_alone(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
+def test_per_session_fail_status_leaves_other_sessions_alone(sim: SimulatorServer, client: httpx.Client) -> None:
     sim.configure(sessions={"102": {"fail_status": 502}})
     # A later global change still applies to the fields the session did not override.
     sim.configure(omit_usage=True)
@@ -367,15 +325,11 @@ def test_per_session_fail_status_leaves_other_sessions_alone(
     assert "usage" not in healthy.json()
 
 
-def test_interleaved_miners_stream_has_two_task_ids_real_one_first(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
+def test_interleaved_miners_stream_has_two_task_ids_real_one_first(sim: SimulatorServer, client: httpx.Client) -> None:
     sim.configure(interleave_miners=True)
     tokens, reason = simulated_tokens(PROMPT, 128)
 
-    response = client.post(
-        sim.completions_url(1), json={"prompt": PROMPT, "stream": True}
-    )
+    response = client.post(sim.completions_url(1), json={"prompt": PROMPT, "stream": True})
 
     _, payloads = parse_sse(response.text)
     assert payloads[-1] == "[DONE]"
@@ -394,9 +348,7 @@ def test_interleaved_miners_stream_has_two_task_ids_real_one_first(
     assert chunks[1]["task_id"] == task_ids[1]
 
 
-def test_interleaved_miners_non_stream_has_two_choices_first_with_the_answer(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
+def test_interleaved_miners_non_stream_has_two_choices_first_with_the_answer(sim: SimulatorServer, client: httpx.Client) -> None:
     sim.configure(interleave_miners=True)
     tokens, _ = simulated_tokens(PROMPT, 128)
 
@@ -407,9 +359,7 @@ def test_interleaved_miners_non_stream_has_two_choices_first_with_the_answer(
     assert body["choices"][1]["text"] not in ("", body["choices"][0]["text"])
 
 
-def test_disconnect_after_tokens_truncates_the_stream_without_done(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
+def test_disconnect_after_tokens_truncates_the_stream_without_done(sim: SimulatorServer, client: httpx.Client) -> None:
     sim.configure(disconnect_after_tokens=3)
     tokens, _ = simulated_tokens(PROMPT, 128)
     received: list[str] = []
@@ -417,9 +367,7 @@ def test_disconnect_after_tokens_truncates_the_stream_without_done(
     # The error surfaces mid-read, after the first lines were already delivered.
     with (
         pytest.raises(httpx.RemoteProtocolError),
-        client.stream(
-            "POST", sim.completions_url(1), json={"prompt": PROMPT, "stream": True}
-        ) as response,
+        client.stream("POST", sim.completions_url(1), json={"prompt": PROMPT, "stream": True}) as response,
     ):
         assert response.status_code == 200
         received.extend(response.iter_lines())
@@ -433,9 +381,7 @@ def test_disconnect_after_tokens_truncates_the_stream_without_done(
     assert stats["streams_open"] == 0
 
 
-def test_split_writes_deliver_events_in_pieces_with_the_same_content(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
+def test_split_writes_deliver_events_in_pieces_with_the_same_content(sim: SimulatorServer, client: httpx.Client) -> None:
     sim.configure(split_writes=True)
     pieces: list[bytes] = []
 
@@ -447,16 +393,12 @@ def test_split_writes_deliver_events_in_pieces_with_the_same_content(
         pieces.extend(response.iter_raw())
 
     _, payloads = parse_sse(b"".join(pieces).decode())
-    assert [c["choices"][0]["text"] for c in payloads[:4]] == simulated_tokens(
-        PROMPT, 4
-    )[0]
+    assert [c["choices"][0]["text"] for c in payloads[:4]] == simulated_tokens(PROMPT, 4)[0]
     assert payloads[-1] == "[DONE]"
     assert any(not piece.endswith(b"\n\n") for piece in pieces)
 
 
-def test_first_byte_and_token_delays_slow_the_answer(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
+def test_first_byte_and_token_delays_slow_the_answer(sim: SimulatorServer, client: httpx.Client) -> None:
     sim.configure(first_byte_delay_ms=100)
     started = time.monotonic()
     client.post(sim.completions_url(1), json={"prompt": "x"})
@@ -465,23 +407,17 @@ def test_first_byte_and_token_delays_slow_the_answer(
     sim.configure(first_byte_delay_ms=0, token_delay_ms=30)
     started = time.monotonic()
     # 3 tokens + final chunk + [DONE] = 5 events, so 4 gaps of 30 ms.
-    response = client.post(
-        sim.completions_url(1), json={"prompt": "x", "stream": True, "max_tokens": 3}
-    )
+    response = client.post(sim.completions_url(1), json={"prompt": "x", "stream": True, "max_tokens": 3})
     assert time.monotonic() - started >= 0.12
     assert parse_sse(response.text)[1][-1] == "[DONE]"
 
 
 @pytest.mark.parametrize("stream", [True, False])
-def test_hang_never_answers_and_stats_record_the_client_abort(
-    sim: SimulatorServer, client: httpx.Client, stream: bool
-) -> None:
+def test_hang_never_answers_and_stats_record_the_client_abort(sim: SimulatorServer, client: httpx.Client, stream: bool) -> None:
     sim.configure(hang=True)
 
     with pytest.raises(httpx.ReadTimeout):
-        client.post(
-            sim.completions_url(1), json={"prompt": "x", "stream": stream}, timeout=0.2
-        )
+        client.post(sim.completions_url(1), json={"prompt": "x", "stream": stream}, timeout=0.2)
 
     assert wait_for(lambda: sim.stats()["requests_aborted_by_client"] == 1)
     stats = sim.stats()
@@ -490,14 +426,10 @@ def test_hang_never_answers_and_stats_record_the_client_abort(
     assert stats["streams_aborted_by_client"] == (1 if stream else 0)
 
 
-def test_client_closing_mid_stream_is_counted_within_a_second(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
+def test_client_closing_mid_stream_is_counted_within_a_second(sim: SimulatorServer, client: httpx.Client) -> None:
     sim.configure(token_delay_ms=200)
 
-    with client.stream(
-        "POST", sim.completions_url(1), json={"prompt": PROMPT, "stream": True}
-    ) as response:
+    with client.stream("POST", sim.completions_url(1), json={"prompt": PROMPT, "stream": True}) as response:
         lines = response.iter_lines()
         while not next(lines).startswith("data: "):
             pass
@@ -513,9 +445,7 @@ def test_client_closing_mid_stream_is_counted_within_a_second(
 # --- health and info routes -------------------------------------------------------
 
 
-def test_health_and_info_routes_answer_json(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
+def test_health_and_info_routes_answer_json(sim: SimulatorServer, client: httpx.Client) -> None:
     client.post(sim.completions_url(102), json={"prompt": "x"})
 
     status = client.get(sim.base_url + "/api/v1/status")
@@ -532,9 +462,7 @@ def test_health_and_info_routes_answer_json(
     assert session.json()["requests"] == 1
 
 
-def test_status_fail_makes_health_routes_503(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
+def test_status_fail_makes_health_routes_503(sim: SimulatorServer, client: httpx.Client) -> None:
     sim.configure(sessions={5: {"status_fail": True}})
 
     assert client.get(sim.base_url + "/api/v1/status").status_code == 503
@@ -550,9 +478,7 @@ def test_status_fail_makes_health_routes_503(
 # --- control API and stats --------------------------------------------------------
 
 
-def test_control_api_merges_config_and_returns_it_whole(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
+def test_control_api_merges_config_and_returns_it_whole(sim: SimulatorServer, client: httpx.Client) -> None:
     first = client.post(
         sim.base_url + "/_sim/config",
         json={
@@ -582,9 +508,7 @@ def test_control_api_merges_config_and_returns_it_whole(
         {"other": {}},
     ],
 )
-def test_control_api_rejects_unknown_or_mistyped_knobs(
-    sim: SimulatorServer, client: httpx.Client, body: dict[str, Any]
-) -> None:
+def test_control_api_rejects_unknown_or_mistyped_knobs(sim: SimulatorServer, client: httpx.Client, body: dict[str, Any]) -> None:
     response = client.post(sim.base_url + "/_sim/config", json=body)
 
     assert response.status_code == 400
@@ -609,18 +533,12 @@ def test_reset_restores_startup_config_and_zeroes_stats(client: httpx.Client) ->
         assert stats["last_request"] is None
 
 
-def test_stats_count_requests_and_record_bodies_without_the_key(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
+def test_stats_count_requests_and_record_bodies_without_the_key(sim: SimulatorServer, client: httpx.Client) -> None:
     sim.configure(auth_key=AUTH_KEY)
     headers = {"Authorization": f"Bearer {AUTH_KEY}"}
-    client.post(
-        sim.completions_url(102), json={"prompt": "a", "stream": True}, headers=headers
-    )
+    client.post(sim.completions_url(102), json={"prompt": "a", "stream": True}, headers=headers)
     client.post(sim.completions_url(102), json={"prompt": "b"}, headers=headers)
-    client.post(
-        sim.completions_url(7), json={"prompt": "c", "client_reference": "req_1"}
-    )
+    client.post(sim.completions_url(7), json={"prompt": "c", "client_reference": "req_1"})
 
     stats = client.get(sim.base_url + "/_sim/stats").json()
 
@@ -638,9 +556,7 @@ def test_stats_count_requests_and_record_bodies_without_the_key(
     assert AUTH_KEY not in json.dumps(stats)
 
 
-def test_last_bodies_keeps_the_50_most_recent(
-    sim: SimulatorServer, client: httpx.Client
-) -> None:
+def test_last_bodies_keeps_the_50_most_recent(sim: SimulatorServer, client: httpx.Client) -> None:
     for i in range(55):
         client.post(sim.completions_url(1), json={"prompt": str(i), "max_tokens": 1})
 
@@ -652,9 +568,7 @@ def test_last_bodies_keeps_the_50_most_recent(
 # --- SimulatorServer helper -------------------------------------------------------
 
 
-def test_simulator_server_starts_on_a_free_port_and_stops_quickly_even_while_hanging() -> (
-    None
-):
+def test_simulator_server_starts_on_a_free_port_and_stops_quickly_even_while_hanging() -> None:
     sim = SimulatorServer(hang=True)
     started = time.monotonic()
     sim.start()
@@ -692,7 +606,5 @@ def test_simulator_server_restarts_on_the_same_port_with_its_state() -> None:
         sim.start()
 
         assert sim.port == port
-        assert httpx.get(sim.base_url + "/api/v1/ping", timeout=1).json() == {
-            "pong": True
-        }
+        assert httpx.get(sim.base_url + "/api/v1/ping", timeout=1).json() == {"pong": True}
         assert sim.configure()["sessions"] == {"4": {"omit_usage": True}}

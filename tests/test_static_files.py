@@ -29,7 +29,12 @@ def collected(transactional_db, tmp_path: Path, simulator: SimulatorServer) -> I
     )
     done = subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, f"collectstatic failed:\n{done.stdout}\n{done.stderr}"
     manifest = json.loads((tmp_path / "static" / "staticfiles.json").read_text())["paths"]

@@ -133,7 +133,9 @@ def error_text(exc: BaseException) -> str:
 # --- the client against the fake ------------------------------------------------------------------------
 
 
-def test_create_then_verify_answers_valid_with_meta_identity_and_the_named_ratelimit(unkey_server: FakeUnkeyServer, unkey: FakeUnkey) -> None:
+def test_create_then_verify_answers_valid_with_meta_identity_and_the_named_ratelimit(
+    unkey_server: FakeUnkeyServer, unkey: FakeUnkey
+) -> None:
     client = make_client(unkey_server)
     created = create(client, ratelimits=[RatelimitSpec("requests", 5, 60_000)])
     assert created.key.startswith("ctr_") and len(created.key) >= 44
@@ -328,7 +330,12 @@ def test_a_rate_limited_answer_gives_retry_after_and_the_surface_headers() -> No
 def test_auth_unavailable_is_a_503_on_every_surface() -> None:
     err = AuthUnavailable()
     assert (err.status, err.status_for_anthropic, err.openai_type, err.code, err.anthropic_type, err.envelope_code) == (
-        503, 503, "api_error", "auth_unavailable", "api_error", "auth_unavailable"
+        503,
+        503,
+        "api_error",
+        "auth_unavailable",
+        "api_error",
+        "auth_unavailable",
     )
 
 
@@ -382,7 +389,9 @@ def test_apikey_create_issues_at_unkey_and_keeps_only_metadata(unkey_mode: FakeU
 
 @pytest.mark.django_db
 def test_a_plan_change_or_a_plan_edit_reaches_the_organizations_live_unkey_keys(
-    unkey_mode: FakeUnkey, django_capture_on_commit_callbacks, caplog: pytest.LogCaptureFixture  # noqa: ANN001
+    unkey_mode: FakeUnkey,
+    django_capture_on_commit_callbacks,
+    caplog: pytest.LogCaptureFixture,  # noqa: ANN001
 ) -> None:
     plans_seed_defaults()
     org = organization_create(slug="acme", name="Acme", plan_slug="free")
@@ -472,7 +481,8 @@ def test_apikey_revoke_disables_the_key_at_unkey_once_committed(
         apikey_revoke(api_key=row, actor_label="again")
     assert len(unkey_mode.recorded("updateKey")) == 2
     assert list(ApiKeyEvent.objects.filter(api_key=row).values_list("action", "actor_label")) == [
-        ("revoke", "tests"), ("create", "tests")
+        ("revoke", "tests"),
+        ("create", "tests"),
     ]
 
 
@@ -598,7 +608,8 @@ def unkey_gateway_process(
 ) -> Iterator[LiveGateway]:
     # No verification cache here: these tests watch what each of Unkey's answers does to a request.
     env = live_gateway_env(
-        simulator.base_url, **unkey_env(unkey_server, PORTAL_UNKEY_TIMEOUT_MS=str(GATEWAY_TIMEOUT_MS), PORTAL_UNKEY_CACHE_TTL_MS="0")
+        simulator.base_url,
+        **unkey_env(unkey_server, PORTAL_UNKEY_TIMEOUT_MS=str(GATEWAY_TIMEOUT_MS), PORTAL_UNKEY_CACHE_TTL_MS="0"),
     )
     gateway = LiveGateway(env=env).start()
     yield gateway
@@ -621,13 +632,17 @@ def unkey_gateway(
 
 
 def chat(gateway: LiveGateway, raw: str, *, timeout: float = 10) -> httpx.Response:
-    response = httpx.post(f"{gateway.url}/v1/chat/completions", headers={"authorization": f"Bearer {raw}"}, json=CHAT, timeout=timeout)
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions", headers={"authorization": f"Bearer {raw}"}, json=CHAT, timeout=timeout
+    )
     assert_root_key_absent(response.text, response.headers)
     return response
 
 
 def messages(gateway: LiveGateway, raw: str) -> httpx.Response:
-    response = httpx.post(f"{gateway.url}/v1/messages", headers={"x-api-key": raw, "anthropic-version": "2023-06-01"}, json=MESSAGES, timeout=10)
+    response = httpx.post(
+        f"{gateway.url}/v1/messages", headers={"x-api-key": raw, "anthropic-version": "2023-06-01"}, json=MESSAGES, timeout=10
+    )
     assert_root_key_absent(response.text, response.headers)
     return response
 
@@ -641,7 +656,12 @@ def envelope(gateway: LiveGateway, raw: str) -> httpx.Response:
 def assert_invalid_key(response: httpx.Response) -> None:
     assert response.status_code == 401, response.text
     assert response.json() == {
-        "error": {"message": "invalid or revoked API key", "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
+        "error": {
+            "message": "invalid or revoked API key",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
     }
 
 
@@ -662,7 +682,9 @@ def test_a_chat_completion_with_an_unkey_issued_key(unkey_gateway: LiveGateway, 
     row = ApiKey.objects.get(pk=key.key_id)
     assert (row.issuer, bool(row.external_id)) == ("unkey", True)
     client = openai.OpenAI(base_url=f"{unkey_gateway.url}/v1", api_key=key.raw, max_retries=0, timeout=20)
-    raw_response = client.chat.completions.with_raw_response.create(model=ALIAS, messages=[{"role": "user", "content": "hi"}], max_tokens=12)
+    raw_response = client.chat.completions.with_raw_response.create(
+        model=ALIAS, messages=[{"role": "user", "content": "hi"}], max_tokens=12
+    )
     completion = raw_response.parse()
     tokens, reason = simulated_tokens("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", 12)
     assert completion.choices[0].message.content == "".join(tokens)
@@ -722,11 +744,16 @@ def test_a_suspended_organization_is_403(unkey_gateway: LiveGateway, unkey_mode:
     response = chat(unkey_gateway, key.raw)
     assert response.status_code == 403
     assert response.json()["error"] == {
-        "message": "this organization is suspended", "type": "permission_error", "param": None, "code": "account_suspended"
+        "message": "this organization is suspended",
+        "type": "permission_error",
+        "param": None,
+        "code": "account_suspended",
     }
 
 
-def test_unkey_rate_limited_is_429_with_retry_after_and_rate_limit_headers(unkey_gateway: LiveGateway, unkey_mode: FakeUnkey) -> None:
+def test_unkey_rate_limited_is_429_with_retry_after_and_rate_limit_headers(
+    unkey_gateway: LiveGateway, unkey_mode: FakeUnkey
+) -> None:
     key = issue_key(slug="acme")
     row = ApiKey.objects.get(pk=key.key_id)
     unkey_mode.set_ratelimit(row.external_id, "requests", limit=2, duration=3_600_000)
@@ -843,7 +870,10 @@ def test_unkey_failing_is_503_in_each_surface_shape_in_bounded_time(
     assert response.status_code == 503
     body = response.json()
     assert (body["status"], body["data"], body["error"]["code"], body["error"]["message"]) == (
-        "failed", None, "auth_unavailable", message
+        "failed",
+        None,
+        "auth_unavailable",
+        message,
     )
     answers.append(response)
     # Unkey's own words stay out of our answers; the warning is in the log, without the root key.
@@ -942,7 +972,9 @@ def test_a_key_revoked_here_is_refused_at_once_though_its_verification_is_cached
     assert verify_calls(unkey_mode, key.raw) == 1  # refused by our own row, from the cached verification
 
 
-def test_an_organization_suspended_here_is_refused_at_once_though_cached(cached_gateway: LiveGateway, unkey_mode: FakeUnkey) -> None:
+def test_an_organization_suspended_here_is_refused_at_once_though_cached(
+    cached_gateway: LiveGateway, unkey_mode: FakeUnkey
+) -> None:
     key = issue_key(slug="acme")
     assert chat(cached_gateway, key.raw).status_code == 200
     Organization.objects.filter(pk=key.organization_id).update(status=Organization.Status.SUSPENDED)
@@ -982,7 +1014,8 @@ def test_a_cached_verification_serves_no_more_requests_than_unkeys_window_had_le
     assert statuses == [200, 200, 200, 429]
     # The second call reports the two served from the cache with its own: Unkey counted all four.
     assert [body["ratelimits"] for body in unkey_mode.recorded("verifyKey") if body["key"] == key.raw] == [
-        [{"name": "requests", "cost": 1}], [{"name": "requests", "cost": 3}]
+        [{"name": "requests", "cost": 1}],
+        [{"name": "requests", "cost": 3}],
     ]
 
 

@@ -24,11 +24,28 @@ def _rows(prefix: str, n: int, *, organization_id: int, key_id: int) -> list[tup
     now = timezone.now()
     return [
         (
-            UsageRecord(request_id=f"{prefix}{i}", organization_id=organization_id, api_key_id=key_id, alias="m",
-                        route="chat.completions", status="ok", http_status=200, created_at=now, prompt_tokens=3,
-                        completion_tokens=4, total_tokens=7),
-            RequestLogRecord(request_id=f"{prefix}{i}", method="POST", path="/v1/chat/completions", status=200, created_at=now,
-                             organization_id=organization_id, key_id=key_id),
+            UsageRecord(
+                request_id=f"{prefix}{i}",
+                organization_id=organization_id,
+                api_key_id=key_id,
+                alias="m",
+                route="chat.completions",
+                status="ok",
+                http_status=200,
+                created_at=now,
+                prompt_tokens=3,
+                completion_tokens=4,
+                total_tokens=7,
+            ),
+            RequestLogRecord(
+                request_id=f"{prefix}{i}",
+                method="POST",
+                path="/v1/chat/completions",
+                status=200,
+                created_at=now,
+                organization_id=organization_id,
+                key_id=key_id,
+            ),
         )
         for i in range(n)
     ]
@@ -104,8 +121,18 @@ def test_the_bulk_insert_skips_rows_already_written_and_takes_null_columns() -> 
         ("req_b1", None, "GET", "/v1/models", None, "", 200, 1, "", now),
         ("req_b2", None, "POST", "/v1/messages", "10.0.0.7", "sdk/1.0", 400, 2, "client-7", now),
     ]
-    columns = ("request_id", "organization_id", "method", "path", "client_ip", "user_agent", "status", "duration_ms",
-               "client_request_id", "created_at")
+    columns = (
+        "request_id",
+        "organization_id",
+        "method",
+        "path",
+        "client_ip",
+        "user_agent",
+        "status",
+        "duration_ms",
+        "client_request_id",
+        "created_at",
+    )
     assert set(columns) == set(LOG_COLUMNS)
     insert_ignoring_conflicts(RequestLog, columns, rows)
     insert_ignoring_conflicts(RequestLog, columns, [*rows, ("req_b3", None, "GET", "/health", None, "", 200, 0, "", now)])
@@ -133,8 +160,23 @@ def test_the_end_user_goes_through_the_batch_writer_as_sent() -> None:
 @pytest.mark.django_db(transaction=True)
 def test_a_writer_that_predates_the_end_user_column_still_writes() -> None:
     """A rolling deploy: processes of the previous release insert without the column; the database's default fills it."""
-    columns = ("request_id", "alias", "route", "status", "http_status", "created_at", "prompt_tokens", "completion_tokens",
-               "total_tokens", "estimated", "streamed", "duration_ms", "pool", "endpoint_url", "error_code")
+    columns = (
+        "request_id",
+        "alias",
+        "route",
+        "status",
+        "http_status",
+        "created_at",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "estimated",
+        "streamed",
+        "duration_ms",
+        "pool",
+        "endpoint_url",
+        "error_code",
+    )
     row = ("req_old", "m", "chat.completions", "ok", 200, timezone.now(), 1, 2, 3, False, False, 5, "", "", "")
     insert_ignoring_conflicts(UsageEvent, columns, [row])
     with connection.cursor() as cursor:  # not through the ORM, which would fill in the field's own default
@@ -155,7 +197,9 @@ def test_the_bulk_insert_refuses_a_value_too_long_for_its_column_rather_than_tru
 # --- what waits in memory is bounded; anonymous refusals are counted, not written ----------------------------------
 
 
-def _log(request_id: str, *, organization_id: int | None, status: int = 401, path: str = "/v1/chat/completions") -> RequestLogRecord:
+def _log(
+    request_id: str, *, organization_id: int | None, status: int = 401, path: str = "/v1/chat/completions"
+) -> RequestLogRecord:
     return RequestLogRecord(request_id=request_id, method="POST", path=path, status=status, created_at=timezone.now(),
                             organization_id=organization_id)  # fmt: skip
 

@@ -17,7 +17,18 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(UsageEvent)
 class UsageEventAdmin(ReadOnlyAdmin):
-    list_display = ["request_id", "organization", "alias", "route", "status", "http_status", "total_tokens", "estimated", "duration_ms", "created_at"]
+    list_display = [
+        "request_id",
+        "organization",
+        "alias",
+        "route",
+        "status",
+        "http_status",
+        "total_tokens",
+        "estimated",
+        "duration_ms",
+        "created_at",
+    ]
     list_filter = ["status", "route", "alias", "streamed"]
     search_fields = ["request_id"]
     date_hierarchy = "created_at"

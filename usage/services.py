@@ -123,7 +123,9 @@ def _save_detached(row: UsageEvent | RequestLog) -> None:
         with transaction.atomic():
             model._default_manager.bulk_create([row], ignore_conflicts=True)
     except DataError as exc:
-        logger.error("dropped a %s row the database refuses (%s) request_id=%s", model.__name__, exc.__class__.__name__, row.request_id)
+        logger.error(
+            "dropped a %s row the database refuses (%s) request_id=%s", model.__name__, exc.__class__.__name__, row.request_id
+        )
     except IntegrityError:
         # Detach the row only from what is gone: a deleted key's usage still belongs to its organization.
         if row.organization_id is not None and not Organization.objects.filter(pk=row.organization_id).exists():

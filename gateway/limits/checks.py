@@ -77,4 +77,3 @@ class Outcome:
     values: list[int]
     denied: list[int]  # indexes into the checks
     spare: int = 0  # the spare tokens granted: what every counter taking them had room for
-

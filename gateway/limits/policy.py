@@ -445,8 +445,6 @@ class Limiter:
             log.error("rate-limit store unreachable (%s); %s; failures so far: %d", exc, action, self.redis_failures)
 
 
-
-
 def _seconds_until(reset_at: float, now: float) -> int:
     return max(1, math.ceil(reset_at - now))
 

@@ -78,4 +78,3 @@ def allowance_counters(
         for check, value in zip(checks, used, strict=True)
         if check.reset_at is not None
     ]
-

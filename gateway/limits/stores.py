@@ -199,7 +199,6 @@ class RedisBinding:
     permits: asyncio.Semaphore
 
 
-
 def mget_call(binding: RedisBinding) -> Callable[..., Any]:
     async def read(*, keys: list[str], args: list[Any]) -> Any:
         return await binding.client.mget(keys)
@@ -215,5 +214,3 @@ def zrem_call(binding: RedisBinding, members: dict[str, list[str]]) -> Callable[
         return await pipe.execute()
 
     return release
-
-

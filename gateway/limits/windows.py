@@ -18,4 +18,3 @@ def window_label(seconds: int) -> str:
     if seconds % 60 == 0:
         return f"{seconds // 60}-minute"
     return f"{seconds}-second"
-

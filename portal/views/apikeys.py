@@ -246,6 +246,7 @@ class ApiKeyDetail(PortalAPIView):
 
 # --- The quickstart ---------------------------------------------------------------------------------
 
+
 def quickstart_examples(*, base_url: str, model: str) -> list[tuple[str, list[tuple[str, str, str]]]]:
     """The docs page's examples, by tab: (element id, caption, code), all with this deployment's base URL."""
     v1 = f"{base_url}/v1"

@@ -13,6 +13,7 @@ ARTIFACTS = ROOT / "artifacts"
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 860}
 
+
 class PortalServer(LiveGateway):
     """A LiveGateway serving the project, mail written to files."""
 

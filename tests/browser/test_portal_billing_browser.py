@@ -61,7 +61,10 @@ def test_billing_page_near_the_limit_on_desktop_and_phone(portal: PortalServer, 
         assert answer.headers["x-ratelimit-remaining-requests"] == "1"
     wait_until_usage_written(portal)
 
-    for name, options in (("desktop", {"viewport": DESKTOP}), ("phone", {"viewport": PHONE, "is_mobile": True, "has_touch": True})):
+    for name, options in (
+        ("desktop", {"viewport": DESKTOP}),
+        ("phone", {"viewport": PHONE, "is_mobile": True, "has_touch": True}),
+    ):
         context = browser.new_context(**options)
         page = context.new_page()
         sign_in(page, portal)

@@ -180,6 +180,8 @@ def test_pages_keep_the_content_security_policy_and_still_work(portal: PortalSer
     # The admin signs in through the portal's form: signed out, /admin/login/ lands there, under the policy too.
     page.context.clear_cookies()
     response = page.goto(f"{portal.url}/admin/login/")
-    assert response.ok and "/accounts/login/" in page.url and "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert (
+        response.ok and "/accounts/login/" in page.url and "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    )
     assert page.locator("input[type=password]").first.is_visible()
     context.close()

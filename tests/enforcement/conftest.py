@@ -37,7 +37,6 @@ DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(\d+)s$")
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 
-
 @pytest.fixture
 def other_alias(gateway: LiveGateway) -> ModelAlias:
     pool = RouterPool.objects.get(name=ALIAS)

@@ -406,7 +406,11 @@ def test_a_database_outage_fills_the_usage_backlog_to_its_bound_then_refuses_and
         assert "gateway_request_logs_dropped_total" in metrics_text
 
         relay.start()  # the database is back: the backlog drains and requests are taken again
-        wait_for(lambda: HTTP.get(f"{gw.url}/health", headers=gw.operator_headers).json()["usage_queue_depth"] == 0, timeout=30, interval=0.2)
+        wait_for(
+            lambda: HTTP.get(f"{gw.url}/health", headers=gw.operator_headers).json()["usage_queue_depth"] == 0,
+            timeout=30,
+            interval=0.2,
+        )
         assert post(gw, routed, CHAT).status_code == 200
         rids = [r.headers["x-request-id"] for r in served]
         assert UsageEvent.objects.filter(request_id__in=rids, status="ok").count() == 10  # not one usage row lost

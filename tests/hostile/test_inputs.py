@@ -284,7 +284,9 @@ def test_deeply_nested_json_on_the_playground_is_a_400(gateway: LiveGateway, liv
 
 def _anonymous_refusals(gateway: LiveGateway) -> float:
     text = httpx.get(f"{gateway.url}/metrics", headers=gateway.operator_headers, timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("gateway_anonymous_refusals_total{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("gateway_anonymous_refusals_total{")
+    )
 
 
 def test_every_error_on_the_envelope_route_is_an_envelope(gateway: LiveGateway, key: IssuedKey) -> None:

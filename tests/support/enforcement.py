@@ -34,7 +34,6 @@ DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(\d+)s$")
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 
-
 # --- helpers -----------------------------------------------------------------------------------------
 
 
@@ -264,4 +263,3 @@ def sim_answer(prompt: str, max_tokens: int) -> tuple[int, int]:
 def reservation(prompt: str, max_tokens: int) -> int:
     """What the gateway reserves: its prompt estimate plus max_tokens (within the tokens per minute limit)."""
     return estimate_tokens(prompt) + max_tokens
-

@@ -155,7 +155,9 @@ class FakeUnkey:
     def create_key(self, body: dict[str, Any]) -> dict[str, Any]:
         api_id = _need(body, "apiId", str)
         if api_id != self.api_id:
-            raise ApiError(404, "Not Found", "The requested API does not exist.", "https://unkey.com/docs/errors/unkey/data/api_not_found")
+            raise ApiError(
+                404, "Not Found", "The requested API does not exist.", "https://unkey.com/docs/errors/unkey/data/api_not_found"
+            )
         prefix = body.get("prefix") or ""
         byte_length = body.get("byteLength", 16)
         if not isinstance(byte_length, int) or not 16 <= byte_length <= 255:
@@ -297,7 +299,9 @@ class FakeUnkey:
     def _existing(self, key_id: str) -> FakeKey:
         key = self.keys.get(key_id)
         if key is None:
-            raise ApiError(404, "Not Found", "The requested key does not exist.", "https://unkey.com/docs/errors/unkey/data/key_not_found")
+            raise ApiError(
+                404, "Not Found", "The requested key does not exist.", "https://unkey.com/docs/errors/unkey/data/key_not_found"
+            )
         return key
 
 
@@ -335,7 +339,9 @@ def create_app(fake: FakeUnkey) -> web.Application:
     async def handle(request: web.Request) -> web.Response:
         operation = request.match_info["operation"]
         if operation not in handlers:
-            return _error_response(ApiError(404, "Not Found", "no such route", "https://unkey.com/docs/errors/unkey/application/not_found"))
+            return _error_response(
+                ApiError(404, "Not Found", "no such route", "https://unkey.com/docs/errors/unkey/application/not_found")
+            )
         raw = await request.read()
         try:
             body = json.loads(raw) if raw else None
@@ -362,15 +368,40 @@ def create_app(fake: FakeUnkey) -> web.Application:
             return web.Response(status=500)  # never reaches the client: the connection is gone
         if fail_once:
             status = knobs.fail_status or 503
-            return _error_response(ApiError(status, "Service Unavailable", "simulated failure", "https://unkey.com/docs/errors/unkey/application/internal"))
+            return _error_response(
+                ApiError(
+                    status, "Service Unavailable", "simulated failure", "https://unkey.com/docs/errors/unkey/application/internal"
+                )
+            )
         if knobs.applies(operation) and knobs.fail_status is not None:
-            return _error_response(ApiError(knobs.fail_status, "Internal Server Error", "simulated failure", "https://unkey.com/docs/errors/unkey/application/internal"))
+            return _error_response(
+                ApiError(
+                    knobs.fail_status,
+                    "Internal Server Error",
+                    "simulated failure",
+                    "https://unkey.com/docs/errors/unkey/application/internal",
+                )
+            )
         if knobs.applies(operation) and knobs.malformed:
             return web.Response(body=b'{"meta": {"requestId": "req_x"}, "data": {"valid": tr', content_type="application/json")
         if not authorization.startswith("Bearer "):
-            return _error_response(ApiError(400, "Bad Request", "Authorization header must be 'Bearer <root key>'", "https://unkey.com/docs/errors/unkey/authentication/malformed"))
+            return _error_response(
+                ApiError(
+                    400,
+                    "Bad Request",
+                    "Authorization header must be 'Bearer <root key>'",
+                    "https://unkey.com/docs/errors/unkey/authentication/malformed",
+                )
+            )
         if not authorized:
-            return _error_response(ApiError(401, "Unauthorized", "The provided root key is invalid.", "https://unkey.com/docs/errors/unkey/authentication/key_not_found"))
+            return _error_response(
+                ApiError(
+                    401,
+                    "Unauthorized",
+                    "The provided root key is invalid.",
+                    "https://unkey.com/docs/errors/unkey/authentication/key_not_found",
+                )
+            )
         if not isinstance(body, dict):
             return _error_response(_bad_request("the body must be a JSON object"))
         try:

@@ -88,8 +88,19 @@ class LiveGateway:
         self.log_path = Path(name)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(self.port), *self.daphne_args,
-                 "portal_project.asgi:application"],
+                [
+                    sys.executable,
+                    "-m",
+                    "daphne",
+                    "-v",
+                    "0",
+                    "-b",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    *self.daphne_args,
+                    "portal_project.asgi:application",
+                ],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
@@ -177,7 +188,9 @@ def wait_until_usage_written(gateway: LiveGateway, timeout: float = 10.0) -> Non
     depth: object = "no answer"
     while time.monotonic() < deadline:
         try:
-            depth = httpx.get(f"{gateway.url}/health", headers=gateway.operator_headers, timeout=2).json().get("usage_queue_depth")
+            depth = (
+                httpx.get(f"{gateway.url}/health", headers=gateway.operator_headers, timeout=2).json().get("usage_queue_depth")
+            )
             if depth == 0:
                 return
         except (httpx.HTTPError, ValueError) as exc:

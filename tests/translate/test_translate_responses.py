@@ -499,7 +499,10 @@ def test_sdk_sees_a_failed_response_after_the_delivered_text() -> None:
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "This answer is cut "
     assert events[-1].type == "response.failed"
     assert events[-1].response.status == "failed"
-    assert events[-1].response.error is not None and events[-1].response.error.message == "the upstream model server ended the stream early"
+    assert (
+        events[-1].response.error is not None
+        and events[-1].response.error.message == "the upstream model server ended the stream early"
+    )
     with sdk(body).responses.stream(model=MODEL, input="Say hello") as stream:
         with pytest.raises(RuntimeError, match="response.completed"):
             stream.get_final_response()

@@ -47,7 +47,12 @@ ENDED_EARLY = "the upstream model server ended the stream early"  # what the rel
 SURFACES = ("openai", "anthropic", "envelope")
 SURFACE_OF = {"openai": OPENAI_CHAT, "anthropic": ANTHROPIC_MESSAGES, "envelope": ENVELOPE}
 CONTEXT = AnswerContext(
-    request_id=REQUEST_ID, model=MODEL, pool_name=POOL, created=CREATED, prompt_tokens_estimate=PROMPT_TOKENS_ESTIMATE, include_usage=True
+    request_id=REQUEST_ID,
+    model=MODEL,
+    pool_name=POOL,
+    created=CREATED,
+    prompt_tokens_estimate=PROMPT_TOKENS_ESTIMATE,
+    include_usage=True,
 )
 
 # fixture name -> the customer's stop strings (the envelope has none)

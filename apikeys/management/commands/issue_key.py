@@ -34,5 +34,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         key = created.api_key
         expiry = key.expires_at.isoformat() if key.expires_at else "never"
-        sys.stderr.write(f"issued key {key.pk} {key.prefix} for {org.slug} (expires {expiry}); store it now, it is not shown again\n")
+        sys.stderr.write(
+            f"issued key {key.pk} {key.prefix} for {org.slug} (expires {expiry}); store it now, it is not shown again\n"
+        )
         self.stdout.write(created.raw)

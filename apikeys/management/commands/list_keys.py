@@ -26,7 +26,17 @@ class Command(BaseCommand):
             raise CommandError(f"no organization with slug {options['org']!r}")
         rows = [("ID", "KEY", "NAME", "STATUS", "CREATED", "LAST USED", "EXPIRES")]
         for key in apikey_list(organization=org):
-            rows.append((str(key.pk), key.masked, key.name, key.status, _when(key.created_at), _when(key.last_used_at), _when(key.expires_at)))
+            rows.append(
+                (
+                    str(key.pk),
+                    key.masked,
+                    key.name,
+                    key.status,
+                    _when(key.created_at),
+                    _when(key.last_used_at),
+                    _when(key.expires_at),
+                )
+            )
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
             self.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
