@@ -115,7 +115,9 @@ class UsageRecorder:
     def record(self, *, usage: UsageRecord | None, log_row: RequestLogRecord) -> None:
         if usage is not None:
             self._usage.append(usage)
-            if len(self._usage) >= self._usage_warn_at:
+            # The whole backlog, rows in a write attempt included: with the connection pool a failing write holds
+            # its rows for up to PORTAL_DB_POOL_TIMEOUT_MS, and counting the queue alone let requests past the bound.
+            if self.usage_backlog >= self._usage_warn_at:
                 self._check_backlog()
         elif log_row.organization_id is None and log_row.status < 500 and not self._keeps_anonymous(log_row):
             return  # refused without a principal: counted, not written
