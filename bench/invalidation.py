@@ -31,6 +31,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.bench import stop  # noqa: E402  (the main bench's: terminate, then kill after 30 s)
+
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DB_NAME = "portal_bench_inval"
 DB_URL = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
@@ -102,14 +104,6 @@ def start(env: dict[str, str], port: int) -> subprocess.Popen:
             time.sleep(0.1)
     proc.kill()
     raise SystemExit(f"daphne on {port} did not start")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def chat(client: httpx.Client, port: int, raw: str) -> int:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,7 +27,6 @@ from tests.support.enforcement import (
 from tests.support.live import (
     ALIAS,
     LiveGateway,
-    free_port,
     issue_key,
     live_gateway_env,
     needs_shared_redis,
@@ -38,6 +34,7 @@ from tests.support.live import (
     wait_until_gateway_caught_up,
     wait_until_usage_written,
 )
+from tests.support.relay import CuttableRelay
 from usage.models import RequestLog, UsageEvent
 
 # --- Redis unreachable ---------------------------------------------------------------------------------------------
@@ -80,63 +77,10 @@ def test_a_dead_redis_fails_open_to_per_process_limits(
     assert UsageEvent.objects.filter(request_id__in=rids[:4], status="ok").count() == 4
 
 
-class TcpProxy:
-    """A TCP relay to Redis that the test can cut and restore: an outage without touching the shared Redis."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self._server: socket.socket | None = None
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-
-    def start(self) -> TcpProxy:
-        self._server = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, args=(self._server,), daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            with contextlib.suppress(OSError):
-                server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread; close() alone would leave it listening
-            server.close()
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-
-    def _accept(self, server: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            with self._lock:
-                self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for conn in (src, dst):
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-
-
 @needs_shared_redis
 def test_a_redis_outage_falls_back_per_process_and_recovers(gateway: LiveGateway, own_gateways: list[LiveGateway]) -> None:
     real = urlsplit(gateway.env["REDIS_URL"])
-    proxy = TcpProxy((real.hostname or "127.0.0.1", real.port or 6379)).start()
+    proxy = CuttableRelay((real.hostname or "127.0.0.1", real.port or 6379)).start()  # an outage of this gateway's Redis only
     try:
         env = {**gateway.env, "REDIS_URL": urlunsplit(real._replace(netloc=f"127.0.0.1:{proxy.port}"))}
         proxied = LiveGateway(env=env)  # same Redis database and key prefix as `gateway`, through the relay
@@ -157,7 +101,7 @@ def test_a_redis_outage_falls_back_per_process_and_recovers(gateway: LiveGateway
         assert shared_count() == 2
 
         # Redis gone for `proxied`: it serves at once from its own counters; `gateway` keeps the shared one.
-        proxy.stop()
+        proxy.cut()
         started = time.monotonic()
         during = [send(proxied, key, p) for p in SURFACES]
         assert time.monotonic() - started < 2.0
@@ -178,7 +122,7 @@ def test_a_redis_outage_falls_back_per_process_and_recovers(gateway: LiveGateway
         wait_for(counts_in_redis, timeout=3, interval=0.1)
         store.close()
     finally:
-        proxy.stop()
+        proxy.cut()
 
 
 def test_a_dead_redis_fails_closed_with_503_when_configured(
