@@ -36,6 +36,7 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(default=False)
     date_joined = models.DateTimeField(default=timezone.now)
+    time_zone = models.CharField(max_length=64, default="UTC", help_text="an IANA name; the portal shows times in it")
 
     objects = UserManager()
 
@@ -56,6 +57,17 @@ class Organization(models.Model):
     name = models.CharField(max_length=200)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     plan = models.ForeignKey("billing.Plan", null=True, blank=True, on_delete=models.PROTECT, related_name="organizations")
+    # Spend caps in micro-units (1e-6 of a dollar) per UTC day and calendar month (UTC); empty: no cap.
+    spend_cap_daily_micros = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="micro-units per UTC day; empty: no cap"
+    )
+    spend_cap_monthly_micros = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="micro-units per calendar month (UTC); empty: no cap"
+    )
+    # Where spend and balance alerts are POSTed, signed with the secret (empty URL: e-mail only).
+    alert_webhook_url = models.URLField(max_length=500, blank=True)
+    alert_webhook_secret = models.CharField(max_length=64, blank=True, help_text="signs alert webhooks (HMAC-SHA256)")
+    stripe_customer_id = models.CharField(max_length=64, blank=True, db_index=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:

@@ -19,7 +19,22 @@ class ApiKey(models.Model):
     prefix = models.CharField(max_length=48, help_text="shown to users, e.g. ctr_ab12cd34ef56")
     key_hash = models.CharField(max_length=64, help_text="HMAC-SHA256 of the whole key with the pepper")
     last_four = models.CharField(max_length=4)
+
+    class Kind(models.TextChoices):
+        STANDARD = "standard", "API key"
+        ADMIN = "admin", "Admin key"  # the management API only; never accepted by /v1
+        PLAYGROUND = "playground", "Playground (internal)"  # the portal's own; not listed, not revocable by customers
+
     issuer = models.CharField(max_length=8, choices=Issuer.choices, default=Issuer.LOCAL)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.STANDARD, db_default=Kind.STANDARD)
+    # Per-key controls, each at most the organization's own; empty: the organization's.
+    allowed_aliases = models.JSONField(default=list, blank=True, help_text="alias names this key may use; empty: all")
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True, help_text="empty: the plan's")
+    spend_cap_daily_micros = models.PositiveBigIntegerField(null=True, blank=True, help_text="micro-units per UTC day")
+    spend_cap_monthly_micros = models.PositiveBigIntegerField(null=True, blank=True, help_text="micro-units per month")
+    rotated_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", help_text="the key this one replaced"
+    )
     external_id = models.CharField(max_length=100, blank=True, db_index=True, help_text="the issuer's key id (Unkey)")
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)

@@ -19,6 +19,13 @@ class KeyRecord:
     plan_id: int | None
     expires_at: datetime | None
     revoked: bool
+    kind: str = ApiKey.Kind.STANDARD
+    allowed_aliases: frozenset[str] | None = None  # None: every alias the organization may use
+    requests_per_minute: int | None = None
+    spend_cap_daily_micros: int | None = None
+    spend_cap_monthly_micros: int | None = None
+    organization_spend_cap_daily_micros: int | None = None
+    organization_spend_cap_monthly_micros: int | None = None
 
 
 _RECORD_FIELDS = (
@@ -31,6 +38,13 @@ _RECORD_FIELDS = (
     "organization__slug",
     "organization__status",
     "organization__plan_id",
+    "organization__spend_cap_daily_micros",
+    "organization__spend_cap_monthly_micros",
+    "kind",
+    "allowed_aliases",
+    "requests_per_minute",
+    "spend_cap_daily_micros",
+    "spend_cap_monthly_micros",
 )
 
 
@@ -64,4 +78,11 @@ def _record(row: ApiKey) -> KeyRecord:
         plan_id=org.plan_id,
         expires_at=row.expires_at,
         revoked=row.revoked_at is not None,
+        kind=row.kind,
+        allowed_aliases=frozenset(row.allowed_aliases) if row.allowed_aliases else None,
+        requests_per_minute=row.requests_per_minute,
+        spend_cap_daily_micros=row.spend_cap_daily_micros,
+        spend_cap_monthly_micros=row.spend_cap_monthly_micros,
+        organization_spend_cap_daily_micros=org.spend_cap_daily_micros,
+        organization_spend_cap_monthly_micros=org.spend_cap_monthly_micros,
     )

@@ -21,6 +21,11 @@ class Plan(models.Model):
         "routerpools.ModelAlias", blank=True, related_name="plans", help_text="empty: every enabled alias"
     )
     is_default = models.BooleanField(default=False, help_text="given to new organizations")
+    prepaid = models.BooleanField(
+        default=False, help_text="pay as you go: a request is served only while the prepaid balance can pay for it"
+    )
+    monthly_price_micros = models.PositiveBigIntegerField(default=0, help_text="the subscription's price per month; 0: free")
+    stripe_price_id = models.CharField(max_length=100, blank=True, help_text="the Stripe Price an upgrade subscribes to")
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:

@@ -103,6 +103,13 @@ async def principal_of(record: KeyRecord) -> Principal:
         organization_slug=record.organization_slug,
         plan=plan,
         model_overrides=state.snapshot.model_overrides.get(record.organization_id),
+        key_kind=record.kind,
+        key_aliases=record.allowed_aliases,
+        key_requests_per_minute=record.requests_per_minute,
+        key_spend_cap_daily_micros=record.spend_cap_daily_micros,
+        key_spend_cap_monthly_micros=record.spend_cap_monthly_micros,
+        org_spend_cap_daily_micros=record.organization_spend_cap_daily_micros,
+        org_spend_cap_monthly_micros=record.organization_spend_cap_monthly_micros,
     )
 
 

@@ -18,6 +18,16 @@ class Principal:
     organization_slug: str
     plan: PlanRecord | None
     model_overrides: dict[str, bool] | None = None  # the organization's exceptions to its plan's list
+    key_kind: str = "standard"  # apikeys.models.ApiKey.Kind
+    key_aliases: frozenset[str] | None = None  # the key's own allow-list, within the organization's; None: no narrowing
+    key_requests_per_minute: int | None = None  # the key's own rate limit, below the plan's; None: the plan's
+    # Spend caps in micro-units; None: no cap.
+    key_spend_cap_daily_micros: int | None = None
+    key_spend_cap_monthly_micros: int | None = None
+    org_spend_cap_daily_micros: int | None = None
+    org_spend_cap_monthly_micros: int | None = None
 
     def may_use(self, alias: str) -> bool:
+        if self.key_aliases is not None and alias not in self.key_aliases:
+            return False
         return model_allowed(alias, plan_aliases=self.plan.allowed_aliases if self.plan else None, overrides=self.model_overrides)

@@ -25,6 +25,7 @@ class UsageEvent(models.Model):
     completion_tokens = models.PositiveIntegerField(default=0)
     total_tokens = models.PositiveIntegerField(default=0)
     estimated = models.BooleanField(default=False)
+    cost_micros = models.BigIntegerField(default=0, db_default=0, help_text="what this request was billed, micro-units")
     status = models.CharField(max_length=16, choices=Status.choices)
     http_status = models.PositiveSmallIntegerField()
     error_code = models.CharField(max_length=64, blank=True)

@@ -46,6 +46,7 @@ class UsageRecord:
     ttfb_ms: int | None = None
     duration_ms: int = 0
     end_user: str = ""  # the customer's end-user id from the request, storable (gateway/pipeline.py end_user_of)
+    cost_micros: int = 0  # what the request is billed (the ledger debit's magnitude), priced by the gateway
 
 
 @dataclass(slots=True)
