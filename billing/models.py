@@ -177,3 +177,30 @@ class ClosedBillingDay(models.Model):
 
     def __str__(self) -> str:
         return str(self.day)
+
+
+class StripeEvent(models.Model):
+    """A Stripe webhook event taken in, once: written in the transaction of its effect, so a replay finds it and
+    changes nothing. `created` is the event's own time (Stripe's), by which out-of-order subscription events are told
+    from fresh ones; `object_id` the Checkout session or subscription it is about."""
+
+    class Outcome(models.TextChoices):
+        APPLIED = "applied", "Applied"
+        IGNORED = "ignored", "Ignored"
+
+    event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100)
+    created = models.DateTimeField(help_text="when Stripe created the event")
+    object_id = models.CharField(max_length=255, blank=True, db_index=True, help_text="the session or subscription")
+    organization = models.ForeignKey(
+        "accounts.Organization", null=True, blank=True, on_delete=models.SET_NULL, related_name="stripe_events"
+    )
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    detail = models.CharField(max_length=300, blank=True, help_text="what was done, or why nothing was")
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id} ({self.outcome})"

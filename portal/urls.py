@@ -8,7 +8,7 @@ from django.views.decorators.cache import cache_control
 from drf_spectacular.views import SpectacularAPIView
 
 from portal import playground
-from portal.views import accounts, apikeys, billing, usage
+from portal.views import accounts, apikeys, billing, payments, usage
 from portal_project.security import serve_asset
 
 app_name = "portal"
@@ -38,6 +38,10 @@ urlpatterns = [
     path("usage", usage.usage_page, name="usage"),
     path("usage-summary", usage.UsageSummaryAPI.as_view(), name="usage-summary"),
     path("billing", billing.billing_page, name="billing"),
+    # Paying through Stripe (portal/views/payments.py); Stripe's webhook is outside /portal (portal_project/urls.py).
+    path("billing/top-up", payments.topup, name="billing-topup"),
+    path("billing/upgrade", payments.upgrade, name="billing-upgrade"),
+    path("billing/manage", payments.manage, name="billing-manage"),
     path("playground", playground.playground_page, name="playground"),
     path("playground/chat/completions", playground.playground_completion, name="playground-completion"),
     path("api/schema", SpectacularAPIView.as_view(), name="api-schema"),

@@ -207,11 +207,17 @@ def configured_secrets() -> list[str]:
         *getattr(settings, "SECRET_KEY_FALLBACKS", []),
         getattr(settings, "PORTAL_API_KEY_PEPPER", None),
         getattr(settings, "PORTAL_UNKEY_ROOT_KEY", None),
+        getattr(settings, "PORTAL_STRIPE_SECRET_KEY", None),
+        getattr(settings, "PORTAL_STRIPE_WEBHOOK_SECRET", None),
         getattr(settings, "PORTAL_METRICS_TOKEN", None),
         getattr(settings, "EMAIL_HOST_PASSWORD", None),
         *(db.get("PASSWORD") for db in settings.DATABASES.values()),
     ]
-    for url in (getattr(settings, "REDIS_URL", ""), getattr(settings, "PORTAL_UNKEY_BASE_URL", "")):
+    for url in (
+        getattr(settings, "REDIS_URL", ""),
+        getattr(settings, "PORTAL_UNKEY_BASE_URL", ""),
+        getattr(settings, "PORTAL_STRIPE_API_BASE", ""),
+    ):
         try:
             found.append(urlsplit(url).password)
         except ValueError:

@@ -319,6 +319,32 @@ PORTAL_LIMITS_PREFIX = env_str("PORTAL_LIMITS_PREFIX", "lim")
 PORTAL_LIMITS_SLOT_TTL_S = env_int("PORTAL_LIMITS_SLOT_TTL_S", 300, minimum=10)
 PORTAL_LIMITS_MAX_CONNECTIONS = env_int("PORTAL_LIMITS_MAX_CONNECTIONS", 50, minimum=1)
 
+# --- Payments: Stripe Checkout, the customer portal, webhooks (billing/payments.py) ----------------------------------
+# Without a secret key payments are off: the billing page hides them and says how to turn them on, and the webhook
+# endpoint answers 404. With one, the webhook secret is required: payments whose webhooks cannot be verified would
+# take money and never credit it.
+PORTAL_STRIPE_SECRET_KEY = env_str("PORTAL_STRIPE_SECRET_KEY")
+PORTAL_STRIPE_WEBHOOK_SECRET = env_str("PORTAL_STRIPE_WEBHOOK_SECRET")
+PORTAL_STRIPE_API_BASE = env_str("PORTAL_STRIPE_API_BASE", "https://api.stripe.com").rstrip("/")
+if PORTAL_STRIPE_SECRET_KEY and not PORTAL_STRIPE_SECRET_KEY.startswith(("sk_", "rk_")):
+    fail("PORTAL_STRIPE_SECRET_KEY", "must be a Stripe secret or restricted key (sk_... or rk_...)")
+if PORTAL_STRIPE_SECRET_KEY and not PORTAL_STRIPE_WEBHOOK_SECRET:
+    fail("PORTAL_STRIPE_WEBHOOK_SECRET", "must be set when PORTAL_STRIPE_SECRET_KEY is (the endpoint's whsec_... signing secret)")
+if PORTAL_STRIPE_WEBHOOK_SECRET and not PORTAL_STRIPE_WEBHOOK_SECRET.startswith("whsec_"):
+    fail("PORTAL_STRIPE_WEBHOOK_SECRET", "must be a Stripe webhook signing secret (whsec_...)")
+if not PORTAL_STRIPE_API_BASE.startswith(("https://", "http://")):
+    fail("PORTAL_STRIPE_API_BASE", "must start with https:// (or http:// for a local fake)")
+PORTAL_STRIPE_TIMEOUT_S = float(env_int("PORTAL_STRIPE_TIMEOUT_MS", 10_000, minimum=100)) / 1000
+# A top-up's bounds in US cents; Stripe charges at least $0.50 and at most $999,999.99.
+PORTAL_TOPUP_MIN_CENTS = env_int("PORTAL_TOPUP_MIN_CENTS", 500, minimum=50)
+PORTAL_TOPUP_MAX_CENTS = env_int("PORTAL_TOPUP_MAX_CENTS", 100_000, minimum=50)
+if not PORTAL_TOPUP_MIN_CENTS <= PORTAL_TOPUP_MAX_CENTS <= 99_999_999:
+    fail(
+        "PORTAL_TOPUP_MAX_CENTS",
+        f"must be from PORTAL_TOPUP_MIN_CENTS ({PORTAL_TOPUP_MIN_CENTS}) to 99999999, got {PORTAL_TOPUP_MAX_CENTS}",
+    )
+PORTAL_RATELIMIT_CHECKOUT = env_str("PORTAL_RATELIMIT_CHECKOUT", "30/h")  # Checkout and portal sessions per user
+
 # --- HTTPS, cookies and security headers ----------------------------------------------------------------------
 # Behind HTTPS (the public base URL says so) with DEBUG off, each of these defaults to on; each is settable alone.
 _BEHIND_HTTPS = PORTAL_PUBLIC_BASE_URL.startswith("https://") and not DEBUG
@@ -357,6 +383,15 @@ PORTAL_CSP = {
     "form-action": ["'self'"],
     "frame-ancestors": ["'none'"],
 }
+if PORTAL_STRIPE_SECRET_KEY:
+    # A payment form posts here and is redirected to Stripe's hosted pages; browsers hold the redirect to form-action.
+    # Stripe serves them from its own origins; a fake (PORTAL_STRIPE_API_BASE elsewhere) serves them from its own.
+    _STRIPE_DEFAULT_BASE = "https://api.stripe.com"
+    PORTAL_CSP["form-action"] += (
+        ["https://checkout.stripe.com", "https://billing.stripe.com"]
+        if PORTAL_STRIPE_API_BASE == _STRIPE_DEFAULT_BASE
+        else [PORTAL_STRIPE_API_BASE]
+    )
 
 # Django's debug pages list settings and each frame's locals: the project filter hides secrets there even with DEBUG on.
 DEFAULT_EXCEPTION_REPORTER_FILTER = "portal_project.security.SecretsFilter"
@@ -413,7 +448,13 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}, "httpx": {"level": "WARNING"}, "httpx2": {"level": "WARNING"}},
+    "loggers": {
+        "django.request": {"level": "ERROR"},
+        "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+        # The SDK's INFO lines carry request details; its warnings and errors name no secret.
+        "stripe": {"level": "WARNING"},
+    },
 }
 
 # --- Portal: customer pages, management API, live usage feed -----------------------------------

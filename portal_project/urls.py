@@ -10,8 +10,12 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
+from portal.views.payments import stripe_webhook
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("portal/", include("portal.urls")),
+    # Stripe's event deliveries: no session, no CSRF token, a signature instead (billing.payments).
+    path("stripe/webhook", stripe_webhook, name="stripe-webhook"),
 ]

@@ -26,6 +26,7 @@ from billing.selectors import (
 )
 from portal.allowances import allowances_for, window_words
 from portal.context import PortalContext, portal_page, render_portal
+from portal.views.payments import payments_panel
 
 LEDGER_PAGE_SIZE = 50
 
@@ -138,5 +139,6 @@ def billing_page(request: HttpRequest) -> HttpResponse:
             "month_start": month_start,
             "ledger": ledger,
             "org_query": f"{urlencode({'org': org_param})}&" if org_param else "",
+            "payments": payments_panel(request, ctx, upgraded),
         },
     )
