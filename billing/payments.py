@@ -261,7 +261,7 @@ def _locked_organization(organization_id: object) -> Organization | None:
     apply one at a time."""
     if not (isinstance(organization_id, str) and organization_id.isdigit()):
         return None
-    return Organization.objects.select_for_update().filter(pk=int(organization_id)).select_related("plan").first()
+    return Organization.objects.select_for_update(of=("self",)).filter(pk=int(organization_id)).select_related("plan").first()
 
 
 def _checkout_paid(session: dict[str, Any], record: StripeEvent) -> _Effect:

@@ -7,10 +7,11 @@ payment changes (a credit, a plan) comes only from the verified webhook (billing
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -159,15 +160,16 @@ def _refused(request: HttpRequest, status: int, message: str) -> HttpResponse:
     return render_portal(request, "billing/payment_refused.html", {"nav": "billing", "message": message}, status=status)
 
 
-def _paying(view: Any) -> Any:
+def _paying(view: Callable[[HttpRequest, PortalContext], HttpResponse]) -> Callable[[HttpRequest], HttpResponse]:
     """A payment form's POST: signed in, an owner or admin of the organization it names, refusals as pages."""
 
     @require_POST
     @portal_page
+    @functools.wraps(view)
     def wrapped(request: HttpRequest) -> HttpResponse:
         try:
             ctx = _paying_context(request)
-            return view(request, ctx)  # type: ignore[no-any-return]
+            return view(request, ctx)
         except _Refused as refusal:
             return _refused(request, refusal.status, refusal.message)
         except (TopupOutOfBounds, NotUpgradable) as exc:
@@ -177,8 +179,6 @@ def _paying(view: Any) -> Any:
         except PaymentsOff:
             return _refused(request, 404, "Online payments are not enabled on this portal.")
 
-    wrapped.__name__ = view.__name__
-    wrapped.__doc__ = view.__doc__
     return wrapped
 
 

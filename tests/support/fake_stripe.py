@@ -147,6 +147,7 @@ class FakeStripe:
     events: list[SentEvent] = field(default_factory=list)
     requests: list[RecordedRequest] = field(default_factory=list)
     idempotent: dict[str, tuple[str, dict[str, Any], int, dict[str, Any]]] = field(default_factory=dict)
+    clock_offset_s: int = 0  # added to the times of objects and events (not to signatures): `advance` moves it
     fail_next: int = 0  # the next N API calls answer 500 api_error (the SDK retries them when it may)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -164,10 +165,18 @@ class FakeStripe:
                 "recurring": {"interval": interval, "interval_count": 1},
                 "product": _new_id("prod"),
                 "nickname": product_name,
-                "created": int(time.time()),
+                "created": self.now(),
                 "livemode": False,
             }
         return price_id
+
+    def now(self) -> int:
+        return int(time.time()) + self.clock_offset_s
+
+    def advance(self, seconds: int) -> None:
+        """Later events carry later `created` times, as Stripe's do; their signatures stay current."""
+        with self.lock:
+            self.clock_offset_s += seconds
 
     def reset(self) -> None:
         with self.lock:
@@ -178,6 +187,7 @@ class FakeStripe:
             self.idempotent.clear()
             self.webhook_url = None
             self.fail_next = 0
+            self.clock_offset_s = 0
 
     def calls(self, method: str, path_prefix: str) -> list[RecordedRequest]:
         with self.lock:
@@ -201,7 +211,7 @@ class FakeStripe:
                 raise _no_such("checkout.session", session_id)
             if session["status"] != "open":
                 raise StripeError(400, "invalid_request_error", "This Checkout Session is no longer active.")
-            now = int(time.time())
+            now = self.now()
             session["status"] = "complete"
             session["payment_status"] = "paid"
             events: list[SentEvent] = []
@@ -252,7 +262,7 @@ class FakeStripe:
         with self.lock:
             subscription = self.subscriptions[subscription_id]
             subscription["status"] = "canceled"
-            subscription["canceled_at"] = int(time.time())
+            subscription["canceled_at"] = self.now()
             event = self._event("customer.subscription.deleted", subscription)
         self.send([event])
         return event
@@ -285,7 +295,7 @@ class FakeStripe:
             "id": _new_id("evt"),
             "object": "event",
             "api_version": API_VERSION,
-            "created": int(time.time()) if created is None else created,
+            "created": self.now() if created is None else created,
             "data": data,
             "livemode": False,
             "pending_webhooks": 1,
@@ -302,7 +312,7 @@ class FakeStripe:
         customer = {
             "id": _new_id("cus"),
             "object": "customer",
-            "created": int(time.time()),
+            "created": self.now(),
             "email": params.get("email"),
             "name": params.get("name"),
             "description": params.get("description"),
@@ -388,8 +398,8 @@ class FakeStripe:
             "cancel_url": params.get("cancel_url"),
             "payment_intent": None,
             "subscription": None,
-            "created": int(time.time()),
-            "expires_at": int(time.time()) + 24 * 3600,
+            "created": self.now(),
+            "expires_at": self.now() + 24 * 3600,
             "url": f"{self.base_url}/c/pay/{session_id}",
             "livemode": False,
             # kept for completing the session, not shown by the API
@@ -416,7 +426,7 @@ class FakeStripe:
             "object": "billing_portal.session",
             "customer": customer,
             "return_url": params.get("return_url"),
-            "created": int(time.time()),
+            "created": self.now(),
             "url": f"{self.base_url}/p/session/{portal_id}",
             "livemode": False,
         }
