@@ -103,9 +103,7 @@ def test_a_top_up_sends_the_owner_to_checkout_for_that_amount_with_the_organizat
     ]
     assert params["client_reference_id"] == str(team.acme.pk)
     assert params["metadata"] == {"organization_id": str(team.acme.pk), "purpose": "topup", "user_id": str(team.owner.pk)}
-    assert params["success_url"] == (
-        "http://testserver/portal/billing?org=acme&checkout=topup&session_id={CHECKOUT_SESSION_ID}"
-    )
+    assert params["success_url"] == ("http://testserver/portal/billing?org=acme&checkout=topup&session_id={CHECKOUT_SESSION_ID}")
     assert params["cancel_url"] == "http://testserver/portal/billing?org=acme&checkout=cancelled"
     # The Stripe customer is made once and kept.
     team.acme.refresh_from_db()
