@@ -12,12 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.support import ARTIFACTS, CHROMIUM, PortalServer
+from tests.browser.support import ARTIFACTS, CHROMIUM, STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET, PortalServer
+from tests.support.fake_stripe import FakeStripe, FakeStripeServer
 from tests.support.live import live_gateway_env, router_env, wait_until_gateway_caught_up, wait_until_usage_written
 
 
 @pytest.fixture(scope="session")
-def portal_server(django_db_setup, django_db_blocker, simulator) -> Iterator[PortalServer]:  # noqa: ANN001
+def stripe_server() -> Iterator[FakeStripeServer]:
+    """The fake Stripe the live portal pays through; its webhooks go to the portal (set by portal_server)."""
+    server = FakeStripeServer(secret_key=STRIPE_SECRET_KEY, webhook_secret=STRIPE_WEBHOOK_SECRET).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def portal_server(django_db_setup, django_db_blocker, simulator, stripe_server: FakeStripeServer) -> Iterator[PortalServer]:  # noqa: ANN001
     mail_dir = Path(tempfile.mkdtemp(prefix="portal-mail-"))
     server = PortalServer(env={})
     server.env = live_gateway_env(
@@ -27,12 +36,25 @@ def portal_server(django_db_setup, django_db_blocker, simulator) -> Iterator[Por
         PORTAL_PUBLIC_BASE_URL=server.url,
         # Its own cache namespace: rate-limit counters of earlier runs do not carry over.
         PORTAL_CACHE_PREFIX=f"portal-browser-{uuid.uuid4().hex[:8]}",
+        # Payments on, through the fake Stripe.
+        PORTAL_STRIPE_SECRET_KEY=STRIPE_SECRET_KEY,
+        PORTAL_STRIPE_WEBHOOK_SECRET=STRIPE_WEBHOOK_SECRET,
+        PORTAL_STRIPE_API_BASE=stripe_server.base_url,
     )
     server.mail_dir = mail_dir
     server.start()
     yield server
     server.stop()
     shutil.rmtree(mail_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def stripe(portal_server: PortalServer, stripe_server: FakeStripeServer) -> Iterator[FakeStripe]:
+    """The fake Stripe, emptied, delivering its webhooks to the live portal."""
+    stripe_server.fake.reset()
+    stripe_server.fake.webhook_url = f"{portal_server.url}/stripe/webhook"
+    yield stripe_server.fake
+    stripe_server.fake.reset()
 
 
 @pytest.fixture
