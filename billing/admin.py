@@ -16,6 +16,7 @@ from billing.models import (
     ModelPrice,
     Plan,
     PlanSubscription,
+    StripeEvent,
     UsageDailyRollup,
 )
 from billing.services import MANUAL_KINDS, ledger_entry_add
@@ -176,3 +177,22 @@ class ModelAccessOverrideAdmin(admin.ModelAdmin):
     list_display = ["organization", "alias", "allowed"]
     list_filter = ["allowed", "alias"]
     raw_id_fields = ["organization"]
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(admin.ModelAdmin):
+    """Stripe's webhook events as they were taken in: read-only, the record a replay is checked against."""
+
+    list_display = ["received_at", "type", "event_id", "organization", "outcome", "detail"]
+    list_filter = ["outcome", "type"]
+    search_fields = ["event_id", "object_id", "organization__slug"]
+    raw_id_fields = ["organization"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: StripeEvent | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: StripeEvent | None = None) -> bool:
+        return False
