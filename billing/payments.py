@@ -280,6 +280,10 @@ def _checkout_paid(session: dict[str, Any], record: StripeEvent) -> _Effect:
     if organization is None:
         log.error("stripe session %s was paid for organization %r, which does not exist", session_id, organization_id)
         return _ignored("the organization does not exist", object_id=session_id)
+    customer = session.get("customer")
+    if isinstance(customer, str) and customer and customer != organization.stripe_customer_id:
+        log.error("stripe session %s: customer %s is not organization %s's", session_id, customer, organization.pk)
+        return _ignored("the customer is not the organization's", object_id=session_id)
     amount, currency = session.get("amount_total"), session.get("currency")
     if currency != CURRENCY or not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
         log.error("stripe session %s: amount %r %r is not a positive amount in %s", session_id, amount, currency, CURRENCY)
@@ -345,12 +349,12 @@ def _subscription_changed(subscription: dict[str, Any], record: StripeEvent) -> 
 
 
 def _subscription_organization(subscription: dict[str, Any]) -> Organization | None:
-    """By the metadata our Checkout session gave the subscription, else by its customer; locked. Both given and
-    naming different organizations: neither."""
+    """By the metadata our Checkout session gave the subscription, else by its customer; locked. The metadata's
+    organization must own the customer (ours are created before any session): otherwise neither."""
     by_metadata = _locked_organization(_metadata(subscription).get("organization_id"))
     customer = subscription.get("customer")
     if by_metadata is not None:
-        if by_metadata.stripe_customer_id and isinstance(customer, str) and customer != by_metadata.stripe_customer_id:
+        if isinstance(customer, str) and customer and customer != by_metadata.stripe_customer_id:
             return None
         return by_metadata
     if not (isinstance(customer, str) and customer):

@@ -408,6 +408,46 @@ def test_a_subscription_for_a_price_no_plan_sells_changes_nothing(team: Team, fa
     assert plan_of(team.acme) == "free"
 
 
+def resigned(event: SentEvent, change) -> tuple[bytes, str]:  # noqa: ANN001
+    """The event's body changed by `change` (a function of the parsed body), signed anew as Stripe would."""
+    body = json.loads(event.payload)
+    change(body)
+    payload = json.dumps(body).encode()
+    return payload, sign_payload(payload, WEBHOOK_SECRET)
+
+
+def test_a_subscription_without_our_metadata_is_found_by_its_customer(team: Team, fake: FakeStripe, pro_price: str) -> None:
+    created, _ = subscribe(team, fake)  # e.g. one started from the Dashboard, or by the customer portal
+    payload, signature = resigned(created, lambda body: body["data"]["object"].update(metadata={}))
+    assert deliver(created, payload=payload, signature=signature).json()["outcome"] == "applied"
+    assert plan_of(team.acme) == "pro"
+
+
+def test_events_naming_an_organization_that_is_not_theirs_change_nothing(team: Team, fake: FakeStripe, pro_price: str) -> None:
+    created, _ = subscribe(team, fake)
+    # The metadata names globex while the customer is acme's: neither is changed.
+    payload, signature = resigned(
+        created, lambda body: body["data"]["object"]["metadata"].update(organization_id=str(team.globex.pk))
+    )
+    assert deliver(created, payload=payload, signature=signature).json()["outcome"] == "ignored"
+    assert plan_of(team.acme) == plan_of(team.globex) == "free"
+    pay(top_up(team)["Location"])
+    completed = fake.outbox[-1]
+    payload, signature = resigned(completed, lambda body: body["data"]["object"]["metadata"].update(organization_id="999999"))
+    assert deliver(completed, payload=payload, signature=signature).json()["outcome"] == "ignored"
+
+    def to_globex(body: dict) -> None:
+        body["id"] = "evt_to_globex"
+        body["data"]["object"]["metadata"]["organization_id"] = body["data"]["object"]["client_reference_id"] = str(
+            team.globex.pk
+        )
+
+    payload, signature = resigned(completed, to_globex)
+    assert deliver(completed, payload=payload, signature=signature).json()["outcome"] == "ignored"
+    assert StripeEvent.objects.get(event_id="evt_to_globex").detail == "the customer is not the organization's"
+    assert not LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CREDIT).exists()
+
+
 def test_a_plan_without_a_stripe_price_is_not_offered_or_sold(team: Team, fake: FakeStripe) -> None:
     page = team.client(team.owner).get("/portal/billing").content.decode()
     assert 'id="upgrade-form"' not in page and "Plan changes are made by the Cortensor team" in page
@@ -424,6 +464,26 @@ def test_the_stripe_secrets_are_hidden_from_debug_pages(fake: FakeStripe, settin
     assert safe["PORTAL_STRIPE_SECRET_KEY"] == safe["PORTAL_STRIPE_WEBHOOK_SECRET"] == "********************"
     assert {SECRET_KEY, WEBHOOK_SECRET} <= set(configured_secrets())
     assert SECRET_KEY not in repr(safe) and WEBHOOK_SECRET not in repr(safe)
+
+
+def test_the_debug_500_page_shows_no_stripe_secret(fake: FakeStripe, settings) -> None:  # noqa: ANN001
+    import sys
+
+    from django.test import RequestFactory
+    from django.views.debug import technical_500_response
+
+    from billing.payments import stripe_client
+
+    settings.DEBUG = True
+    client = stripe_client()  # noqa: F841 -- a frame's local holding the key
+    signature = f"t=1,v1=0 with {WEBHOOK_SECRET}"  # noqa: F841
+    request = RequestFactory().post(WEBHOOK, data=b"{}", content_type="application/json", HTTP_STRIPE_SIGNATURE=WEBHOOK_SECRET)
+    try:
+        raise RuntimeError(f"failed with {SECRET_KEY}")
+    except RuntimeError:
+        page = technical_500_response(request, *sys.exc_info()).content.decode()
+    assert "failed with" in page and "PORTAL_STRIPE_SECRET_KEY" in page
+    assert SECRET_KEY not in page and WEBHOOK_SECRET not in page
 
 
 @pytest.mark.parametrize(

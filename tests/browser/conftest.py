@@ -49,7 +49,7 @@ def portal_server(django_db_setup, django_db_blocker, simulator, stripe_server: 
 
 
 @pytest.fixture
-def stripe(portal_server: PortalServer, stripe_server: FakeStripeServer) -> Iterator[FakeStripe]:
+def stripe_fake(portal_server: PortalServer, stripe_server: FakeStripeServer) -> Iterator[FakeStripe]:
     """The fake Stripe, emptied, delivering its webhooks to the live portal."""
     stripe_server.fake.reset()
     stripe_server.fake.webhook_url = f"{portal_server.url}/stripe/webhook"

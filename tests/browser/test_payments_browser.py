@@ -21,7 +21,7 @@ EMAIL = "payer@example.com"
 
 def test_an_owner_on_a_prepaid_plan_tops_up_ten_dollars_and_sees_the_balance(
     portal: PortalServer,
-    stripe: FakeStripe,
+    stripe_fake: FakeStripe,
     browser,  # noqa: ANN001
 ) -> None:
     from billing.models import LedgerEntry, Plan
@@ -42,11 +42,11 @@ def test_an_owner_on_a_prepaid_plan_tops_up_ten_dollars_and_sees_the_balance(
 
     assert page.inner_text("#payment-notice") == "Thank you: your payment is credited below."
     assert balance(page) == "$10.00"
-    [session_id] = stripe.sessions
+    [session_id] = stripe_fake.sessions
     assert f"Stripe top-up, Checkout session {session_id}" in page.inner_text("#ledger")
     [credit] = LedgerEntry.objects.filter(organization=org)
     assert (credit.kind, credit.amount_micros) == ("credit", 10_000_000)
-    [delivered] = stripe.events
+    [delivered] = stripe_fake.events
     assert delivered.type == "checkout.session.completed" and delivered.deliveries == [200]
     shot(page, "billing-topped-up")
     context.close()
