@@ -157,6 +157,10 @@ def checkout_upgrade_create(*, organization: Organization, user: User, plan: Pla
         raise NotUpgradable(f"{plan.name} cannot be bought online.")
     if organization.plan_id == plan.pk:
         raise NotUpgradable(f"{organization.name} is already on {plan.name}.")
+    current = organization.plan
+    if current is not None and current.stripe_price_id:
+        # A second Checkout would start a second subscription beside the one already billed.
+        raise NotUpgradable(f"{organization.name} pays for {current.name} already: change plans under Manage cards and invoices.")
     customer = stripe_customer_ensure(organization=organization, email=user.email)
     metadata = {"organization_id": str(organization.pk), "purpose": UPGRADE_PURPOSE, "plan": plan.slug, "user_id": str(user.pk)}
     return _session_url(

@@ -368,6 +368,11 @@ def test_an_upgrade_subscribes_to_the_plans_price_and_its_events_move_the_plan(
     # Already on Pro: upgrading again is a 400, not a second subscription.
     again = team.client(team.owner).post("/portal/billing/upgrade", {"org": "acme", "plan": "pro"})
     assert again.status_code == 400 and "already on Pro" in again.content.decode()
+    # From a paid plan, another Checkout would bill a second subscription: the customer portal changes plans.
+    Plan.objects.create(slug="team", name="Team", requests_per_minute=6000, stripe_price_id=fake.price_add(unit_amount=9900))
+    other = team.client(team.owner).post("/portal/billing/upgrade", {"org": "acme", "plan": "team"})
+    assert other.status_code == 400 and "Acme pays for Pro already" in other.content.decode()
+    assert len(fake.calls("POST", "/v1/checkout/sessions")) == 1
 
     subscription_id = json.loads(created.payload)["data"]["object"]["id"]
     fake.advance(60)
