@@ -37,6 +37,7 @@ urlpatterns = [
     # Usage and billing.
     path("usage", usage.usage_page, name="usage"),
     path("usage-summary", usage.UsageSummaryAPI.as_view(), name="usage-summary"),
+    path("usage/export", usage.UsageExportAPI.as_view(), name="usage-export"),
     path("billing", billing.billing_page, name="billing"),
     path("playground", playground.playground_page, name="playground"),
     path("playground/chat/completions", playground.playground_completion, name="playground-completion"),
