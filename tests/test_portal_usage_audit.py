@@ -257,3 +257,183 @@ def test_each_filter_has_an_index_postgres_can_use(team: Team, filters: dict[str
         cursor.execute("SET LOCAL enable_seqscan = off")  # a tiny table is read whole otherwise: ask what it could use
         plan = events.explain()
     assert index in plan
+
+
+# --- CSV export ------------------------------------------------------------------------------------------------------
+
+
+def export(client: Client, query: str) -> tuple[int, str, object]:
+    """Django's test client is WSGI, which would read the async body into memory (with a warning): under daphne, as
+    deployed, it streams (test_export_of_many_rows_streams_chunk_by_chunk reads it the ASGI way)."""
+    from asgiref.sync import async_to_sync
+
+    response = client.get(f"/portal/usage/export?{query}")
+    if not response.streaming:
+        return response.status_code, response.content.decode(), response
+
+    async def body() -> bytes:
+        return b"".join([piece async for piece in response.streaming_content])  # type: ignore[union-attr]
+
+    return response.status_code, async_to_sync(body)().decode(), response
+
+
+def test_export_of_rows_is_the_filtered_rows_newest_first(team: Team, audit_rows: dict[str, ApiKey]) -> None:
+    import csv
+
+    status, text, response = export(team.client(team.member), f"{RANGE}&kind=rows&model=gemma4")
+    assert status == 200
+    assert response["Content-Type"] == "text/csv; charset=utf-8"  # type: ignore[index]
+    assert response["Content-Disposition"] == 'attachment; filename="usage-rows-acme-2026-03-01-2026-03-04.csv"'  # type: ignore[index]
+    lines = list(csv.reader(text.splitlines()))
+    assert lines[0][:4] == ["created_at", "request_id", "model", "route"]
+    batch = audit_rows["batch"].pk
+    assert [dict(zip(lines[0], line, strict=True)) for line in lines[1:]] == [
+        {
+            "created_at": "2026-03-02T12:03:00.000000+00:00",
+            "request_id": "req_bb0004",
+            "model": "gemma4",
+            "route": "chat.completions",
+            "streamed": "false",
+            "key_id": str(batch),
+            "key_name": "batch jobs",
+            "end_user": "",
+            "status": "error",
+            "http_status": "502",
+            "error_code": "upstream_error",
+            "prompt_tokens": "10",
+            "completion_tokens": "0",
+            "total_tokens": "10",
+            "cost_micros": "0",
+            "cost_usd": "0.000000",
+            "duration_ms": "0",
+        },
+        {
+            "created_at": "2026-03-02T12:02:00.000000+00:00",
+            "request_id": "req_ab0003",
+            "model": "gemma4",
+            "route": "chat.completions",
+            "streamed": "false",
+            "key_id": str(batch),
+            "key_name": "batch jobs",
+            "end_user": "",
+            "status": "ok",
+            "http_status": "200",
+            "error_code": "",
+            "prompt_tokens": "10",
+            "completion_tokens": "0",
+            "total_tokens": "10",
+            "cost_micros": "2000001",
+            "cost_usd": "2.000001",
+            "duration_ms": "0",
+        },
+    ]
+
+
+def test_export_of_daily_totals_has_every_day_of_the_range(team: Team, audit_rows: dict[str, ApiKey]) -> None:
+    status, text, _ = export(team.client(team.member), f"{RANGE}&kind=daily")
+    assert status == 200
+    assert text.splitlines() == [
+        "day,day_start,requests,errors,prompt_tokens,completion_tokens,total_tokens,cost_micros,cost_usd",
+        "2026-03-01,2026-03-01T00:00:00+00:00,0,0,0,0,0,0,0.000000",
+        "2026-03-02,2026-03-02T00:00:00+00:00,5,2,50,0,50,2001538,2.001538",
+        "2026-03-03,2026-03-03T00:00:00+00:00,0,0,0,0,0,0,0.000000",
+        "2026-03-04,2026-03-04T00:00:00+00:00,0,0,0,0,0,0,0.000000",
+    ]
+
+
+def test_export_escapes_cells_a_spreadsheet_would_run(team: Team) -> None:
+    import csv
+
+    key = apikey_create(organization=team.acme, name="=HYPERLINK(1)", created_by=team.owner).api_key
+    users = ["=1+2", "+SUM(A1)", "-2+3", "@cmd", "\tx", "plain", "a=b"]
+    rows = [row(team.acme, key, f"req_x{n}", when=T0 + timedelta(seconds=n)) for n in range(len(users))]
+    for r, user in zip(rows, users, strict=True):
+        r.end_user = user
+    UsageEvent.objects.bulk_create(rows)
+    _, text, _ = export(team.client(team.member), f"{RANGE}&kind=rows")
+    lines = list(csv.DictReader(text.splitlines()))
+    assert [line["end_user"] for line in lines][::-1] == ["'=1+2", "'+SUM(A1)", "'-2+3", "'@cmd", "'\tx", "plain", "a=b"]
+    assert {line["key_name"] for line in lines} == {"'=HYPERLINK(1)"}
+
+
+def test_export_times_are_iso_8601_with_the_zones_offset(team: Team, audit_rows: dict[str, ApiKey]) -> None:
+    _, text, _ = export(team.client(team.member), "from=2026-03-02&to=2026-03-02&kind=rows&tz=America/New_York&q=req_aa0001")
+    assert text.splitlines()[1].startswith("2026-03-02T07:00:00.000000-05:00,req_aa0001,")
+    _, text, _ = export(team.client(team.member), "from=2026-03-02&to=2026-03-02&kind=daily&tz=Asia/Kolkata")
+    assert text.splitlines()[1].startswith("2026-03-02,2026-03-02T00:00:00+05:30,5,")
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("kind=everything", "kind"),
+        ("tz=Mars/Olympus", "tz"),
+        ("tz=../../etc/passwd", "tz"),
+        ("from=2024-01-01&to=2026-01-01", "detail"),
+        ("from=2026-02-30", "detail"),
+        ("status=bad", "status"),
+        ("q=" + "x" * 65, "q"),
+    ],
+)
+def test_export_refuses_bad_input_with_a_400(team: Team, query: str, field: str) -> None:
+    response = team.client(team.member).get(f"/portal/usage/export?{query}")
+    assert response.status_code == 400 and field in response.json()
+    assert team.client(team.member).get(f"/portal/usage/export?{query}", HTTP_ACCEPT="text/csv").status_code == 400
+
+
+def test_export_refuses_anonymous_callers_and_other_organizations(team: Team, audit_rows: dict[str, ApiKey]) -> None:
+    assert Client().get("/portal/usage/export").status_code == 403
+    assert team.client(team.outsider).get("/portal/usage/export?org=acme").status_code == 404
+    _, text, _ = export(team.client(team.outsider), f"{RANGE}&kind=rows")
+    assert [line.split(",")[1] for line in text.splitlines()[1:]] == ["req_aa9999"]
+
+
+def test_export_of_many_rows_streams_chunk_by_chunk(team: Team, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first rows leave before the last are read: one keyset query per chunk of EXPORT_CHUNK rows, each piece of
+    the body one chunk, so memory holds a chunk whatever the range holds; the rows are exactly the database's."""
+    import csv
+
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    import usage.selectors
+    from usage.selectors import EXPORT_CHUNK
+
+    key = ApiKey.objects.get(pk=team.acme_key_id)
+    total = EXPORT_CHUNK * 3 + 17
+    UsageEvent.objects.bulk_create(
+        [row(team.acme, key, f"req_s{n:06d}", when=T0 + timedelta(milliseconds=n // 3), cost=n) for n in range(total)],
+        batch_size=2000,
+    )
+    client = AsyncClient()
+    client.force_login(team.member)
+    pieces: list[str] = []
+    reads_at: list[int] = []  # how many chunks had been read from the database when each piece arrived
+    reads: list[int] = []
+    read_page = usage.selectors.usage_requests_page
+
+    def counted(**kwargs: object) -> object:
+        page = read_page(**kwargs)  # type: ignore[arg-type]
+        reads.append(len(page.rows))
+        return page
+
+    monkeypatch.setattr(usage.selectors, "usage_requests_page", counted)
+
+    async def download() -> None:
+        response = await client.get(f"/portal/usage/export?{RANGE}&kind=rows")
+        assert response.status_code == 200 and response.streaming and response.is_async
+        async for piece in response.streaming_content:
+            pieces.append(piece.decode())
+            reads_at.append(len(reads))
+
+    async_to_sync(download)()
+    # The header, then one piece per chunk, each read when it was needed: the first rows went out after one read.
+    assert reads_at == [0, 1, 2, 3, 4]
+    assert reads == [EXPORT_CHUNK, EXPORT_CHUNK, EXPORT_CHUNK, 17]
+    assert [piece.count("\r\n") for piece in pieces] == [1, EXPORT_CHUNK, EXPORT_CHUNK, EXPORT_CHUNK, 17]
+    lines = list(csv.DictReader("".join(pieces).splitlines()))
+    expected = list(
+        UsageEvent.objects.filter(organization=team.acme).order_by("-created_at", "-id").values_list("request_id", "cost_micros")
+    )
+    assert [(line["request_id"], int(line["cost_micros"])) for line in lines] == expected
+    assert len(lines) == total
