@@ -13,13 +13,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from django.db import connections, router, transaction
 from django.db.models import Count, Min, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
+from accounts.time_zones import BadTimeZone as BadTimeZone  # re-exported: the usage views' one import
+from accounts.time_zones import time_zone_parse as time_zone_parse
+from accounts.time_zones import user_time_zone as user_time_zone
 from billing.models import ClosedBillingDay
 from usage.models import UsageEvent
 
@@ -71,46 +73,6 @@ def _day(value: str) -> date:
     if not EARLIEST_DAY <= day <= LATEST_DAY:
         raise BadRange(f"dates are between {EARLIEST_DAY.isoformat()} and {LATEST_DAY.isoformat()}")
     return day
-
-
-TIME_ZONE_MAX_LENGTH = 64  # accounts.User.time_zone's column
-
-
-class BadTimeZone(ValueError):
-    pass
-
-
-def time_zone_parse(name: str) -> ZoneInfo:
-    """An IANA zone name as zoneinfo knows it ("Europe/Berlin", "UTC"); BadTimeZone for anything else. Checked against
-    the list of zones first, so no client text reaches the file system (zoneinfo reads a file per name)."""
-    if not name or len(name) > TIME_ZONE_MAX_LENGTH or name not in _zone_names():
-        raise BadTimeZone("not a time zone name of the IANA database, e.g. Europe/Berlin or UTC")
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise BadTimeZone("not a time zone name of the IANA database, e.g. Europe/Berlin or UTC") from None
-
-
-_ZONES: frozenset[str] = frozenset()
-
-
-def _zone_names() -> frozenset[str]:
-    global _ZONES
-    if not _ZONES:
-        _ZONES = frozenset(available_timezones()) | {"UTC"}
-    return _ZONES
-
-
-def time_zone_names() -> list[str]:
-    return sorted(_zone_names())
-
-
-def user_time_zone(user: Any) -> ZoneInfo:
-    """The zone a signed-in user chose (accounts.User.time_zone), UTC for anyone else or a name no longer known."""
-    try:
-        return time_zone_parse(getattr(user, "time_zone", "") or "UTC")
-    except BadTimeZone:
-        return ZoneInfo("UTC")
 
 
 def date_range_parse(start: str | None, end: str | None, *, today: date | None = None, tz: tzinfo = UTC) -> DateRange:
