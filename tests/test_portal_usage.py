@@ -300,7 +300,9 @@ def test_page_shows_totals_splits_and_latest_requests(team: Team, known_events: 
     assert 'id="kpi-requests">7<' in page
     assert 'id="kpi-tokens">157<' in page
     assert "Requests per day" in page and "<svg" in page and page.count('class="bar"') == 8  # 4 days × 2 charts
-    assert "req_acme_000004" in page and '<span class="badge badge-red" title="upstream_error">502 · upstream_error</span>' in page
+    assert (
+        "req_acme_000004" in page and '<span class="badge badge-red" title="upstream_error">502 · upstream_error</span>' in page
+    )
     assert "req_acme_000008" not in page and "req_acme_000009" not in page  # outside the range
     assert "req_globex_000001" not in page
     assert "batch jobs" in page and "(deleted key)" in page and "gemma4" in page

@@ -84,10 +84,9 @@ def test_every_request_shows_once_around_the_page_load_and_a_dropped_socket(port
 def test_live_requests_update_the_totals_charts_and_splits_once_each(portal: PortalServer, browser) -> None:  # noqa: ANN001
     """Rows published to the feed (as the usage writer does once they are in the database) move the KPIs, the day's
     bars, the splits and the cost, in the user's time zone; a row the reconnect's catch-up sends again counts once."""
-    from datetime import timedelta
-
     import asyncio
     import threading
+    from datetime import timedelta
 
     from django.utils import timezone
 
