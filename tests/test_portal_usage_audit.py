@@ -437,3 +437,83 @@ def test_export_of_many_rows_streams_chunk_by_chunk(team: Team, monkeypatch: pyt
     )
     assert [(line["request_id"], int(line["cost_micros"])) for line in lines] == expected
     assert len(lines) == total
+
+
+# --- Time zones ------------------------------------------------------------------------------------------------------
+
+
+def test_profile_sets_a_time_zone_and_refuses_a_name_zoneinfo_does_not_know(team: Team) -> None:
+    client = team.client(team.member)
+    response = client.post("/portal/profile", {"name": "Mia", "time_zone": "Europe/Berlin"})
+    assert response.status_code == 302
+    team.member.refresh_from_db()
+    assert team.member.time_zone == "Europe/Berlin" and team.member.name == "Mia"
+    assert '<option value="Europe/Berlin" selected>' in client.get("/portal/profile").content.decode()
+    for bad in ("Mars/Olympus", "../../etc/passwd", "europe/berlin", "x" * 65, "Europe/Berlin\x00"):
+        refused = client.post("/portal/profile", {"name": "Mia", "time_zone": bad})
+        assert refused.status_code == 400
+        assert "Select a valid choice." in refused.content.decode()
+    team.member.refresh_from_db()
+    assert team.member.time_zone == "Europe/Berlin"
+    assert client.post("/portal/profile", {"name": "Mia M."}).status_code == 302  # a form without the zone keeps it
+    team.member.refresh_from_db()
+    assert team.member.time_zone == "Europe/Berlin"
+
+
+def test_time_zone_parse() -> None:
+    from accounts.time_zones import BadTimeZone, time_zone_parse, user_time_zone
+
+    assert str(time_zone_parse("Asia/Kolkata")) == "Asia/Kolkata" and str(time_zone_parse("UTC")) == "UTC"
+    for bad in ("", "Asia", "/etc/passwd", "Asia/../UTC", "asia/kolkata", "UTC " * 20):
+        with pytest.raises(BadTimeZone):
+            time_zone_parse(bad)
+    assert str(user_time_zone(None)) == "UTC"
+
+
+def test_page_days_and_times_are_the_users_zone(team: Team) -> None:
+    team.member.time_zone = "Asia/Tokyo"  # UTC+9, no DST
+    team.member.save(update_fields=["time_zone"])
+    key = ApiKey.objects.get(pk=team.acme_key_id)
+    UsageEvent.objects.bulk_create(
+        [
+            row(team.acme, key, "req_tz_late", when=datetime(2026, 3, 2, 20, 0, tzinfo=UTC), cost=7),  # Mar 3 05:00 JST
+            row(team.acme, key, "req_tz_early", when=datetime(2026, 3, 2, 14, 59, tzinfo=UTC)),  # Mar 2 23:59 JST
+        ]
+    )
+    client = team.client(team.member)
+    _, page = page_of(client, "from=2026-03-03&to=2026-03-03")
+    assert listed(page) == ["req_tz_late"]
+    assert "<th>Time (Asia/Tokyo)</th>" in page and "(days in Asia/Tokyo)" in page
+    assert '<td class="nowrap">Mar 3 05:00:00</td>' in page
+    assert '<g data-day="2026-03-03" data-value="1"' in page
+    body = client.get("/portal/usage-summary?from=2026-03-02&to=2026-03-03", HTTP_ACCEPT="application/json").json()
+    assert body["time_zone"] == "Asia/Tokyo"
+    assert [(r["day"], r["requests"], r["cost_micros"]) for r in body["rows"]] == [("2026-03-02", 1, 0), ("2026-03-03", 1, 7)]
+    # The same rows in UTC days, when asked.
+    body = client.get("/portal/usage-summary?from=2026-03-02&to=2026-03-03&tz=UTC", HTTP_ACCEPT="application/json").json()
+    assert [(r["day"], r["requests"]) for r in body["rows"]] == [("2026-03-02", 2), ("2026-03-03", 0)]
+
+
+def test_day_buckets_follow_daylight_saving_time(team: Team) -> None:
+    """New York's 2026-03-08 has 23 hours: its buckets start at 05:00 UTC the day before and 04:00 UTC after."""
+    key = ApiKey.objects.get(pk=team.acme_key_id)
+    UsageEvent.objects.bulk_create(
+        [
+            row(team.acme, key, "req_dst1", when=datetime(2026, 3, 8, 4, 59, tzinfo=UTC)),  # Mar 7 23:59 EST
+            row(team.acme, key, "req_dst2", when=datetime(2026, 3, 8, 5, 0, tzinfo=UTC)),  # Mar 8 00:00 EST
+            row(team.acme, key, "req_dst3", when=datetime(2026, 3, 9, 3, 59, tzinfo=UTC)),  # Mar 8 23:59 EDT
+            row(team.acme, key, "req_dst4", when=datetime(2026, 3, 9, 4, 0, tzinfo=UTC)),  # Mar 9 00:00 EDT
+        ]
+    )
+    client = team.client(team.member)
+    query = "from=2026-03-07&to=2026-03-09&tz=America/New_York"
+    body = client.get(f"/portal/usage-summary?{query}", HTTP_ACCEPT="application/json").json()
+    assert [(r["day"], r["requests"]) for r in body["rows"]] == [("2026-03-07", 1), ("2026-03-08", 2), ("2026-03-09", 1)]
+    _, text, _ = export(client, f"{query}&kind=daily")
+    assert [line.split(",")[:3] for line in text.splitlines()[1:]] == [
+        ["2026-03-07", "2026-03-07T00:00:00-05:00", "1"],
+        ["2026-03-08", "2026-03-08T00:00:00-05:00", "2"],
+        ["2026-03-09", "2026-03-09T00:00:00-04:00", "1"],
+    ]
+    _, text, _ = export(client, f"{query}&kind=rows&q=req_dst3")
+    assert text.splitlines()[1].startswith("2026-03-08T23:59:00.000000-04:00,req_dst3,")
