@@ -517,3 +517,34 @@ def test_day_buckets_follow_daylight_saving_time(team: Team) -> None:
     ]
     _, text, _ = export(client, f"{query}&kind=rows&q=req_dst3")
     assert text.splitlines()[1].startswith("2026-03-08T23:59:00.000000-04:00,req_dst3,")
+
+
+def test_refusals_before_a_model_are_counted_from_the_request_logs(team: Team, audit_rows: dict[str, ApiKey]) -> None:
+    """Authenticated, refused before a model was chosen: no usage row (gateway/pipeline.py), a request-log row that
+    the page counts by status beside the failed requests; requests with a usage row, reads of stored responses, other
+    organizations and other days are not counted."""
+    from usage.models import RequestLog
+
+    def log(
+        rid: str, status: int, *, org=team.acme, path: str = "/v1/chat/completions", method: str = "POST", when: datetime = T0
+    ) -> RequestLog:  # noqa: ANN001, E501
+        return RequestLog(request_id=rid, organization=org, method=method, path=path, status=status, created_at=when)
+
+    RequestLog.objects.bulk_create(
+        [
+            log("req_bad_body", 400),
+            log("req_bad_body2", 400, path="/v1/messages"),
+            log("req_no_model", 404, path="/v1/responses"),
+            log("req_aa0002", 429),  # the limiter's refusal: a usage row, already in the list
+            log("req_read", 404, path="/v1/responses/resp_x", method="GET"),
+            log("req_other", 400, org=team.globex),
+            log("req_old", 400, when=T0 - timedelta(days=30)),
+            log("req_fine", 200),
+        ]
+    )
+    client = team.client(team.member)
+    _, page = page_of(client, RANGE)
+    assert '<span class="kpi-note" id="refused-before-a-model"' in page
+    assert "+ 3 refused before a model: 2 × 400, 1 × 404</span>" in page
+    _, page = page_of(client, f"{RANGE}&status=error")  # a filtered view: these have no model, key or status row
+    assert 'id="refused-before-a-model"' not in page

@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any, Literal
 
 from django.db import connections, router, transaction
-from django.db.models import Count, Min, Q, QuerySet, Sum
+from django.db.models import Count, Exists, Min, OuterRef, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
@@ -23,7 +23,7 @@ from accounts.time_zones import BadTimeZone as BadTimeZone  # re-exported: the u
 from accounts.time_zones import time_zone_parse as time_zone_parse
 from accounts.time_zones import user_time_zone as user_time_zone
 from billing.models import ClosedBillingDay
-from usage.models import UsageEvent
+from usage.models import RequestLog, UsageEvent
 
 GroupBy = Literal["day", "model", "key"]
 GROUP_BYS: tuple[str, ...] = ("day", "model", "key")
@@ -431,6 +431,40 @@ def usage_rows_chunks(
         if page.next is None:
             return
         before = page.next
+
+
+# Where a completion is asked for (gateway/urls.py, and the portal's playground): a request there that authenticated but
+# was refused before a model was chosen leaves a request-log row and no usage row (gateway/pipeline.py usage_row).
+COMPLETION_PATHS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/messages",
+    "/v1/responses",
+    "/portal/playground/chat/completions",
+)
+
+
+def refusals_before_a_model(*, organization_id: int, span: DateRange) -> list[tuple[int, int]]:
+    """(HTTP status, how many) of the organization's completion requests in the range refused after authentication but
+    before a model was chosen (a body that does not parse, an unknown or excluded model): counted from the request logs,
+    which keep them PORTAL_REQUEST_LOG_RETENTION_DAYS, so no row is written for them beyond the log line every request
+    has. One query over the organization's log rows of the range (their organization index)."""
+    start, end = span.bounds()
+    counted = (
+        RequestLog.objects.filter(
+            organization_id=organization_id,
+            created_at__gte=start,
+            created_at__lt=end,
+            status__gte=400,
+            method="POST",
+            path__in=COMPLETION_PATHS,
+        )
+        .exclude(Exists(UsageEvent.objects.filter(request_id=OuterRef("request_id"))))
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .order_by("status")
+    )
+    return [(status, n) for status, n in counted]
 
 
 # --- The live feed: what a page has, and what it missed -------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -40,6 +41,7 @@ from usage.selectors import (
     UsageRow,
     date_range_parse,
     read_snapshot,
+    refusals_before_a_model,
     time_zone_parse,
     usage_by_day,
     usage_feed_cursor,
@@ -165,6 +167,8 @@ def usage_page(request: HttpRequest) -> HttpResponse:
         # The filters' choices: every model and key of the range, whichever one is chosen now.
         all_models = usage_summary(organization_id=org.pk, span=span, group_by="model") if filters.active else by_model
         all_keys = usage_summary(organization_id=org.pk, span=span, group_by="key") if filters.active else by_key
+        # Refusals before a model was chosen have no model, key or usage row: shown beside the unfiltered totals only.
+        refused = [] if filters.active else refusals_before_a_model(organization_id=org.pk, span=span)
     # The limiter's own windows and counters, as the billing page shows them (portal.allowances): never a second count.
     allowances = allowances_for(org.pk, org.plan, now=timezone.now())
     keep = {"from": span.start.isoformat(), "to": span.end.isoformat(), **filters.query()}
@@ -186,6 +190,9 @@ def usage_page(request: HttpRequest) -> HttpResponse:
                 "by_model": by_model.rows,
                 "by_key": by_key.rows,
                 "latest": page.rows,
+                "refused_before_a_model": refused,
+                "refused_before_a_model_total": sum(n for _, n in refused),
+                "request_log_days": settings.PORTAL_REQUEST_LOG_RETENTION_DAYS,
                 "filters": filters,
                 "model_choices": _with_chosen([row.model or "" for row in all_models.rows], filters.model),
                 "key_choices": [(row.key_id, row.key_name) for row in all_keys.rows if row.key_id is not None],
