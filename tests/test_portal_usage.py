@@ -322,7 +322,7 @@ def test_page_and_live_feed_show_each_requests_end_user(team: Team) -> None:
     assert '<code class="mono small">user-42</code>' in page
     assert '<code class="mono small">&lt;b&gt;bold&lt;/b&gt;</code>' in page and "<b>bold</b>" not in page
     row_3 = page.split('data-request-id="req_acme_000003"')[1].split("</tr>")[0]
-    assert row_3.count("<td") == 9 and '<span class="muted">—</span></td>' in row_3  # none sent: a dash
+    assert row_3.count("<td") == 8 and '<span class="muted">—</span></td>' in row_3  # none sent: a dash
     record = _record(team.acme.pk, team.acme_key_id, "req_acme_live")
     record.end_user = "user-42"
     assert event_payload(record)["end_user"] == "user-42"

@@ -224,8 +224,9 @@
       row.appendChild(event.key ? cell(event.key.name, "nowrap") : cell(el("span", "muted", "—")));
       row.appendChild(cell(event.end_user ? el("code", "mono small", event.end_user) : el("span", "muted", "—")));
       row.appendChild(cell(statusBadge(event), "nowrap"));
-      row.appendChild(cell(number(event.total_tokens || 0), "num"));
-      row.appendChild(cell(money(event.cost_micros || 0), "num nowrap"));
+      var tokensCell = cell(number(event.total_tokens || 0), "num nowrap");
+      tokensCell.appendChild(el("span", "sub cost", money(event.cost_micros || 0)));
+      row.appendChild(tokensCell);
       row.appendChild(cell(event.duration_ms + " ms", "num nowrap"));
       body.insertBefore(row, body.firstChild);
       while (body.rows.length > MAX_ROWS) body.deleteRow(body.rows.length - 1);
@@ -238,6 +239,9 @@
       var tokens = event.total_tokens || 0;
       var cost = event.cost_micros || 0;
       bump("kpi-requests", 1);
+      Array.prototype.forEach.call(document.querySelectorAll(".kpi-requests-echo"), function (node) {
+        node.textContent = document.getElementById("kpi-requests").textContent;
+      });
       bump("kpi-tokens", tokens);
       bump("kpi-tokens-in", event.prompt_tokens || 0);
       bump("kpi-tokens-out", event.completion_tokens || 0);

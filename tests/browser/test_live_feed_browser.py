@@ -184,7 +184,14 @@ def test_live_requests_update_the_totals_charts_and_splits_once_each(portal: Por
     # The times are the page's zone's (+05:30), as the server renders them for the rows it drew.
     shown = page.inner_text(f'#latest tr[data-request-id="{live.request_id}"] td:first-child')
     assert shown == timezone.localtime(live.created_at, user_time_zone(user)).strftime("%b %-d %H:%M:%S")
+    assert page.inner_text(f'#latest tr[data-request-id="{held_back[0].request_id}"] .cost') == "$2.00"
+    assert page.inner_text("#kpi-errors + .kpi-note") == "of 5 requests"
     failed = page.inner_text(f'#latest tr[data-request-id="{held_back[1].request_id}"] .badge')
     assert failed == "502 · upstream_error"
     shot(page, "usage-live-totals")
+    # The filters fit a phone's width: one control a line, none wider than the screen.
+    page.set_viewport_size({"width": 360, "height": 800})
+    overflow = page.eval_on_selector("#usage-filters", "f => f.scrollWidth - f.clientWidth")
+    assert overflow <= 0
+    shot(page, "usage-filters-phone")
     context.close()
