@@ -548,3 +548,52 @@ def test_refusals_before_a_model_are_counted_from_the_request_logs(team: Team, a
     assert "+ 3 refused before a model: 2 × 400, 1 × 404</span>" in page
     _, page = page_of(client, f"{RANGE}&status=error")  # a filtered view: these have no model, key or status row
     assert 'id="refused-before-a-model"' not in page
+
+
+def test_costs_by_day_model_and_key_agree_with_the_ledger(team: Team) -> None:
+    """With each row's cost_micros the magnitude of its debit (what the gateway writes), the page's sums are the
+    ledger's: per UTC day and per model, to the micro-unit, written through the usage writer's own batch."""
+    from billing.models import LedgerEntry, ModelPrice
+    from billing.services import request_cost_micros
+    from usage.services import UsageRecord, usage_record_batch
+
+    ModelPrice.objects.create(alias="oss-20b", input_micros_per_million=150_000, output_micros_per_million=600_001)
+    ModelPrice.objects.create(alias="gemma4", input_micros_per_million=70_000, output_micros_per_million=280_000)
+    prices = {"oss-20b": (150_000, 600_001), "gemma4": (70_000, 280_000)}
+    records = []
+    for n in range(40):
+        alias = ("oss-20b", "gemma4")[n % 2]
+        prompt, completion = 17 * n + 3, 5 * n + 1
+        status = ("ok", "ok", "cancelled", "error")[n % 4]
+        cost = request_cost_micros(
+            prompt_tokens=prompt, completion_tokens=completion,
+            input_micros_per_million=prices[alias][0], output_micros_per_million=prices[alias][1],
+        )  # fmt: skip
+        records.append(
+            UsageRecord(
+                request_id=f"req_ledger{n:03d}", organization_id=team.acme.pk, api_key_id=team.acme_key_id, alias=alias,
+                route="chat.completions", status=status, http_status=200 if status == "ok" else 502,
+                created_at=T0 + timedelta(hours=5 * n), prompt_tokens=prompt, completion_tokens=completion,
+                total_tokens=prompt + completion, cost_micros=cost,
+            )
+        )  # fmt: skip
+    usage_record_batch(usage=records, logs=[])
+    body = (
+        team.client(team.owner)
+        .get("/portal/usage-summary?from=2026-03-02&to=2026-03-12&group_by=day&tz=UTC", HTTP_ACCEPT="application/json")
+        .json()
+    )
+    debits = LedgerEntry.objects.filter(organization=team.acme, kind=LedgerEntry.Kind.DEBIT)
+    by_day: dict[str, int] = {}
+    for entry in debits:
+        day = entry.created_at.astimezone(UTC).date().isoformat()
+        by_day[day] = by_day.get(day, 0) - entry.amount_micros
+    assert {r["day"]: r["cost_micros"] for r in body["rows"] if r["cost_micros"]} == by_day
+    assert body["totals"]["cost_micros"] == -sum(e.amount_micros for e in debits) > 0
+    by_model = (
+        team.client(team.owner)
+        .get("/portal/usage-summary?from=2026-03-02&to=2026-03-12&group_by=model", HTTP_ACCEPT="application/json")
+        .json()
+    )
+    for r in by_model["rows"]:
+        assert r["cost_micros"] == -sum(e.amount_micros for e in debits if e.alias == r["model"])
