@@ -372,26 +372,15 @@ class PageCursor:
         return cls(created_at=row.created_at, id=row.pk)
 
     def older(self) -> Q:
-        return Q(created_at__lt=self.created_at) | Q(created_at=self.created_at, id__lt=self.id)
+        # The plain bound first, so the (…, created_at) indexes start their backward scan at the cursor.
+        ties = Q(created_at__lt=self.created_at) | Q(created_at=self.created_at, id__lt=self.id)
+        return Q(created_at__lte=self.created_at) & ties
 
 
 @dataclass(frozen=True, slots=True)
 class UsagePage:
     rows: list[UsageEvent]  # newest first
     next: PageCursor | None  # where the next (older) page starts; None on the last page
-
-
-def usage_latest(
-    *,
-    organization_id: int,
-    span: DateRange,
-    limit: int = 50,
-    filters: UsageFilters = NO_FILTERS,
-    before: PageCursor | None = None,
-) -> list[UsageEvent]:
-    """The newest requests of the range (before `before` when given), newest first, with their key's name in the same
-    query."""
-    return usage_requests_page(organization_id=organization_id, span=span, limit=limit, filters=filters, before=before).rows
 
 
 def usage_requests_page(
