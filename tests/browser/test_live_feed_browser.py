@@ -195,3 +195,45 @@ def test_live_requests_update_the_totals_charts_and_splits_once_each(portal: Por
     assert overflow <= 0
     shot(page, "usage-filters-phone")
     context.close()
+
+
+def test_the_csv_export_streams_from_daphne(portal: PortalServer) -> None:
+    """Served as deployed (daphne, PostgreSQL): the body comes chunked, without a length, in more than one piece, and is
+    every row of the range, newest first."""
+    import csv
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apikeys.models import ApiKey
+    from usage.selectors import EXPORT_CHUNK
+
+    user = make_user("exporter@example.com")
+    org = make_org("exporters", owner=user, plan="pro")
+    key = ApiKey.objects.get(pk=issue_key(slug=org.slug).key_id)
+    now = timezone.now()
+    total = EXPORT_CHUNK * 2 + 5
+    UsageEvent.objects.bulk_create(
+        [
+            UsageEvent(
+                request_id=f"req_csv{n:06d}", organization=org, api_key=key, alias=ALIAS, route="chat.completions",
+                status="ok", http_status=200, cost_micros=n, created_at=now - timedelta(seconds=n),
+            )
+            for n in range(total)
+        ]
+    )  # fmt: skip
+    pieces: list[bytes] = []
+    with httpx.stream(
+        "GET",
+        f"{portal.url}/portal/usage/export?kind=rows",
+        cookies={"sessionid": signed_in_session(user)},
+        timeout=20,
+    ) as response:
+        assert response.status_code == 200, response.read()[:300]
+        assert "content-length" not in response.headers and response.headers["transfer-encoding"] == "chunked"
+        assert response.headers["content-type"] == "text/csv; charset=utf-8"
+        pieces.extend(response.iter_raw())
+    assert len(pieces) > 1
+    rows = list(csv.DictReader(b"".join(pieces).decode().splitlines()))
+    assert [row["request_id"] for row in rows] == [f"req_csv{n:06d}" for n in range(total)]
+    assert sum(int(row["cost_micros"]) for row in rows) == total * (total - 1) // 2
