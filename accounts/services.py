@@ -18,6 +18,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from accounts.models import Invitation, Membership, MembershipEvent, Organization, User
+from accounts.time_zones import time_zone_parse
 
 
 class OrganizationExists(ValueError):
@@ -323,7 +324,13 @@ def user_account_delete(*, user: User, source_ip: str | None = None) -> None:
     user.delete()
 
 
-def user_update_profile(*, user: User, name: str) -> User:
+def user_update_profile(*, user: User, name: str, time_zone: str | None = None) -> User:
+    """The user's name, and their time zone when given (an IANA name: BadTimeZone otherwise)."""
     user.name = name.strip()[:150]
-    user.save(update_fields=["name"])
+    fields = ["name"]
+    if time_zone is not None:
+        time_zone_parse(time_zone)
+        user.time_zone = time_zone
+        fields.append("time_zone")
+    user.save(update_fields=fields)
     return user

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.http import HttpRequest
 
 from accounts.models import Membership
+from accounts.time_zones import time_zone_names
 from portal.context import rate_limit_usage, too_many_requests
 
 
@@ -37,8 +38,20 @@ class PortalSignupForm(SignupForm):
         return super().clean()
 
 
+def _time_zone_choices() -> list[tuple[str, str]]:
+    return [(name, name.replace("_", " ")) for name in time_zone_names()]
+
+
 class ProfileForm(forms.Form):
     name = forms.CharField(max_length=150, required=False, label="Name")
+    # Every name zoneinfo knows, and only those: a ChoiceField refuses anything else with a form error.
+    time_zone = forms.ChoiceField(
+        choices=_time_zone_choices,
+        required=False,  # left out: the zone stays as it is
+        initial="UTC",
+        label="Time zone",
+        help_text="Usage times and days are shown in it.",
+    )
 
 
 class InviteForm(forms.Form):

@@ -37,6 +37,7 @@ urlpatterns = [
     # Usage and billing.
     path("usage", usage.usage_page, name="usage"),
     path("usage-summary", usage.UsageSummaryAPI.as_view(), name="usage-summary"),
+    path("usage/export", usage.UsageExportAPI.as_view(), name="usage-export"),
     path("billing", billing.billing_page, name="billing"),
     # Paying through Stripe (portal/views/payments.py); Stripe's webhook is outside /portal (portal_project/urls.py).
     path("billing/top-up", payments.topup, name="billing-topup"),

@@ -49,7 +49,8 @@ dates = st.sampled_from(["0001-01-01", "9999-12-31", "2026-02-30", "2026-13-01",
                          "2026-W01-1", "20260301", "+2026-03-01", "2026-3-1", " 2026-03-01"])  # fmt: skip
 numbers = st.integers(min_value=-(2**70), max_value=2**70).map(str)
 value = text | dates | numbers
-PARAMETERS = ["from", "to", "group_by", "org", "page", "model", "next", "format", "lang", "key", "expires_in_days", "name"]
+PARAMETERS = ["from", "to", "group_by", "org", "page", "model", "next", "format", "lang", "key", "expires_in_days", "name",
+              "status", "q", "before", "tz", "kind"]  # fmt: skip
 query = st.dictionaries(st.sampled_from(PARAMETERS) | st.text(max_size=8), value | st.lists(value, max_size=3), max_size=4)
 
 scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | text
@@ -77,7 +78,7 @@ PAGES = [
     "/portal/", "/portal/api-keys", "/portal/usage", "/portal/billing", "/portal/docs", "/portal/playground",
     "/portal/organization", "/portal/profile", "/portal/profile/delete", "/portal/api-keys/{key}/revoke",
     "/portal/invitations/{token}", "/portal/api-keys/{key}", "/portal/usage-summary", "/portal/api/schema",
-    "/accounts/login/", "/accounts/signup/", "/accounts/password/reset/", "/accounts/password/change/",
+    "/portal/usage/export", "/accounts/login/", "/accounts/signup/", "/accounts/password/reset/", "/accounts/password/change/",
     "/accounts/password/set/", "/accounts/email/", "/accounts/confirm-email/", "/accounts/confirm-email/{token}/",
     "/accounts/password/reset/key/1-{token}/", "/accounts/sessions/", "/accounts/reauthenticate/", "/accounts/inactive/",
     "/accounts/login/code/confirm/", "/portal/assets/{asset}",
@@ -88,7 +89,7 @@ FORMS: dict[str, dict[str, Any]] = {
     "/portal/organization": {"email": text | st.emails(), "role": st.sampled_from(["member", "admin", "owner", ""]) | text},
     "/portal/organization/switch": {"organization": numbers | text, "next": text | st.sampled_from(["/portal/usage", "https://evil.example/"])},
     "/portal/organization/invitations/{invitation}/cancel": {"x": value},
-    "/portal/profile": {"name": text},
+    "/portal/profile": {"name": text, "time_zone": text | st.sampled_from(["UTC", "Europe/Berlin", "Asia/Kolkata", "../etc"])},
     "/portal/profile/delete": {"password": text},
     "/portal/profile/sessions/sign-out-others": {"x": value},
     "/accounts/login/": {"login": text | st.emails(), "password": text, "remember": value, "next": text},
@@ -99,7 +100,7 @@ FORMS: dict[str, dict[str, Any]] = {
     "/accounts/reauthenticate/": {"password": text},
     "/accounts/logout/": {"next": text},
 }  # fmt: skip
-JSON_API = ["/portal/api-keys", "/portal/api-keys/{key}", "/portal/usage-summary", "/portal/api/schema"]
+JSON_API = ["/portal/api-keys", "/portal/api-keys/{key}", "/portal/usage-summary", "/portal/api/schema", "/portal/usage/export"]
 
 path_segment = (
     st.sampled_from(["1", "0", "-1", "99999999999999999999999", "abc", "%00", "..%2f..%2fsettings.py", "portal.css", "x" * 500])

@@ -39,6 +39,8 @@ def event(
     completion: int = 0,  # noqa: ANN001
     status: str = "ok",
     http_status: int = 200,
+    cost: int = 0,
+    error_code: str = "",
 ) -> UsageEvent:
     return UsageEvent(
         request_id=f"req_{team_org.slug}_{n:06d}",
@@ -53,6 +55,8 @@ def event(
         total_tokens=prompt + completion,
         duration_ms=100 + n,
         created_at=when,
+        cost_micros=cost,
+        error_code=error_code,
     )
 
 
@@ -71,18 +75,30 @@ def known_events(team: Team) -> dict[str, ApiKey]:
     acme = team.acme
     UsageEvent.objects.bulk_create(
         [
-            event(acme, backend, 1, when=DAY1, prompt=10, completion=20),
-            event(acme, backend, 2, when=DAY1 + timedelta(hours=1), prompt=5, completion=5),
-            event(acme, batch, 3, when=DAY1 + timedelta(hours=2), alias="gemma4", prompt=100, completion=1),
-            event(acme, backend, 4, when=DAY2, prompt=7, completion=0, status="error", http_status=502),
-            event(acme, batch, 5, when=DAY3, alias="gemma4", prompt=1, completion=2),
-            event(acme, gone, 6, when=DAY3 + timedelta(hours=5), prompt=3, completion=3),
+            event(acme, backend, 1, when=DAY1, prompt=10, completion=20, cost=1_250),
+            event(acme, backend, 2, when=DAY1 + timedelta(hours=1), prompt=5, completion=5, cost=500),
+            event(acme, batch, 3, when=DAY1 + timedelta(hours=2), alias="gemma4", prompt=100, completion=1, cost=10_100),
+            event(
+                acme, backend, 4, when=DAY2, prompt=7, completion=0, status="error", http_status=502, error_code="upstream_error"
+            ),
+            event(acme, batch, 5, when=DAY3, alias="gemma4", prompt=1, completion=2, cost=70),
+            event(acme, gone, 6, when=DAY3 + timedelta(hours=5), prompt=3, completion=3, cost=90),
             event(acme, backend, 7, when=DAY3 + timedelta(hours=6), prompt=0, completion=0, status="cancelled"),
             # Outside every range asked for below: the last second before it and the first one after.
-            event(acme, backend, 8, when=datetime(2026, 2, 28, 23, 59, 59, tzinfo=UTC), prompt=1000, completion=1000),
-            event(acme, backend, 9, when=datetime(2026, 3, 5, tzinfo=UTC), prompt=1000, completion=1000),
+            event(
+                acme,
+                backend,
+                8,
+                when=datetime(2026, 2, 28, 23, 59, 59, tzinfo=UTC),
+                prompt=1000,
+                completion=1000,
+                cost=99_999_999,
+            ),
+            event(acme, backend, 9, when=datetime(2026, 3, 5, tzinfo=UTC), prompt=1000, completion=1000, cost=99_999_999),
             # Another organization's traffic in the same days.
-            event(team.globex, ApiKey.objects.get(pk=team.globex_key_id), 1, when=DAY1, prompt=999, completion=999),
+            event(
+                team.globex, ApiKey.objects.get(pk=team.globex_key_id), 1, when=DAY1, prompt=999, completion=999, cost=1_000_000
+            ),
         ]
     )
     gone.delete()  # its events stay, detached from any key
@@ -101,13 +117,53 @@ def test_summary_by_day_is_exact_and_zero_fills(team: Team, known_events: dict[s
         "organization": "acme",
         "from": "2026-03-01",
         "to": "2026-03-04",
+        "time_zone": "UTC",
         "group_by": "day",
-        "totals": {"requests": 7, "errors": 1, "prompt_tokens": 126, "completion_tokens": 31, "total_tokens": 157},
+        "totals": {
+            "requests": 7,
+            "errors": 1,
+            "prompt_tokens": 126,
+            "completion_tokens": 31,
+            "total_tokens": 157,
+            "cost_micros": 12_010,
+        },
         "rows": [
-            {"day": "2026-03-01", "requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-            {"day": "2026-03-02", "requests": 3, "errors": 0, "prompt_tokens": 115, "completion_tokens": 26, "total_tokens": 141},
-            {"day": "2026-03-03", "requests": 1, "errors": 1, "prompt_tokens": 7, "completion_tokens": 0, "total_tokens": 7},
-            {"day": "2026-03-04", "requests": 3, "errors": 0, "prompt_tokens": 4, "completion_tokens": 5, "total_tokens": 9},
+            {
+                "day": "2026-03-01",
+                "requests": 0,
+                "errors": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "total_tokens": 0,
+                "cost_micros": 0,
+            },
+            {
+                "day": "2026-03-02",
+                "requests": 3,
+                "errors": 0,
+                "prompt_tokens": 115,
+                "completion_tokens": 26,
+                "total_tokens": 141,
+                "cost_micros": 11_850,
+            },
+            {
+                "day": "2026-03-03",
+                "requests": 1,
+                "errors": 1,
+                "prompt_tokens": 7,
+                "completion_tokens": 0,
+                "total_tokens": 7,
+                "cost_micros": 0,
+            },
+            {
+                "day": "2026-03-04",
+                "requests": 3,
+                "errors": 0,
+                "prompt_tokens": 4,
+                "completion_tokens": 5,
+                "total_tokens": 9,
+                "cost_micros": 160,
+            },
         ],
     }
 
@@ -116,8 +172,24 @@ def test_summary_by_model_and_by_key_are_exact(team: Team, known_events: dict[st
     client = team.client(team.owner)
     _, by_model = summary(client, "from=2026-03-02&to=2026-03-04&group_by=model")
     assert by_model["rows"] == [
-        {"model": "oss-20b", "requests": 5, "errors": 1, "prompt_tokens": 25, "completion_tokens": 28, "total_tokens": 53},
-        {"model": "gemma4", "requests": 2, "errors": 0, "prompt_tokens": 101, "completion_tokens": 3, "total_tokens": 104},
+        {
+            "model": "oss-20b",
+            "requests": 5,
+            "errors": 1,
+            "prompt_tokens": 25,
+            "completion_tokens": 28,
+            "total_tokens": 53,
+            "cost_micros": 1_840,
+        },
+        {
+            "model": "gemma4",
+            "requests": 2,
+            "errors": 0,
+            "prompt_tokens": 101,
+            "completion_tokens": 3,
+            "total_tokens": 104,
+            "cost_micros": 10_170,
+        },
     ]
     _, by_key = summary(client, "from=2026-03-02&to=2026-03-04&group_by=key")
     backend, batch = known_events["backend"], known_events["batch"]
@@ -131,6 +203,7 @@ def test_summary_by_model_and_by_key_are_exact(team: Team, known_events: dict[st
             "prompt_tokens": 22,
             "completion_tokens": 25,
             "total_tokens": 47,
+            "cost_micros": 1_750,
         },
         {
             "key_id": batch.pk,
@@ -141,6 +214,7 @@ def test_summary_by_model_and_by_key_are_exact(team: Team, known_events: dict[st
             "prompt_tokens": 101,
             "completion_tokens": 3,
             "total_tokens": 104,
+            "cost_micros": 10_170,
         },
         {
             "key_id": None,
@@ -151,6 +225,7 @@ def test_summary_by_model_and_by_key_are_exact(team: Team, known_events: dict[st
             "prompt_tokens": 3,
             "completion_tokens": 3,
             "total_tokens": 6,
+            "cost_micros": 90,
         },
     ]
     assert (
@@ -162,6 +237,7 @@ def test_summary_by_model_and_by_key_are_exact(team: Team, known_events: dict[st
             "prompt_tokens": 126,
             "completion_tokens": 31,
             "total_tokens": 157,
+            "cost_micros": 12_010,
         }
     )
 
@@ -170,7 +246,15 @@ def test_summary_sees_only_the_callers_organization(team: Team, known_events: di
     _, body = summary(team.client(team.outsider), "from=2026-03-01&to=2026-03-04&group_by=model")
     assert body["organization"] == "globex"
     assert body["rows"] == [
-        {"model": "oss-20b", "requests": 1, "errors": 0, "prompt_tokens": 999, "completion_tokens": 999, "total_tokens": 1998}
+        {
+            "model": "oss-20b",
+            "requests": 1,
+            "errors": 0,
+            "prompt_tokens": 999,
+            "completion_tokens": 999,
+            "total_tokens": 1998,
+            "cost_micros": 1_000_000,
+        }
     ]
     status, refused = summary(team.client(team.outsider), "from=2026-03-01&to=2026-03-04&org=acme")
     assert status == 404 and refused == {"detail": "No such organization."}
@@ -216,7 +300,9 @@ def test_page_shows_totals_splits_and_latest_requests(team: Team, known_events: 
     assert 'id="kpi-requests">7<' in page
     assert 'id="kpi-tokens">157<' in page
     assert "Requests per day" in page and "<svg" in page and page.count('class="bar"') == 8  # 4 days × 2 charts
-    assert "req_acme_000004" in page and '<span class="badge badge-red" title="">502</span>' in page
+    assert (
+        "req_acme_000004" in page and '<span class="badge badge-red" title="upstream_error">502 · upstream_error</span>' in page
+    )
     assert "req_acme_000008" not in page and "req_acme_000009" not in page  # outside the range
     assert "req_globex_000001" not in page
     assert "batch jobs" in page and "(deleted key)" in page and "gemma4" in page

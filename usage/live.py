@@ -38,6 +38,7 @@ def event_payload(row: Any) -> dict[str, Any]:
         "prompt_tokens": row.prompt_tokens,
         "completion_tokens": row.completion_tokens,
         "total_tokens": row.total_tokens,
+        "cost_micros": row.cost_micros,
         "duration_ms": row.duration_ms,
         "api_key_id": row.api_key_id,
         "end_user": row.end_user,

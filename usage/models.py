@@ -43,6 +43,12 @@ class UsageEvent(models.Model):
             models.Index(fields=["organization", "created_at"], name="usage_org_created"),
             models.Index(fields=["api_key", "created_at"], name="usage_key_created"),
             models.Index(fields=["created_at"], name="usage_created"),
+            # The usage page's filters (usage.selectors.UsageFilters), each within an organization's range: by model;
+            # failed and cancelled requests (a few of all, so a small partial index); a request id's beginning (LIKE
+            # 'req_3f%' needs the pattern operators under a database collation other than C).
+            models.Index(fields=["organization", "alias", "created_at"], name="usage_org_alias_created"),
+            models.Index(fields=["organization", "created_at"], condition=~models.Q(status="ok"), name="usage_org_notok_created"),
+            models.Index(fields=["request_id"], opclasses=["varchar_pattern_ops"], name="usage_request_id_prefix"),
         ]
 
 

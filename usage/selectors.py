@@ -11,16 +11,19 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any, Literal
 
 from django.db import connections, router, transaction
-from django.db.models import Count, Min, Q, QuerySet, Sum
+from django.db.models import Count, Exists, Min, OuterRef, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
+from accounts.time_zones import BadTimeZone as BadTimeZone  # re-exported: the usage views' one import
+from accounts.time_zones import time_zone_parse as time_zone_parse
+from accounts.time_zones import user_time_zone as user_time_zone
 from billing.models import ClosedBillingDay
-from usage.models import UsageEvent
+from usage.models import RequestLog, UsageEvent
 
 GroupBy = Literal["day", "model", "key"]
 GROUP_BYS: tuple[str, ...] = ("day", "model", "key")
@@ -35,19 +38,21 @@ _ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # what <input type=date> s
 
 @dataclass(frozen=True, slots=True)
 class DateRange:
-    """Whole UTC days, both ends included."""
+    """Whole days of a time zone (UTC unless told), both ends included."""
 
     start: date
     end: date
+    tz: tzinfo = UTC
 
     @property
     def days(self) -> int:
         return (self.end - self.start).days + 1
 
     def bounds(self) -> tuple[datetime, datetime]:
+        """The first instant of `start` and of the day after `end`, in the range's zone (a DST day is 23 or 25 hours)."""
         return (
-            datetime.combine(self.start, time.min, tzinfo=UTC),
-            datetime.combine(self.end + timedelta(days=1), time.min, tzinfo=UTC),
+            datetime.combine(self.start, time.min, tzinfo=self.tz),
+            datetime.combine(self.end + timedelta(days=1), time.min, tzinfo=self.tz),
         )
 
     def each_day(self) -> list[date]:
@@ -70,19 +75,19 @@ def _day(value: str) -> date:
     return day
 
 
-def date_range_parse(start: str | None, end: str | None, *, today: date | None = None) -> DateRange:
-    """From `from`/`to` query values (YYYY-MM-DD, either may be empty): the last two weeks by default.
+def date_range_parse(start: str | None, end: str | None, *, today: date | None = None, tz: tzinfo = UTC) -> DateRange:
+    """From `from`/`to` query values (YYYY-MM-DD, either may be empty): the last two weeks by default, as days of `tz`.
 
     BadRange for a value of another shape, a day outside EARLIEST_DAY..LATEST_DAY, `from` after `to`, or a range of
     more than MAX_RANGE_DAYS days."""
-    today = today or timezone.now().astimezone(UTC).date()
+    today = today or timezone.now().astimezone(tz).date()
     end_day = _day(end) if end else today
     start_day = _day(start) if start else max(EARLIEST_DAY, end_day - timedelta(days=DEFAULT_RANGE_DAYS - 1))
     if start_day > end_day:
         raise BadRange("'from' is after 'to'")
     if (end_day - start_day).days + 1 > MAX_RANGE_DAYS:
         raise BadRange(f"a range spans at most {MAX_RANGE_DAYS} days")
-    return DateRange(start_day, end_day)
+    return DateRange(start_day, end_day, tz)
 
 
 @dataclass(slots=True)
@@ -92,6 +97,7 @@ class Totals:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cost_micros: int = 0  # what the requests were billed (UsageEvent.cost_micros), micro-units
 
     def add(self, other: Totals) -> None:
         self.requests += other.requests
@@ -99,6 +105,7 @@ class Totals:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.total_tokens += other.total_tokens
+        self.cost_micros += other.cost_micros
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -107,6 +114,7 @@ class Totals:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
+            "cost_micros": self.cost_micros,
         }
 
 
@@ -149,12 +157,84 @@ _AGGREGATES = {
     "prompt_tokens": Coalesce(Sum("prompt_tokens"), 0),
     "completion_tokens": Coalesce(Sum("completion_tokens"), 0),
     "total_tokens": Coalesce(Sum("total_tokens"), 0),
+    "cost_micros": Coalesce(Sum("cost_micros"), 0),
 }
 
 
-def _events(organization_id: int, span: DateRange) -> QuerySet[UsageEvent]:
+# --- Filters: which requests a view of the usage holds ---------------------------------------------------------------
+
+STATUSES: tuple[str, ...] = tuple(UsageEvent.Status.values)  # ok, error, cancelled
+REQUEST_ID_SEARCH_MAX = 64  # UsageEvent.request_id's column
+_MODEL = re.compile(r"[A-Za-z0-9._:/@+-]{1,100}")  # an alias as staff name them; the column holds 100
+_KEY_ID = re.compile(r"[0-9]{1,18}")
+_REQUEST_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{REQUEST_ID_SEARCH_MAX}}}")  # req_<hex>, or what a client sent as its id
+
+
+class BadFilter(ValueError):
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+@dataclass(frozen=True, slots=True)
+class UsageFilters:
+    """Narrowing a range's requests: one model, one key, one status, a request id or its beginning. Empty: all."""
+
+    model: str = ""
+    key_id: int | None = None
+    status: str = ""
+    request_id: str = ""  # exact, or a prefix: `req_3f2a` finds every id that begins so
+
+    @property
+    def active(self) -> bool:
+        return bool(self.model or self.key_id is not None or self.status or self.request_id)
+
+    def apply(self, events: QuerySet[UsageEvent]) -> QuerySet[UsageEvent]:
+        if self.model:
+            events = events.filter(alias=self.model)
+        if self.key_id is not None:
+            events = events.filter(api_key_id=self.key_id)
+        if self.status:
+            events = events.filter(status=self.status)
+            if self.status != UsageEvent.Status.OK:
+                # Said again in the words of the partial index `usage_org_notok_created`, so the planner can use it.
+                events = events.exclude(status=UsageEvent.Status.OK)
+        if self.request_id:
+            events = events.filter(request_id__startswith=self.request_id)
+        return events
+
+    def query(self) -> dict[str, str]:
+        """As query parameters (for links that keep them), empty ones left out."""
+        values = {"model": self.model, "key": "" if self.key_id is None else str(self.key_id)}
+        values |= {"status": self.status, "q": self.request_id}
+        return {name: value for name, value in values.items() if value}
+
+
+def usage_filters_parse(params: Mapping[str, Any]) -> UsageFilters:
+    """From query values `model`, `key` (an API key's id), `status` (ok, error, cancelled) and `q` (a request id or
+    its beginning); BadFilter naming the first one of the wrong shape. All bounded in length."""
+    model = (params.get("model") or "").strip()
+    if model and not _MODEL.fullmatch(model):
+        raise BadFilter("model", "a model is a name of at most 100 letters, digits and . _ : / @ + -")
+    key = (params.get("key") or "").strip()
+    if key and not _KEY_ID.fullmatch(key):
+        raise BadFilter("key", "a key is named by its id, a number")
+    status = (params.get("status") or "").strip()
+    if status and status not in STATUSES:
+        raise BadFilter("status", f"the status is one of {', '.join(STATUSES)}")
+    request_id = (params.get("q") or "").strip()
+    if request_id and not _REQUEST_ID.fullmatch(request_id):
+        raise BadFilter("q", f"a request id is at most {REQUEST_ID_SEARCH_MAX} letters, digits, _ and -")
+    return UsageFilters(model=model, key_id=int(key) if key else None, status=status, request_id=request_id)
+
+
+NO_FILTERS = UsageFilters()
+
+
+def _events(organization_id: int, span: DateRange, filters: UsageFilters = NO_FILTERS) -> QuerySet[UsageEvent]:
     start, end = span.bounds()
-    return UsageEvent.objects.filter(organization_id=organization_id, created_at__gte=start, created_at__lt=end)
+    events = UsageEvent.objects.filter(organization_id=organization_id, created_at__gte=start, created_at__lt=end)
+    return filters.apply(events)
 
 
 def _totals(values: Mapping[str, Any]) -> Totals:
@@ -164,6 +244,7 @@ def _totals(values: Mapping[str, Any]) -> Totals:
         prompt_tokens=values["prompt_tokens"] or 0,
         completion_tokens=values["completion_tokens"] or 0,
         total_tokens=values["total_tokens"] or 0,
+        cost_micros=values["cost_micros"] or 0,
     )
 
 
@@ -173,12 +254,12 @@ def _with_shares(rows: list[UsageRow], totals: Totals) -> list[UsageRow]:
     return rows
 
 
-def usage_by_day(*, organization_id: int, span: DateRange) -> list[UsageRow]:
-    """Every day of the range, days without traffic included (zeros), oldest first."""
+def usage_by_day(*, organization_id: int, span: DateRange, filters: UsageFilters = NO_FILTERS) -> list[UsageRow]:
+    """Every day of the range (days of its time zone), days without traffic included (zeros), oldest first."""
     found = {
         values["day"]: _totals(values)
-        for values in _events(organization_id, span)
-        .annotate(day=TruncDate("created_at", tzinfo=UTC))
+        for values in _events(organization_id, span, filters)
+        .annotate(day=TruncDate("created_at", tzinfo=span.tz))
         .values("day")
         .annotate(**_AGGREGATES)
         .order_by("day")
@@ -186,19 +267,22 @@ def usage_by_day(*, organization_id: int, span: DateRange) -> list[UsageRow]:
     return [UsageRow(label=day.isoformat(), day=day, totals=found.get(day, Totals())) for day in span.each_day()]
 
 
-def usage_by_model(*, organization_id: int, span: DateRange) -> list[UsageRow]:
+def usage_by_model(*, organization_id: int, span: DateRange, filters: UsageFilters = NO_FILTERS) -> list[UsageRow]:
     rows = [
         UsageRow(label=values["alias"], model=values["alias"], totals=_totals(values))
         # The django-stubs plugin cannot see the names that **_AGGREGATES annotates, so it refuses to order by one.
-        for values in _events(organization_id, span).values("alias").annotate(**_AGGREGATES).order_by("-requests", "alias")  # type: ignore[misc]
+        for values in _events(organization_id, span, filters)
+        .values("alias")
+        .annotate(**_AGGREGATES)
+        .order_by("-requests", "alias")  # type: ignore[misc]
     ]
     return rows
 
 
-def usage_by_key(*, organization_id: int, span: DateRange) -> list[UsageRow]:
+def usage_by_key(*, organization_id: int, span: DateRange, filters: UsageFilters = NO_FILTERS) -> list[UsageRow]:
     rows = []
     grouped = (
-        _events(organization_id, span)
+        _events(organization_id, span, filters)
         .values("api_key_id", "api_key__name", "api_key__prefix", "api_key__last_four")
         .annotate(**_AGGREGATES)
         .order_by("-requests", "api_key_id")  # type: ignore[misc]  # as in usage_by_model: names from **_AGGREGATES
@@ -211,14 +295,14 @@ def usage_by_key(*, organization_id: int, span: DateRange) -> list[UsageRow]:
     return rows
 
 
-def usage_summary(*, organization_id: int, span: DateRange, group_by: str) -> UsageSummary:
+def usage_summary(*, organization_id: int, span: DateRange, group_by: str, filters: UsageFilters = NO_FILTERS) -> UsageSummary:
     """Totals of the range and its rows grouped by day, model or key: one query."""
     if group_by == "day":
-        rows = usage_by_day(organization_id=organization_id, span=span)
+        rows = usage_by_day(organization_id=organization_id, span=span, filters=filters)
     elif group_by == "model":
-        rows = usage_by_model(organization_id=organization_id, span=span)
+        rows = usage_by_model(organization_id=organization_id, span=span, filters=filters)
     elif group_by == "key":
-        rows = usage_by_key(organization_id=organization_id, span=span)
+        rows = usage_by_key(organization_id=organization_id, span=span, filters=filters)
     else:
         raise ValueError(f"group_by must be one of {', '.join(GROUP_BYS)}")
     totals = Totals()
@@ -248,14 +332,128 @@ LATEST_FIELDS = (
     "api_key__prefix",
     "api_key__last_four",
     "end_user",
+    "cost_micros",
+)
+
+PAGE_SIZE_MAX = 1_000  # requests one page (or one chunk of an export) holds at most
+_PAGE_CURSOR = re.compile(r"([0-9]{1,17})\.([0-9]{1,18})")  # microseconds since 1970, then the row's id
+
+
+class BadPageCursor(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PageCursor:
+    """Where a page of requests ends, newest first: its last row's (created_at, id). The next page holds the rows
+    strictly before it in that order, so pages neither skip nor repeat a row, however many arrive meanwhile."""
+
+    created_at: datetime
+    id: int
+
+    def __str__(self) -> str:
+        delta = self.created_at - datetime(1970, 1, 1, tzinfo=UTC)
+        return f"{delta // timedelta(microseconds=1)}.{self.id}"
+
+    @classmethod
+    def parse(cls, text: str) -> PageCursor:
+        match = _PAGE_CURSOR.fullmatch(text)
+        if match is None:
+            raise BadPageCursor("not a page cursor of this list")
+        micros = int(match.group(1))
+        if micros > (datetime(LATEST_DAY.year + 1, 1, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+            microseconds=1
+        ):
+            raise BadPageCursor("not a page cursor of this list")
+        return cls(created_at=datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros), id=int(match.group(2)))
+
+    @classmethod
+    def of(cls, row: UsageEvent) -> PageCursor:
+        return cls(created_at=row.created_at, id=row.pk)
+
+    def older(self) -> Q:
+        # The plain bound first, so the (…, created_at) indexes start their backward scan at the cursor.
+        ties = Q(created_at__lt=self.created_at) | Q(created_at=self.created_at, id__lt=self.id)
+        return Q(created_at__lte=self.created_at) & ties
+
+
+@dataclass(frozen=True, slots=True)
+class UsagePage:
+    rows: list[UsageEvent]  # newest first
+    next: PageCursor | None  # where the next (older) page starts; None on the last page
+
+
+def usage_requests_page(
+    *,
+    organization_id: int,
+    span: DateRange,
+    limit: int,
+    filters: UsageFilters = NO_FILTERS,
+    before: PageCursor | None = None,
+) -> UsagePage:
+    """One page of the range's requests, newest first by (created_at, id), `limit` of them (at most PAGE_SIZE_MAX),
+    and the cursor of the next page. A keyset read: the org's (created_at) index serves any page at the same cost."""
+    limit = max(1, min(limit, PAGE_SIZE_MAX))
+    events = _events(organization_id, span, filters)
+    if before is not None:
+        events = events.filter(before.older())
+    found = list(events.select_related("api_key").only(*LATEST_FIELDS).order_by("-created_at", "-id")[: limit + 1])
+    rows = found[:limit]
+    return UsagePage(rows=rows, next=PageCursor.of(rows[-1]) if len(found) > limit else None)
+
+
+EXPORT_CHUNK = PAGE_SIZE_MAX
+
+
+def usage_rows_chunks(
+    *, organization_id: int, span: DateRange, filters: UsageFilters = NO_FILTERS, chunk_size: int = EXPORT_CHUNK
+) -> Iterator[list[UsageEvent]]:
+    """Every request of the range, newest first, `chunk_size` rows at a time: one keyset query per chunk, so memory
+    holds one chunk whatever the range holds. Keyset reads rather than one server-side cursor: no transaction or
+    cursor stays open while a slow client downloads, and it works behind a transaction pooler too (PORTAL_DB_POOLER
+    turns server-side cursors off, and psycopg would then fetch the whole result into memory)."""
+    before: PageCursor | None = None
+    while True:
+        page = usage_requests_page(organization_id=organization_id, span=span, limit=chunk_size, filters=filters, before=before)
+        if page.rows:
+            yield page.rows
+        if page.next is None:
+            return
+        before = page.next
+
+
+# Where a completion is asked for (gateway/urls.py, and the portal's playground): a request there that authenticated but
+# was refused before a model was chosen leaves a request-log row and no usage row (gateway/pipeline.py usage_row).
+COMPLETION_PATHS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/messages",
+    "/v1/responses",
+    "/portal/playground/chat/completions",
 )
 
 
-def usage_latest(*, organization_id: int, span: DateRange, limit: int = 50) -> list[UsageEvent]:
-    """The newest requests of the range, newest first, with their key's name in the same query."""
-    return list(
-        _events(organization_id, span).select_related("api_key").only(*LATEST_FIELDS).order_by("-created_at", "-id")[:limit]
+def refusals_before_a_model(*, organization_id: int, span: DateRange) -> list[tuple[int, int]]:
+    """(HTTP status, how many) of the organization's completion requests in the range refused after authentication but
+    before a model was chosen (a body that does not parse, an unknown or excluded model): counted from the request logs,
+    which keep them PORTAL_REQUEST_LOG_RETENTION_DAYS, so no row is written for them beyond the log line every request
+    has. One query over the organization's log rows of the range (their organization index)."""
+    start, end = span.bounds()
+    counted = (
+        RequestLog.objects.filter(
+            organization_id=organization_id,
+            created_at__gte=start,
+            created_at__lt=end,
+            status__gte=400,
+            method="POST",
+            path__in=COMPLETION_PATHS,
+        )
+        .exclude(Exists(UsageEvent.objects.filter(request_id=OuterRef("request_id"))))
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .order_by("status")
     )
+    return [(status, n) for status, n in counted]
 
 
 # --- The live feed: what a page has, and what it missed -------------------------------------------------------------

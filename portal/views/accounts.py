@@ -73,17 +73,19 @@ def _deletion_impact(ctx: PortalContext) -> dict[str, list[dict[str, object]]]:
 @portal_page
 def profile(request: HttpRequest) -> HttpResponse:
     ctx: PortalContext = request.portal  # type: ignore[attr-defined]
-    form = ProfileForm(initial={"name": ctx.user.name})
+    form = ProfileForm(initial={"name": ctx.user.name, "time_zone": ctx.user.time_zone})
     if request.method == "POST":
         form = ProfileForm(request.POST)
         if form.is_valid():
-            user_update_profile(user=ctx.user, name=form.cleaned_data["name"])
-            messages.success(request, "Your name is saved.")
+            time_zone = form.cleaned_data["time_zone"] or None
+            user_update_profile(user=ctx.user, name=form.cleaned_data["name"], time_zone=time_zone)
+            messages.success(request, "Your details are saved.")
             return redirect("portal:profile")
     return render_portal(
         request,
         "accounts/profile.html",
         {"nav": "profile", "form": form, "sessions": _sessions(request), "impact": _deletion_impact(ctx)},
+        status=400 if form.is_bound and form.errors else 200,
     )
 
 

@@ -155,22 +155,60 @@
       return node;
     }
 
+    // Times and days in the zone the page was rendered in (the user's profile setting), as the server wrote them.
+    var zone = latest.dataset.timeZone || "UTC";
+    var timeParts = new Intl.DateTimeFormat("en-US", {
+      timeZone: zone, month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
+    });
+    var dayParts = new Intl.DateTimeFormat("en-US", { timeZone: zone, year: "numeric", month: "2-digit", day: "2-digit" });
+
+    function parts(format, iso) {
+      var out = {};
+      format.formatToParts(new Date(iso)).forEach(function (p) { out[p.type] = p.value; });
+      return out;
+    }
+
     function timeLabel(iso) {
-      var d = new Date(iso);
-      var months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-      function pad(n) { return String(n).padStart(2, "0"); }
-      return months[d.getUTCMonth()] + " " + d.getUTCDate() + " " + pad(d.getUTCHours()) + ":" + pad(d.getUTCMinutes()) + ":" + pad(d.getUTCSeconds());
+      var p = parts(timeParts, iso);
+      return p.month + " " + p.day + " " + p.hour + ":" + p.minute + ":" + p.second;
+    }
+
+    function dayOf(iso) {  // YYYY-MM-DD in the page's zone: the chart bar a request belongs to
+      var p = parts(dayParts, iso);
+      return p.year + "-" + p.month + "-" + p.day;
+    }
+
+    // Money from integer micro-units, as billing/money.py's format_micros_exact writes it: "$1.50", "$0.000037".
+    function money(micros) {
+      var abs = Math.abs(micros);
+      var fraction = String(abs % 1000000).padStart(6, "0").replace(/0+$/, "");
+      while (fraction.length < 2) fraction += "0";
+      return (micros < 0 ? "-" : "") + "$" + Math.floor(abs / 1000000).toLocaleString("en-US") + "." + fraction;
+    }
+
+    function number(n) { return n.toLocaleString("en-US"); }
+
+    // The page's filters: a live request that does not match is neither listed nor counted.
+    var wanted = { model: latest.dataset.filterModel || "", key: latest.dataset.filterKey || "", status: latest.dataset.filterStatus || "" };
+    function matches(event) {
+      if (wanted.model && event.model !== wanted.model) return false;
+      if (wanted.key && String(event.api_key_id) !== wanted.key) return false;
+      if (wanted.status && event.status !== wanted.status) return false;
+      return true;
     }
 
     function statusBadge(event) {
       if (event.status === "ok") return el("span", "badge badge-green", String(event.http_status));
       if (event.status === "cancelled") return el("span", "badge badge-gray", "cancelled");
-      return el("span", "badge badge-red", event.http_status + (event.error_code ? " · " + event.error_code : ""));
+      var badge = el("span", "badge badge-red", event.http_status + (event.error_code ? " · " + event.error_code : ""));
+      badge.title = event.error_code || "";
+      return badge;
     }
 
     function addRow(event) {
-      if (seen.has(event.request_id)) return;
+      if (seen.has(event.request_id)) return;  // already shown and counted: in the page, a catch-up, or live
       remember(event.request_id);
+      if (!matches(event)) return;
       var body = latest.tBodies[0];
       var placeholder = body.querySelector(".empty-row");
       if (placeholder) placeholder.remove();
@@ -186,19 +224,133 @@
       row.appendChild(event.key ? cell(event.key.name, "nowrap") : cell(el("span", "muted", "—")));
       row.appendChild(cell(event.end_user ? el("code", "mono small", event.end_user) : el("span", "muted", "—")));
       row.appendChild(cell(statusBadge(event), "nowrap"));
-      row.appendChild(cell((event.total_tokens || 0).toLocaleString("en-US"), "num"));
+      var tokensCell = cell(number(event.total_tokens || 0), "num nowrap");
+      tokensCell.appendChild(el("span", "sub cost", money(event.cost_micros || 0)));
+      row.appendChild(tokensCell);
       row.appendChild(cell(event.duration_ms + " ms", "num nowrap"));
       body.insertBefore(row, body.firstChild);
       while (body.rows.length > MAX_ROWS) body.deleteRow(body.rows.length - 1);
+      count(event);
+    }
+
+    // --- The totals, the charts and the splits: each request added once, where the server would have counted it.
+    function count(event) {
+      var failed = event.status === "error" ? 1 : 0;
+      var tokens = event.total_tokens || 0;
+      var cost = event.cost_micros || 0;
       bump("kpi-requests", 1);
-      bump("kpi-tokens", event.total_tokens || 0);
+      Array.prototype.forEach.call(document.querySelectorAll(".kpi-requests-echo"), function (node) {
+        node.textContent = document.getElementById("kpi-requests").textContent;
+      });
+      bump("kpi-tokens", tokens);
       bump("kpi-tokens-in", event.prompt_tokens || 0);
       bump("kpi-tokens-out", event.completion_tokens || 0);
+      bump("kpi-errors", failed);
+      var costNode = document.getElementById("kpi-cost");
+      if (costNode && cost) {
+        costNode.dataset.micros = String((parseInt(costNode.dataset.micros, 10) || 0) + cost);
+        costNode.textContent = money(parseInt(costNode.dataset.micros, 10));
+      }
+      var day = dayOf(event.created_at);
+      Array.prototype.forEach.call(document.querySelectorAll("figure.chart[data-metric]"), function (chart) {
+        var byRequests = chart.dataset.metric === "requests";
+        addToChart(chart, day, byRequests ? 1 : tokens, byRequests ? failed : 0);
+      });
+      var totalRequests = parseInt(document.getElementById("kpi-requests").textContent.replace(/,/g, ""), 10) || 0;
+      addToSplit("by-model", event.model, function (row) { row.appendChild(cell(el("code", "mono", event.model))); }, event, totalRequests);
+      var keyId = event.api_key_id === null || event.api_key_id === undefined ? "" : String(event.api_key_id);
+      addToSplit("by-key", keyId, function (row) {
+        var label = cell(event.key ? event.key.name : "(deleted key)");
+        if (event.key && event.key.masked) {
+          label.appendChild(document.createElement("br"));
+          label.appendChild(el("code", "mono muted small", event.key.masked));
+        }
+        row.appendChild(label);
+      }, event, totalRequests);
     }
 
     function bump(id, by) {
       var node = document.getElementById(id);
-      if (node && by) node.textContent = ((parseInt(node.textContent.replace(/,/g, ""), 10) || 0) + by).toLocaleString("en-US");
+      if (node && by) node.textContent = number((parseInt(node.textContent.replace(/,/g, ""), 10) || 0) + by);
+    }
+
+    // A bar chart as usage/_chart.html draws it: bars in a 0..100 box, each as tall as its value over the peak.
+    function addToChart(chart, day, value, failed) {
+      var bar = chart.querySelector('g[data-day="' + day + '"]');
+      if (!bar || !value) return;  // a day outside the range: not on this page's charts
+      bar.dataset.value = String((parseInt(bar.dataset.value, 10) || 0) + value);
+      bar.dataset.errors = String((parseInt(bar.dataset.errors, 10) || 0) + failed);
+      var bars = chart.querySelectorAll("g[data-day]");
+      var peak = 0;
+      Array.prototype.forEach.call(bars, function (g) { peak = Math.max(peak, parseInt(g.dataset.value, 10) || 0); });
+      var unit = chart.dataset.unit;
+      Array.prototype.forEach.call(bars, function (g) {
+        var v = parseInt(g.dataset.value, 10) || 0;
+        var errors = parseInt(g.dataset.errors, 10) || 0;
+        var height = peak ? 100 * v / peak : 0;
+        var top = (100 - height).toFixed(3);
+        var rect = g.querySelector("rect.bar");
+        rect.setAttribute("y", top);
+        rect.setAttribute("height", height.toFixed(3));
+        var errorRect = g.querySelector("rect.bar-error");
+        errorRect.setAttribute("y", top);
+        errorRect.setAttribute("height", (peak ? 100 * errors / peak : 0).toFixed(3));
+        var title = g.querySelector("title");
+        var label = title.textContent.split(":")[0];
+        title.textContent = label + ": " + number(v) + " " + unit + (errors ? " (" + number(errors) + " failed)" : "");
+      });
+      var note = chart.querySelector(".chart-peak-note");
+      var peakLabel = chart.querySelector(".chart-peak");
+      var empty = chart.querySelector(".chart-empty");
+      if (note) { note.hidden = false; note.querySelector(".chart-peak-value").textContent = number(peak); }
+      if (peakLabel) { peakLabel.hidden = false; peakLabel.textContent = number(peak); }
+      if (empty) empty.remove();
+    }
+
+    // A split (by model, by key): the request's group gains it, a new group gets a row; every share is redrawn.
+    function addToSplit(id, group, label, event, totalRequests) {
+      var table = document.getElementById(id);
+      if (!table) return;
+      if (table.tagName !== "TABLE") {  // "No requests in this range": the table the server would have drawn
+        var wrap = el("div", "table-wrap");
+        var fresh = el("table", "table table-compact");
+        fresh.id = id;
+        var head = fresh.createTHead().insertRow();
+        [[id === "by-model" ? "Model" : "Key", ""], ["Requests", "num"], ["Tokens", "num"], ["Cost", "num"], ["Share", "share-col"]].forEach(function (h) {
+          head.appendChild(el("th", h[1], h[0]));
+        });
+        fresh.appendChild(document.createElement("tbody"));
+        wrap.appendChild(fresh);
+        table.replaceWith(wrap);
+        table = fresh;
+      }
+      var row = Array.prototype.find.call(table.tBodies[0].rows, function (r) { return r.dataset.group === group; });
+      if (!row) {
+        row = document.createElement("tr");
+        row.dataset.group = group;
+        label(row);
+        var requests = cell("0", "num"); requests.dataset.requests = "0";
+        var tokens = cell("0", "num"); tokens.dataset.tokens = "0";
+        var cost = cell(money(0), "num"); cost.dataset.cost = "0";
+        var share = cell(el("span", "share"), "share-col");
+        share.firstChild.appendChild(el("span", "pct-0"));
+        [requests, tokens, cost, share].forEach(function (c) { row.appendChild(c); });
+        table.tBodies[0].appendChild(row);
+      }
+      function add(selector, field, by, show) {
+        var c = row.querySelector(selector);
+        c.dataset[field] = String((parseInt(c.dataset[field], 10) || 0) + by);
+        c.textContent = show(parseInt(c.dataset[field], 10));
+      }
+      add("[data-requests]", "requests", 1, number);
+      add("[data-tokens]", "tokens", event.total_tokens || 0, number);
+      add("[data-cost]", "cost", event.cost_micros || 0, money);
+      Array.prototype.forEach.call(table.tBodies[0].rows, function (r) {
+        var n = parseInt(r.querySelector("[data-requests]").dataset.requests, 10) || 0;
+        var pct = totalRequests ? Math.max(0, Math.min(100, Math.round(100 * n / totalRequests))) : 0;
+        var bar = r.querySelector(".share > span");
+        if (bar) bar.className = "pct-" + pct;
+      });
     }
 
     function connect() {
