@@ -15,7 +15,11 @@ from apikeys.services import expiry_in_days
 class ApiKeySerializer(serializers.ModelSerializer):
     masked = serializers.CharField(read_only=True, help_text="prefix and last four characters, e.g. ctr_ab12cd34ef56_…x9Qz")
     status = serializers.ChoiceField(choices=["active", "expired", "revoked"], read_only=True)
-    internal = serializers.SerializerMethodField(help_text="the portal playground's own key")
+    kind = serializers.ChoiceField(
+        choices=[ApiKey.Kind.STANDARD, ApiKey.Kind.ADMIN],
+        read_only=True,
+        help_text="standard: an API key for /v1; admin: an admin key for this management API",
+    )
 
     class Meta:
         model = ApiKey
@@ -29,12 +33,9 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "last_used_at",
             "expires_at",
             "revoked_at",
-            "internal",
+            "kind",
         ]
         read_only_fields = fields
-
-    def get_internal(self, key: ApiKey) -> bool:
-        return bool(getattr(key, "is_playground", False))
 
 
 class ApiKeyCreatedSerializer(ApiKeySerializer):

@@ -157,7 +157,7 @@ def test_api_lists_keys_masked_without_secrets(team: Team) -> None:
             "last_used_at": None,
             "expires_at": None,
             "revoked_at": None,
-            "internal": False,
+            "kind": "standard",
         }
     ]
 

@@ -11,7 +11,7 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import messages
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
@@ -25,8 +25,8 @@ from rest_framework.response import Response
 
 from accounts.models import Organization
 from apikeys.issuers import KeyIssuerUnavailable
-from apikeys.models import ApiKey, ApiKeyEvent
-from apikeys.services import PLAYGROUND_ACTOR_LABEL, CreatedKey, apikey_create, apikey_list, apikey_revoke, expiry_in_days
+from apikeys.models import ApiKey
+from apikeys.services import CUSTOMER_KINDS, CreatedKey, apikey_create, apikey_list, apikey_revoke, expiry_in_days
 from billing.selectors import models_for_organization
 from gateway.errors import catalog as error_catalog  # the docs page's error table
 from portal.context import (
@@ -56,10 +56,8 @@ def wants_json(request: HttpRequest) -> bool:
 
 
 def keys_for_listing(organization: Organization) -> QuerySet[ApiKey]:
-    playground = ApiKeyEvent.objects.filter(
-        api_key=OuterRef("pk"), action=ApiKeyEvent.Action.CREATE, actor_label=PLAYGROUND_ACTOR_LABEL
-    )
-    return apikey_list(organization=organization).annotate(is_playground=Exists(playground))
+    """The keys an organization's people see and manage: API keys and admin keys, never the playground's own."""
+    return apikey_list(organization=organization, kinds=CUSTOMER_KINDS)
 
 
 def key_of(organization: Organization, key_id: int) -> ApiKey | None:
@@ -240,7 +238,6 @@ class ApiKeyDetail(PortalAPIView):
         if not ctx.can_manage_keys:
             raise PermissionDenied(MANAGERS_ONLY)
         revoked = apikey_revoke(api_key=key, actor=ctx.user, actor_label="portal api", source_ip=client_ip(request))
-        revoked.is_playground = key.is_playground  # type: ignore[attr-defined]
         return Response(ApiKeySerializer(revoked).data)
 
 
