@@ -272,7 +272,7 @@ def apikey_update(
 ) -> ApiKey:
     """Change a live key's name, controls or expiry (only the arguments given); raises KeySettingsInvalid. Saved with
     save(), so its post_save records a cache change and every gateway drops the key's record at once."""
-    given = {
+    given: dict[str, Any] = {
         k: v
         for k, v in {
             "name": name,
@@ -285,7 +285,7 @@ def apikey_update(
         if v is not _UNSET
     }
     with transaction.atomic():
-        locked = ApiKey.objects.select_for_update().select_related("organization__plan").get(pk=api_key.pk)
+        locked = ApiKey.objects.select_for_update(of=("self",)).select_related("organization__plan").get(pk=api_key.pk)
         if locked.revoked_at is not None:
             raise KeySettingsInvalid({"key": "a revoked key cannot be changed"})
         if "name" in given:
