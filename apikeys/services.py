@@ -50,21 +50,26 @@ def apikey_settings_clean(
     requests_per_minute: int | None = None,
     spend_cap_daily_micros: int | None = None,
     spend_cap_monthly_micros: int | None = None,
+    check: frozenset[str] | None = None,
 ) -> dict[str, Any]:
     """A key's own controls checked against its organization's: the model field names only aliases the organization
     may use, the rate is at most the plan's, each cap at most the organization's cap of the same period. Returns the
-    model fields; raises KeySettingsInvalid naming every refused field."""
+    model fields; raises KeySettingsInvalid naming every refused field. `check`: only these model fields are checked
+    (a change of one control is not refused for another that the organization's plan has since outgrown)."""
     from billing.selectors import models_for_organization
+
+    def checked(name: str) -> bool:
+        return check is None or name in check
 
     errors: dict[str, str] = {}
     aliases = sorted({a.strip() for a in (allowed_aliases or []) if a.strip()})
-    if aliases:
+    if aliases and checked("allowed_aliases"):
         usable = {a.alias for a in models_for_organization(organization)}
         unknown = [a for a in aliases if a not in usable]
         if unknown:
             errors["allowed_models"] = f"not a model this organization may use: {', '.join(unknown)}"
     plan = organization.plan
-    if requests_per_minute is not None:
+    if requests_per_minute is not None and checked("requests_per_minute"):
         if requests_per_minute < 1:
             errors["requests_per_minute"] = "must be at least 1"
         elif plan is not None and requests_per_minute > plan.requests_per_minute:
@@ -73,14 +78,15 @@ def apikey_settings_clean(
         ("spend_cap_daily_micros", spend_cap_daily_micros, organization.spend_cap_daily_micros, "daily"),
         ("spend_cap_monthly_micros", spend_cap_monthly_micros, organization.spend_cap_monthly_micros, "monthly"),
     ):
-        if value is None:
+        if value is None or not checked(cap_field):
             continue
         if value < 1:
             errors[cap_field] = "must be positive (leave it empty for no cap)"
         elif org_cap is not None and value > org_cap:
             errors[cap_field] = f"must be at most the organization's {period} cap of ${org_cap / MICROS_PER_DOLLAR:,.2f}"
     if (
-        spend_cap_daily_micros is not None
+        (checked("spend_cap_daily_micros") or checked("spend_cap_monthly_micros"))
+        and spend_cap_daily_micros is not None
         and spend_cap_monthly_micros is not None
         and "spend_cap_daily_micros" not in errors
         and spend_cap_daily_micros > spend_cap_monthly_micros
@@ -297,7 +303,11 @@ def apikey_update(
         controls = {f: given.get(f, getattr(locked, f)) for f in _CONTROL_FIELDS}
         if locked.kind == ApiKey.Kind.ADMIN and any(f in given and given[f] for f in _CONTROL_FIELDS):
             raise KeySettingsInvalid({"kind": "an admin key calls no model: it takes no models, rate or spend caps"})
-        given.update(apikey_settings_clean(organization=locked.organization, **controls))
+        given.update(
+            apikey_settings_clean(
+                organization=locked.organization, check=frozenset(f for f in _CONTROL_FIELDS if f in given), **controls
+            )
+        )
         changed = [f for f, v in given.items() if getattr(locked, f) != v]
         if changed:
             for f in changed:
