@@ -16,6 +16,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
+from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.csrf import csrf_protect
 from drf_spectacular.utils import extend_schema
@@ -532,7 +533,7 @@ class ApiKeyDetail(PortalAPIView):
     @extend_schema(
         parameters=[ORG_PARAMETER],
         request=None,
-        responses=ApiKeySerializer,
+        responses={200: ApiKeySerializer},  # the revoked key (spectacular's default for DELETE would be an empty 204)
         operation_id="api_keys_revoke",
         summary="Revoke an API key",
         description="Requests with it are refused (401) within about a second. Revoking again changes nothing.",
@@ -760,6 +761,39 @@ for await (const chunk of stream) process.stdout.write(chunk.choices[0]?.delta?.
     return [("curl", curl), ("Python · OpenAI", openai_py), ("Python · Anthropic", anthropic_py), ("Node · OpenAI", node)]
 
 
+def management_examples(*, base_url: str, model: str) -> list[tuple[str, str, str]]:
+    """The docs page's management API examples: curl with an admin key from $CORTENSOR_ADMIN_KEY."""
+    keys = f"{base_url}{reverse('portal:api-keys')}"
+    auth = '-H "Authorization: Bearer $CORTENSOR_ADMIN_KEY"'
+    return [
+        (
+            "ex-admin-list",
+            "curl · list API keys",
+            f"""export CORTENSOR_ADMIN_KEY=cta_…   # from API keys, kind "Admin key"; shown once
+curl {keys} {auth}""",
+        ),
+        (
+            "ex-admin-create",
+            "curl · create a key for one model with a $5 daily cap (the raw key is in the answer, once)",
+            f"""curl {keys} {auth} \\
+  -H "Content-Type: application/json" \
+  -d '{{"name": "backend", "allowed_models": ["{model}"], "spend_cap_daily_micros": 5000000}}'""",
+        ),
+        (
+            "ex-admin-rotate",
+            "curl · rotate key 42, the old one working for a day",
+            f"""curl -X POST {keys}/42/rotate {auth} \\
+  -H "Content-Type: application/json" -d '{{"grace_seconds": 86400}}'""",
+        ),
+        (
+            "ex-admin-usage",
+            "curl · usage by key, and the OpenAPI schema",
+            f"""curl "{base_url}{reverse("portal:usage-summary")}?group_by=key&from=2026-12-01" {auth}
+curl {base_url}{reverse("portal:api-schema")} {auth} -H 'Accept: application/json'""",
+        ),
+    ]
+
+
 @portal_page
 def docs_page(request: HttpRequest) -> HttpResponse:
     ctx: PortalContext = request.portal  # type: ignore[attr-defined]
@@ -781,5 +815,7 @@ def docs_page(request: HttpRequest) -> HttpResponse:
             "error_codes": error_catalog(),  # generated from the error classes, so it cannot drift from them
             "examples": quickstart_examples(base_url=base, model=model),
             "plan": ctx.organization.plan,
+            "schema_url": f"{base}{reverse('portal:api-schema')}",
+            "management_examples": management_examples(base_url=base, model=model),
         },
     )
