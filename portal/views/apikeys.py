@@ -12,7 +12,7 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import messages
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
@@ -199,7 +199,11 @@ def _render_keys_page(
         "apikeys/api_keys.html",
         {
             "nav": "keys",
-            "keys": list(keys_for_listing(ctx.organization)[:KEY_LIST_MAX]),
+            "keys": list(
+                keys_for_listing(ctx.organization).annotate(
+                    has_successor=Exists(ApiKey.objects.filter(rotated_from=OuterRef("pk")))  # rotated already: no button
+                )[:KEY_LIST_MAX]
+            ),
             "form": form,
             "created": created,
             "base_url": settings.PORTAL_PUBLIC_BASE_URL,

@@ -49,10 +49,11 @@ def test_limits_edit_rotate_and_an_admin_key(portal: PortalServer, browser) -> N
     page.fill("input[name=spend_cap_monthly]", "1")
     page.click("#edit-key button[type=submit]")
     assert "must be at most the key's monthly cap" in page.inner_text("main")
+    shot(page, "key-edit-refused")
     page.fill("input[name=spend_cap_monthly]", "40")
     page.click("#edit-key button[type=submit]")
     page.wait_for_selector(".alert-success")
-    assert "$40.00/month" in page.inner_text("#keys-table") or "$40/month" in page.inner_text("#keys-table")
+    assert f"{ALIAS} · 30/min · $2.50/day · $40.00/month" in page.inner_text("#keys-table")
     key.refresh_from_db()
     assert key.spend_cap_monthly_micros == 40_000_000
 
@@ -64,6 +65,7 @@ def test_limits_edit_rotate_and_an_admin_key(portal: PortalServer, browser) -> N
     new_raw = page.inner_text("#new-key-value").strip()
     assert new_raw.startswith("ctr_") and new_raw != raw
     assert "works until" in page.inner_text(".alert-success")
+    assert page.locator("#keys-table a:has-text('Rotate')").count() == 1  # the old key is rotated already
     with httpx.Client(base_url=portal.url, timeout=20) as http:
         for secret in (raw, new_raw):
             answer = http.post("/v1/chat/completions", json=chat_body(), headers={"Authorization": f"Bearer {secret}"})
@@ -77,6 +79,8 @@ def test_limits_edit_rotate_and_an_admin_key(portal: PortalServer, browser) -> N
         page.click("#create-key button[type=submit]")
         admin_raw = page.inner_text("#new-key-value").strip()
         assert admin_raw.startswith("cta_")
+        example = page.inner_text("#new-key-example")
+        assert f"{portal.url}/portal/api-keys" in example and "/v1/" not in example
         shot(page, "admin-key-created")
         listed = http.get("/portal/api-keys", headers={"Authorization": f"Bearer {admin_raw}"})
         assert listed.status_code == 200
