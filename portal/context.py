@@ -81,7 +81,10 @@ def portal_context(request: HttpRequest, *, org: str | None = None) -> PortalCon
     Raises NotAMember when `org` names an organization the user does not belong to.
     """
     user = request.user
-    assert isinstance(user, User)  # portal pages and the portal API require sign-in; for the type checker
+    if not isinstance(user, User):
+        # An admin key (portal.authentication) is no member: DRF views reach its organization through
+        # PortalAPIView.portal(), and anything that asks this instead answers "not found" rather than failing.
+        raise NotAMember("no signed-in member")
     memberships = user_memberships(user)
     if not memberships:
         # Users made in the admin, or whose last organization went away: never a dead end.

@@ -240,3 +240,33 @@ def test_v1_refuses_admin_keys_as_invalid_in_each_surfaces_shape(gateway: LiveGa
     assert post(gateway, CHAT, api_key.raw, body=good_body(CHAT)).status_code == 200
     assert post(gateway, MESSAGES, raw, body=good_body(MESSAGES)).status_code == 401
     assert ALIAS
+
+
+def test_people_rename_rotate_and_revoke_admin_keys_which_take_no_limits(team: Team) -> None:
+    owner = team.client(team.owner)
+    raw = admin_key(team)
+    key = ApiKey.objects.get(key_hash=hash_key(raw))
+    status, body = send(owner, "patch", f"/portal/api-keys/{key.pk}", {"requests_per_minute": 5})
+    assert (status, body) == (400, {"kind": ["an admin key calls no model: it takes no models, rate or spend caps"]})
+    status, body = send(owner, "patch", f"/portal/api-keys/{key.pk}", {"name": "renamed"})
+    assert status == 200 and body["name"] == "renamed" and body["kind"] == "admin"
+    page = owner.get(f"/portal/api-keys/{key.pk}/edit").content.decode()
+    assert 'name="spend_cap_daily"' not in page  # the edit page offers an admin key its name and expiry only
+    status, body = send(owner, "post", f"/portal/api-keys/{key.pk}/rotate", {"grace_seconds": 0})
+    assert status == 201 and ADMIN_KEY_RE.match(body["key"]) and body["kind"] == "admin"
+    assert api(raw).get("/portal/api-keys").status_code == 401  # no grace: the old admin key stopped
+    assert api(body["key"]).get("/portal/api-keys").status_code == 200
+    assert send(owner, "delete", f"/portal/api-keys/{body['id']}")[0] == 200
+    assert api(body["key"]).get("/portal/api-keys").status_code == 401
+
+
+def test_a_view_that_asks_for_a_session_member_answers_an_admin_key_not_found(team: Team) -> None:
+    from django.test import RequestFactory
+
+    from portal.authentication import AdminKeyUser
+    from portal.context import NotAMember, portal_context
+
+    request = RequestFactory().get("/portal/anything")
+    request.user = AdminKeyUser(ApiKey.objects.get(key_hash=hash_key(admin_key(team))))  # type: ignore[assignment]
+    with pytest.raises(NotAMember):
+        portal_context(request)
