@@ -116,6 +116,7 @@ def apikey_create(
     spend_cap_daily_micros: int | None = None,
     spend_cap_monthly_micros: int | None = None,
     rotated_from: ApiKey | None = None,
+    check_controls: bool = True,
 ) -> CreatedKey:
     """A new key; raises ValueError on bad input (KeySettingsInvalid for the per-key controls, KeyIssuerUnavailable
     when Unkey fails). API and playground keys come from the configured issuer; admin keys are always local (they are
@@ -133,6 +134,7 @@ def apikey_create(
         requests_per_minute=requests_per_minute,
         spend_cap_daily_micros=spend_cap_daily_micros,
         spend_cap_monthly_micros=spend_cap_monthly_micros,
+        check=None if check_controls else frozenset(),
     )
     if kind == ApiKey.Kind.ADMIN and any(controls.values()):
         raise KeySettingsInvalid({"kind": "an admin key calls no model: it takes no models, rate or spend caps"})
@@ -360,6 +362,9 @@ def apikey_rotate(
         spend_cap_daily_micros=old.spend_cap_daily_micros,
         spend_cap_monthly_micros=old.spend_cap_monthly_micros,
         rotated_from=old,
+        # Copied as they are: a rotation is no time to refuse a setting the organization has since outgrown (a lower
+        # plan, a removed model); the admission applies the tighter of the key's and the organization's anyway.
+        check_controls=False,
     )
     grace_ends = timezone.now() + timedelta(seconds=grace_seconds)
     with transaction.atomic():

@@ -61,6 +61,15 @@ def test_a_rotation_copies_the_settings_and_brings_the_old_keys_expiry_forward(t
     assert short.expires_at == soon
 
 
+def test_a_rotation_keeps_settings_the_organization_has_since_outgrown(team: Team) -> None:
+    from accounts.models import Organization
+
+    old = apikey_create(organization=team.acme, name="svc", spend_cap_daily_micros=9_000_000).api_key
+    Organization.objects.filter(pk=team.acme.pk).update(spend_cap_daily_micros=1_000_000)
+    new = apikey_rotate(api_key=old, grace_seconds=0).api_key
+    assert new.spend_cap_daily_micros == 9_000_000 and new.rotated_from_id == old.pk
+
+
 def test_what_cannot_be_rotated(team: Team) -> None:
     key = ApiKey.objects.get(pk=team.acme_key_id)
     for grace in (-1, 7 * 86400 + 1):
