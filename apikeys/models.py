@@ -64,11 +64,14 @@ class ApiKeyEvent(models.Model):
     class Action(models.TextChoices):
         CREATE = "create", "Created"
         REVOKE = "revoke", "Revoked"
+        UPDATE = "update", "Settings changed"
+        ROTATE = "rotate", "Rotated"  # on the old key; its replacement gets its own "create"
 
     api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="events")
     action = models.CharField(max_length=16, choices=Action.choices)
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     actor_label = models.CharField(max_length=200, blank=True, help_text="e.g. 'manage.py issue_key' when no user")
+    detail = models.CharField(max_length=500, blank=True, help_text="what changed, e.g. the rotation's replacement and grace")
     source_ip = models.GenericIPAddressField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 

@@ -33,6 +33,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from apikeys.keys import KEY_PREFIX, hashes_match, split_key
+from apikeys.models import ApiKey
 from apikeys.selectors import KeyRecord
 from apikeys.unkey import RatelimitState, UnkeyError, Verification, unkey_client
 from gateway.errors import AuthenticationFailed, AuthUnavailable, GatewayError, PermissionDenied, QuotaExceeded, RateLimited
@@ -79,14 +80,21 @@ async def authenticate(headers: Mapping[str, str], *, surface: str | None = None
     if public_id is None:
         raise AuthenticationFailed()
     record = await state.key_record(public_id)
-    # One message for unknown, revoked, expired and wrong-secret keys: say nothing about which.
-    if record is None or not hashes_match(raw, record.key_hash) or record.revoked:
+    # One message for unknown, revoked, expired and wrong-secret keys, and keys of another kind: say nothing about which.
+    if record is None or not _serves_v1(record) or not hashes_match(raw, record.key_hash) or record.revoked:
         raise AuthenticationFailed()
     if record.expires_at is not None and record.expires_at <= timezone.now():
         raise AuthenticationFailed()
     if not record.organization_active:
         raise PermissionDenied("this organization is suspended", code="account_suspended")
     return await principal_of(record)
+
+
+def _serves_v1(record: KeyRecord) -> bool:
+    """Only API keys call /v1. An admin key (cta_…, which split_key never matches anyway) is for the management API, and
+    the playground's key is the portal's own (its raw value was never kept; the playground builds its principal from the
+    record): both are refused as an invalid key, whatever the cache holds for their public id."""
+    return record.kind == ApiKey.Kind.STANDARD
 
 
 async def principal_of(record: KeyRecord) -> Principal:
@@ -248,7 +256,7 @@ async def _authenticate_with_unkey(raw: str, surface: str | None) -> Principal:
             verification_cache.put(digest, verification, now=time.monotonic(), ttl_s=ttl_s)
     assert verification.key_id is not None  # parse_verification insists on it for a valid answer
     record = await state.unkey_key_record(verification.key_id)
-    if record is None or record.revoked:
+    if record is None or not _serves_v1(record) or record.revoked:
         raise AuthenticationFailed()
     if record.expires_at is not None and record.expires_at <= timezone.now():
         raise AuthenticationFailed()

@@ -23,6 +23,7 @@ from rest_framework.views import APIView
 
 from accounts.models import Invitation, Membership, Organization, User
 from accounts.selectors import invitations_pending, invitations_pending_for
+from apikeys.models import ApiKey
 from portal.services import personal_organization_create
 
 SESSION_ORG_KEY = "portal_org_id"
@@ -80,7 +81,10 @@ def portal_context(request: HttpRequest, *, org: str | None = None) -> PortalCon
     Raises NotAMember when `org` names an organization the user does not belong to.
     """
     user = request.user
-    assert isinstance(user, User)  # portal pages and the portal API require sign-in; for the type checker
+    if not isinstance(user, User):
+        # An admin key (portal.authentication) is no member: DRF views reach its organization through
+        # PortalAPIView.portal(), and anything that asks this instead answers "not found" rather than failing.
+        raise NotAMember("no signed-in member")
     memberships = user_memberships(user)
     if not memberships:
         # Users made in the admin, or whose last organization went away: never a dead end.
@@ -155,13 +159,55 @@ ORG_PARAMETER = OpenApiParameter(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class ApiCaller:
+    """Who calls the management API: a signed-in member (by session) or an organization admin key, and for which
+    organization. An admin key acts as its own organization only, with an admin's rights over API keys, except that it
+    cannot make or manage admin keys (least privilege: a leaked admin key cannot mint itself successors)."""
+
+    organization: Organization
+    user: User | None  # None: an admin key
+    role: str  # the member's role; "admin" for an admin key
+    admin_key: ApiKey | None = None
+
+    @property
+    def can_manage_keys(self) -> bool:
+        return self.admin_key is not None or self.role in KEY_MANAGER_ROLES
+
+    @property
+    def can_manage_admin_keys(self) -> bool:
+        return self.admin_key is None and self.role in KEY_MANAGER_ROLES
+
+    def actor_label(self, door: str) -> str:
+        """Who did it, for a key's audit events: the door, and the admin key when one was used."""
+        return f"{door} (admin key {self.admin_key.prefix})" if self.admin_key is not None else door
+
+
 class PortalAPIView(APIView):
-    """Session-authenticated JSON (CSRF checked on writes); an organization the caller is not in is not found."""
+    """JSON for a signed-in session (CSRF checked on writes) or an organization admin key (portal.authentication);
+    an organization the caller is not in is not found."""
 
     renderer_classes = [JSONRenderer]
 
-    def portal(self, request: Request) -> PortalContext:
+    def get_authenticate_header(self, request: Request) -> str:  # the stubs say str; DRF's own returns None too
+        # A refused admin key is a 401 with a Bearer challenge; a caller with neither key nor session keeps the 403 the
+        # session class gives (it has no challenge to offer).
+        from portal.authentication import BEARER_REALM, presented_admin_key
+
+        if presented_admin_key(request._request) is not None:
+            return BEARER_REALM
+        return super().get_authenticate_header(request)
+
+    def portal(self, request: Request) -> ApiCaller:
+        org = request.query_params.get("org") or None
+        auth = request.auth
+        if isinstance(auth, ApiKey):
+            organization = auth.organization
+            if org is not None and org not in (organization.slug, str(organization.pk)):
+                raise NotFound("No such organization.")
+            return ApiCaller(organization=organization, user=None, role=Membership.Role.ADMIN, admin_key=auth)
         try:
-            return portal_context(request, org=request.query_params.get("org") or None)
+            ctx = portal_context(request, org=org)
         except NotAMember:
             raise NotFound("No such organization.") from None
+        return ApiCaller(organization=ctx.organization, user=ctx.user, role=ctx.role)

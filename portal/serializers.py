@@ -1,4 +1,5 @@
-"""The management API's shapes of a key: listed (masked), created (with the raw key, once), and the create request."""
+"""The management API's shapes of a key: listed (masked), created or rotated (with the raw key, once), and the requests
+that create, change and rotate one. Spend caps are exact integer micro-units (1 000 000 = $1)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,36 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from apikeys.models import ApiKey
-from apikeys.services import expiry_in_days
+from apikeys.services import MAX_ROTATION_GRACE_S, expiry_in_days
+
+MAX_CAP_MICROS = 10**15  # a billion dollars: a bound on input, not a policy
+MAX_ALLOWED_MODELS = 200
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
     masked = serializers.CharField(read_only=True, help_text="prefix and last four characters, e.g. ctr_ab12cd34ef56_…x9Qz")
     status = serializers.ChoiceField(choices=["active", "expired", "revoked"], read_only=True)
-    internal = serializers.SerializerMethodField(help_text="the portal playground's own key")
+    kind = serializers.ChoiceField(
+        choices=[ApiKey.Kind.STANDARD, ApiKey.Kind.ADMIN],
+        read_only=True,
+        help_text="standard: an API key for /v1 (ctr_…); admin: an admin key for this management API (cta_…)",
+    )
+    allowed_models = serializers.ListField(
+        source="allowed_aliases",
+        child=serializers.CharField(),
+        read_only=True,
+        help_text="the models this key may call; empty: every model the organization may use",
+    )
+    requests_per_minute = serializers.IntegerField(read_only=True, allow_null=True, help_text="null: the plan's")
+    spend_cap_daily_micros = serializers.IntegerField(
+        read_only=True, allow_null=True, help_text="micro-units per UTC day; null: no cap of its own"
+    )
+    spend_cap_monthly_micros = serializers.IntegerField(
+        read_only=True, allow_null=True, help_text="micro-units per calendar month (UTC); null: no cap of its own"
+    )
+    rotated_from: serializers.PrimaryKeyRelatedField = serializers.PrimaryKeyRelatedField(
+        read_only=True, help_text="the id of the key this one replaced"
+    )
 
     class Meta:
         model = ApiKey
@@ -29,12 +53,14 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "last_used_at",
             "expires_at",
             "revoked_at",
-            "internal",
+            "kind",
+            "allowed_models",
+            "requests_per_minute",
+            "spend_cap_daily_micros",
+            "spend_cap_monthly_micros",
+            "rotated_from",
         ]
         read_only_fields = fields
-
-    def get_internal(self, key: ApiKey) -> bool:
-        return bool(getattr(key, "is_playground", False))
 
 
 class ApiKeyCreatedSerializer(ApiKeySerializer):
@@ -45,19 +71,75 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
         read_only_fields = fields
 
 
-class ApiKeyCreateSerializer(serializers.Serializer):
+class ApiKeyRotatedSerializer(ApiKeyCreatedSerializer):
+    old_key = ApiKeySerializer(read_only=True, help_text="the key it replaces, working until its expires_at")
+
+    class Meta(ApiKeyCreatedSerializer.Meta):
+        fields = [*ApiKeyCreatedSerializer.Meta.fields, "old_key"]
+        read_only_fields = fields
+
+
+class KeyControlsSerializer(serializers.Serializer):
+    """A key's own controls, each within its organization's (checked by apikeys.services.apikey_settings_clean)."""
+
+    allowed_models = serializers.ListField(
+        child=serializers.CharField(max_length=100),
+        required=False,
+        max_length=MAX_ALLOWED_MODELS,
+        help_text="models this key may call, a subset of the organization's; empty: all of them",
+    )
+    requests_per_minute = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, help_text="at most the plan's; null: the plan's"
+    )
+    spend_cap_daily_micros = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=MAX_CAP_MICROS,
+        help_text="micro-units per UTC day, at most the organization's daily cap; null: none of its own",
+    )
+    spend_cap_monthly_micros = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=MAX_CAP_MICROS,
+        help_text="micro-units per month, at most the organization's monthly cap; null: none of its own",
+    )
+
+
+class ApiKeyCreateSerializer(KeyControlsSerializer):
     name = serializers.CharField(max_length=100, trim_whitespace=True)
+    kind = serializers.ChoiceField(
+        choices=[ApiKey.Kind.STANDARD, ApiKey.Kind.ADMIN],
+        default=ApiKey.Kind.STANDARD,
+        help_text="admin: an admin key (signed-in owners and admins only; an admin key cannot make one)",
+    )
     expires_at = serializers.DateTimeField(required=False, allow_null=True, help_text="when the key stops working")
     expires_in_days = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=3650)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        at, days = attrs.get("expires_at"), attrs.get("expires_in_days")
+        at, days = attrs.pop("expires_at", None), attrs.pop("expires_in_days", None)
         if at is not None and days is not None:
             raise serializers.ValidationError("give expires_at or expires_in_days, not both")
         expires: datetime | None = at if at is not None else expiry_in_days(days)
         if expires is not None and expires <= timezone.now():
             raise serializers.ValidationError({"expires_at": "the expiry must be in the future"})
-        return {"name": attrs["name"], "expires_at": expires}
+        return {**attrs, "expires_at": expires}
+
+
+class ApiKeyUpdateSerializer(KeyControlsSerializer):
+    """Only the fields sent change; null clears a control (back to the organization's) or the expiry (never)."""
+
+    name = serializers.CharField(max_length=100, trim_whitespace=True, required=False)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, help_text="null: never")
+
+
+class ApiKeyRotateSerializer(serializers.Serializer):
+    grace_seconds = serializers.IntegerField(
+        min_value=0,
+        max_value=MAX_ROTATION_GRACE_S,
+        help_text="how long the old key keeps working, 0 (stops now) to 604800 (7 days)",
+    )
 
 
 class ApiKeyListQuerySerializer(serializers.Serializer):

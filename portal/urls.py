@@ -33,6 +33,8 @@ urlpatterns = [
     path("api-keys", apikeys.ApiKeyCollection.as_view(), name="api-keys"),
     path("api-keys/<int:key_id>", apikeys.ApiKeyDetail.as_view(), name="api-key"),
     path("api-keys/<int:key_id>/revoke", apikeys.api_key_revoke_page, name="api-key-revoke"),
+    path("api-keys/<int:key_id>/edit", apikeys.api_key_edit_page, name="api-key-edit"),
+    path("api-keys/<int:key_id>/rotate", apikeys.ApiKeyRotate.as_view(), name="api-key-rotate"),
     path("docs", apikeys.docs_page, name="docs"),
     # Usage and billing.
     path("usage", usage.usage_page, name="usage"),

@@ -420,7 +420,12 @@ STORAGES = {
 }
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    # The session first (its anonymous refusal stays a 403 for browsers), then organization admin keys (cta_…) for
+    # scripts: portal.authentication.AdminKeyAuthentication.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "portal.authentication.AdminKeyAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     # JSON nested deeper than portal_project.security.JSON_MAX_DEPTH is a 400, never the decoder's RecursionError.
     "DEFAULT_PARSER_CLASSES": [
@@ -478,6 +483,8 @@ ALLAUTH_TRUSTED_CLIENT_IP_HEADER = None
 PORTAL_RATELIMIT_SIGNIN = env_str("PORTAL_RATELIMIT_SIGNIN", "10/m")  # sign-in POSTs per IP
 PORTAL_RATELIMIT_SIGNUP = env_str("PORTAL_RATELIMIT_SIGNUP", "20/h")  # sign-up POSTs per IP
 PORTAL_RATELIMIT_KEY_CREATE = env_str("PORTAL_RATELIMIT_KEY_CREATE", "20/h")  # key creations per user
+# Failed admin-key authentications per IP on the management API; past it, 429 before the key is looked at.
+PORTAL_RATELIMIT_ADMIN_KEY_FAILURES = env_str("PORTAL_RATELIMIT_ADMIN_KEY_FAILURES", "10/m")
 # Two-factor sign-in (allauth.mfa): TOTP authenticator apps with recovery codes, for anyone from the profile page.
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
 MFA_TOTP_ISSUER = "Cortensor"
@@ -506,8 +513,10 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Cortensor <no-reply@cortenso
 REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
 SPECTACULAR_SETTINGS = {
     "TITLE": "Cortensor portal management API",
-    "DESCRIPTION": "Keys and usage of your organization. Session authentication with a CSRF token; "
-    "the inference API itself (/v1) is described in the docs page.",
+    "DESCRIPTION": "Keys and usage of your organization. From a script: an organization admin key "
+    "(`Authorization: Bearer cta_…`, made by an owner or admin on the API keys page), acting as its organization only. "
+    "From the portal: the session, with a CSRF token on writes. The inference API itself (/v1) is described on the "
+    "docs page; admin keys are never accepted there.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
 }

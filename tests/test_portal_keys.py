@@ -157,7 +157,12 @@ def test_api_lists_keys_masked_without_secrets(team: Team) -> None:
             "last_used_at": None,
             "expires_at": None,
             "revoked_at": None,
-            "internal": False,
+            "kind": "standard",
+            "allowed_models": [],
+            "requests_per_minute": None,
+            "spend_cap_daily_micros": None,
+            "spend_cap_monthly_micros": None,
+            "rotated_from": None,
         }
     ]
 
@@ -276,7 +281,8 @@ def test_openapi_schema_describes_the_management_api(team: Team) -> None:
     assert schema["info"]["title"] == "Cortensor portal management API"
     paths = schema["paths"]
     assert set(paths["/portal/api-keys"]) == {"get", "post"}
-    assert set(paths["/portal/api-keys/{key_id}"]) == {"get", "delete"}
+    assert set(paths["/portal/api-keys/{key_id}"]) == {"get", "patch", "delete"}
+    assert set(paths["/portal/api-keys/{key_id}/rotate"]) == {"post"}
     assert set(paths["/portal/usage-summary"]) == {"get"}
     assert "key" in schema["components"]["schemas"]["ApiKeyCreated"]["properties"]
 

@@ -69,6 +69,8 @@ def live_team(gateway: LiveGateway) -> Team:
 
 def test_playground_streams_through_the_pipeline_and_charges_the_organization(gateway: LiveGateway, live_team: Team) -> None:
     team = live_team
+    # A member, who may not create keys, uses the playground: its key is the portal's, not theirs.
+    assert team.client(team.member).post("/portal/api-keys", {"name": "mine"}).status_code == 403
     with session_http(gateway, team.client(team.member)) as http, http.stream("POST", URL, json=chat(True)) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -83,13 +85,23 @@ def test_playground_streams_through_the_pipeline_and_charges_the_organization(ga
     key = ApiKey.objects.get(pk=row.api_key_id)
     assert row.organization_id == team.acme.pk and row.status == "ok" and row.streamed
     assert key.name == "playground" and key.organization == team.acme and key.created_by is None
-    # A second request reuses the same internal key, and the key list marks it.
+    assert key.kind == ApiKey.Kind.PLAYGROUND
+    # A second request reuses the same internal key, which no key list shows and no customer can revoke.
     with session_http(gateway, team.client(team.owner)) as http:
         second = http.post(URL, json=chat(False))
     assert second.status_code == 200 and second.json()["object"] == "chat.completion"
     assert ApiKey.objects.filter(organization=team.acme, name="playground").count() == 1
-    listed = team.client(team.owner).get("/portal/api-keys", HTTP_ACCEPT="application/json").json()
-    assert [k["internal"] for k in listed if k["name"] == "playground"] == [True]
+    owner = team.client(team.owner)
+    listed = owner.get("/portal/api-keys", HTTP_ACCEPT="application/json").json()
+    assert [k["name"] for k in listed] == ["acme backend"]
+    assert key.masked not in owner.get("/portal/api-keys", HTTP_ACCEPT="text/html").content.decode()
+    assert owner.delete(f"/portal/api-keys/{key.pk}", HTTP_ACCEPT="application/json").status_code == 404
+    assert owner.post(f"/portal/api-keys/{key.pk}/revoke").status_code == 404
+    assert ApiKey.objects.get(pk=key.pk).revoked_at is None
+    # Its use shows in the "by key" split as the playground's, not as a key.
+    wait_for(lambda: UsageEvent.objects.filter(api_key=key).count() == 2, timeout=10)
+    rows = owner.get("/portal/usage-summary?group_by=key", HTTP_ACCEPT="application/json").json()["rows"]
+    assert [(r["key_id"], r["key_name"], r["key_masked"], r["requests"]) for r in rows] == [(key.pk, "Playground", "", 2)]
 
 
 def test_playground_needs_the_csrf_token(gateway: LiveGateway, live_team: Team) -> None:

@@ -22,11 +22,13 @@ from django.utils import timezone
 from accounts.time_zones import BadTimeZone as BadTimeZone  # re-exported: the usage views' one import
 from accounts.time_zones import time_zone_parse as time_zone_parse
 from accounts.time_zones import user_time_zone as user_time_zone
+from apikeys.models import ApiKey
 from billing.models import ClosedBillingDay
 from usage.models import RequestLog, UsageEvent
 
 GroupBy = Literal["day", "model", "key"]
 GROUP_BYS: tuple[str, ...] = ("day", "model", "key")
+PLAYGROUND_LABEL = "Playground"  # the "by key" row of the portal playground's own key
 MAX_RANGE_DAYS = 366  # a year of per-day rows at most: the page's work is bounded whatever the client asks
 DEFAULT_RANGE_DAYS = 14
 # The days a range may name: none of our usage is older than 2000, and a later year than 2999 is a typo. Far enough
@@ -283,12 +285,16 @@ def usage_by_key(*, organization_id: int, span: DateRange, filters: UsageFilters
     rows = []
     grouped = (
         _events(organization_id, span, filters)
-        .values("api_key_id", "api_key__name", "api_key__prefix", "api_key__last_four")
+        .values("api_key_id", "api_key__name", "api_key__prefix", "api_key__last_four", "api_key__kind")
         .annotate(**_AGGREGATES)
         .order_by("-requests", "api_key_id")  # type: ignore[misc]  # as in usage_by_model: names from **_AGGREGATES
     )
     for values in grouped:
         key_id = values["api_key_id"]
+        if values["api_key__kind"] == ApiKey.Kind.PLAYGROUND:
+            # The portal's own key: the playground's use, not one of the customer's keys (which they could not find).
+            rows.append(UsageRow(label=PLAYGROUND_LABEL, key_id=key_id, key_name=PLAYGROUND_LABEL, totals=_totals(values)))
+            continue
         name = values["api_key__name"] or "(deleted key)"
         masked = f"{values['api_key__prefix']}_…{values['api_key__last_four']}" if key_id else ""
         rows.append(UsageRow(label=name, key_id=key_id, key_name=name, key_masked=masked, totals=_totals(values)))

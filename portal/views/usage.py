@@ -22,6 +22,7 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from portal import openapi
 from portal.allowances import allowances_for
 from portal.context import ORG_PARAMETER, PortalAPIView, PortalContext, portal_page, render_portal
 from usage.selectors import (
@@ -318,6 +319,10 @@ class UsageSummaryAPI(PortalAPIView):
         ],
         responses=SUMMARY_SCHEMA,
         operation_id="usage_summary",
+        summary="Usage summary",
+        description="Requests and tokens of a date range (UTC days, both ends included), grouped by day, model or key. "
+        "The playground's own use is the key row named Playground.",
+        examples=[openapi.USAGE_SUMMARY_EXAMPLE],
     )
     def get(self, request: Request) -> Response:
         ctx = self.portal(request)
