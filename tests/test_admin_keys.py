@@ -155,7 +155,41 @@ def test_retrieve_update_revoke_and_rotate_an_api_key(team: Team) -> None:
 def test_usage_summary_reads_the_admin_keys_organization(team: Team) -> None:
     status, body = send(api(admin_key(team)), "get", "/portal/usage-summary?group_by=key")
     assert status == 200 and body["organization"] == "acme" and body["group_by"] == "key"
-    assert body["totals"] == {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    assert body["totals"] == {
+        "requests": 0,
+        "errors": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "total_tokens": 0,
+        "cost_micros": 0,
+    }
+
+
+def test_usage_export_streams_the_admin_keys_organization_only(team: Team) -> None:
+    from datetime import UTC, datetime
+
+    from usage.models import UsageEvent
+
+    now = datetime.now(UTC)
+    for org, request_id in ((team.acme, "req_export_acme"), (team.globex, "req_export_globex")):
+        UsageEvent.objects.create(
+            request_id=request_id,
+            organization=org,
+            alias="oss-20b",
+            route="chat.completions",
+            status="ok",
+            http_status=200,
+            prompt_tokens=3,
+            completion_tokens=4,
+            total_tokens=7,
+            cost_micros=11,
+            created_at=now,
+        )
+    from tests.test_portal_usage_audit import export
+
+    status, text, response = export(api(admin_key(team)), "kind=rows")
+    assert status == 200 and response["Content-Type"].startswith("text/csv")  # type: ignore[index]
+    assert "req_export_acme" in text and "req_export_globex" not in text
 
 
 def test_an_admin_key_acts_as_its_organization_only(team: Team) -> None:
