@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from django.db import transaction
+from django.conf import settings
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -93,6 +94,35 @@ def subscription_start(*, organization: Any, plan: Plan) -> PlanSubscription:
 # --- prices and usage debits -------------------------------------------------------------------
 
 TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are per million tokens
+MAX_PRICE_PER_MILLION = 1_000_000_000  # $1,000 per million tokens: above it a price is a typo (the admin refuses it)
+
+
+def default_price() -> tuple[int, int]:
+    """(input, output) micro-units per million tokens that a new alias is given (PORTAL_DEFAULT_*_PRICE_PER_MILLION)."""
+    return settings.PORTAL_DEFAULT_INPUT_PRICE_PER_MILLION, settings.PORTAL_DEFAULT_OUTPUT_PRICE_PER_MILLION
+
+
+def price_ensure_default(*, alias: str, price_model: type[ModelPrice] = ModelPrice) -> bool:
+    """Give `alias` the default alias-wide price unless it has one; True when one was written.
+
+    Every alias is priced from its creation on: an alias with no price row is refused for paid plans (MONEY), so one
+    that appears (sync_router_pools, the admin, a rename) must not wait for staff to notice. A price row that exists
+    (staff's, or explicitly free at 0/0) is never touched. Idempotent across processes: the alias-wide row is unique,
+    and a lost race is a no-op.
+    """
+    if not alias or price_model.objects.filter(alias=alias, plan__isnull=True).exists():
+        return False
+    input_price, output_price = default_price()
+    try:
+        with transaction.atomic():
+            price_model.objects.create(
+                alias=alias, plan=None, input_micros_per_million=input_price, output_micros_per_million=output_price
+            )
+    except IntegrityError:
+        return False  # another process priced it a moment ago
+    return True
+
+
 # usage.models.UsageEvent.Status values, spelled out: billing sits below usage and does not import it
 # (tests/test_billing.py holds the two to the same values).
 BILLABLE_STATUSES = frozenset({"ok", "cancelled"})

@@ -319,6 +319,14 @@ PORTAL_LIMITS_PREFIX = env_str("PORTAL_LIMITS_PREFIX", "lim")
 PORTAL_LIMITS_SLOT_TTL_S = env_int("PORTAL_LIMITS_SLOT_TTL_S", 300, minimum=10)
 PORTAL_LIMITS_MAX_CONNECTIONS = env_int("PORTAL_LIMITS_MAX_CONNECTIONS", 50, minimum=1)
 
+# Prices (billing.ModelPrice, micro-units per million tokens): an alias created without a price (sync_router_pools,
+# the admin) gets an alias-wide price of these two, so none is left unpriced; 0 and 0 makes new aliases free.
+PORTAL_DEFAULT_INPUT_PRICE_PER_MILLION = env_int("PORTAL_DEFAULT_INPUT_PRICE_PER_MILLION", 100_000, minimum=0)
+PORTAL_DEFAULT_OUTPUT_PRICE_PER_MILLION = env_int("PORTAL_DEFAULT_OUTPUT_PRICE_PER_MILLION", 400_000, minimum=0)
+for _name in ("PORTAL_DEFAULT_INPUT_PRICE_PER_MILLION", "PORTAL_DEFAULT_OUTPUT_PRICE_PER_MILLION"):
+    if globals()[_name] > 1_000_000_000:  # billing.services.MAX_PRICE_PER_MILLION: $1,000 per million tokens
+        fail(_name, f"must be at most 1000000000 micro-units ($1,000 per million tokens), got {globals()[_name]}")
+
 # --- HTTPS, cookies and security headers ----------------------------------------------------------------------
 # Behind HTTPS (the public base URL says so) with DEBUG off, each of these defaults to on; each is settable alone.
 _BEHIND_HTTPS = PORTAL_PUBLIC_BASE_URL.startswith("https://") and not DEBUG
