@@ -27,7 +27,7 @@ from accounts.models import Organization
 from apikeys.issuers import KeyIssuerUnavailable
 from apikeys.models import ApiKey, ApiKeyEvent
 from apikeys.services import PLAYGROUND_ACTOR_LABEL, CreatedKey, apikey_create, apikey_list, apikey_revoke, expiry_in_days
-from billing.selectors import models_for_organization
+from billing.selectors import model_offers, models_for_organization
 from gateway.errors import catalog as error_catalog  # the docs page's error table
 from portal.context import (
     ORG_PARAMETER,
@@ -40,6 +40,7 @@ from portal.context import (
     too_many_requests,
 )
 from portal.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeyListQuerySerializer, ApiKeySerializer
+from portal.views.billing import plan_limits
 from portal_project.proxies import client_ip
 
 KEY_CREATE_GROUP = "portal:key-create"
@@ -413,8 +414,8 @@ for await (const chunk of stream) process.stdout.write(chunk.choices[0]?.delta?.
 @portal_page
 def docs_page(request: HttpRequest) -> HttpResponse:
     ctx: PortalContext = request.portal  # type: ignore[attr-defined]
-    aliases = models_for_organization(ctx.organization)
-    names = [a.alias for a in aliases]
+    offers = model_offers(ctx.organization)
+    names = [offer.alias for offer in offers]
     model = request.GET.get("model")
     if model not in names:
         model = settings.PORTAL_DEFAULT_MODEL if settings.PORTAL_DEFAULT_MODEL in names else (names[0] if names else "oss-20b")
@@ -424,12 +425,14 @@ def docs_page(request: HttpRequest) -> HttpResponse:
         "portal/docs.html",
         {
             "nav": "docs",
-            "models": aliases,
+            "models": offers,
+            "offers": offers,
             "model": model,
             "base_url": base,
             "openai_base_url": f"{base}/v1",
             "error_codes": error_catalog(),  # generated from the error classes, so it cannot drift from them
             "examples": quickstart_examples(base_url=base, model=model),
             "plan": ctx.organization.plan,
+            "plan_limits": plan_limits(ctx.organization.plan) if ctx.organization.plan is not None else [],
         },
     )

@@ -18,6 +18,7 @@ from billing.models import Plan
 from billing.money import MICROS_PER_CENT, format_micros_exact
 from billing.selectors import (
     ledger_with_balance,
+    model_offers,
     organization_balance,
     period_totals,
     plan_next_up,
@@ -58,24 +59,38 @@ def _price(price: tuple[int, int] | None) -> str:
     return f"{format_micros_exact(price[0])} in · {format_micros_exact(price[1])} out"
 
 
+def _window(plan: Plan) -> str:
+    if plan.window_requests is None or plan.window_seconds <= 0:
+        return "No cap"
+    return f"{plan.window_requests:,} per {window_words(plan.window_seconds)}"
+
+
+def _weekly(plan: Plan) -> str:
+    return "No cap" if plan.weekly_requests is None else f"{plan.weekly_requests:,} requests"
+
+
+def plan_limits(plan: Plan) -> list[tuple[str, str]]:
+    """One plan's limits as (label, value), for the docs and billing pages."""
+    return [
+        ("Requests per minute", _limit(plan.requests_per_minute)),
+        ("Tokens per minute", _limit(plan.tokens_per_minute)),
+        ("Concurrent requests", _limit(plan.concurrent_requests)),
+        ("Request allowance", _window(plan)),
+        ("Weekly allowance", _weekly(plan)),
+        ("Billing", "Prepaid balance: requests are served while it can pay for them" if plan.prepaid else "Usage is billed"),
+    ]
+
+
 def plan_rows(current: Plan, upgraded: Plan) -> list[PlanRow]:
     """The limits, allowances, models and prices of two plans, side by side."""
-
-    def window(plan: Plan) -> str:
-        if plan.window_requests is None or plan.window_seconds <= 0:
-            return "No cap"
-        return f"{plan.window_requests:,} per {window_words(plan.window_seconds)}"
+    window = _window
 
     rows = [
         PlanRow("Requests per minute", _limit(current.requests_per_minute), _limit(upgraded.requests_per_minute)),
         PlanRow("Tokens per minute", _limit(current.tokens_per_minute), _limit(upgraded.tokens_per_minute)),
         PlanRow("Concurrent requests", _limit(current.concurrent_requests), _limit(upgraded.concurrent_requests)),
         PlanRow("Request allowance", window(current), window(upgraded)),
-        PlanRow(
-            "Weekly allowance",
-            "No cap" if current.weekly_requests is None else f"{current.weekly_requests:,} requests",
-            "No cap" if upgraded.weekly_requests is None else f"{upgraded.weekly_requests:,} requests",
-        ),
+        PlanRow("Weekly allowance", _weekly(current), _weekly(upgraded)),
         PlanRow("Models", _models(current), _models(upgraded)),
     ]
     for alias, by_plan in prices_for_plans([current.pk, upgraded.pk]).items():
@@ -137,6 +152,7 @@ def billing_page(request: HttpRequest) -> HttpResponse:
             "month_credits": month.credits_micros + month.adjustments_micros,
             "month_start": month_start,
             "ledger": ledger,
+            "offers": model_offers(org),
             "org_query": f"{urlencode({'org': org_param})}&" if org_param else "",
         },
     )
