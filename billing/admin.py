@@ -20,7 +20,7 @@ from billing.models import (
     PlanSubscription,
     UsageDailyRollup,
 )
-from billing.money import format_micros_exact
+from billing.money import dollars_to_micros, format_micros_exact, micros_to_dollars
 from billing.services import MANUAL_KINDS, MAX_PRICE_PER_MILLION, ledger_entry_add
 from routerpools.models import ModelAlias
 
@@ -32,19 +32,6 @@ def format_micros(micros: int) -> str:
     return f"{sign}{units}.{fraction:06d}"
 
 
-MICRO_DOLLAR = Decimal("0.000001")
-
-
-def dollars(micros: int) -> Decimal:
-    """Micro-units as a Decimal of dollars, exactly: 125_000 -> Decimal('0.125000')."""
-    return Decimal(micros).scaleb(-6).quantize(MICRO_DOLLAR)
-
-
-def micros_of(amount: Decimal) -> int:
-    """Dollars with at most six decimals (the form field's bound) to integer micro-units, exactly."""
-    return int(amount.scaleb(6).to_integral_exact())
-
-
 class ModelPriceForm(forms.ModelForm):
     """A price edited in dollars per million tokens (six decimals: one micro-unit), stored in micro-units."""
 
@@ -53,7 +40,7 @@ class ModelPriceForm(forms.ModelForm):
         max_digits=10,
         decimal_places=6,
         min_value=Decimal(0),
-        max_value=dollars(MAX_PRICE_PER_MILLION),
+        max_value=micros_to_dollars(MAX_PRICE_PER_MILLION),
         help_text="e.g. 0.10; 0 with an output price of 0 makes the model explicitly free",
     )
     output_price = forms.DecimalField(
@@ -61,7 +48,7 @@ class ModelPriceForm(forms.ModelForm):
         max_digits=10,
         decimal_places=6,
         min_value=Decimal(0),
-        max_value=dollars(MAX_PRICE_PER_MILLION),
+        max_value=micros_to_dollars(MAX_PRICE_PER_MILLION),
     )
 
     class Meta:
@@ -71,8 +58,8 @@ class ModelPriceForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.instance.pk is not None:
-            self.initial.setdefault("input_price", dollars(self.instance.input_micros_per_million))
-            self.initial.setdefault("output_price", dollars(self.instance.output_micros_per_million))
+            self.initial.setdefault("input_price", micros_to_dollars(self.instance.input_micros_per_million))
+            self.initial.setdefault("output_price", micros_to_dollars(self.instance.output_micros_per_million))
 
     def clean_alias(self) -> str:
         alias = self.cleaned_data["alias"].strip()
@@ -86,7 +73,7 @@ class ModelPriceForm(forms.ModelForm):
         # On the instance before the model's validation (after clean): the micro-unit fields are required there.
         for field, name in (("input_price", "input_micros_per_million"), ("output_price", "output_micros_per_million")):
             if cleaned.get(field) is not None:
-                setattr(self.instance, name, micros_of(cleaned[field]))
+                setattr(self.instance, name, dollars_to_micros(cleaned[field]))
         alias = cleaned.get("alias")
         plan = cleaned.get("plan")  # in a plan's inline, the plan being edited
         if alias:

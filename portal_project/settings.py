@@ -326,6 +326,9 @@ PORTAL_DEFAULT_OUTPUT_PRICE_PER_MILLION = env_int("PORTAL_DEFAULT_OUTPUT_PRICE_P
 for _name in ("PORTAL_DEFAULT_INPUT_PRICE_PER_MILLION", "PORTAL_DEFAULT_OUTPUT_PRICE_PER_MILLION"):
     if globals()[_name] > 1_000_000_000:  # billing.services.MAX_PRICE_PER_MILLION: $1,000 per million tokens
         fail(_name, f"must be at most 1000000000 micro-units ($1,000 per million tokens), got {globals()[_name]}")
+# Alert webhooks (billing/alerts.py): with this on, an organization's URL may be plain http or on a private network
+# (a laptop's receiver); off (production), https to public addresses only.
+PORTAL_ALERT_WEBHOOK_ALLOW_INSECURE = env_bool("PORTAL_ALERT_WEBHOOK_ALLOW_INSECURE", DEBUG)
 
 # --- HTTPS, cookies and security headers ----------------------------------------------------------------------
 # Behind HTTPS (the public base URL says so) with DEBUG off, each of these defaults to on; each is settable alone.

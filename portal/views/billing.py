@@ -8,14 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from decimal import Decimal
 
+from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 from django.utils.http import urlencode
 
+from accounts.models import Organization
 from billing.models import Plan
-from billing.money import MICROS_PER_CENT, format_micros_exact
+from billing.money import MICROS_PER_CENT, format_micros_exact, micros_to_dollars
 from billing.selectors import (
     ledger_with_balance,
     model_offers,
@@ -25,10 +31,13 @@ from billing.selectors import (
     plans_with_aliases,
     prices_for_plans,
 )
+from billing.services import organization_spend_settings_update, organization_webhook_secret_rotate
 from portal.allowances import allowances_for, window_words
-from portal.context import PortalContext, portal_page, render_portal
+from portal.context import PortalContext, forbidden, portal_page, render_portal
+from portal.forms import SpendSettingsForm
 
 LEDGER_PAGE_SIZE = 50
+MANAGERS_ONLY = "Only owners and admins of this organization can change its spend caps and alerts."
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,15 +121,87 @@ def _for_org(ctx: PortalContext, org: str) -> PortalContext | None:
     return None if chosen is None else PortalContext(user=ctx.user, membership=chosen, memberships=ctx.memberships)
 
 
-@portal_page
-def billing_page(request: HttpRequest) -> HttpResponse:
+def _chosen(request: HttpRequest) -> tuple[PortalContext | None, str]:
+    """The organization the page is about: `?org=` (slug or id) when given, else the session's; None: not the user's."""
     ctx: PortalContext = request.portal  # type: ignore[attr-defined]
     org_param = request.GET.get("org", "").strip()
     if org_param:
         chosen = _for_org(ctx, org_param)
         if chosen is None:
-            return render_portal(request, "billing/not_found.html", {"nav": "billing"}, status=404)
+            return None, org_param
         ctx = request.portal = chosen  # type: ignore[attr-defined]
+    return ctx, org_param
+
+
+def _not_found(request: HttpRequest) -> HttpResponse:
+    return render_portal(request, "billing/not_found.html", {"nav": "billing"}, status=404)
+
+
+def _back_to_billing(org_param: str, anchor: str = "alerts") -> HttpResponse:
+    query = f"?{urlencode({'org': org_param})}" if org_param else ""
+    return redirect(f"{reverse('portal:billing')}{query}#{anchor}")
+
+
+def spend_settings_initial(org: Organization) -> dict[str, object]:
+    def dollars(micros: int | None) -> Decimal | None:
+        return None if micros is None else micros_to_dollars(micros)
+
+    return {
+        "daily_cap": dollars(org.spend_cap_daily_micros),
+        "monthly_cap": dollars(org.spend_cap_monthly_micros),
+        "alert_webhook_url": org.alert_webhook_url,
+    }
+
+
+@portal_page
+def billing_page(request: HttpRequest) -> HttpResponse:
+    ctx, org_param = _chosen(request)
+    if ctx is None:
+        return _not_found(request)
+    return _render_billing(request, ctx, org_param)
+
+
+@portal_page
+def spend_settings(request: HttpRequest) -> HttpResponse:
+    """POST: the organization's spend caps and alert webhook URL; owners and admins only."""
+    if request.method != "POST":
+        return HttpResponse(status=405, headers={"Allow": "POST"})
+    ctx, org_param = _chosen(request)
+    if ctx is None:
+        return _not_found(request)
+    if not ctx.can_manage_keys:
+        return forbidden(request, MANAGERS_ONLY)
+    form = SpendSettingsForm(request.POST)
+    if not form.is_valid():
+        return _render_billing(request, ctx, org_param, spend_form=form, status=400)
+    organization_spend_settings_update(
+        organization=ctx.organization,
+        spend_cap_daily_micros=form.micros("daily_cap"),
+        spend_cap_monthly_micros=form.micros("monthly_cap"),
+        alert_webhook_url=form.cleaned_data["alert_webhook_url"],
+    )
+    messages.success(request, "Spend caps and alerts are saved. The gateway applies the caps within a second.")
+    return _back_to_billing(org_param)
+
+
+@portal_page
+def webhook_secret_rotate(request: HttpRequest) -> HttpResponse:
+    """POST: a new signing secret for the organization's alert webhooks; owners and admins only."""
+    if request.method != "POST":
+        return HttpResponse(status=405, headers={"Allow": "POST"})
+    ctx, org_param = _chosen(request)
+    if ctx is None:
+        return _not_found(request)
+    if not ctx.can_manage_keys:
+        return forbidden(request, MANAGERS_ONLY)
+    organization_webhook_secret_rotate(organization=ctx.organization)
+    messages.success(request, "A new signing secret is in place: webhooks from now on are signed with it, not the old one.")
+    return _back_to_billing(org_param)
+
+
+def _render_billing(
+    request: HttpRequest, ctx: PortalContext, org_param: str, *, spend_form: SpendSettingsForm | None = None, status: int = 200
+) -> HttpResponse:
     org = ctx.organization
     plan = org.plan
     now = timezone.now()
@@ -133,7 +214,7 @@ def billing_page(request: HttpRequest) -> HttpResponse:
     allowances = allowances_for(org.pk, current, now=now)
     balance = organization_balance(org.pk)
     month = period_totals(org.pk, month_start, month_end)
-    return render_portal(
+    response = render_portal(
         request,
         "billing/billing.html",
         {
@@ -153,6 +234,12 @@ def billing_page(request: HttpRequest) -> HttpResponse:
             "month_start": month_start,
             "ledger": ledger,
             "offers": model_offers(org),
+            "spend_form": spend_form or SpendSettingsForm(initial=spend_settings_initial(org)),
             "org_query": f"{urlencode({'org': org_param})}&" if org_param else "",
+            "org_param": org_param,
         },
+        status=status,
     )
+    if ctx.can_manage_keys and org.alert_webhook_secret:
+        add_never_cache_headers(response)  # it carries the webhook signing secret
+    return response
