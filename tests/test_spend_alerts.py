@@ -388,3 +388,33 @@ def test_the_usage_writer_triggers_the_check_after_commit_and_a_hanging_webhook_
         wait_for(lambda: spend_alert_worker.idle, timeout=10)
     finally:
         hanging.stop()
+
+
+def test_the_cron_command_checks_every_capped_or_prepaid_organization(team: Team) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    set_caps(team.acme, daily=1_000_000)
+    debit(team.acme, 1_000_000, datetime.now(UTC))
+    out = StringIO()
+    call_command("check_spend_alerts", stdout=out)
+    assert out.getvalue().strip() == "1 alert(s) sent"
+    call_command("check_spend_alerts", stdout=out)
+    assert out.getvalue().strip().splitlines()[-1] == "0 alert(s) sent"
+    assert len(mail.outbox) == 1
+
+
+def test_the_readmes_verification_snippet_verifies_a_real_signature() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("```python\nimport hashlib")
+    snippet = readme[start + len("```python\n") : readme.index("```", start + 10)]
+    namespace: dict[str, object] = {}
+    exec(snippet, namespace)  # noqa: S102
+    verify = namespace["verify"]
+    body = b'{"id":"alert_1"}'
+    assert verify("whsec_abc", body, sign("whsec_abc", body, int(time.time())))  # type: ignore[operator]
+    assert not verify("whsec_abd", body, sign("whsec_abc", body, int(time.time())))  # type: ignore[operator]
+    assert not verify("whsec_abc", body, sign("whsec_abc", body, int(time.time()) - 600))  # type: ignore[operator]

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from django.contrib import messages
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.urls import reverse
@@ -182,7 +183,8 @@ def spend_settings(request: HttpRequest) -> HttpResponse:
         alert_webhook_url=form.cleaned_data["alert_webhook_url"],
     )
     # A cap lowered below what was spent is crossed without a request: check now, in the alerts' own thread.
-    spend_alert_worker.notify([ctx.organization.pk])
+    org_id = ctx.organization.pk
+    transaction.on_commit(lambda: spend_alert_worker.notify([org_id]))
     messages.success(request, "Spend caps and alerts are saved. The gateway applies the caps within a second.")
     return _back_to_billing(org_param)
 
