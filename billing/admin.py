@@ -18,6 +18,7 @@ from billing.models import (
     ModelPrice,
     Plan,
     PlanSubscription,
+    SpendAlert,
     UsageDailyRollup,
 )
 from billing.money import dollars_to_micros, format_micros_exact, micros_to_dollars
@@ -265,3 +266,39 @@ class ModelAccessOverrideAdmin(admin.ModelAdmin):
     list_display = ["organization", "alias", "allowed"]
     list_filter = ["allowed", "alias"]
     raw_id_fields = ["organization"]
+
+
+@admin.register(SpendAlert)
+class SpendAlertAdmin(admin.ModelAdmin):
+    """Written by usage.alerts only: what was sent, and how each delivery went."""
+
+    list_display = [
+        "created_at",
+        "organization",
+        "key_id",
+        "kind",
+        "threshold",
+        "period_start",
+        "amount",
+        "limit",
+        "email_status",
+        "webhook_status",
+    ]
+    list_filter = ["kind", "threshold"]
+    list_select_related = ["organization"]
+    search_fields = ["organization__slug"]
+    show_full_result_count = False
+
+    @admin.display(description="spent or balance", ordering="amount_micros")
+    def amount(self, alert: SpendAlert) -> str:
+        return format_micros_exact(alert.amount_micros)
+
+    @admin.display(description="cap or top-up", ordering="limit_micros")
+    def limit(self, alert: SpendAlert) -> str:
+        return format_micros_exact(alert.limit_micros)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: SpendAlert | None = None) -> bool:
+        return False

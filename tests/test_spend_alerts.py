@@ -418,3 +418,18 @@ def test_the_readmes_verification_snippet_verifies_a_real_signature() -> None:
     assert verify("whsec_abc", body, sign("whsec_abc", body, int(time.time())))  # type: ignore[operator]
     assert not verify("whsec_abd", body, sign("whsec_abc", body, int(time.time())))  # type: ignore[operator]
     assert not verify("whsec_abc", body, sign("whsec_abc", body, int(time.time()) - 600))  # type: ignore[operator]
+
+
+def test_staff_see_each_alert_and_its_deliveries_in_the_admin(team: Team) -> None:
+    from django.test import Client
+
+    from accounts.models import User
+
+    set_caps(team.acme, daily=1_000_000)
+    debit(team.acme, 1_234_567, DAY)
+    spend_alerts_check(organization_ids=[team.acme.pk], now=NOW)
+    staff = Client()
+    staff.force_login(User.objects.create_superuser(email="staff@example.com", password="not-used-here"))
+    page = staff.get("/admin/billing/spendalert/").content.decode()
+    assert "$1.234567" in page and "$1.00" in page and "sent to 2" in page and "superseded by 100%" in page
+    assert staff.get("/admin/billing/spendalert/add/").status_code == 403
