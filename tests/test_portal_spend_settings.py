@@ -51,7 +51,7 @@ def test_owners_and_admins_set_caps_exactly_and_a_webhook_url_gets_a_secret(team
     page = team.client(user).get("/portal/billing")
     html = page.content.decode()
     assert secret in html and 'id="rotate-webhook-secret"' in html
-    assert 'value="12.345678"' in html and 'value="100.000000"' in html
+    assert 'value="12.345678"' in html and 'value="100.00"' in html
     assert "no-store" in page["Cache-Control"]  # the page carries the secret
     # A second save keeps the secret; empty fields remove the caps and the URL.
     assert post(team, user, {"daily_cap": "", "monthly_cap": "", "alert_webhook_url": ""}).status_code == 302

@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.core import mail
@@ -26,6 +25,7 @@ from billing.models import LedgerEntry, Plan, SpendAlert
 from billing.services import organization_spend_settings_update
 from tests.support.live import wait_for
 from tests.support.portal import Team, ensure_site_and_plans, make_team
+from tests.support.webhooks import Receiver
 from usage.alerts import crossed_thresholds, period_starts, spend_alert_worker, spend_alerts_check
 from usage.models import UsageEvent
 from usage.services import UsageRecord, usage_record_batch
@@ -33,37 +33,6 @@ from usage.services import UsageRecord, usage_record_batch
 NOW = datetime(2026, 3, 4, 13, 30, tzinfo=UTC)
 DAY = datetime(2026, 3, 4, tzinfo=UTC)
 MONTH = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-class Receiver:
-    """A webhook endpoint on 127.0.0.1: records each POST; answers `status`, after `delay` seconds."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.status = 200
-        self.delay = 0.0
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append((dict(self.headers.items()), body))
-                time.sleep(receiver.delay)
-                self.send_response(receiver.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/cortensor-hook?token=url-secret-7"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

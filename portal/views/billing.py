@@ -146,7 +146,11 @@ def _back_to_billing(org_param: str, anchor: str = "alerts") -> HttpResponse:
 
 def spend_settings_initial(org: Organization) -> dict[str, object]:
     def dollars(micros: int | None) -> Decimal | None:
-        return None if micros is None else micros_to_dollars(micros)
+        # Whole cents read as such ("25.00"); anything finer keeps every micro-dollar ("0.000001").
+        if micros is None:
+            return None
+        exact = micros_to_dollars(micros)
+        return exact.quantize(Decimal("0.01")) if micros % MICROS_PER_CENT == 0 else exact.normalize()
 
     return {
         "daily_cap": dollars(org.spend_cap_daily_micros),
