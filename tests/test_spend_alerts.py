@@ -402,3 +402,24 @@ def test_staff_see_each_alert_and_its_deliveries_in_the_admin(team: Team) -> Non
     page = staff.get("/admin/billing/spendalert/").content.decode()
     assert "$1.234567" in page and "$1.00" in page and "sent to 2" in page and "superseded by 100%" in page
     assert staff.get("/admin/billing/spendalert/add/").status_code == 403
+
+
+def test_a_failed_round_keeps_its_organizations_for_the_next(monkeypatch: pytest.MonkeyPatch, caplog) -> None:  # noqa: ANN001
+    from usage import alerts as alerts_module
+
+    worker = alerts_module.SpendAlertWorker()
+    calls: list[set[int]] = []
+
+    def failing(*, organization_ids: set[int]) -> list[SpendAlert]:
+        calls.append(set(organization_ids))
+        if len(calls) == 1:
+            raise ConnectionError("database away")
+        return []
+
+    monkeypatch.setattr(alerts_module, "spend_alerts_check", failing)
+    worker._dirty = {1, 2}
+    worker.run_once()
+    assert worker.failures == 1 and not worker.idle and "kept for the round the next batch starts" in caplog.text
+    worker._dirty.add(3)
+    worker.run_once()
+    assert calls == [{1, 2}, {1, 2, 3}] and worker.idle

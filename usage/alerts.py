@@ -185,7 +185,7 @@ def spend_alerts_check(*, organization_ids: Iterable[int], now: datetime | None 
 class SpendAlertWorker:
     """A daemon thread that checks the organizations it is told about, at most once per interval, with its own
     database connection (closed after each round, so a pooled connection goes back at once). A round that fails
-    (the database away) keeps its organizations for the next."""
+    (the database away) keeps its organizations for the round the next notification starts."""
 
     def __init__(self) -> None:
         self._dirty: set[int] = set()
@@ -233,11 +233,14 @@ class SpendAlertWorker:
         except Exception as exc:
             self.failures += 1
             log.error(
-                "spend alert check failed for %d organization(s), kept for the next round: %s", len(ids), exc.__class__.__name__
+                "spend alert check failed for %d organization(s), kept for the round the next batch starts: %s",
+                len(ids),
+                exc.__class__.__name__,
             )
+            # Not woken again: with the database away, a retry loop would only log; the next batch (or the cron
+            # command) brings the round back.
             with self._lock:
                 self._dirty |= ids
-            self._wake.set()
         finally:
             self.rounds += 1
             connection.close()
