@@ -285,27 +285,32 @@ def test_a_url_on_a_private_address_is_refused_when_sending(team: Team, settings
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_checks_send_each_alert_once() -> None:
+    """Four checks at once, over ten days whose spend jumps straight past 100%: one message a day, never one check
+    sending 80% while another sends 100% of the same jump."""
     ensure_site_and_plans()
     team = make_team()
     set_caps(team.acme, daily=1_000_000)
-    debit(team.acme, 1_000_000, DAY)
-    barrier = threading.Barrier(4)
-    sent: list[int] = []
+    for offset in range(10):
+        day = DAY + timedelta(days=offset)
+        debit(team.acme, 1_000_000, day)
+        barrier = threading.Barrier(4)
+        sent: list[int] = []
 
-    def check() -> None:
-        try:
-            barrier.wait()
-            sent.extend(a.pk for a in spend_alerts_check(organization_ids=[team.acme.pk], now=NOW))
-        finally:
-            connection.close()
+        def check(now: datetime, barrier: threading.Barrier, sent: list[int]) -> None:
+            try:
+                barrier.wait()
+                sent.extend(a.threshold for a in spend_alerts_check(organization_ids=[team.acme.pk], now=now))
+            finally:
+                connection.close()
 
-    threads = [threading.Thread(target=check) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(sent) == 1 and len(mail.outbox) == 1
-    assert SpendAlert.objects.count() == 3  # 50, 80 and 100, each claimed by exactly one of the four
+        threads = [threading.Thread(target=check, args=(day + timedelta(hours=1), barrier, sent)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sent == [100], f"day {offset}: {sent}"
+    assert len(mail.outbox) == 10
+    assert SpendAlert.objects.count() == 30  # 50, 80 and 100 a day, each claimed by exactly one of the four
 
 
 def usage_record(org: Organization, key_id: int, cost: int) -> UsageRecord:

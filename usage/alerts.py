@@ -169,7 +169,11 @@ def spend_alerts_check(*, organization_ids: Iterable[int], now: datetime | None 
     """
     sent: list[SpendAlert] = []
     for crossing in spend_crossings(organization_ids, now=now or timezone.now()):
-        claimed = [alert for threshold in crossing.thresholds if (alert := _claim(crossing, threshold)) is not None]
+        # One transaction, lowest threshold first: a concurrent check of the same counter waits on the first row
+        # until this one commits and then finds all of them taken, so two processes never split one jump (each
+        # sending "its" highest).
+        with transaction.atomic():
+            claimed = [alert for threshold in sorted(crossing.thresholds) if (alert := _claim(crossing, threshold)) is not None]
         if not claimed:
             continue
         top = max(claimed, key=lambda alert: alert.threshold)
