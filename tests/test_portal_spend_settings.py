@@ -129,3 +129,17 @@ def test_org_parameter_picks_the_organization_and_comes_back_to_it(team: Team) -
     response = team.client(team.outsider).post(f"{SETTINGS_URL}?org=globex", {"daily_cap": "3", "monthly_cap": ""})
     assert response.status_code == 302 and response["Location"] == "/portal/billing?org=globex#alerts"
     assert Organization.objects.get(slug="globex").spend_cap_daily_micros == 3_000_000
+
+
+def test_the_admin_never_shows_the_webhook_secret(team: Team) -> None:
+    from django.test import Client
+
+    from accounts.models import User
+
+    post(team, team.owner, {"daily_cap": "", "monthly_cap": "", "alert_webhook_url": "https://hooks.example.com/x"})
+    secret = acme().alert_webhook_secret
+    staff = Client()
+    staff.force_login(User.objects.create_superuser(email="staff@example.com", password="not-used-here"))
+    page = staff.get(f"/admin/accounts/organization/{team.acme.pk}/change/")
+    assert page.status_code == 200 and "hooks.example.com" in page.content.decode()
+    assert secret not in page.content.decode()
