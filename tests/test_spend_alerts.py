@@ -428,3 +428,27 @@ def test_a_failed_round_keeps_its_organizations_for_the_next(monkeypatch: pytest
     worker._dirty.add(3)
     worker.run_once()
     assert calls == [{1, 2}, {1, 2, 3}] and worker.idle
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PORTAL_LOW_BALANCE_ALERT_PERCENT", "101"),
+        ("PORTAL_LOW_BALANCE_ALERT_PERCENT", "-1"),
+        ("PORTAL_ALERT_WEBHOOK_TIMEOUT_MS", "30001"),
+        ("PORTAL_SPEND_ALERT_INTERVAL_MS", "soon"),
+        ("PORTAL_ALERT_WEBHOOK_ALLOW_INSECURE", "maybe"),
+    ],
+)
+def test_a_malformed_alert_setting_stops_start_up_naming_it(variable: str, value: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.live import ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update(DEBUG="1", **{variable: value})
+    done = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(f"configuration error: {variable}: ")
