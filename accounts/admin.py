@@ -36,6 +36,8 @@ class OrganizationAdmin(admin.ModelAdmin):
     search_fields = ["slug", "name"]
     inlines = [MembershipInline]
     actions = ["suspend", "activate"]
+    # The alert webhook's signing secret is the customer's: shown to its owners and admins on the billing page only.
+    exclude = ["alert_webhook_secret"]
 
     @admin.action(description="Suspend selected organizations")
     def suspend(self, request, queryset) -> None:  # noqa: ANN001

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.db import models
 from django.forms import TypedChoiceField
@@ -16,10 +18,13 @@ from billing.models import (
     ModelPrice,
     Plan,
     PlanSubscription,
+    SpendAlert,
     StripeEvent,
     UsageDailyRollup,
 )
-from billing.services import MANUAL_KINDS, ledger_entry_add
+from billing.money import dollars_to_micros, format_micros_exact, micros_to_dollars
+from billing.services import MANUAL_KINDS, MAX_PRICE_PER_MILLION, ledger_entry_add
+from routerpools.models import ModelAlias
 
 
 def format_micros(micros: int) -> str:
@@ -27,6 +32,73 @@ def format_micros(micros: int) -> str:
     sign = "-" if micros < 0 else ""
     units, fraction = divmod(abs(micros), 1_000_000)
     return f"{sign}{units}.{fraction:06d}"
+
+
+class ModelPriceForm(forms.ModelForm):
+    """A price edited in dollars per million tokens (six decimals: one micro-unit), stored in micro-units."""
+
+    input_price = forms.DecimalField(
+        label="Input ($ per 1M tokens)",
+        max_digits=10,
+        decimal_places=6,
+        min_value=Decimal(0),
+        max_value=micros_to_dollars(MAX_PRICE_PER_MILLION),
+        help_text="e.g. 0.10; 0 with an output price of 0 makes the model explicitly free",
+    )
+    output_price = forms.DecimalField(
+        label="Output ($ per 1M tokens)",
+        max_digits=10,
+        decimal_places=6,
+        min_value=Decimal(0),
+        max_value=micros_to_dollars(MAX_PRICE_PER_MILLION),
+    )
+
+    class Meta:
+        model = ModelPrice
+        fields = ["alias", "plan"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            self.initial.setdefault("input_price", micros_to_dollars(self.instance.input_micros_per_million))
+            self.initial.setdefault("output_price", micros_to_dollars(self.instance.output_micros_per_million))
+
+    def clean_alias(self) -> str:
+        alias = self.cleaned_data["alias"].strip()
+        # A price for a name no alias has bills nothing; a typo here would leave the real alias on its default.
+        if alias != self.instance.alias and not ModelAlias.objects.filter(alias=alias).exists():
+            raise forms.ValidationError(f"No model alias is named “{alias}”.")
+        return alias
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        # On the instance before the model's validation (after clean): the micro-unit fields are required there.
+        for field, name in (("input_price", "input_micros_per_million"), ("output_price", "output_micros_per_million")):
+            if cleaned.get(field) is not None:
+                setattr(self.instance, name, dollars_to_micros(cleaned[field]))
+        alias = cleaned.get("alias")
+        plan = cleaned.get("plan")  # in a plan's inline, the plan being edited
+        if alias:
+            taken = ModelPrice.objects.filter(alias=alias, plan=plan).exclude(pk=self.instance.pk)
+            if taken.exists():
+                where = f"plan “{plan.slug}”" if plan is not None else "every plan"
+                raise forms.ValidationError(f"“{alias}” already has a price for {where}: change that one instead.")
+        return cleaned
+
+
+def per_million(micros: int) -> str:
+    return f"{format_micros_exact(micros)} / 1M"
+
+
+class ModelPriceInline(admin.TabularInline):
+    """A plan's own prices: each wins over the alias-wide price for organizations on the plan."""
+
+    model = ModelPrice
+    form = ModelPriceForm
+    fields = ("alias", "input_price", "output_price")
+    extra = 0
+    verbose_name = "price for this plan"
+    verbose_name_plural = "prices for this plan (override the alias-wide price)"
 
 
 @admin.register(Plan)
@@ -41,6 +113,7 @@ class PlanAdmin(admin.ModelAdmin):
         "is_default",
     ]
     filter_horizontal = ["allowed_aliases"]
+    inlines = [ModelPriceInline]
 
 
 @admin.register(PlanSubscription)
@@ -51,9 +124,26 @@ class PlanSubscriptionAdmin(admin.ModelAdmin):
 
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
-    list_display = ["alias", "plan", "input_micros_per_million", "output_micros_per_million", "updated_at"]
+    """Alias-wide prices (plan empty) and per-plan overrides; every alias gets a default one when it is created."""
+
+    form = ModelPriceForm
+    fields = ("alias", "plan", "input_price", "output_price")
+    list_display = ["alias", "for_plan", "input_per_million", "output_per_million", "updated_at"]
     list_filter = ["plan"]
+    list_select_related = ["plan"]
     search_fields = ["alias"]
+
+    @admin.display(description="plan", ordering="plan__slug")
+    def for_plan(self, price: ModelPrice) -> str:
+        return price.plan.slug if price.plan is not None else "every plan"
+
+    @admin.display(description="input", ordering="input_micros_per_million")
+    def input_per_million(self, price: ModelPrice) -> str:
+        return per_million(price.input_micros_per_million)
+
+    @admin.display(description="output", ordering="output_micros_per_million")
+    def output_per_million(self, price: ModelPrice) -> str:
+        return per_million(price.output_micros_per_million)
 
 
 # Tuples rather than lists: the admin stubs type fields as an invariant list of a wider element, which a tuple fits.
@@ -195,4 +285,40 @@ class StripeEventAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: StripeEvent | None = None) -> bool:
+        return False
+
+
+@admin.register(SpendAlert)
+class SpendAlertAdmin(admin.ModelAdmin):
+    """Written by usage.alerts only: what was sent, and how each delivery went."""
+
+    list_display = [
+        "created_at",
+        "organization",
+        "key_id",
+        "kind",
+        "threshold",
+        "period_start",
+        "amount",
+        "limit",
+        "email_status",
+        "webhook_status",
+    ]
+    list_filter = ["kind", "threshold"]
+    list_select_related = ["organization"]
+    search_fields = ["organization__slug"]
+    show_full_result_count = False
+
+    @admin.display(description="spent or balance", ordering="amount_micros")
+    def amount(self, alert: SpendAlert) -> str:
+        return format_micros_exact(alert.amount_micros)
+
+    @admin.display(description="cap or top-up", ordering="limit_micros")
+    def limit(self, alert: SpendAlert) -> str:
+        return format_micros_exact(alert.limit_micros)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: SpendAlert | None = None) -> bool:
         return False

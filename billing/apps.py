@@ -1,4 +1,4 @@
-"""Plans, subscriptions and (later) the ledger."""
+"""Plans, subscriptions, prices, the ledger and spend alerts."""
 
 from django.apps import AppConfig
 
@@ -6,3 +6,8 @@ from django.apps import AppConfig
 class BillingConfig(AppConfig):
     name = "billing"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from billing import signals
+
+        signals.connect_signals()

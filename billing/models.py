@@ -204,3 +204,44 @@ class StripeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.event_id} ({self.outcome})"
+
+
+class SpendAlert(models.Model):
+    """One alert sent (or being sent): a spend cap's threshold crossed in a period, or a prepaid balance run low.
+
+    The unique constraint is what makes an alert go out once: every process that sees the crossing tries to insert
+    the row, one wins and sends, the others find it there (usage/alerts.py).
+    """
+
+    class Kind(models.TextChoices):
+        DAILY = "daily", "Daily spend cap"
+        MONTHLY = "monthly", "Monthly spend cap"
+        LOW_BALANCE = "low_balance", "Low prepaid balance"
+
+    organization = models.ForeignKey("accounts.Organization", on_delete=models.CASCADE, related_name="spend_alerts")
+    # An id, not a foreign key: billing sits below apikeys (docs/ARCHITECTURE.md), and 0 keeps the constraint simple
+    # where NULLs would be distinct.
+    key_id = models.PositiveBigIntegerField(default=0, help_text="the API key whose own cap this is; 0: the organization's")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    threshold = models.PositiveSmallIntegerField(
+        help_text="percent of the cap reached (50, 80, 100); low balance: percent of the last top-up it fell below"
+    )
+    period_start = models.DateTimeField(help_text="the UTC day or month of a cap; the last top-up of a low balance")
+    amount_micros = models.BigIntegerField(help_text="spent in the period (a cap), or the balance (low balance)")
+    limit_micros = models.BigIntegerField(help_text="the cap, or the last top-up")
+    created_at = models.DateTimeField(default=timezone.now)
+    # What was delivered: empty while unsent.
+    email_status = models.CharField(max_length=200, blank=True)
+    webhook_status = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "key_id", "kind", "threshold", "period_start"], name="uniq_spend_alert_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        scope = f"key {self.key_id}" if self.key_id else "organization"
+        return f"{self.organization_id} {scope} {self.kind} {self.threshold}% from {self.period_start:%Y-%m-%d %H:%M}"

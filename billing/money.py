@@ -16,8 +16,11 @@ Both put thousands separators in the dollars ("$12,345.67") and the minus sign b
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 MICROS_PER_DOLLAR = 1_000_000
 MICROS_PER_CENT = 10_000
+MICRO_DOLLAR = Decimal("0.000001")
 
 
 def format_micros_exact(micros: int, *, full: bool = False) -> str:
@@ -38,3 +41,17 @@ def format_micros_cents(micros: int) -> str:
     dollars, rest = divmod(abs(cents), 100)
     sign = "-" if cents < 0 else ""
     return f"{sign}${dollars:,}.{rest:02d}"
+
+
+def micros_to_dollars(micros: int) -> Decimal:
+    """Micro-units as a Decimal of dollars, exactly, for a form's initial value: 125_000 -> Decimal('0.125000')."""
+    return Decimal(micros).scaleb(-6).quantize(MICRO_DOLLAR)
+
+
+def dollars_to_micros(amount: Decimal) -> int:
+    """Dollars with at most six decimals (a form field with decimal_places=6 guarantees it) to micro-units, exactly;
+    ValueError for a finer amount rather than a silent rounding."""
+    micros = amount.scaleb(6)
+    if micros != micros.to_integral_value():
+        raise ValueError(f"{amount} has more than six decimals")
+    return int(micros)

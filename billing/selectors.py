@@ -49,6 +49,58 @@ def models_for_organization(organization: Organization) -> list[ModelAlias]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class ModelOffer:
+    """One model an organization may call, with what it costs on the organization's plan and its limits."""
+
+    alias: str
+    display_name: str
+    context_length: int | None  # None: not stated
+    max_output_tokens: int
+    input_micros_per_million: int | None  # None (both): unpriced
+    output_micros_per_million: int | None
+
+    @property
+    def priced(self) -> bool:
+        return self.input_micros_per_million is not None
+
+    @property
+    def free(self) -> bool:
+        return self.input_micros_per_million == 0 and self.output_micros_per_million == 0
+
+
+def prices_for_plan(plan_id: int | None) -> dict[str, tuple[int, int]]:
+    """alias → (input, output) micro-units per million tokens as billing charges a plan: its own price, else the
+    alias-wide one. One query."""
+    rows = ModelPrice.objects.filter(Q(plan__isnull=True) | Q(plan_id=plan_id)).values_list(
+        "alias", "plan_id", "input_micros_per_million", "output_micros_per_million"
+    )
+    table: dict[str, tuple[int, int]] = {}
+    # Alias-wide rows first, so a plan's own row (plan_id set) overwrites them.
+    for alias, _, input_price, output_price in sorted(rows, key=lambda row: row[1] is not None):
+        table[alias] = (input_price, output_price)
+    return table
+
+
+def model_offers(organization: Organization) -> list[ModelOffer]:
+    """The models the organization may call (models_for_organization), priced for its plan."""
+    prices = prices_for_plan(organization.plan_id)
+    offers = []
+    for alias in models_for_organization(organization):
+        price = prices.get(alias.alias)
+        offers.append(
+            ModelOffer(
+                alias=alias.alias,
+                display_name=alias.display_name or alias.alias,
+                context_length=alias.context_length,
+                max_output_tokens=alias.max_tokens_cap,
+                input_micros_per_million=price[0] if price else None,
+                output_micros_per_million=price[1] if price else None,
+            )
+        )
+    return offers
+
+
 def plan_table() -> dict[int, PlanRecord]:
     table: dict[int, PlanRecord] = {}
     for plan in Plan.objects.prefetch_related("allowed_aliases"):

@@ -3,13 +3,17 @@ ledger. The daily usage rollups read usage rows: they are usage.services' (billi
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-from django.db import transaction
+from django.conf import settings
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -93,6 +97,35 @@ def subscription_start(*, organization: Any, plan: Plan) -> PlanSubscription:
 # --- prices and usage debits -------------------------------------------------------------------
 
 TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are per million tokens
+MAX_PRICE_PER_MILLION = 1_000_000_000  # $1,000 per million tokens: above it a price is a typo (the admin refuses it)
+
+
+def default_price() -> tuple[int, int]:
+    """(input, output) micro-units per million tokens that a new alias is given (PORTAL_DEFAULT_*_PRICE_PER_MILLION)."""
+    return settings.PORTAL_DEFAULT_INPUT_PRICE_PER_MILLION, settings.PORTAL_DEFAULT_OUTPUT_PRICE_PER_MILLION
+
+
+def price_ensure_default(*, alias: str, price_model: type[ModelPrice] = ModelPrice) -> bool:
+    """Give `alias` the default alias-wide price unless it has one; True when one was written.
+
+    Every alias is priced from its creation on: an alias with no price row is refused for paid plans (MONEY), so one
+    that appears (sync_router_pools, the admin, a rename) must not wait for staff to notice. A price row that exists
+    (staff's, or explicitly free at 0/0) is never touched. Idempotent across processes: the alias-wide row is unique,
+    and a lost race is a no-op.
+    """
+    if not alias or price_model.objects.filter(alias=alias, plan__isnull=True).exists():
+        return False
+    input_price, output_price = default_price()
+    try:
+        with transaction.atomic():
+            price_model.objects.create(
+                alias=alias, plan=None, input_micros_per_million=input_price, output_micros_per_million=output_price
+            )
+    except IntegrityError:
+        return False  # another process priced it a moment ago
+    return True
+
+
 # usage.models.UsageEvent.Status values, spelled out: billing sits below usage and does not import it
 # (tests/test_billing.py holds the two to the same values).
 BILLABLE_STATUSES = frozenset({"ok", "cancelled"})
@@ -217,6 +250,87 @@ def _price_table(*, aliases: set[str], plan_ids: set[int]) -> dict[tuple[int | N
             "plan_id", "alias", "input_micros_per_million", "output_micros_per_million"
         )
     }
+
+
+# --- spend caps and the alert webhook of an organization ---------------------------------------------------------
+
+MAX_SPEND_CAP_MICROS = 1_000_000 * 1_000_000  # $1,000,000: a bound on a typo, far above any real cap
+WEBHOOK_SECRET_PREFIX = "whsec_"
+
+
+def webhook_secret_new() -> str:
+    """A fresh signing secret for alert webhooks: 192 random bits, 54 characters (the field holds 64)."""
+    return WEBHOOK_SECRET_PREFIX + secrets.token_hex(24)
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why `url` cannot receive alert webhooks, or None. Plain http and addresses on our own networks only where
+    PORTAL_ALERT_WEBHOOK_ALLOW_INSECURE is on (DEBUG's default): in production an https URL on the public internet,
+    so a customer's URL cannot make our servers call into our own network. billing.alerts checks the address again
+    when it sends (a name may resolve elsewhere by then)."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"https", "http"} or not parts.hostname:
+        return "Enter an https:// URL."
+    if parts.username or parts.password:
+        return "A webhook URL cannot carry a user name or password; verify our signature instead."
+    if settings.PORTAL_ALERT_WEBHOOK_ALLOW_INSECURE:
+        return None
+    if parts.scheme != "https":
+        return "Webhooks are sent to https:// URLs only."
+    if host_is_private(parts.hostname):
+        return "Webhooks are sent to addresses on the public internet only."
+    return None
+
+
+def host_is_private(host: str) -> bool:
+    """True for a loopback, private, link-local or otherwise non-public IP literal, and for localhost names."""
+    name = host.strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith((".localhost", ".local", ".internal")):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False  # a name: checked when it is resolved, at sending time
+    return not address.is_global
+
+
+class SpendSettingsInvalid(ValueError):
+    pass
+
+
+def organization_spend_settings_update(
+    *,
+    organization: Organization,
+    spend_cap_daily_micros: int | None,
+    spend_cap_monthly_micros: int | None,
+    alert_webhook_url: str,
+) -> Organization:
+    """Set the organization's spend caps (None: no cap) and alert webhook URL (empty: e-mail only).
+
+    The first URL gets a signing secret. Saved with Organization.save, so the gateway's cache-change signal tells
+    every gateway process the new caps once this commits (gateway/invalidation.py)."""
+    for cap in (spend_cap_daily_micros, spend_cap_monthly_micros):
+        if cap is not None and not 0 <= cap <= MAX_SPEND_CAP_MICROS:
+            raise SpendSettingsInvalid(f"a spend cap is between $0 and $1,000,000, not {cap} micro-units")
+    url = alert_webhook_url.strip()
+    if url and (problem := webhook_url_problem(url)):
+        raise SpendSettingsInvalid(problem)
+    organization.spend_cap_daily_micros = spend_cap_daily_micros
+    organization.spend_cap_monthly_micros = spend_cap_monthly_micros
+    organization.alert_webhook_url = url
+    fields = ["spend_cap_daily_micros", "spend_cap_monthly_micros", "alert_webhook_url"]
+    if url and not organization.alert_webhook_secret:
+        organization.alert_webhook_secret = webhook_secret_new()
+        fields.append("alert_webhook_secret")
+    organization.save(update_fields=fields)
+    return organization
+
+
+def organization_webhook_secret_rotate(*, organization: Organization) -> str:
+    """A new signing secret; webhooks are signed with it from the next one on (the old one stops verifying)."""
+    organization.alert_webhook_secret = webhook_secret_new()
+    organization.save(update_fields=["alert_webhook_secret"])
+    return organization.alert_webhook_secret
 
 
 class NotAManualEntry(ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from allauth.account.forms import LoginForm, SignupForm
@@ -9,10 +10,13 @@ from allauth.core import context
 from allauth.core.exceptions import ImmediateHttpResponse
 from django import forms
 from django.conf import settings
+from django.core.validators import URLValidator
 from django.http import HttpRequest
 
 from accounts.models import Membership
 from accounts.time_zones import time_zone_names
+from billing.money import dollars_to_micros, micros_to_dollars
+from billing.services import MAX_SPEND_CAP_MICROS, webhook_url_problem
 from portal.context import rate_limit_usage, too_many_requests
 
 
@@ -96,3 +100,50 @@ class TransferForm(forms.Form):
         member.label_from_instance = lambda m: (  # type: ignore[method-assign, assignment]
             f"{m.user.name or m.user.email} ({m.user.email}, {m.get_role_display().lower()})"
         )
+
+
+class SpendSettingsForm(forms.Form):
+    """The billing page's spend caps (dollars, exact to the micro-unit; empty: no cap) and alert webhook URL."""
+
+    daily_cap = forms.DecimalField(
+        label="Daily spend cap ($)",
+        required=False,
+        min_value=Decimal(0),
+        max_value=micros_to_dollars(MAX_SPEND_CAP_MICROS),
+        max_digits=13,
+        decimal_places=6,
+        help_text="per UTC day; empty: no cap",
+    )
+    monthly_cap = forms.DecimalField(
+        label="Monthly spend cap ($)",
+        required=False,
+        min_value=Decimal(0),
+        max_value=micros_to_dollars(MAX_SPEND_CAP_MICROS),
+        max_digits=13,
+        decimal_places=6,
+        help_text="per calendar month (UTC); empty: no cap",
+    )
+    alert_webhook_url = forms.CharField(
+        label="Alert webhook URL",
+        required=False,
+        max_length=500,
+        validators=[URLValidator(schemes=["http", "https"])],
+        help_text="we POST a signed JSON event here at 50%, 80% and 100% of a cap and on a low balance; empty: e-mail only",
+    )
+
+    def clean_alert_webhook_url(self) -> str:
+        url = self.cleaned_data["alert_webhook_url"].strip()
+        if url and (problem := webhook_url_problem(url)):
+            raise forms.ValidationError(problem)
+        return url
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        daily, monthly = cleaned.get("daily_cap"), cleaned.get("monthly_cap")
+        if daily is not None and monthly is not None and daily > monthly:
+            self.add_error("daily_cap", "A daily cap above the monthly cap would never be reached.")
+        return cleaned
+
+    def micros(self, field: str) -> int | None:
+        value = self.cleaned_data.get(field)
+        return None if value is None else dollars_to_micros(value)

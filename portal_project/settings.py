@@ -344,6 +344,26 @@ if not PORTAL_TOPUP_MIN_CENTS <= PORTAL_TOPUP_MAX_CENTS <= 99_999_999:
         f"must be from PORTAL_TOPUP_MIN_CENTS ({PORTAL_TOPUP_MIN_CENTS}) to 99999999, got {PORTAL_TOPUP_MAX_CENTS}",
     )
 PORTAL_RATELIMIT_CHECKOUT = env_str("PORTAL_RATELIMIT_CHECKOUT", "30/h")  # Checkout and portal sessions per user
+# Prices (billing.ModelPrice, micro-units per million tokens): an alias created without a price (sync_router_pools,
+# the admin) gets an alias-wide price of these two, so none is left unpriced; 0 and 0 makes new aliases free.
+PORTAL_DEFAULT_INPUT_PRICE_PER_MILLION = env_int("PORTAL_DEFAULT_INPUT_PRICE_PER_MILLION", 100_000, minimum=0)
+PORTAL_DEFAULT_OUTPUT_PRICE_PER_MILLION = env_int("PORTAL_DEFAULT_OUTPUT_PRICE_PER_MILLION", 400_000, minimum=0)
+for _name in ("PORTAL_DEFAULT_INPUT_PRICE_PER_MILLION", "PORTAL_DEFAULT_OUTPUT_PRICE_PER_MILLION"):
+    if globals()[_name] > 1_000_000_000:  # billing.services.MAX_PRICE_PER_MILLION: $1,000 per million tokens
+        fail(_name, f"must be at most 1000000000 micro-units ($1,000 per million tokens), got {globals()[_name]}")
+# Alert webhooks (billing/alerts.py): with this on, an organization's URL may be plain http or on a private network
+# (a laptop's receiver); off (production), https to public addresses only.
+PORTAL_ALERT_WEBHOOK_ALLOW_INSECURE = env_bool("PORTAL_ALERT_WEBHOOK_ALLOW_INSECURE", DEBUG)
+# Spend alerts (usage/alerts.py): a background thread checks the organizations a usage batch billed at most this often
+# per process (a burst of batches is one check); a webhook POST waits at most the timeout; a prepaid balance below
+# this percent of the last top-up is "low" (0: no low-balance alert).
+PORTAL_SPEND_ALERT_INTERVAL_S = float(env_int("PORTAL_SPEND_ALERT_INTERVAL_MS", 2000, minimum=10)) / 1000
+PORTAL_ALERT_WEBHOOK_TIMEOUT_S = float(env_int("PORTAL_ALERT_WEBHOOK_TIMEOUT_MS", 3000, minimum=100)) / 1000
+if PORTAL_ALERT_WEBHOOK_TIMEOUT_S > 30:
+    fail("PORTAL_ALERT_WEBHOOK_TIMEOUT_MS", f"must be at most 30000, got {int(PORTAL_ALERT_WEBHOOK_TIMEOUT_S * 1000)}")
+PORTAL_LOW_BALANCE_ALERT_PERCENT = env_int("PORTAL_LOW_BALANCE_ALERT_PERCENT", 20, minimum=0)
+if PORTAL_LOW_BALANCE_ALERT_PERCENT > 100:
+    fail("PORTAL_LOW_BALANCE_ALERT_PERCENT", f"must be at most 100, got {PORTAL_LOW_BALANCE_ALERT_PERCENT}")
 
 # --- HTTPS, cookies and security headers ----------------------------------------------------------------------
 # Behind HTTPS (the public base URL says so) with DEBUG off, each of these defaults to on; each is settable alone.

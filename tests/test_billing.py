@@ -46,12 +46,12 @@ def make_org(slug: str, plan: str | None = "free") -> Organization:
 
 
 def price(alias: str, input_micros: int, output_micros: int, plan: str | None = None) -> ModelPrice:
-    return ModelPrice.objects.create(
+    # update_or_create: an alias that exists has had its default price since it was created (billing.signals).
+    return ModelPrice.objects.update_or_create(
         alias=alias,
         plan=Plan.objects.get(slug=plan) if plan else None,
-        input_micros_per_million=input_micros,
-        output_micros_per_million=output_micros,
-    )
+        defaults={"input_micros_per_million": input_micros, "output_micros_per_million": output_micros},
+    )[0]
 
 
 def usage(

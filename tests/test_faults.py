@@ -329,7 +329,7 @@ OUTAGE_PRICE = (1_500_000, 3_000_000)  # micro-units per million input / output 
 _SETUP = """
 from billing.models import ModelPrice, Plan
 Plan.objects.filter(slug="pro").update(requests_per_minute=1_000_000, tokens_per_minute=None, concurrent_requests=None)
-ModelPrice.objects.create(alias="{alias}", input_micros_per_million={inp}, output_micros_per_million={out})
+ModelPrice.objects.update_or_create(alias="{alias}", plan=None, defaults=dict(input_micros_per_million={inp}, output_micros_per_million={out}))
 """
 
 

@@ -18,6 +18,7 @@ from apikeys.services import apikeys_touch_last_used
 from billing.models import ClosedBillingDay, LedgerEntry, UsageDailyRollup
 from billing.services import ledger_debits_for_usage
 from portal_project.bulk import insert_ignoring_conflicts
+from usage.alerts import spend_alert_worker
 from usage.models import RequestLog, UsageEvent
 
 logger = logging.getLogger("usage")
@@ -74,8 +75,13 @@ def usage_record_batch(*, usage: list[UsageRecord], logs: list[RequestLogRecord]
     # the unique-index locks in one order and cannot deadlock.
     usage = sorted(usage, key=lambda u: u.request_id)
     logs = sorted(logs, key=lambda log: log.request_id)
+    # Organizations this batch may have billed: their spend is checked against their caps once it has committed, in
+    # usage.alerts' own thread (never this writer's time).
+    billed = {u.organization_id for u in usage if u.organization_id is not None and (u.cost_micros > 0 or u.total_tokens > 0)}
     try:
         with transaction.atomic():
+            if billed:
+                transaction.on_commit(lambda: spend_alert_worker.notify(billed))
             insert_ignoring_conflicts(UsageEvent, USAGE_COLUMNS, [_tuple(u, USAGE_COLUMNS) for u in usage])
             insert_ignoring_conflicts(RequestLog, LOG_COLUMNS, [_tuple(log, LOG_COLUMNS) for log in logs])
             # Debits for ok and cancelled rows with tokens (ledger_debits_for_usage picks them),
@@ -94,6 +100,8 @@ def usage_record_batch(*, usage: list[UsageRecord], logs: list[RequestLogRecord]
         # the bill. Debits of deleted organizations are skipped; a failure here retries the batch.
         with transaction.atomic():
             ledger_debits_for_usage(rows=usage)
+            if billed:
+                transaction.on_commit(lambda: spend_alert_worker.notify(billed))
         if last_used:
             apikeys_touch_last_used(last_used=last_used)  # keys that are gone are simply not matched
 

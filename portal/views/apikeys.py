@@ -40,7 +40,7 @@ from apikeys.services import (
     apikey_update,
     expiry_in_days,
 )
-from billing.selectors import models_for_organization
+from billing.selectors import model_offers, models_for_organization
 from gateway.errors import catalog as error_catalog  # the docs page's error table
 from portal import openapi
 from portal.authentication import presented_admin_key
@@ -64,6 +64,7 @@ from portal.serializers import (
     ApiKeySerializer,
     ApiKeyUpdateSerializer,
 )
+from portal.views.billing import plan_limits
 from portal_project.proxies import client_ip
 
 KEY_CREATE_GROUP = "portal:key-create"
@@ -801,8 +802,8 @@ curl {base_url}{reverse("portal:api-schema")} {auth} -H 'Accept: application/jso
 @portal_page
 def docs_page(request: HttpRequest) -> HttpResponse:
     ctx: PortalContext = request.portal  # type: ignore[attr-defined]
-    aliases = models_for_organization(ctx.organization)
-    names = [a.alias for a in aliases]
+    offers = model_offers(ctx.organization)
+    names = [offer.alias for offer in offers]
     model = request.GET.get("model")
     if model not in names:
         model = settings.PORTAL_DEFAULT_MODEL if settings.PORTAL_DEFAULT_MODEL in names else (names[0] if names else "oss-20b")
@@ -812,7 +813,8 @@ def docs_page(request: HttpRequest) -> HttpResponse:
         "portal/docs.html",
         {
             "nav": "docs",
-            "models": aliases,
+            "models": offers,
+            "offers": offers,
             "model": model,
             "base_url": base,
             "openai_base_url": f"{base}/v1",
@@ -821,5 +823,6 @@ def docs_page(request: HttpRequest) -> HttpResponse:
             "plan": ctx.organization.plan,
             "schema_url": f"{base}{reverse('portal:api-schema')}",
             "management_examples": management_examples(base_url=base, model=model),
+            "plan_limits": plan_limits(ctx.organization.plan) if ctx.organization.plan is not None else [],
         },
     )

@@ -8,27 +8,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from decimal import Decimal
 
+from django.contrib import messages
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 from django.utils.http import urlencode
 
+from accounts.models import Organization
 from billing.models import Plan
-from billing.money import MICROS_PER_CENT, format_micros_exact
+from billing.money import MICROS_PER_CENT, format_micros_exact, micros_to_dollars
 from billing.selectors import (
     ledger_with_balance,
+    model_offers,
     organization_balance,
     period_totals,
     plan_next_up,
     plans_with_aliases,
     prices_for_plans,
 )
+from billing.services import organization_spend_settings_update, organization_webhook_secret_rotate
 from portal.allowances import allowances_for, window_words
-from portal.context import PortalContext, portal_page, render_portal
+from portal.context import PortalContext, forbidden, portal_page, render_portal
+from portal.forms import SpendSettingsForm
 from portal.views.payments import payments_panel
+from usage.alerts import spend_alert_worker
 
 LEDGER_PAGE_SIZE = 50
+MANAGERS_ONLY = "Only owners and admins of this organization can change its spend caps and alerts."
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,24 +71,38 @@ def _price(price: tuple[int, int] | None) -> str:
     return f"{format_micros_exact(price[0])} in · {format_micros_exact(price[1])} out"
 
 
+def _window(plan: Plan) -> str:
+    if plan.window_requests is None or plan.window_seconds <= 0:
+        return "No cap"
+    return f"{plan.window_requests:,} per {window_words(plan.window_seconds)}"
+
+
+def _weekly(plan: Plan) -> str:
+    return "No cap" if plan.weekly_requests is None else f"{plan.weekly_requests:,} requests"
+
+
+def plan_limits(plan: Plan) -> list[tuple[str, str]]:
+    """One plan's limits as (label, value), for the docs and billing pages."""
+    return [
+        ("Requests per minute", _limit(plan.requests_per_minute)),
+        ("Tokens per minute", _limit(plan.tokens_per_minute)),
+        ("Concurrent requests", _limit(plan.concurrent_requests)),
+        ("Request allowance", _window(plan)),
+        ("Weekly allowance", _weekly(plan)),
+        ("Billing", "Prepaid balance: requests are served while it can pay for them" if plan.prepaid else "Usage is billed"),
+    ]
+
+
 def plan_rows(current: Plan, upgraded: Plan) -> list[PlanRow]:
     """The limits, allowances, models and prices of two plans, side by side."""
-
-    def window(plan: Plan) -> str:
-        if plan.window_requests is None or plan.window_seconds <= 0:
-            return "No cap"
-        return f"{plan.window_requests:,} per {window_words(plan.window_seconds)}"
+    window = _window
 
     rows = [
         PlanRow("Requests per minute", _limit(current.requests_per_minute), _limit(upgraded.requests_per_minute)),
         PlanRow("Tokens per minute", _limit(current.tokens_per_minute), _limit(upgraded.tokens_per_minute)),
         PlanRow("Concurrent requests", _limit(current.concurrent_requests), _limit(upgraded.concurrent_requests)),
         PlanRow("Request allowance", window(current), window(upgraded)),
-        PlanRow(
-            "Weekly allowance",
-            "No cap" if current.weekly_requests is None else f"{current.weekly_requests:,} requests",
-            "No cap" if upgraded.weekly_requests is None else f"{upgraded.weekly_requests:,} requests",
-        ),
+        PlanRow("Weekly allowance", _weekly(current), _weekly(upgraded)),
         PlanRow("Models", _models(current), _models(upgraded)),
     ]
     for alias, by_plan in prices_for_plans([current.pk, upgraded.pk]).items():
@@ -98,15 +124,94 @@ def _for_org(ctx: PortalContext, org: str) -> PortalContext | None:
     return None if chosen is None else PortalContext(user=ctx.user, membership=chosen, memberships=ctx.memberships)
 
 
-@portal_page
-def billing_page(request: HttpRequest) -> HttpResponse:
+def _chosen(request: HttpRequest) -> tuple[PortalContext | None, str]:
+    """The organization the page is about: `?org=` (slug or id) when given, else the session's; None: not the user's."""
     ctx: PortalContext = request.portal  # type: ignore[attr-defined]
     org_param = request.GET.get("org", "").strip()
     if org_param:
         chosen = _for_org(ctx, org_param)
         if chosen is None:
-            return render_portal(request, "billing/not_found.html", {"nav": "billing"}, status=404)
+            return None, org_param
         ctx = request.portal = chosen  # type: ignore[attr-defined]
+    return ctx, org_param
+
+
+def _not_found(request: HttpRequest) -> HttpResponse:
+    return render_portal(request, "billing/not_found.html", {"nav": "billing"}, status=404)
+
+
+def _back_to_billing(org_param: str, anchor: str = "alerts") -> HttpResponse:
+    query = f"?{urlencode({'org': org_param})}" if org_param else ""
+    return redirect(f"{reverse('portal:billing')}{query}#{anchor}")
+
+
+def spend_settings_initial(org: Organization) -> dict[str, object]:
+    def dollars(micros: int | None) -> Decimal | None:
+        # Whole cents read as such ("25.00"); anything finer keeps every micro-dollar ("0.000001").
+        if micros is None:
+            return None
+        exact = micros_to_dollars(micros)
+        return exact.quantize(Decimal("0.01")) if micros % MICROS_PER_CENT == 0 else exact.normalize()
+
+    return {
+        "daily_cap": dollars(org.spend_cap_daily_micros),
+        "monthly_cap": dollars(org.spend_cap_monthly_micros),
+        "alert_webhook_url": org.alert_webhook_url,
+    }
+
+
+@portal_page
+def billing_page(request: HttpRequest) -> HttpResponse:
+    ctx, org_param = _chosen(request)
+    if ctx is None:
+        return _not_found(request)
+    return _render_billing(request, ctx, org_param)
+
+
+@portal_page
+def spend_settings(request: HttpRequest) -> HttpResponse:
+    """POST: the organization's spend caps and alert webhook URL; owners and admins only."""
+    if request.method != "POST":
+        return HttpResponse(status=405, headers={"Allow": "POST"})
+    ctx, org_param = _chosen(request)
+    if ctx is None:
+        return _not_found(request)
+    if not ctx.can_manage_keys:
+        return forbidden(request, MANAGERS_ONLY)
+    form = SpendSettingsForm(request.POST)
+    if not form.is_valid():
+        return _render_billing(request, ctx, org_param, spend_form=form, status=400)
+    organization_spend_settings_update(
+        organization=ctx.organization,
+        spend_cap_daily_micros=form.micros("daily_cap"),
+        spend_cap_monthly_micros=form.micros("monthly_cap"),
+        alert_webhook_url=form.cleaned_data["alert_webhook_url"],
+    )
+    # A cap lowered below what was spent is crossed without a request: check now, in the alerts' own thread.
+    org_id = ctx.organization.pk
+    transaction.on_commit(lambda: spend_alert_worker.notify([org_id]))
+    messages.success(request, "Spend caps and alerts are saved. The gateway applies the caps within a second.")
+    return _back_to_billing(org_param)
+
+
+@portal_page
+def webhook_secret_rotate(request: HttpRequest) -> HttpResponse:
+    """POST: a new signing secret for the organization's alert webhooks; owners and admins only."""
+    if request.method != "POST":
+        return HttpResponse(status=405, headers={"Allow": "POST"})
+    ctx, org_param = _chosen(request)
+    if ctx is None:
+        return _not_found(request)
+    if not ctx.can_manage_keys:
+        return forbidden(request, MANAGERS_ONLY)
+    organization_webhook_secret_rotate(organization=ctx.organization)
+    messages.success(request, "A new signing secret is in place: webhooks from now on are signed with it, not the old one.")
+    return _back_to_billing(org_param)
+
+
+def _render_billing(
+    request: HttpRequest, ctx: PortalContext, org_param: str, *, spend_form: SpendSettingsForm | None = None, status: int = 200
+) -> HttpResponse:
     org = ctx.organization
     plan = org.plan
     now = timezone.now()
@@ -119,7 +224,7 @@ def billing_page(request: HttpRequest) -> HttpResponse:
     allowances = allowances_for(org.pk, current, now=now)
     balance = organization_balance(org.pk)
     month = period_totals(org.pk, month_start, month_end)
-    return render_portal(
+    response = render_portal(
         request,
         "billing/billing.html",
         {
@@ -138,7 +243,14 @@ def billing_page(request: HttpRequest) -> HttpResponse:
             "month_credits": month.credits_micros + month.adjustments_micros,
             "month_start": month_start,
             "ledger": ledger,
+            "offers": model_offers(org),
+            "spend_form": spend_form or SpendSettingsForm(initial=spend_settings_initial(org)),
             "org_query": f"{urlencode({'org': org_param})}&" if org_param else "",
             "payments": payments_panel(request, ctx, upgraded),
+            "org_param": org_param,
         },
+        status=status,
     )
+    if ctx.can_manage_keys and org.alert_webhook_secret:
+        add_never_cache_headers(response)  # it carries the webhook signing secret
+    return response

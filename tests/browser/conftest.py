@@ -34,6 +34,9 @@ def portal_server(django_db_setup, django_db_blocker, simulator, stripe_server: 
         EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
         EMAIL_FILE_PATH=str(mail_dir),
         PORTAL_PUBLIC_BASE_URL=server.url,
+        # Spend alerts to a receiver of the test's own on 127.0.0.1, checked soon after each usage batch.
+        PORTAL_ALERT_WEBHOOK_ALLOW_INSECURE="1",
+        PORTAL_SPEND_ALERT_INTERVAL_MS="50",
         # Its own cache namespace: rate-limit counters of earlier runs do not carry over.
         PORTAL_CACHE_PREFIX=f"portal-browser-{uuid.uuid4().hex[:8]}",
         # Payments on, through the fake Stripe.

@@ -38,7 +38,9 @@ def test_billing_page_near_the_limit_on_desktop_and_phone(portal: PortalServer, 
     # The free plan with a 10-request window, so nine real requests put the organization at 90%.
     Plan.objects.filter(slug="free").update(window_requests=10, weekly_requests=200)
     Plan.objects.get(slug="free").save()  # a save, not only an update: the gateway reloads its plans
-    ModelPrice.objects.create(alias=ALIAS, input_micros_per_million=250_000, output_micros_per_million=1_250_000)
+    ModelPrice.objects.update_or_create(
+        alias=ALIAS, plan=None, defaults={"input_micros_per_million": 250_000, "output_micros_per_million": 1_250_000}
+    )
     user = make_user(EMAIL, name="Bill Ing")
     org = make_org("billing-co", owner=user)
     ledger_entry_add(organization=org, kind="credit", amount_micros=5_000_000, memo="Welcome credit")

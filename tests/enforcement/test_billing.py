@@ -36,7 +36,10 @@ from usage.models import RequestLog, UsageEvent
 
 def test_the_ledger_balances_to_the_token_after_a_concurrent_burst(gateway: LiveGateway, sim: SimulatorServer) -> None:
     input_price, output_price = 1_234_567, 2_345_679  # micro-units per million tokens: every request rounds up
-    ModelPrice.objects.create(alias=ALIAS, input_micros_per_million=input_price, output_micros_per_million=output_price)
+    # The alias has its default price since it was synced (billing.signals): this test sets its own.
+    ModelPrice.objects.update_or_create(
+        alias=ALIAS, plan=None, defaults={"input_micros_per_million": input_price, "output_micros_per_million": output_price}
+    )
     key = new_org_key("pro", gateway)
     kinds = [(CHAT, False), (CHAT, True), (MESSAGES, False), (MESSAGES, True), (ENVELOPE, False)]
     requests = []
@@ -80,7 +83,9 @@ def test_the_ledger_balances_to_the_token_after_a_concurrent_burst(gateway: Live
 def test_a_429_is_logged_and_never_billed(gateway: LiveGateway) -> None:
     window_room(3600)
     minute_room()
-    ModelPrice.objects.create(alias=ALIAS, input_micros_per_million=1_000_000, output_micros_per_million=2_000_000)
+    ModelPrice.objects.update_or_create(
+        alias=ALIAS, plan=None, defaults={"input_micros_per_million": 1_000_000, "output_micros_per_million": 2_000_000}
+    )
     plan = make_plan(rpm=2, window_requests=3)
     key = new_org_key(plan, gateway)
     ok = [send(gateway, key, CHAT, text=f"ok {i}") for i in range(2)]

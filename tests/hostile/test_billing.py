@@ -184,7 +184,7 @@ def scripted(gateway: LiveGateway) -> Iterator[ScriptedRouter]:
     RouterEndpoint.objects.create(pool=pool, base_url=router.base_url)
     RouterSession.objects.create(pool=pool, session_id=1)
     ModelAlias.objects.create(alias=SCRIPTED, pool=pool, upstream_timeout_s=3)
-    ModelPrice.objects.create(alias=SCRIPTED, input_micros_per_million=1_000_000, output_micros_per_million=2_000_000)
+    ModelPrice.objects.filter(alias=SCRIPTED).update(input_micros_per_million=1_000_000, output_micros_per_million=2_000_000)
     wait_until_gateway_caught_up(gateway)
     yield router
     router.stop()

@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0005_organization_caps_alerts_stripe_user_time_zone'),
-        ('billing', '0006_plan_prepaid_monthly_price_stripe'),
+        ('billing', '0008_spend_alert'),
     ]
 
     operations = [
