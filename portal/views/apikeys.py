@@ -11,10 +11,12 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import messages
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
+from django.urls import reverse
+from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.csrf import csrf_protect
 from drf_spectacular.utils import extend_schema
@@ -26,9 +28,10 @@ from rest_framework.response import Response
 from accounts.models import Organization
 from apikeys.issuers import KeyIssuerUnavailable
 from apikeys.models import ApiKey, ApiKeyEvent
-from apikeys.services import PLAYGROUND_ACTOR_LABEL, CreatedKey, apikey_create, apikey_list, apikey_revoke, expiry_in_days
+from apikeys.services import PLAYGROUND_ACTOR_LABEL, apikey_create, apikey_list, apikey_revoke, expiry_in_days
 from billing.selectors import models_for_organization
 from gateway.errors import catalog as error_catalog  # the docs page's error table
+from portal.allowances import allowances_for
 from portal.context import (
     ORG_PARAMETER,
     PortalAPIView,
@@ -75,11 +78,25 @@ class KeyCreateForm(forms.Form):
     expires_in_days = forms.ChoiceField(choices=EXPIRY_CHOICES, required=False, label="Expires")
 
 
+# The raw key of a key just created, kept in the session between the POST and the GET it redirects to, and popped
+# by that GET: reloading the page neither shows it again nor creates another key (post/redirect/get).
+CREATED_KEY_SLOT = "portal_created_key"
+
+
+def duplicate_name_error(organization: Organization, name: str) -> str | None:
+    """Two active keys of one organization with one name cannot be told apart in the list or the usage breakdown."""
+    name = name.strip()
+    active = Q(revoked_at__isnull=True) & (Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
+    if name and keys_for_listing(organization).filter(active, name__iexact=name, is_playground=False).exists():
+        return f"This organization already has an active key named “{name}”: choose another name, or revoke that key first."
+    return None
+
+
 @csrf_protect
 @portal_page
 def api_keys_page(request: HttpRequest) -> HttpResponse:
     ctx: PortalContext = request.portal  # type: ignore[attr-defined]
-    created: CreatedKey | None = None
+    created: dict[str, Any] | None = None
     form = KeyCreateForm()
     status_code = 200
     if request.method == "POST":
@@ -92,25 +109,38 @@ def api_keys_page(request: HttpRequest) -> HttpResponse:
         status_code = 400
         if form.is_valid():
             days = form.cleaned_data["expires_in_days"]
-            try:
-                created = apikey_create(
-                    organization=ctx.organization,
-                    name=form.cleaned_data["name"],
-                    created_by=ctx.user,
-                    expires_at=expiry_in_days(int(days)) if days else None,
-                    actor_label="portal",
-                    source_ip=client_ip(request),
-                )
-            except KeyIssuerUnavailable:
-                form.add_error(None, "Keys cannot be created right now; please try again in a minute.")
-                status_code = 503
-            except ValueError as exc:
-                form.add_error("name", str(exc))
+            duplicate = duplicate_name_error(ctx.organization, form.cleaned_data["name"])
+            if duplicate:
+                form.add_error("name", duplicate)
             else:
-                form = KeyCreateForm()
-                status_code = 201
+                try:
+                    made = apikey_create(
+                        organization=ctx.organization,
+                        name=form.cleaned_data["name"],
+                        created_by=ctx.user,
+                        expires_at=expiry_in_days(int(days)) if days else None,
+                        actor_label="portal",
+                        source_ip=client_ip(request),
+                    )
+                except KeyIssuerUnavailable:
+                    form.add_error(None, "Keys cannot be created right now; please try again in a minute.")
+                    status_code = 503
+                except ValueError as exc:
+                    form.add_error("name", str(exc))
+                else:
+                    request.session[CREATED_KEY_SLOT] = {
+                        "organization_id": ctx.organization.pk,
+                        "name": made.api_key.name,
+                        "raw": made.raw,
+                    }
+                    return redirect(reverse("portal:api-keys") + "#new-key", permanent=False)
     elif request.method != "GET":
         return HttpResponse(status=405, headers={"Allow": "GET, POST"})
+    else:
+        slot = request.session.pop(CREATED_KEY_SLOT, None)
+        # Shown only in the organization it was made for (the user may have switched in another tab).
+        if isinstance(slot, dict) and slot.get("organization_id") == ctx.organization.pk:
+            created = slot
     aliases = models_for_organization(ctx.organization)
     default_model = settings.PORTAL_DEFAULT_MODEL if any(a.alias == settings.PORTAL_DEFAULT_MODEL for a in aliases) else None
     response = render_portal(
@@ -123,10 +153,11 @@ def api_keys_page(request: HttpRequest) -> HttpResponse:
             "created": created,
             "base_url": settings.PORTAL_PUBLIC_BASE_URL,
             "example_model": default_model or (aliases[0].alias if aliases else "oss-20b"),
+            "warnings": [a for a in allowances_for(ctx.organization.pk, ctx.organization.plan, now=timezone.now()) if a.is_near],
         },
         status=status_code,
     )
-    # The one response that carries a raw key must not be kept by the browser or any cache.
+    # The response that carries a raw key must not be kept by the browser or any cache.
     add_never_cache_headers(response)
     return response
 
@@ -192,6 +223,9 @@ class ApiKeyCollection(PortalAPIView):
             )
         body = ApiKeyCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
+        duplicate = duplicate_name_error(ctx.organization, body.validated_data["name"])
+        if duplicate:
+            raise ValidationError({"name": [duplicate]})
         try:
             created = apikey_create(
                 organization=ctx.organization,

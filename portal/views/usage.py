@@ -135,6 +135,7 @@ def usage_page(request: HttpRequest) -> HttpResponse:
             "by_key": by_key.rows,
             "latest": latest,
             "allowances": allowances,
+            "warnings": [a for a in allowances if a.is_near],  # the banner of portal/_limit_banners.html
             "plan": org.plan,
             "presets": [(label, DateRange(today - timedelta(days=days - 1), today)) for label, days in PRESETS],
             "live": live,
