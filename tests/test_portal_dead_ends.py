@@ -7,11 +7,14 @@ import re
 from datetime import timedelta
 
 import pytest
+from allauth.account.models import EmailAddress
+from django.core import mail
 from django.test import Client
 from django.utils import timezone
 
 import gateway.limits
-from tests.support.portal import Team, ensure_site_and_plans, make_team, portal_settings  # noqa: F401
+from accounts.models import Invitation, Membership, User
+from tests.support.portal import PASSWORD, Team, ensure_site_and_plans, make_team, make_user, portal_settings  # noqa: F401
 from usage.models import UsageEvent
 
 pytestmark = pytest.mark.django_db
@@ -81,3 +84,141 @@ def test_a_nearly_used_allowance_is_a_warning_not_an_error(team: Team) -> None:
     (banner,) = _banners(html)
     assert banner.startswith("You have used 85% of your 3-hour request allowance (85 of 100 requests)"), banner
     assert 'class="alert alert-warning allowance-alert"' in html
+
+
+# --- E-mail verification --------------------------------------------------------------------------------------
+
+
+LINK = re.compile(r"https?://\S+")
+
+
+def sign_up(client: Client, email: str) -> object:
+    return client.post("/accounts/signup/", {"email": email, "password1": PASSWORD, "password2": PASSWORD})
+
+
+def test_the_verification_page_offers_a_resend_a_change_of_address_and_a_contact(settings) -> None:  # noqa: ANN001
+    settings.PORTAL_SUPPORT_EMAIL = "help@cortensor.example"
+    client = Client()
+    assert sign_up(client, "typo@exmaple.com").status_code == 302
+    page = client.get("/accounts/confirm-email/").content.decode()
+    assert '<strong id="pending-address">typo@exmaple.com</strong>' in page
+    assert 'action="/portal/verify-email/resend"' in page and 'action="/portal/verify-email/change-address"' in page
+    assert '<a href="mailto:help@cortensor.example">help@cortensor.example</a>' in page
+    assert 'id="mail-to-terminal"' not in page  # the tests' backend is locmem, not the console
+    assert len(mail.outbox) == 1
+
+    resent = client.post("/portal/verify-email/resend", follow=True)
+    assert resent.redirect_chain[-1][0] == "/accounts/confirm-email/"
+    assert [m.to for m in mail.outbox] == [["typo@exmaple.com"], ["typo@exmaple.com"]]
+
+    changed = client.post("/portal/verify-email/change-address", {"email": "Right@Example.com"}, follow=True)
+    assert '<strong id="pending-address">right@example.com</strong>' in changed.content.decode()
+    user = User.objects.get(email="right@example.com")
+    assert list(EmailAddress.objects.filter(user=user).values_list("email", "verified", "primary")) == [
+        ("right@example.com", False, True)
+    ]
+    assert mail.outbox[-1].to == ["right@example.com"]
+    link = next(url for url in LINK.findall(mail.outbox[-1].body) if "/accounts/confirm-email/" in url)
+    done = client.post(link.split("testserver", 1)[1], follow=True)
+    assert done.status_code == 200 and EmailAddress.objects.get(user=user).verified
+    # Once confirmed, the forms act for nobody.
+    assert client.post("/portal/verify-email/change-address", {"email": "x@example.com"})["Location"] == "/accounts/login/"
+    assert User.objects.get(pk=user.pk).email == "right@example.com"
+
+
+def test_changing_to_an_address_in_use_changes_nothing_and_says_the_same(settings) -> None:  # noqa: ANN001
+    make_user("taken@example.com")
+    client = Client()
+    sign_up(client, "mine@example.com")
+    answer = client.post("/portal/verify-email/change-address", {"email": "taken@example.com"}, follow=True)
+    assert "We sent a message to taken@example.com" in answer.content.decode()
+    assert User.objects.filter(email="mine@example.com").exists()
+    assert mail.outbox[-1].to == ["taken@example.com"] and "confirm-email" not in mail.outbox[-1].body
+    refused = client.post("/portal/verify-email/change-address", {"email": "not an address"}, follow=True)
+    assert "That is not an e-mail address" in refused.content.decode()
+    # Without a sign-up in this session there is nothing to act for.
+    assert Client().post("/portal/verify-email/resend")["Location"] == "/accounts/login/"
+
+
+def test_the_page_says_mail_goes_to_the_terminal_with_the_console_backend(settings) -> None:  # noqa: ANN001
+    settings.EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+    settings.PORTAL_SUPPORT_EMAIL = ""
+    page = Client().get("/accounts/confirm-email/").content.decode()
+    assert "This deployment prints its mail in the terminal" in page
+
+
+def test_make_runs_banner_says_where_mail_goes() -> None:
+    from portal_project.devserver import mail_note
+
+    assert mail_note({}) == "  mail (sign-up confirmations, invitations) is printed in this terminal, not sent\n"
+    assert mail_note({"EMAIL_HOST": "smtp.example.com"}) == ""
+
+
+# --- Invitations ----------------------------------------------------------------------------------------------
+
+
+def _invite(team: Team, email: str) -> Invitation:
+    response = team.client(team.owner).post("/portal/organization", {"email": email, "role": "member"})
+    assert response.status_code == 302
+    return Invitation.objects.get(organization=team.acme, email=email)
+
+
+def test_signing_up_from_an_invitation_prefills_the_address_and_joins_without_a_workspace_or_a_second_mail(
+    team: Team,
+) -> None:
+    invitation = _invite(team, "newbie@example.com")
+    sent = len(mail.outbox)
+    invitee = Client()
+    landing = invitee.get(f"/portal/invitations/{invitation.token}").content.decode()
+    assert f'href="/portal/invitations/{invitation.token}/sign-up"' in landing
+    form = invitee.get(f"/portal/invitations/{invitation.token}/sign-up", follow=True)
+    assert form.redirect_chain[-1][0] == "/accounts/signup/"
+    assert 'value="newbie@example.com"' in form.content.decode()
+    done = sign_up(invitee, "newbie@example.com")
+    assert done.status_code == 302  # signed in at once: the link proved the address
+    user = User.objects.get(email="newbie@example.com")
+    assert EmailAddress.objects.get(user=user).verified
+    assert list(Membership.objects.filter(user=user).values_list("organization__slug", "role")) == [("acme", "member")]
+    assert len(mail.outbox) == sent  # no verification mail
+    page = invitee.get(done["Location"], follow=True).content.decode()
+    banners = re.findall(r'<div class="alert alert-success">(.*?)</div>', page)
+    assert banners == ["Welcome to Acme: you joined as member."]
+    assert "acme backend" in invitee.get("/portal/api-keys", HTTP_ACCEPT="text/html").content.decode()
+
+
+def test_signing_up_from_an_invitation_with_another_address_confirms_by_mail_and_joins_nothing(team: Team) -> None:
+    invitation = _invite(team, "invited@example.com")
+    invitee = Client()
+    invitee.get(f"/portal/invitations/{invitation.token}/sign-up")
+    assert sign_up(invitee, "other@example.com")["Location"] == "/accounts/confirm-email/"
+    user = User.objects.get(email="other@example.com")
+    assert list(EmailAddress.objects.filter(user=user).values_list("email", "verified")) == [("other@example.com", False)]
+    assert list(Membership.objects.filter(user=user).values_list("role", flat=True)) == ["owner"]  # their own workspace
+    invitation.refresh_from_db()
+    assert invitation.is_pending
+
+
+# --- Profile: the password form -------------------------------------------------------------------------------
+
+
+def test_a_wrong_current_password_stays_on_the_profile_page_with_the_error(team: Team) -> None:
+    client = team.client(team.member)
+    answer = client.post(
+        "/portal/profile/password",
+        {"oldpassword": "not-it", "password1": "brand-new-secret-42", "password2": "brand-new-secret-42"},
+    )
+    assert answer.status_code == 400
+    page = answer.content.decode()
+    assert "<h1>Profile</h1>" in page and 'class="shell"' in page  # the portal's page, not allauth's
+    assert re.search(r'id="oldpassword-error">Please type your current password.</p>', page)
+    assert User.objects.get(pk=team.member.pk).check_password(PASSWORD)
+    mail.outbox.clear()
+    changed = client.post(
+        "/portal/profile/password",
+        {"oldpassword": PASSWORD, "password1": "brand-new-secret-42", "password2": "brand-new-secret-42"},
+    )
+    assert changed.status_code == 302 and changed["Location"] == "/portal/profile#password"
+    assert User.objects.get(pk=team.member.pk).check_password("brand-new-secret-42")
+    # The security notice, to the account's own address.
+    (notice,) = mail.outbox
+    assert notice.to == [team.member.email] and "password" in notice.subject.lower()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import smtplib
 
+from allauth.account.forms import ChangePasswordForm
+from allauth.account.internal import flows
 from allauth.account.models import EmailAddress
+from allauth.decorators import rate_limit
 from allauth.usersessions.forms import ManageUserSessionsForm
 from allauth.usersessions.models import UserSession
 from django.contrib import messages
@@ -17,6 +20,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
 from accounts.models import Invitation, Membership
@@ -80,11 +84,43 @@ def profile(request: HttpRequest) -> HttpResponse:
             user_update_profile(user=ctx.user, name=form.cleaned_data["name"])
             messages.success(request, "Your name is saved.")
             return redirect("portal:profile")
+    return _profile_page(request, ctx, form=form)
+
+
+def _profile_page(
+    request: HttpRequest, ctx: PortalContext, *, form: ProfileForm, password_form: ChangePasswordForm | None = None
+) -> HttpResponse:
     return render_portal(
         request,
         "accounts/profile.html",
-        {"nav": "profile", "form": form, "sessions": _sessions(request), "impact": _deletion_impact(ctx)},
+        {
+            "nav": "profile",
+            "form": form,
+            "password_form": password_form,
+            "sessions": _sessions(request),
+            "impact": _deletion_impact(ctx),
+        },
+        status=400 if password_form is not None else 200,
     )
+
+
+@require_POST
+@sensitive_post_parameters("oldpassword", "password1", "password2")
+@rate_limit(action="change_password")
+@portal_page
+def change_password(request: HttpRequest) -> HttpResponse:
+    """The profile page's password form. A wrong current password, or a new one the validators refuse, comes back on
+    the profile page with the error under its field (allauth's own page is another look and loses the context)."""
+    ctx: PortalContext = request.portal  # type: ignore[attr-defined]
+    if not ctx.user.has_usable_password():
+        return redirect("account_set_password")
+    form = ChangePasswordForm(data=request.POST, user=ctx.user)
+    if not form.is_valid():
+        return _profile_page(request, ctx, form=ProfileForm(initial={"name": ctx.user.name}), password_form=form)
+    form.save()
+    # allauth's own ending: other sessions out, "Password successfully changed.", the security mail, the signal.
+    flows.password_change.finalize_password_change(request, ctx.user)
+    return redirect(reverse("portal:profile") + "#password")
 
 
 @require_POST

@@ -87,7 +87,8 @@ def duplicate_name_error(organization: Organization, name: str) -> str | None:
     """Two active keys of one organization with one name cannot be told apart in the list or the usage breakdown."""
     name = name.strip()
     active = Q(revoked_at__isnull=True) & (Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
-    if name and keys_for_listing(organization).filter(active, name__iexact=name, is_playground=False).exists():
+    same = apikey_list(organization=organization).filter(active, name__iexact=name)
+    if name and same.exclude(events__actor_label=PLAYGROUND_ACTOR_LABEL).exists():
         return f"This organization already has an active key named “{name}”: choose another name, or revoke that key first."
     return None
 
