@@ -188,6 +188,11 @@
       row.appendChild(cell(statusBadge(event), "nowrap"));
       row.appendChild(cell((event.total_tokens || 0).toLocaleString("en-US"), "num"));
       row.appendChild(cell(event.duration_ms + " ms", "num nowrap"));
+      // Each cell names its column, as the page's own rows do, for the one-card-per-row layout on a phone.
+      Array.prototype.forEach.call(row.cells, function (td, i) {
+        var head = latest.tHead && latest.tHead.rows[0].cells[i];
+        if (i > 0 && head) td.setAttribute("data-label", head.textContent);
+      });
       body.insertBefore(row, body.firstChild);
       while (body.rows.length > MAX_ROWS) body.deleteRow(body.rows.length - 1);
       bump("kpi-requests", 1);
