@@ -222,3 +222,46 @@ def test_a_wrong_current_password_stays_on_the_profile_page_with_the_error(team:
     # The security notice, to the account's own address.
     (notice,) = mail.outbox
     assert notice.to == [team.member.email] and "password" in notice.subject.lower()
+
+
+# --- allauth's pages in the portal's look ---------------------------------------------------------------------
+
+
+def _labels(html: str) -> list[str]:
+    return [" ".join(re.sub(r"<[^>]+>", "", label).split()) for label in re.findall(r"<label[^>]*>(.*?)</label>", html, re.S)]
+
+
+def test_sign_in_and_sign_up_use_sentence_case_labels_without_colons() -> None:
+    login = Client().get("/accounts/login/").content.decode()
+    assert "<h1>Sign in</h1>" in login
+    assert _labels(login) == ["Email", "Password", "Remember me"]
+    signup = Client().get("/accounts/signup/").content.decode()
+    assert "<h1>Create an account</h1>" in signup
+    assert _labels(signup) == ["Email", "Password", "Password (again)"]
+
+
+def test_a_password_error_shows_under_the_password_field_not_the_address() -> None:
+    page = (
+        Client()
+        .post("/accounts/signup/", {"email": "x@example.com", "password1": PASSWORD, "password2": PASSWORD + "x"})
+        .content.decode()
+    )
+    # The error follows the second password's input, after the address and first password fields.
+    error = page.index('class="field-error"')
+    assert page.index('name="email"') < page.index('name="password2"') < error
+    assert "You must type the same password each time." in page[error : error + 200]
+    make_user("known@example.com")
+    login = Client().post("/accounts/login/", {"login": "known@example.com", "password": "wrong"}).content.decode()
+    alert = login.index('class="alert alert-error form-errors"')
+    assert login.index('name="password"') < alert < login.index('type="submit"')
+
+
+def test_the_only_confirmed_address_offers_neither_make_primary_nor_remove(team: Team) -> None:
+    client = team.client(team.member)
+    page = client.get("/accounts/email/").content.decode()
+    assert "member@acme.test" in page and "Confirmed" in page and "Primary" in page
+    assert "action_primary" not in page and "action_remove" not in page
+    EmailAddress.objects.create(user=team.member, email="second@acme.test", verified=True, primary=False)
+    page = client.get("/accounts/email/").content.decode()
+    second = page[page.index('data-address="second@acme.test"') :]
+    assert 'name="action_primary"' in second and 'name="action_remove"' in second

@@ -107,3 +107,12 @@ def unverified_address(context: template.Context) -> str:
     request = context.get("request")
     pending = unverified_account(request) if request is not None else None
     return pending[1].email if pending is not None else ""
+
+
+@register.filter
+def sentence_case(label: object) -> str:
+    """allauth's labels in the portal's wording: "Remember Me" → "Remember me", "New Password (again)" → "New password
+    (again)"; the first letter stays, the rest of each word's capital goes, a trailing colon too."""
+    text = str(label).strip().rstrip(":")
+    words = text.split(" ")
+    return " ".join([words[0], *(w.lower() if w[:1].isupper() and w[1:].islower() else w for w in words[1:])])
