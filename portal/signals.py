@@ -40,4 +40,7 @@ def join_invitation_at_sign_up(sender: Any, request: HttpRequest | None, user: U
 
 
 def connect_signals() -> None:
+    from portal import notifications
+
     user_signed_up.connect(join_invitation_at_sign_up, dispatch_uid="portal.join_invitation_at_sign_up")
+    notifications.connect_signals()
