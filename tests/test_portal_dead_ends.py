@@ -265,3 +265,51 @@ def test_the_only_confirmed_address_offers_neither_make_primary_nor_remove(team:
     page = client.get("/accounts/email/").content.decode()
     second = page[page.index('data-address="second@acme.test"') :]
     assert 'name="action_primary"' in second and 'name="action_remove"' in second
+
+
+# --- The first-run checklist ----------------------------------------------------------------------------------
+
+
+def test_the_checklist_follows_a_new_organization_then_gives_way_to_usage(team: Team) -> None:
+    from apikeys.models import ApiKey
+    from apikeys.services import apikey_get_or_create_playground
+    from tests.support.portal import make_org
+
+    user = make_user("fresh@example.com")
+    org = make_org("fresh", owner=user)
+    client = Client()
+    client.force_login(user)
+    page = client.get("/portal/").content.decode()
+    assert "Get started with Fresh" in page
+    assert 'class="step is-done" id="step-email"' in page
+    assert 'class="step " id="step-key"' in page and 'href="/portal/api-keys#create-key"' in page
+    assert "Waiting for your first request…" in page and 'data-live-url="/portal/ws/usage?org=' in page
+    apikey_get_or_create_playground(organization=org)  # the playground's own key is not "your first key"
+    assert 'class="step " id="step-key"' in client.get("/portal/").content.decode()
+    key = ApiKey.objects.create(
+        organization=org, name="laptop", public_id="pub-fresh", prefix="ctr_x", key_hash="h", last_four="abcd"
+    )
+    UsageEvent.objects.create(
+        request_id="req_first",
+        organization=org,
+        api_key=key,
+        alias="oss-20b",
+        route="chat.completions",
+        status="ok",
+        http_status=200,
+    )
+    page = client.get("/portal/").content.decode()
+    assert page.count('class="step is-done"') == 3 and "We saw <code" in page and "req_first" in page
+    assert "data-live-url" not in page  # nothing left to wait for
+    # A day after the first request, /portal/ is the usage page.
+    UsageEvent.objects.filter(request_id="req_first").update(created_at=timezone.now() - timedelta(days=1, seconds=1))
+    assert client.get("/portal/")["Location"] == "/portal/usage"
+    # A member who cannot create keys is told whom to ask.
+    from tests.support.portal import add_member
+
+    keyless = make_org("keyless", owner=team.outsider)
+    ApiKey.objects.filter(organization=keyless).delete()
+    add_member(keyless, user, "member")
+    client.post("/portal/organization/switch", {"organization": keyless.pk, "next": "/portal/"})
+    member_page = client.get("/portal/").content.decode()
+    assert "Owners and admins of Keyless create keys: ask one of them for yours." in member_page

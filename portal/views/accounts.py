@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+from datetime import timedelta
 
 from allauth.account.forms import ChangePasswordForm
 from allauth.account.internal import flows
@@ -10,6 +11,7 @@ from allauth.account.models import EmailAddress
 from allauth.decorators import rate_limit
 from allauth.usersessions.forms import ManageUserSessionsForm
 from allauth.usersessions.models import UserSession
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import logout
 from django.core.mail import send_mail
@@ -41,15 +43,47 @@ from accounts.services import (
     user_update_profile,
 )
 from apikeys.models import ApiKey
-from apikeys.services import user_delete
+from apikeys.services import PLAYGROUND_ACTOR_LABEL, user_delete
 from portal.context import SESSION_ORG_KEY, PortalContext, forbidden, portal_page, render_portal
 from portal.forms import DeleteAccountForm, InviteForm, ProfileForm, RoleForm, TransferForm
 from portal_project.proxies import client_ip
+from usage.models import UsageEvent
+from usage.selectors import read_snapshot, usage_feed_cursor
+
+# How long after its first request an organization still lands on the first-run checklist (with every step ticked
+# and the next steps) before /portal/ goes to its usage.
+CHECKLIST_AFTER_FIRST_REQUEST = timedelta(days=1)
 
 
 @portal_page
 def home(request: HttpRequest) -> HttpResponse:
-    return redirect("portal:api-keys")
+    """A new organization's first run: a checklist (address confirmed, first key, first request, ticked live over the
+    usage feed when it lands), then the next steps; an organization that is under way goes to its usage."""
+    ctx: PortalContext = request.portal  # type: ignore[attr-defined]
+    org = ctx.organization
+    customer_keys = ApiKey.objects.filter(organization=org).exclude(events__actor_label=PLAYGROUND_ACTOR_LABEL)
+    # Any request made with a key counts, as the live feed that ticks the step sees it (the playground's too).
+    requests = UsageEvent.objects.filter(organization=org, api_key__isnull=False)
+    with read_snapshot():
+        cursor = usage_feed_cursor()
+        first = requests.order_by("created_at", "id").only("request_id", "created_at", "alias", "route", "http_status").first()
+    if first is not None and first.created_at < timezone.now() - CHECKLIST_AFTER_FIRST_REQUEST:
+        return redirect("portal:usage")
+    plan = org.plan
+    return render_portal(
+        request,
+        "portal/home.html",
+        {
+            "nav": "home",
+            "email_confirmed": EmailAddress.objects.filter(user=ctx.user, verified=True).exists(),
+            "first_key": customer_keys.order_by("created_at", "id").first(),
+            "first_request": first,
+            "live_cursor": str(cursor),
+            "plan": plan,
+            "base_url": settings.PORTAL_PUBLIC_BASE_URL,
+            "model": settings.PORTAL_DEFAULT_MODEL or "oss-20b",
+        },
+    )
 
 
 def _sessions(request: HttpRequest) -> list[UserSession]:

@@ -541,3 +541,53 @@
     });
   }
 })();
+
+// --- The first-run checklist: "waiting for your first request…" ticks itself over the usage feed ----------------
+(function () {
+  var step = document.getElementById("step-request");
+  if (!step || !step.dataset.liveUrl || !("WebSocket" in window)) return;
+  var cursor = step.dataset.liveCursor || "";
+  var retry = 1000;
+  var done = false;
+
+  function tick(event) {
+    if (done) return;
+    done = true;
+    step.classList.add("is-done", "is-new");
+    var state = step.querySelector(".step-state");
+    if (state) state.textContent = "done";
+    var status = document.getElementById("first-request-status");
+    status.textContent = "";
+    status.appendChild(document.createTextNode("We saw "));
+    var id = document.createElement("code");
+    id.className = "mono";
+    id.textContent = event.request_id;
+    status.appendChild(id);
+    status.appendChild(document.createTextNode(" (" + event.model + " · " + event.route + ", " + event.http_status + ")" +
+      (event.key ? " with “" + event.key.name + "”" : "") + ": your first request. Next steps below."));
+  }
+
+  function connect() {
+    var scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    var url = step.dataset.liveUrl + (cursor ? "&after=" + encodeURIComponent(cursor) : "");
+    var socket = new WebSocket(scheme + location.host + url);
+    socket.onmessage = function (message) {
+      var data = JSON.parse(message.data);
+      if (data.type === "ready") {
+        retry = 1000;
+        if (data.cursor) cursor = data.cursor;
+        var events = (data.events || []).filter(function (e) { return e.key; });
+        if (events.length) tick(events[0]);
+      } else if (data.type === "cursor") cursor = data.cursor;
+      else if (data.type === "request" && data.key) tick(data);
+      if (done) socket.close();
+    };
+    socket.onclose = function (event) {
+      if (done || event.code === 4401 || event.code === 4403) return;
+      if (event.code === 4400) cursor = "";
+      setTimeout(connect, retry);
+      retry = Math.min(retry * 2, 30000);
+    };
+  }
+  connect();
+})();
