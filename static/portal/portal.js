@@ -45,6 +45,19 @@
     });
   }
 
+  // A screen reader hears what was copied: the button's own text only flips to "Copied".
+  var announcer = null;
+  function announce(text) {
+    if (!announcer) {
+      announcer = document.createElement("div");
+      announcer.className = "visually-hidden";
+      announcer.setAttribute("aria-live", "polite");
+      announcer.id = "copy-status";
+      document.body.appendChild(announcer);
+    }
+    announcer.textContent = text;
+  }
+
   document.addEventListener("click", function (event) {
     var button = event.target.closest("[data-copy-target]");
     if (!button) return;
@@ -52,6 +65,7 @@
     if (!target) return;
     var label = button.textContent;
     copyText(target.textContent.trim()).then(function () {
+      announce("Copied " + (button.getAttribute("aria-label") || "").replace(/^Copy /, ""));
       button.textContent = "Copied";
       button.classList.add("is-done");
       setTimeout(function () { button.textContent = label; button.classList.remove("is-done"); }, 1600);

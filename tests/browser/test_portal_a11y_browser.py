@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"browser te
 @pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
 def test_skip_link_docs_tabs_and_copy_buttons_work_from_the_keyboard(portal: PortalServer, browser, viewport) -> None:  # noqa: ANN001
     make_verified_user(f"keys{viewport['width']}@example.com")
-    context = browser.new_context(viewport=viewport)
+    context = browser.new_context(viewport=viewport, permissions=["clipboard-read", "clipboard-write"])
     page = context.new_page()
     sign_in(page, portal, f"keys{viewport['width']}@example.com")
     page.goto(f"{portal.url}/portal/docs")
@@ -51,6 +51,9 @@ def test_skip_link_docs_tabs_and_copy_buttons_work_from_the_keyboard(portal: Por
     labels = page.eval_on_selector_all("[data-copy-target]", "nodes => nodes.map(n => n.getAttribute('aria-label'))")
     assert labels and all(label and label.startswith("Copy the ") for label in labels), labels
     assert "Copy the base URL" in labels and "Copy the code: curl · chat completion" in labels
+    page.click("button[data-copy-target=base-url]")
+    page.wait_for_selector("#copy-status:not(:empty)", state="attached")  # (wait_for_function would eval: CSP)
+    assert page.inner_text("#copy-status") == "Copied the base URL"
     context.close()
 
 
