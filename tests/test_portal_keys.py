@@ -96,6 +96,17 @@ def test_the_new_key_is_shown_only_in_the_organization_it_was_made_for(team: Tea
     assert 'id="new-key-value"' not in page and "acme only" not in page
 
 
+def test_a_new_key_not_fetched_within_five_minutes_is_never_shown(team: Team, monkeypatch) -> None:  # noqa: ANN001
+    from datetime import timedelta
+
+    client = team.client(team.admin)
+    assert client.post("/portal/api-keys", {"name": "forgotten"}).status_code == 302
+    later = timezone.now() + timedelta(seconds=301)
+    monkeypatch.setattr(timezone, "now", lambda: later)
+    page = client.get("/portal/api-keys", HTTP_ACCEPT="text/html").content.decode()
+    assert 'id="new-key-value"' not in page and "portal_created_key" not in client.session
+
+
 def test_a_second_active_key_with_the_same_name_is_refused_with_a_form_error(team: Team) -> None:
     client = team.client(team.owner)
     refused = client.post("/portal/api-keys", {"name": "  ACME backend "})  # the fixture's key is "acme backend"

@@ -79,8 +79,11 @@ class KeyCreateForm(forms.Form):
 
 
 # The raw key of a key just created, kept in the session between the POST and the GET it redirects to, and popped
-# by that GET: reloading the page neither shows it again nor creates another key (post/redirect/get).
+# by that GET: reloading the page neither shows it again nor creates another key (post/redirect/get). A slot older
+# than CREATED_KEY_SHOWN_FOR_S (the redirect was never followed) is dropped unseen: the key is then lost, as a key
+# whose page was closed is.
 CREATED_KEY_SLOT = "portal_created_key"
+CREATED_KEY_SHOWN_FOR_S = 300
 
 
 def duplicate_name_error(organization: Organization, name: str) -> str | None:
@@ -133,6 +136,7 @@ def api_keys_page(request: HttpRequest) -> HttpResponse:
                         "organization_id": ctx.organization.pk,
                         "name": made.api_key.name,
                         "raw": made.raw,
+                        "at": timezone.now().timestamp(),
                     }
                     return redirect(reverse("portal:api-keys") + "#new-key", permanent=False)
     elif request.method != "GET":
@@ -140,7 +144,8 @@ def api_keys_page(request: HttpRequest) -> HttpResponse:
     else:
         slot = request.session.pop(CREATED_KEY_SLOT, None)
         # Shown only in the organization it was made for (the user may have switched in another tab).
-        if isinstance(slot, dict) and slot.get("organization_id") == ctx.organization.pk:
+        fresh = isinstance(slot, dict) and timezone.now().timestamp() - float(slot.get("at", 0)) <= CREATED_KEY_SHOWN_FOR_S
+        if fresh and slot["organization_id"] == ctx.organization.pk:
             created = slot
     aliases = models_for_organization(ctx.organization)
     default_model = settings.PORTAL_DEFAULT_MODEL if any(a.alias == settings.PORTAL_DEFAULT_MODEL for a in aliases) else None
