@@ -53,6 +53,11 @@ def test_sign_up_create_copy_call_watch_live_revoke(portal: PortalServer, browse
     page.click("button[type=submit]")
     page.wait_for_url(f"{portal.url}/accounts/confirm-email/")
     assert "Confirm your e-mail address" in page.content()
+    assert page.inner_text("#pending-address") == EMAIL
+    assert page.locator("#resend button", has_text="Send the link again").is_visible()
+    page.click("#change-address summary")
+    assert page.locator("#id_change_email").input_value() == EMAIL
+    shot(page, "verify-email")
     confirm = link_in(portal.mail_to(EMAIL, after=started), "/accounts/confirm-email/")
     assert confirm.startswith(portal.url)
     page.goto(confirm)
