@@ -54,6 +54,13 @@ class PortalAccountAdapter(DefaultAccountAdapter):
     def get_password_change_redirect_url(self, request: HttpRequest) -> str:
         return reverse("portal:profile")
 
+    # A new account lands on the first-run checklist (portal:home); signing in later still goes to LOGIN_REDIRECT_URL.
+    def get_signup_redirect_url(self, request: HttpRequest) -> str:
+        return reverse("portal:home")
+
+    def get_email_verification_redirect_url(self, email_address: EmailAddress) -> str:
+        return reverse("portal:home")
+
     def get_login_stages(self) -> list[str]:
         return [STAFF_AWARE_EMAIL_STAGE if stage == ALLAUTH_EMAIL_STAGE else stage for stage in super().get_login_stages()]
 

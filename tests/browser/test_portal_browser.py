@@ -62,7 +62,11 @@ def test_sign_up_create_copy_call_watch_live_revoke(portal: PortalServer, browse
     assert confirm.startswith(portal.url)
     page.goto(confirm)
     page.click("button[type=submit]")
-    page.wait_for_url(f"{portal.url}/portal/api-keys")
+    page.wait_for_url(f"{portal.url}/portal/")  # a new account lands on the first-run checklist
+    assert "Get started with ada's workspace" in page.inner_text("h1")
+    assert page.locator("#step-email.is-done").count() == 1 and page.locator("#step-key.is-done").count() == 0
+    page.click("#step-key a")
+    page.wait_for_url(f"{portal.url}/portal/api-keys#create-key")
     assert "ada's workspace" in page.inner_text(".org-name")
     assert "No keys yet." in page.inner_text("main")
 
