@@ -27,6 +27,9 @@ def portal_server(django_db_setup, django_db_blocker, simulator) -> Iterator[Por
         PORTAL_PUBLIC_BASE_URL=server.url,
         # Its own cache namespace: rate-limit counters of earlier runs do not carry over.
         PORTAL_CACHE_PREFIX=f"portal-browser-{uuid.uuid4().hex[:8]}",
+        # Every test signs in from 127.0.0.1: the per-IP sign-in limit (10/m) would refuse the module's later ones
+        # when the suite runs fast. The limit itself is tested in tests/test_portal_accounts.py.
+        PORTAL_RATELIMIT_SIGNIN="600/m",
     )
     server.mail_dir = mail_dir
     server.start()
