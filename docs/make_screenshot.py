@@ -1,16 +1,22 @@
-"""Make docs/usage-page.png, the README's picture of the portal's usage page, from scratch and reproducibly.
+"""Make docs/usage-page.png, the README's picture of the portal's usage page, from scratch and reproducibly; with
+--all, also a screenshot of every portal page at desktop and phone width, and docs/first-run-checklist.png.
 
     .venv/bin/python docs/make_screenshot.py [--width 1280] [--output docs/usage-page.png]
+    .venv/bin/python docs/make_screenshot.py --all artifacts/screenshots [--database portal_screenshot_me]
 
 What it does: creates a fresh PostgreSQL database `portal_screenshot` (postgres@127.0.0.1:5432, trust auth;
 dropped first if it is left over), migrates it, seeds one organization ("Acme Robotics", pro plan) with a verified
 owner, two model aliases, three API keys and two weeks of realistic usage (a seeded random generator, so every run
 draws the same traffic shape relative to today), starts daphne on a free port, signs in through the real login form
-in Debian's Chromium, and saves a full-page screenshot of /portal/usage at 1280x900. Daphne is stopped and the
-database dropped afterwards, whatever happens.
+in Debian's Chromium, and saves a full-page screenshot of /portal/usage at 1280x900. With --all DIR it saves, at
+1280 and 390 px, every page a signed-out visitor and the owner see (DIR/<width>-<page>.png), and the first-run
+checklist of a second, brand-new organization (one key, no request yet) to DIR and to docs/first-run-checklist.png.
+Daphne is stopped and the database dropped afterwards, whatever happens. --database names the throwaway database,
+so two people on one PostgreSQL server do not drop each other's.
 
 Needs: the project's venv (Django, daphne, Playwright's Python package), PostgreSQL on 127.0.0.1:5432 and
-/usr/bin/chromium. It touches no other database and writes only docs/usage-page.png.
+/usr/bin/chromium. It touches no other database and writes only docs/usage-page.png (and, with --all, DIR and
+docs/first-run-checklist.png).
 """
 
 from __future__ import annotations
@@ -30,9 +36,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "usage-page.png"
+CHECKLIST_OUTPUT = ROOT / "docs" / "first-run-checklist.png"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 VIEWPORT = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+SIGNED_OUT_PAGES = ["/accounts/login/", "/accounts/signup/", "/accounts/password/reset/"]
+SIGNED_IN_PAGES = [
+    "/portal/usage",
+    "/portal/api-keys",
+    "/portal/playground",
+    "/portal/docs",
+    "/portal/billing",
+    "/portal/organization",
+    "/portal/profile",
+    "/accounts/email/",
+    "/accounts/password/change/",
+]
+NEW_EMAIL = "sam@nova-labs.example"  # the brand-new organization of the first-run checklist
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DB_NAME = "portal_screenshot"
@@ -79,6 +100,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _use_database(name: str) -> None:
+    global DB_NAME, DATABASE_URL
+    if not name.replace("_", "").isalnum():
+        raise SystemExit(f"--database: letters, digits and _ only, got {name!r}")
+    DB_NAME = name
+    DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
+
+
 def server_env() -> dict[str, str]:
     """This process's environment without anything that points elsewhere (another database, Redis, real routers)."""
     env = {
@@ -95,6 +124,7 @@ def server_env() -> dict[str, str]:
             "LOG_FORMAT": "plain",
             "LOG_LEVEL": "WARNING",
             "DJANGO_SETTINGS_MODULE": "portal_project.settings",
+            "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",  # the seed's notices go nowhere
         }
     )
     return env
@@ -263,6 +293,12 @@ def seed_data() -> None:
     log(f"seeded {len(events)} usage events {by_status}, {len(logs)} request logs, org id {org.pk}")
     assert Organization.objects.filter(slug="acme-robotics").exists()
 
+    # A second, brand-new organization: a confirmed owner and one key, no request yet (the first-run checklist).
+    newcomer = User.objects.create_user(email=NEW_EMAIL, password=PASSWORD, name="Sam Rivera")
+    EmailAddress.objects.create(user=newcomer, email=NEW_EMAIL, verified=True, primary=True)
+    nova = organization_create(slug="nova-labs", name="Nova Labs", plan_slug="free", owner=newcomer)
+    apikey_create(organization=nova, name="laptop", created_by=newcomer)
+
 
 CLIENTS: dict[int, tuple[str, str]] = {}
 
@@ -424,6 +460,68 @@ def take_screenshot(server: Daphne, *, output: Path = OUTPUT, viewport: dict[str
             browser.close()
 
 
+def _sign_in(page, server: Daphne, email: str) -> None:  # noqa: ANN001
+    page.goto(f"{server.url}/accounts/login/")
+    page.fill("input[name=login]", email)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{server.url}/portal/api-keys")
+
+
+def _settle(page) -> None:  # noqa: ANN001
+    page.wait_for_load_state("networkidle")
+    page.evaluate("document.fonts.ready")
+    page.mouse.move(0, 0)
+    page.wait_for_timeout(200)
+
+
+def take_all_screenshots(server: Daphne, *, directory: Path) -> list[Path]:
+    """Every page at desktop and phone width, and the new organization's checklist; the paths written."""
+    from playwright.sync_api import sync_playwright
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def save(page, name: str) -> None:  # noqa: ANN001
+        _settle(page)
+        path = directory / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True, animations="disabled", caret="hide")
+        written.append(path)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for viewport in (VIEWPORT, PHONE):
+                width = viewport["width"]
+                options = {"is_mobile": True, "has_touch": True} if viewport is PHONE else {}
+                context = browser.new_context(
+                    viewport=viewport, device_scale_factor=1, locale="en-US", timezone_id="UTC", **options
+                )
+                page = context.new_page()
+                for path in SIGNED_OUT_PAGES:
+                    page.goto(f"{server.url}{path}")
+                    save(page, f"{width}-{path.strip('/').replace('/', '-')}")
+                _sign_in(page, server, EMAIL)
+                for path in SIGNED_IN_PAGES:
+                    page.goto(f"{server.url}{path}")
+                    save(page, f"{width}-{path.strip('/').replace('/', '-')}")
+                context.close()
+                context = browser.new_context(
+                    viewport=viewport, device_scale_factor=1, locale="en-US", timezone_id="UTC", **options
+                )
+                page = context.new_page()
+                _sign_in(page, server, NEW_EMAIL)
+                page.goto(f"{server.url}/portal/")
+                save(page, f"{width}-first-run-checklist")
+                if viewport is VIEWPORT:
+                    page.screenshot(path=str(CHECKLIST_OUTPUT), full_page=True, animations="disabled", caret="hide")
+                    written.append(CHECKLIST_OUTPUT)
+                context.close()
+        finally:
+            browser.close()
+    return written
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--width", type=int, default=VIEWPORT["width"], help="viewport width in CSS pixels (default %(default)s)")
@@ -431,7 +529,10 @@ def main() -> None:
         "--height", type=int, default=VIEWPORT["height"], help="viewport height (default %(default)s); the shot is full-page"
     )
     parser.add_argument("--output", type=Path, default=OUTPUT, help="where to write the PNG (default docs/usage-page.png)")
+    parser.add_argument("--all", type=Path, metavar="DIR", help="also every page at 1280 and 390 px into DIR, and the checklist")
+    parser.add_argument("--database", default=DB_NAME, help="the throwaway database's name (default %(default)s)")
     args = parser.parse_args()
+    _use_database(args.database)
     output = args.output.resolve()
     if not Path(CHROMIUM).exists():
         raise SystemExit(f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)")
@@ -454,6 +555,9 @@ def main() -> None:
         log(f"daphne on {server.url}")
         take_screenshot(server, output=output, viewport={"width": args.width, "height": args.height})
         log(f"wrote {output}")
+        if args.all is not None:
+            for path in take_all_screenshots(server, directory=args.all.resolve()):
+                log(f"wrote {path} ({path.stat().st_size // 1024} KB)")
     finally:
         if server is not None:
             server.stop()

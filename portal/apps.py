@@ -11,3 +11,7 @@ class PortalConfig(AppConfig):
         from portal.live import connect_signals
 
         connect_signals()  # live sockets close when the access they were opened with ends
+
+        from portal import signals
+
+        signals.connect_signals()

@@ -8,7 +8,7 @@ from django.views.decorators.cache import cache_control
 from drf_spectacular.views import SpectacularAPIView
 
 from portal import playground
-from portal.views import accounts, apikeys, billing, payments, usage
+from portal.views import accounts, apikeys, billing, payments, usage, verification
 from portal_project.security import serve_asset
 
 app_name = "portal"
@@ -17,6 +17,7 @@ urlpatterns = [
     # The account, the organization and invitations.
     path("", accounts.home, name="home"),
     path("profile", accounts.profile, name="profile"),
+    path("profile/password", accounts.change_password, name="change-password"),
     path("profile/sessions/sign-out-others", accounts.sign_out_other_sessions, name="sign-out-others"),
     path("profile/delete", accounts.delete_account, name="delete-account"),
     path("organization", accounts.organization, name="organization"),
@@ -29,6 +30,10 @@ urlpatterns = [
     path("invitations/<int:invitation_id>/accept", accounts.invitation_accept_view, name="invitation-accept"),
     path("invitations/<int:invitation_id>/decline", accounts.invitation_decline_view, name="invitation-decline"),
     path("invitations/<str:token>", accounts.invitation, name="invitation"),
+    path("invitations/<str:token>/sign-up", verification.invitation_sign_up, name="invitation-sign-up"),
+    # The e-mail verification page's forms, for someone not signed in yet (portal.views.verification).
+    path("verify-email/resend", verification.verification_resend, name="verification-resend"),
+    path("verify-email/change-address", verification.verification_change_address, name="verification-change-address"),
     # API keys (pages and the management API) and the quickstart.
     path("api-keys", apikeys.ApiKeyCollection.as_view(), name="api-keys"),
     path("api-keys/<int:key_id>", apikeys.ApiKeyDetail.as_view(), name="api-key"),

@@ -66,6 +66,14 @@ print(raw)
 """
 
 
+def mail_note(env: dict[str, str]) -> str:
+    """The banner's line on where mail goes: with the console backend (the default) sign-up links land here."""
+    backend = env.get("EMAIL_BACKEND") or ("" if env.get("EMAIL_HOST") else "django.core.mail.backends.console.EmailBackend")
+    if backend == "django.core.mail.backends.console.EmailBackend":
+        return "  mail (sign-up confirmations, invitations) is printed in this terminal, not sent\n"
+    return ""
+
+
 def wait_http(url: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -104,7 +112,7 @@ def main() -> None:
 Cortensor gateway on {base}  (router simulator on http://127.0.0.1:{SIM_PORT})
   admin and portal login: {DEMO_EMAIL} / {DEMO_PASSWORD}   ({base}/admin/ needs `python manage.py createsuperuser`)
   demo API key: {key}
-
+{mail_note(env)}
 Try it:
   curl {base}/v1/chat/completions -H "Authorization: Bearer {key}" -H 'Content-Type: application/json' \\
     -d '{{"model": "oss-20b", "messages": [{{"role": "user", "content": "Summarize Cortensor in one sentence."}}], "max_tokens": 48}}'

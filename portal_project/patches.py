@@ -177,6 +177,14 @@ def _check_twisted_tuning() -> list[str]:
     return twisted_tuning.shape_problems()
 
 
+def _check_allauth_flows() -> list[str]:
+    from allauth.account.internal.flows import email_verification, password_change
+
+    return _expect(password_change, "finalize_password_change", ["request", "user"]) + _expect(
+        email_verification, "send_verification_email_to_address", ["request", "address"]
+    )
+
+
 PATCHES: tuple[Patch, ...] = (
     Patch(
         name="twisted-content-type-cache",
@@ -212,6 +220,15 @@ PATCHES: tuple[Patch, ...] = (
         used_in="portal_project/twisted_tuning.py",
         why="body cap and read deadline before the body arrives, keep-alive timeout, no proxy-header parsing by daphne",
         check=_check_twisted_tuning,
+    ),
+    Patch(
+        name="allauth-account-flows",
+        touches="allauth.account.internal.flows: password_change.finalize_password_change, "
+        "email_verification.send_verification_email_to_address (called, not patched)",
+        used_in="portal/views/accounts.py (the profile's password form), portal/views/verification.py (resend)",
+        why="allauth's own ending of a password change (other sessions out, notice mail, signal) and its rate-limited "
+        "resend, from the portal's pages, instead of a copy that drifts from allauth",
+        check=_check_allauth_flows,
     ),
 )
 

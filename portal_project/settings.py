@@ -73,6 +73,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "portal.context_processors.mail",
             ],
         },
     },
@@ -530,6 +531,12 @@ if EMAIL_USE_TLS and EMAIL_USE_SSL:
     fail("EMAIL_USE_SSL", "EMAIL_USE_TLS and EMAIL_USE_SSL cannot both be on")
 EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH") or None
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Cortensor <no-reply@cortensor.local>")
+# Where a customer writes when a mail does not arrive: shown on the e-mail verification page (and in security mails).
+PORTAL_SUPPORT_EMAIL = env_str("PORTAL_SUPPORT_EMAIL")
+if PORTAL_SUPPORT_EMAIL and ("@" not in PORTAL_SUPPORT_EMAIL or any(c.isspace() for c in PORTAL_SUPPORT_EMAIL)):
+    fail("PORTAL_SUPPORT_EMAIL", f"must be one e-mail address, got {PORTAL_SUPPORT_EMAIL!r}")
+# Security notices by mail (allauth): password changed or set, an address added, removed or changed.
+ACCOUNT_EMAIL_NOTIFICATIONS = True
 REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
 SPECTACULAR_SETTINGS = {
     "TITLE": "Cortensor portal management API",

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from portal.views.payments import stripe_webhook
 
 urlpatterns = [
+    # The site's root is the portal: a signed-in visitor lands on it, anyone else on sign-in (portal_page).
+    path("", RedirectView.as_view(pattern_name="portal:home", permanent=False)),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("portal/", include("portal.urls")),

@@ -68,7 +68,7 @@ def test_sign_up_makes_a_personal_free_organization_and_needs_a_verified_address
     assert message.subject == "[Cortensor] Please Confirm Your Email Address"
     assert "Hello from Cortensor!" in message.body
     page = confirm_from_mail(client, message)
-    assert page.redirect_chain[-1][0] == "/portal/api-keys"
+    assert page.redirect_chain[-1][0] == "/portal/"  # a new account lands on the first-run checklist
     assert EmailAddress.objects.get(user=user).verified
     assert "new.dev&#x27;s workspace" in page.content.decode()
 

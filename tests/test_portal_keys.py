@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from apikeys.keys import hash_key, split_key
 from apikeys.models import ApiKey, ApiKeyEvent
@@ -52,15 +53,23 @@ def test_page_lists_the_organizations_keys_masked_and_nothing_of_another_organiz
     assert "owners and admins create and revoke them" in page
 
 
-def test_creating_a_key_shows_the_raw_key_once_and_stores_only_its_hash(team: Team) -> None:
+def raw_key_on(page: str) -> str:
+    start = page.index('id="new-key-value"')
+    return page[page.index(">", start) + 1 : page.index("</code>", start)]
+
+
+def test_creating_a_key_redirects_then_shows_the_raw_key_once_and_stores_only_its_hash(team: Team) -> None:
     client = team.client(team.admin)
     response = client.post("/portal/api-keys", {"name": "ci runner", "expires_in_days": "30"})
-    assert response.status_code == 201
-    assert response["Cache-Control"].startswith("max-age=0") and "no-store" in response["Cache-Control"]
-    page = response.content.decode()
+    # Post/redirect/get: the POST answers a redirect, so reloading the page that shows the key repeats a GET.
+    assert response.status_code == 302 and response["Location"] == "/portal/api-keys#new-key"
+    shown = client.get("/portal/api-keys", HTTP_ACCEPT="text/html")
+    assert shown.status_code == 200
+    assert shown["Cache-Control"].startswith("max-age=0") and "no-store" in shown["Cache-Control"]
+    page = shown.content.decode()
     key = ApiKey.objects.get(organization=team.acme, name="ci runner")
-    start = page.index('id="new-key-value"')
-    raw = page[page.index(">", start) + 1 : page.index("</code>", start)]
+    raw = raw_key_on(page)
+    assert "Your new key “ci runner”" in page
     assert split_key(raw) == key.public_id
     assert key.key_hash == hash_key(raw)
     assert key.expires_at is not None and key.created_by == team.admin
@@ -68,10 +77,48 @@ def test_creating_a_key_shows_the_raw_key_once_and_stores_only_its_hash(team: Te
     stored = [str(getattr(key, f.attname)) for f in ApiKey._meta.fields]
     assert raw not in stored and not any(raw in value for value in stored)
     assert ApiKeyEvent.objects.filter(api_key=key, action="create", actor=team.admin).count() == 1
-    # A second load of the page never shows it again.
+    # A reload never shows it again, and creates nothing.
     again = client.get("/portal/api-keys", HTTP_ACCEPT="text/html").content.decode()
-    assert raw not in again
+    assert raw not in again and 'id="new-key-value"' not in again
     assert key.masked in again
+    assert ApiKey.objects.filter(organization=team.acme, name="ci runner").count() == 1
+    assert "portal_created_key" not in client.session
+
+
+def test_the_new_key_is_shown_only_in_the_organization_it_was_made_for(team: Team) -> None:
+    from tests.support.portal import add_member
+
+    add_member(team.globex, team.admin, "member")
+    client = team.client(team.admin)
+    assert client.post("/portal/api-keys", {"name": "acme only"}).status_code == 302
+    client.post("/portal/organization/switch", {"organization": team.globex.pk, "next": "/portal/usage"})
+    page = client.get("/portal/api-keys", HTTP_ACCEPT="text/html").content.decode()
+    assert 'id="new-key-value"' not in page and "acme only" not in page
+
+
+def test_a_new_key_not_fetched_within_five_minutes_is_never_shown(team: Team, monkeypatch) -> None:  # noqa: ANN001
+    from datetime import timedelta
+
+    client = team.client(team.admin)
+    assert client.post("/portal/api-keys", {"name": "forgotten"}).status_code == 302
+    later = timezone.now() + timedelta(seconds=301)
+    monkeypatch.setattr(timezone, "now", lambda: later)
+    page = client.get("/portal/api-keys", HTTP_ACCEPT="text/html").content.decode()
+    assert 'id="new-key-value"' not in page and "portal_created_key" not in client.session
+
+
+def test_a_second_active_key_with_the_same_name_is_refused_with_a_form_error(team: Team) -> None:
+    client = team.client(team.owner)
+    refused = client.post("/portal/api-keys", {"name": "  ACME backend "})  # the fixture's key is "acme backend"
+    assert refused.status_code == 400
+    assert "already has an active key named “ACME backend”" in refused.content.decode()
+    status, body = json_post(client, "/portal/api-keys", {"name": "acme backend"})
+    assert status == 400 and "already has an active key named" in body["name"][0]  # type: ignore[index]
+    assert ApiKey.objects.filter(organization=team.acme, name__iexact="acme backend").count() == 1
+    # Another organization's names do not matter, and a revoked key's name is free again.
+    assert client.post("/portal/api-keys", {"name": "globex backend"}).status_code == 302
+    ApiKey.objects.filter(pk=team.acme_key_id).update(revoked_at=timezone.now())
+    assert client.post("/portal/api-keys", {"name": "acme backend"}).status_code == 302
 
 
 def test_a_member_cannot_create_a_key_from_the_page(team: Team) -> None:
@@ -127,7 +174,7 @@ def test_anonymous_visitors_are_sent_to_sign_in(team: Team) -> None:
 def test_key_creation_is_rate_limited_per_user(team: Team, settings) -> None:  # noqa: ANN001
     settings.PORTAL_RATELIMIT_KEY_CREATE = "2/h"
     client = team.client(team.owner)
-    assert client.post("/portal/api-keys", {"name": "one"}).status_code == 201
+    assert client.post("/portal/api-keys", {"name": "one"}).status_code == 302
     assert json_post(client, "/portal/api-keys", {"name": "two"})[0] == 201  # both doors share one budget
     page = client.post("/portal/api-keys", {"name": "three"})
     assert page.status_code == 429
@@ -136,7 +183,7 @@ def test_key_creation_is_rate_limited_per_user(team: Team, settings) -> None:  #
     assert status == 429 and "Too many keys" in body["detail"]
     assert not ApiKey.objects.filter(name__in=["three", "four"]).exists()
     # Another user has a budget of their own.
-    assert team.client(team.admin).post("/portal/api-keys", {"name": "five"}).status_code == 201
+    assert team.client(team.admin).post("/portal/api-keys", {"name": "five"}).status_code == 302
 
 
 # --- The JSON API ----------------------------------------------------------------------------------

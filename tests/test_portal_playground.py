@@ -140,6 +140,6 @@ def test_the_code_panel_names_the_docs_base_url_and_key_variable_and_no_key(port
     assert '<section class="code-panel" id="pg-code" aria-labelledby="pg-code-title" hidden>' in page
     for api, tab in (("chat", "Chat Completions"), ("responses", "Responses"), ("messages", "Anthropic Messages")):
         assert f'data-tab-label="{tab}" id="pg-code-{api}"' in page
-        assert f'data-copy-target="pg-code-{api}-python">Copy Python</button>' in page
-        assert f'data-copy-target="pg-code-{api}-curl">Copy curl</button>' in page
+        assert f'data-copy-target="pg-code-{api}-python" aria-label="Copy the Python code">Copy Python</button>' in page
+        assert f'data-copy-target="pg-code-{api}-curl" aria-label="Copy the curl command">Copy curl</button>' in page
     assert "ctr_" not in page

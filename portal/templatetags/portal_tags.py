@@ -97,3 +97,22 @@ def asset(name: str) -> str:
     # DEBUG and the test suite (no collectstatic): served by the app from static/portal/, the hash in the query.
     mtime_ns = os.stat(os.path.join(ASSETS, name)).st_mtime_ns
     return f"{reverse('portal:asset', args=[name])}?v={_asset_version(name, mtime_ns)}"
+
+
+@register.simple_tag(takes_context=True)
+def unverified_address(context: template.Context) -> str:
+    """The address this session's new account waits to confirm (the verification page), or ""."""
+    from portal.views.verification import unverified_account
+
+    request = context.get("request")
+    pending = unverified_account(request) if request is not None else None
+    return pending[1].email if pending is not None else ""
+
+
+@register.filter
+def sentence_case(label: object) -> str:
+    """allauth's labels in the portal's wording: "Remember Me" → "Remember me", "New Password (again)" → "New password
+    (again)"; the first letter stays, the rest of each word's capital goes, a trailing colon too."""
+    text = str(label).strip().rstrip(":")
+    words = text.split(" ")
+    return " ".join([words[0], *(w.lower() if w[:1].isupper() and w[1:].islower() else w for w in words[1:])])

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import smtplib
+from datetime import timedelta
 
+from allauth.account.forms import ChangePasswordForm
+from allauth.account.internal import flows
 from allauth.account.models import EmailAddress
+from allauth.decorators import rate_limit
 from allauth.usersessions.forms import ManageUserSessionsForm
 from allauth.usersessions.models import UserSession
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import logout
 from django.core.mail import send_mail
@@ -17,6 +22,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
 from accounts.models import Invitation, Membership
@@ -41,11 +47,43 @@ from apikeys.services import user_delete
 from portal.context import SESSION_ORG_KEY, PortalContext, forbidden, portal_page, render_portal
 from portal.forms import DeleteAccountForm, InviteForm, ProfileForm, RoleForm, TransferForm
 from portal_project.proxies import client_ip
+from usage.models import UsageEvent
+from usage.selectors import read_snapshot, usage_feed_cursor
+
+# How long after its first request an organization still lands on the first-run checklist (with every step ticked
+# and the next steps) before /portal/ goes to its usage.
+CHECKLIST_AFTER_FIRST_REQUEST = timedelta(days=1)
 
 
 @portal_page
 def home(request: HttpRequest) -> HttpResponse:
-    return redirect("portal:api-keys")
+    """A new organization's first run: a checklist (address confirmed, first key, first request, ticked live over the
+    usage feed when it lands), then the next steps; an organization that is under way goes to its usage."""
+    ctx: PortalContext = request.portal  # type: ignore[attr-defined]
+    org = ctx.organization
+    customer_keys = ApiKey.objects.filter(organization=org, kind=ApiKey.Kind.STANDARD)
+    # Any request made with a key counts, as the live feed that ticks the step sees it (the playground's too).
+    requests = UsageEvent.objects.filter(organization=org, api_key__isnull=False)
+    with read_snapshot():
+        cursor = usage_feed_cursor()
+        first = requests.order_by("created_at", "id").only("request_id", "created_at", "alias", "route", "http_status").first()
+    if first is not None and first.created_at < timezone.now() - CHECKLIST_AFTER_FIRST_REQUEST:
+        return redirect("portal:usage")
+    plan = org.plan
+    return render_portal(
+        request,
+        "portal/home.html",
+        {
+            "nav": "home",
+            "email_confirmed": EmailAddress.objects.filter(user=ctx.user, verified=True).exists(),
+            "first_key": customer_keys.order_by("created_at", "id").first(),
+            "first_request": first,
+            "live_cursor": str(cursor),
+            "plan": plan,
+            "base_url": settings.PORTAL_PUBLIC_BASE_URL,
+            "model": settings.PORTAL_DEFAULT_MODEL or "oss-20b",
+        },
+    )
 
 
 def _sessions(request: HttpRequest) -> list[UserSession]:
@@ -81,12 +119,43 @@ def profile(request: HttpRequest) -> HttpResponse:
             user_update_profile(user=ctx.user, name=form.cleaned_data["name"], time_zone=time_zone)
             messages.success(request, "Your details are saved.")
             return redirect("portal:profile")
+    return _profile_page(request, ctx, form=form)
+
+
+def _profile_page(
+    request: HttpRequest, ctx: PortalContext, *, form: ProfileForm, password_form: ChangePasswordForm | None = None
+) -> HttpResponse:
     return render_portal(
         request,
         "accounts/profile.html",
-        {"nav": "profile", "form": form, "sessions": _sessions(request), "impact": _deletion_impact(ctx)},
-        status=400 if form.is_bound and form.errors else 200,
+        {
+            "nav": "profile",
+            "form": form,
+            "password_form": password_form,
+            "sessions": _sessions(request),
+            "impact": _deletion_impact(ctx),
+        },
+        status=400 if password_form is not None or (form.is_bound and form.errors) else 200,
     )
+
+
+@require_POST
+@sensitive_post_parameters("oldpassword", "password1", "password2")
+@rate_limit(action="change_password")
+@portal_page
+def change_password(request: HttpRequest) -> HttpResponse:
+    """The profile page's password form. A wrong current password, or a new one the validators refuse, comes back on
+    the profile page with the error under its field (allauth's own page is another look and loses the context)."""
+    ctx: PortalContext = request.portal  # type: ignore[attr-defined]
+    if not ctx.user.has_usable_password():
+        return redirect("account_set_password")
+    form = ChangePasswordForm(data=request.POST, user=ctx.user)
+    if not form.is_valid():
+        return _profile_page(request, ctx, form=ProfileForm(initial={"name": ctx.user.name}), password_form=form)
+    form.save()
+    # allauth's own ending: other sessions out, "Password successfully changed.", the security mail, the signal.
+    flows.password_change.finalize_password_change(request, ctx.user)
+    return redirect(reverse("portal:profile") + "#password")
 
 
 @require_POST

@@ -12,11 +12,12 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import messages
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.csrf import csrf_protect
 from drf_spectacular.utils import extend_schema
@@ -43,6 +44,7 @@ from apikeys.services import (
 from billing.selectors import model_offers, models_for_organization
 from gateway.errors import catalog as error_catalog  # the docs page's error table
 from portal import openapi
+from portal.allowances import allowances_for
 from portal.authentication import presented_admin_key
 from portal.context import (
     ORG_PARAMETER,
@@ -191,7 +193,7 @@ class KeyEditForm(KeyControlsForm):
 
 
 def _render_keys_page(
-    request: HttpRequest, ctx: PortalContext, *, form: KeyCreateForm, created: CreatedKey | None, status: int
+    request: HttpRequest, ctx: PortalContext, *, form: KeyCreateForm, created: dict[str, Any] | None, status: int
 ) -> HttpResponse:
     aliases = models_for_organization(ctx.organization)
     default_model = settings.PORTAL_DEFAULT_MODEL if any(a.alias == settings.PORTAL_DEFAULT_MODEL for a in aliases) else None
@@ -209,6 +211,7 @@ def _render_keys_page(
             "created": created,
             "base_url": settings.PORTAL_PUBLIC_BASE_URL,
             "example_model": default_model or (aliases[0].alias if aliases else "oss-20b"),
+            "warnings": [a for a in allowances_for(ctx.organization.pk, ctx.organization.plan, now=timezone.now()) if a.is_near],
         },
         status=status,
     )
@@ -217,11 +220,29 @@ def _render_keys_page(
     return response
 
 
+# The raw key of a key just created, kept in the session between the POST and the GET it redirects to, and popped
+# by that GET: reloading the page neither shows it again nor creates another key (post/redirect/get). A slot older
+# than CREATED_KEY_SHOWN_FOR_S (the redirect was never followed) is dropped unseen: the key is then lost, as a key
+# whose page was closed is.
+CREATED_KEY_SLOT = "portal_created_key"
+CREATED_KEY_SHOWN_FOR_S = 300
+
+
+def duplicate_name_error(organization: Organization, name: str) -> str | None:
+    """Two active keys of one organization with one name cannot be told apart in the list or the usage breakdown."""
+    name = name.strip()
+    active = Q(revoked_at__isnull=True) & (Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
+    same = apikey_list(organization=organization).filter(active, name__iexact=name)
+    if name and same.filter(kind__in=CUSTOMER_KINDS).exists():
+        return f"This organization already has an active key named “{name}”: choose another name, or revoke that key first."
+    return None
+
+
 @csrf_protect
 @portal_page
 def api_keys_page(request: HttpRequest) -> HttpResponse:
     ctx: PortalContext = request.portal  # type: ignore[attr-defined]
-    created: CreatedKey | None = None
+    created: dict[str, Any] | None = None
     form = KeyCreateForm(organization=ctx.organization)
     status_code = 200
     if request.method == "POST":
@@ -234,30 +255,55 @@ def api_keys_page(request: HttpRequest) -> HttpResponse:
         status_code = 400
         if form.is_valid():
             days = form.cleaned_data["expires_in_days"]
-            try:
-                created = apikey_create(
-                    organization=ctx.organization,
-                    name=form.cleaned_data["name"],
-                    created_by=ctx.user,
-                    expires_at=expiry_in_days(int(days)) if days else None,
-                    actor_label="portal",
-                    source_ip=client_ip(request),
-                    kind=form.cleaned_data["kind"] or ApiKey.Kind.STANDARD,
-                    **form.controls(),
-                )
-            except KeyIssuerUnavailable:
-                form.add_error(None, "Keys cannot be created right now; please try again in a minute.")
-                status_code = 503
-            except KeySettingsInvalid as exc:
-                form.add_service_errors(exc)
-            except ValueError as exc:
-                form.add_error("name", str(exc))
+            duplicate = duplicate_name_error(ctx.organization, form.cleaned_data["name"])
+            if duplicate:
+                form.add_error("name", duplicate)
             else:
-                form = KeyCreateForm(organization=ctx.organization)
-                status_code = 201
+                try:
+                    made = apikey_create(
+                        organization=ctx.organization,
+                        name=form.cleaned_data["name"],
+                        created_by=ctx.user,
+                        expires_at=expiry_in_days(int(days)) if days else None,
+                        actor_label="portal",
+                        source_ip=client_ip(request),
+                        kind=form.cleaned_data["kind"] or ApiKey.Kind.STANDARD,
+                        **form.controls(),
+                    )
+                except KeyIssuerUnavailable:
+                    form.add_error(None, "Keys cannot be created right now; please try again in a minute.")
+                    status_code = 503
+                except KeySettingsInvalid as exc:
+                    form.add_service_errors(exc)
+                except ValueError as exc:
+                    form.add_error("name", str(exc))
+                else:
+                    return _stash_created_and_redirect(request, ctx, made)
     elif request.method != "GET":
         return HttpResponse(status=405, headers={"Allow": "GET, POST"})
+    else:
+        created = _pop_created(request, ctx)
     return _render_keys_page(request, ctx, form=form, created=created, status=status_code)
+
+
+def _stash_created_and_redirect(request: HttpRequest, ctx: PortalContext, made: CreatedKey) -> HttpResponse:
+    request.session[CREATED_KEY_SLOT] = {
+        "organization_id": ctx.organization.pk,
+        "name": made.api_key.name,
+        "kind": made.api_key.kind,
+        "raw": made.raw,
+        "at": timezone.now().timestamp(),
+    }
+    return redirect(reverse("portal:api-keys") + "#new-key", permanent=False)
+
+
+def _pop_created(request: HttpRequest, ctx: PortalContext) -> dict[str, Any] | None:
+    slot = request.session.pop(CREATED_KEY_SLOT, None)
+    # Shown only in the organization it was made for (the user may have switched in another tab).
+    fresh = isinstance(slot, dict) and timezone.now().timestamp() - float(slot.get("at", 0)) <= CREATED_KEY_SHOWN_FOR_S
+    if fresh and slot["organization_id"] == ctx.organization.pk:
+        return slot
+    return None
 
 
 def _managed_key(request: HttpRequest, key_id: int) -> ApiKey | HttpResponse:
@@ -351,7 +397,7 @@ def api_key_rotate_page(request: HttpRequest, key_id: int) -> HttpResponse:
             old = ApiKey.objects.get(pk=key.pk)
             until = f"{old.expires_at:%Y-%m-%d %H:%M} UTC" if old.expires_at else "never"
             messages.success(request, f"Key “{key.name}” is rotated. The old key {old.masked} works until {until}.")
-            return _render_keys_page(request, ctx, form=KeyCreateForm(organization=ctx.organization), created=created, status=201)
+            return _stash_created_and_redirect(request, ctx, created)
     elif request.method == "POST":
         status_code = 400
     return render_portal(request, "apikeys/rotate_confirm.html", {"nav": "keys", "key": key, "form": form}, status=status_code)
@@ -451,6 +497,9 @@ class ApiKeyCollection(PortalAPIView):
         values = dict(body.validated_data)
         if values["kind"] == ApiKey.Kind.ADMIN and not caller.can_manage_admin_keys:
             raise PermissionDenied(ADMIN_KEYS_BY_SESSION)
+        duplicate = duplicate_name_error(caller.organization, body.validated_data["name"])
+        if duplicate:
+            raise ValidationError({"name": [duplicate]})
         try:
             created = apikey_create(
                 organization=caller.organization,

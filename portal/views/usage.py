@@ -204,6 +204,7 @@ def usage_page(request: HttpRequest) -> HttpResponse:
                 "export_rows_url": "/portal/usage/export?" + urlencode({**keep, "kind": "rows"}),
                 "export_days_url": "/portal/usage/export?" + urlencode({**keep, "kind": "daily"}),
                 "allowances": allowances,
+                "warnings": [a for a in allowances if a.is_near],  # the banner of portal/_limit_banners.html
                 "plan": org.plan,
                 "presets": [
                     (

@@ -45,6 +45,19 @@
     });
   }
 
+  // A screen reader hears what was copied: the button's own text only flips to "Copied".
+  var announcer = null;
+  function announce(text) {
+    if (!announcer) {
+      announcer = document.createElement("div");
+      announcer.className = "visually-hidden";
+      announcer.setAttribute("aria-live", "polite");
+      announcer.id = "copy-status";
+      document.body.appendChild(announcer);
+    }
+    announcer.textContent = text;
+  }
+
   document.addEventListener("click", function (event) {
     var button = event.target.closest("[data-copy-target]");
     if (!button) return;
@@ -52,6 +65,7 @@
     if (!target) return;
     var label = button.textContent;
     copyText(target.textContent.trim()).then(function () {
+      announce("Copied " + (button.getAttribute("aria-label") || "").replace(/^Copy /, ""));
       button.textContent = "Copied";
       button.classList.add("is-done");
       setTimeout(function () { button.textContent = label; button.classList.remove("is-done"); }, 1600);
@@ -228,6 +242,11 @@
       tokensCell.appendChild(el("span", "sub cost", money(event.cost_micros || 0)));
       row.appendChild(tokensCell);
       row.appendChild(cell(event.duration_ms + " ms", "num nowrap"));
+      // Each cell names its column, as the page's own rows do, for the one-card-per-row layout on a phone.
+      Array.prototype.forEach.call(row.cells, function (td, i) {
+        var head = latest.tHead && latest.tHead.rows[0].cells[i];
+        if (i > 0 && head) td.setAttribute("data-label", head.textContent);
+      });
       body.insertBefore(row, body.firstChild);
       while (body.rows.length > MAX_ROWS) body.deleteRow(body.rows.length - 1);
       count(event);
@@ -687,4 +706,54 @@
       meta.textContent = "";
     });
   }
+})();
+
+// --- The first-run checklist: "waiting for your first request…" ticks itself over the usage feed ----------------
+(function () {
+  var step = document.getElementById("step-request");
+  if (!step || !step.dataset.liveUrl || !("WebSocket" in window)) return;
+  var cursor = step.dataset.liveCursor || "";
+  var retry = 1000;
+  var done = false;
+
+  function tick(event) {
+    if (done) return;
+    done = true;
+    step.classList.add("is-done", "is-new");
+    var state = step.querySelector(".step-state");
+    if (state) state.textContent = "done";
+    var status = document.getElementById("first-request-status");
+    status.textContent = "";
+    status.appendChild(document.createTextNode("We saw "));
+    var id = document.createElement("code");
+    id.className = "mono";
+    id.textContent = event.request_id;
+    status.appendChild(id);
+    status.appendChild(document.createTextNode(" (" + event.model + " · " + event.route + ", " + event.http_status + ")" +
+      (event.key ? " with “" + event.key.name + "”" : "") + ": your first request. Next steps below."));
+  }
+
+  function connect() {
+    var scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    var url = step.dataset.liveUrl + (cursor ? "&after=" + encodeURIComponent(cursor) : "");
+    var socket = new WebSocket(scheme + location.host + url);
+    socket.onmessage = function (message) {
+      var data = JSON.parse(message.data);
+      if (data.type === "ready") {
+        retry = 1000;
+        if (data.cursor) cursor = data.cursor;
+        var events = (data.events || []).filter(function (e) { return e.key; });
+        if (events.length) tick(events[0]);
+      } else if (data.type === "cursor") cursor = data.cursor;
+      else if (data.type === "request" && data.key) tick(data);
+      if (done) socket.close();
+    };
+    socket.onclose = function (event) {
+      if (done || event.code === 4401 || event.code === 4403) return;
+      if (event.code === 4400) cursor = "";
+      setTimeout(connect, retry);
+      retry = Math.min(retry * 2, 30000);
+    };
+  }
+  connect();
 })();

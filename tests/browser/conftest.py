@@ -43,6 +43,9 @@ def portal_server(django_db_setup, django_db_blocker, simulator, stripe_server: 
         PORTAL_STRIPE_SECRET_KEY=STRIPE_SECRET_KEY,
         PORTAL_STRIPE_WEBHOOK_SECRET=STRIPE_WEBHOOK_SECRET,
         PORTAL_STRIPE_API_BASE=stripe_server.base_url,
+        # Every test signs in from 127.0.0.1: the per-IP sign-in limit (10/m) would refuse the module's later ones
+        # when the suite runs fast. The limit itself is tested in tests/test_portal_accounts.py.
+        PORTAL_RATELIMIT_SIGNIN="600/m",
     )
     server.mail_dir = mail_dir
     server.start()

@@ -52,12 +52,21 @@ def test_sign_up_create_copy_call_watch_live_revoke(portal: PortalServer, browse
     page.fill("input[name=password2]", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url(f"{portal.url}/accounts/confirm-email/")
-    assert "Verify Your Email Address" in page.content()
+    assert "Confirm your e-mail address" in page.content()
+    assert page.inner_text("#pending-address") == EMAIL
+    assert page.locator("#resend button", has_text="Send the link again").is_visible()
+    page.click("#change-address summary")
+    assert page.locator("#id_change_email").input_value() == EMAIL
+    shot(page, "verify-email")
     confirm = link_in(portal.mail_to(EMAIL, after=started), "/accounts/confirm-email/")
     assert confirm.startswith(portal.url)
     page.goto(confirm)
     page.click("button[type=submit]")
-    page.wait_for_url(f"{portal.url}/portal/api-keys")
+    page.wait_for_url(f"{portal.url}/portal/")  # a new account lands on the first-run checklist
+    assert "Get started with ada's workspace" in page.inner_text("h1")
+    assert page.locator("#step-email.is-done").count() == 1 and page.locator("#step-key.is-done").count() == 0
+    page.click("#step-key a")
+    page.wait_for_url(f"{portal.url}/portal/api-keys#create-key")
     assert "ada's workspace" in page.inner_text(".org-name")
     assert "No keys yet." in page.inner_text("main")
 
@@ -131,23 +140,82 @@ def test_playground_streams_the_answer(portal: PortalServer, browser, sim) -> No
 
 
 PAGES = ["usage", "api-keys", "playground", "docs", "organization", "profile", "billing"]
+SIGNED_OUT_PAGES = ["/accounts/login/", "/accounts/signup/", "/accounts/confirm-email/", "/accounts/password/reset/"]
+SIGNED_IN_PAGES = [f"/portal/{name}" for name in PAGES] + ["/portal/", "/accounts/email/", "/accounts/password/change/"]
+# What overflows sideways, the page itself or any element that scrolls (a table inside its card counts too: on a
+# phone the key's status and its Revoke button must be on screen, not behind a sideways scroll).
+SIDEWAYS = """
+() => {
+  const width = window.innerWidth;
+  const out = [];
+  if (document.scrollingElement.scrollWidth > width) out.push(`page ${document.scrollingElement.scrollWidth}px`);
+  for (const node of document.querySelectorAll(".table-wrap, .nav, .card")) {
+    if (node.scrollWidth > node.clientWidth + 1) out.push(`${node.className || node.tagName} ${node.scrollWidth}>${node.clientWidth}`);
+  }
+  for (const node of document.querySelectorAll(".nav a, #keys-table .btn, #latest td")) {
+    const box = node.getBoundingClientRect();
+    if (box.width && (box.right > width + 0.5 || box.left < -0.5)) out.push(`off-screen: ${node.textContent.trim().slice(0, 30)}`);
+  }
+  return out;
+}
+"""
 
 
-def test_every_page_fits_a_phone(portal: PortalServer, browser) -> None:  # noqa: ANN001
-    make_verified_user("phone@example.com")
-    context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+def phone_sized_data(email: str) -> None:
+    """A user whose pages hold what makes tables wide: long key names, request ids, end users, several sessions."""
+    import uuid
+
+    from apikeys.services import apikey_create
+    from tests.support.portal import make_org, make_user
+    from usage.models import UsageEvent
+
+    user = make_user(email, name="Phone Person With A Rather Long Name")
+    org = make_org(email.split("@")[0].replace(".", "-"), owner=user)
+    key = apikey_create(organization=org, name="production backend for the mobile application", created_by=user).api_key
+    apikey_create(organization=org, name="ci", created_by=user)
+    UsageEvent.objects.bulk_create(
+        UsageEvent(
+            request_id=f"req_{uuid.uuid4().hex}",
+            organization=org,
+            api_key=key,
+            alias="oss-20b",
+            route="chat.completions",
+            status="error" if i % 3 == 0 else "ok",
+            http_status=429 if i % 3 == 0 else 200,
+            error_code="insufficient_quota" if i % 3 == 0 else "",
+            end_user=f"customer-{i:04d}@a-long-domain.example.com",
+            prompt_tokens=1200,
+            completion_tokens=345,
+            total_tokens=1545,
+            duration_ms=12345,
+        )
+        for i in range(6)
+    )
+
+
+@pytest.mark.parametrize("width", [390, 360])
+def test_every_page_fits_a_phone(portal: PortalServer, browser, width: int) -> None:  # noqa: ANN001
+    email = f"phone{width}@example.com"
+    phone_sized_data(email)
+    viewport = {"width": width, "height": PHONE["height"]}
+    context = browser.new_context(viewport=viewport, is_mobile=True, has_touch=True)
     page = context.new_page()
-    for name in ("login", "signup"):
-        page.goto(f"{portal.url}/accounts/{name}/")
-        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], name
-        shot(page, f"phone-{name}")
-    sign_in(page, portal, "phone@example.com")
-    for name in PAGES:
-        page.goto(f"{portal.url}/portal/{name}")
-        assert page.locator("h1").first.is_visible(), name
-        # Wide tables scroll inside their card; the page itself never scrolls sideways.
-        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], name
-        shot(page, f"phone-{name}")
+    for path in SIGNED_OUT_PAGES:
+        page.goto(f"{portal.url}{path}")
+        assert page.evaluate(SIDEWAYS) == [], path
+        shot(page, f"phone{width}-{path.strip('/').replace('/', '-')}")
+    sign_in(page, portal, email)
+    for path in SIGNED_IN_PAGES:
+        page.goto(f"{portal.url}{path}")
+        assert page.locator("h1").first.is_visible(), path
+        assert page.evaluate(SIDEWAYS) == [], path
+        shot(page, f"phone{width}-{path.strip('/').replace('/', '-')}")
+    # Every tab is on screen without scrolling the bar, and the key's status and Revoke button are visible.
+    page.goto(f"{portal.url}/portal/api-keys")
+    for tab in ("Usage", "API keys", "Playground", "Docs", "Billing", "Organization", "Profile"):
+        assert page.locator(".nav a", has_text=tab).is_visible(), tab
+    row = page.locator("#keys-table tr", has_text="production backend")
+    assert row.locator("text=Active").is_visible() and row.locator("text=Revoke").is_visible()
     context.close()
 
 
