@@ -135,7 +135,7 @@ def test_cost_per_request_and_per_group_are_the_rows_costs(team: Team, audit_row
     _, page = page_of(team.client(team.member), RANGE)
     assert 'id="kpi-cost" data-micros="2001538">$2.001538<' in page  # 1,500 + 2,000,001 + 37; globex's 5 not counted
     first = page.split('data-request-id="req_ab0003"')[1].split("</tr>")[0]
-    assert '<td class="num nowrap">10<span class="sub cost">$2.000001</span></td>' in first
+    assert '<td class="num nowrap" data-label="Tokens · cost">10<span class="sub cost">$2.000001</span></td>' in first
     by_model = page.split('id="by-model"')[1].split("</table>")[0]
     assert '<tr data-group="gemma4">' in by_model and 'data-cost="2000001">$2.000001<' in by_model
     assert 'data-cost="1537">$0.001537<' in by_model
