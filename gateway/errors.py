@@ -90,6 +90,7 @@ class PermissionDenied(GatewayError):
     codes = {
         "account_suspended": "The organization is suspended.",
         "permission_denied": "This key may not make this request (its Unkey permissions).",
+        "model_not_priced": "The model has no price on your paid plan yet, so it is not served; use another model.",
     }
 
 

@@ -18,6 +18,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.utils import timezone
 
+from billing.services import Price, usage_cost_micros
 from gateway import metrics
 from gateway.auth import authenticate
 from gateway.errors import (
@@ -75,6 +76,8 @@ class Exchange:
     upstream_started: float | None = None
     upstream_answered: float | None = None
     end_user: str = ""  # the customer's id of their end user, for the usage row (end_user_of)
+    price: Price | None = None  # the alias's price on the organization's plan (state.price); None: unpriced
+    cost_micros: int = 0  # what the request is billed: set by usage_row, settled with the reservation by release
 
     def __post_init__(self) -> None:
         if not self.request_id:
@@ -145,6 +148,16 @@ class Exchange:
         if self.route is None or self.principal is None:
             return None  # refused before a model was chosen: a request log row only
         now = time.perf_counter()
+        prompt_tokens = usage.prompt_tokens if usage else 0
+        completion_tokens = usage.completion_tokens if usage else 0
+        # Priced once, here, from the final tokens: the header, the usage row and the ledger debit all carry this.
+        self.cost_micros = usage_cost_micros(
+            organization_id=self.principal.organization_id,
+            status=status,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            price=self.price,
+        )
         return UsageRecord(
             request_id=self.request_id,
             organization_id=self.principal.organization_id,
@@ -158,8 +171,8 @@ class Exchange:
             endpoint_url=call.upstream.base_url if call else "",
             session_id=call.upstream.session_id if call else None,
             streamed=streamed,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             total_tokens=usage.total_tokens if usage else 0,
             estimated=usage.estimated if usage else False,
             error_code=error_code,
@@ -167,7 +180,18 @@ class Exchange:
             ttfb_ms=ms(ttfb) if ttfb is not None else None,
             duration_ms=ms(now - self.started),
             end_user=self.end_user,
+            cost_micros=self.cost_micros,
         )
+
+
+COST_MICROS_HEADER = "x-cortensor-cost-micros"
+COST_USD_HEADER = "x-cortensor-cost-usd"
+
+
+def cost_headers(cost_micros: int) -> dict[str, str]:
+    """What a non-streamed answer cost: integer micro-units, and the same as an exact USD decimal."""
+    dollars, fraction = divmod(cost_micros, 1_000_000)
+    return {COST_MICROS_HEADER: str(cost_micros), COST_USD_HEADER: f"{dollars}.{fraction:06d}"}
 
 
 def _storable(text: str, limit: int) -> str:
@@ -223,6 +247,20 @@ def _resolve(model: str | None, principal: Principal, surface: Surface) -> Alias
     return route
 
 
+def _price(principal: Principal, route: AliasRoute) -> Price | None:
+    """The alias's price on the principal's plan; a paid plan is never served an alias that has no price (it would be
+    billed nothing), a free plan is (its requests cost 0)."""
+    plan = principal.plan
+    price = state.price(plan.plan_id if plan else None, route.alias)
+    if price is None and plan is not None and plan.paid:
+        raise PermissionDenied(
+            f"the model '{route.alias}' has no price on your plan yet, so it cannot be billed; use another model",
+            param="model",
+            code="model_not_priced",
+        )
+    return price
+
+
 def _prompt(creq: CompletionRequest, route: AliasRoute) -> str:
     if creq.messages is not None:
         return render_prompt(creq.messages, route.prompt_format, system=creq.system)
@@ -274,6 +312,7 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
         ex.end_user = end_user_of(creq)
         ex.route = _resolve(creq.model, ex.principal, surface)
         ex.model = ex.route.alias
+        ex.price = _price(ex.principal, ex.route)
         prompt = _prompt(creq, ex.route)
         body = _router_body(creq, ex.route, prompt, ex.request_id)
         ctx = AnswerContext(
@@ -368,14 +407,12 @@ async def _complete(
     finish = "stop_sequence" if matched else result.finish_reason
     usage = result.usage or Usage(ctx.prompt_tokens_estimate, estimate_tokens(text), estimated=True)
     answer = ex.surface.answer(ctx, text=text, finish_reason=finish, stop_sequence=matched, usage=usage, raw=result.raw)
-    await ex.release(usage.total_tokens)
-    response = json_response(answer, headers=ex.headers())
-    ex.stamp_overhead(response)
     ttfb = call.headers_at - ex.started
-    ex.record(
-        usage=ex.usage_row(status="ok", http_status=200, call=call, streamed=False, usage=usage, ttfb=ttfb),
-        log_row=ex.log_row(200),
-    )
+    row = ex.usage_row(status="ok", http_status=200, call=call, streamed=False, usage=usage, ttfb=ttfb)  # prices it
+    await ex.release(usage.total_tokens)
+    response = json_response(answer, headers={**ex.headers(), **cost_headers(ex.cost_micros)})
+    ex.stamp_overhead(response)
+    ex.record(usage=row, log_row=ex.log_row(200))
     return response
 
 
@@ -411,7 +448,6 @@ async def _stream(
         if started[0]:
             return
         await call.response.aclose()
-        await ex.release(0)
         ex.record(
             usage=ex.usage_row(
                 status="cancelled",
@@ -422,6 +458,7 @@ async def _stream(
             ),
             log_row=ex.log_row(200),
         )
+        await ex.release(0)  # after the row: the money reservation settles to what the row bills
 
     response = RelayResponse(_relay(ex, creq, ctx, call, writer, started), on_abandon=on_abandon)
     response["Cache-Control"] = "no-cache"
