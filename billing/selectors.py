@@ -243,3 +243,23 @@ def ledger_with_balance(organization_id: int) -> QuerySet[LedgerEntry]:
         )
         .order_by("-created_at", "-id")
     )
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerMoney:
+    """One organization's ledger as the gateway's prepaid balance holds it: what came in, and what usage was debited."""
+
+    credits_micros: int  # credits and adjustments, signed
+    credit_entries: int  # their number: the ledger is append-only, so a larger count is a later snapshot
+    debited_micros: int  # what usage cost, positive
+
+
+def organization_ledger_money(organization_id: int) -> LedgerMoney:
+    """One query. The balance is credits_micros - debited_micros (organization_balance)."""
+    debit = Q(kind=LedgerEntry.Kind.DEBIT)
+    sums = LedgerEntry.objects.filter(organization_id=organization_id).aggregate(
+        credits=Coalesce(Sum("amount_micros", filter=~debit), 0),
+        entries=Count("id", filter=~debit),
+        debits=Coalesce(Sum("amount_micros", filter=debit), 0),
+    )
+    return LedgerMoney(int(sums["credits"]), int(sums["entries"]), -int(sums["debits"]))

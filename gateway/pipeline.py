@@ -18,11 +18,12 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.utils import timezone
 
-from billing.services import Price, usage_cost_micros
+from billing.services import Price, request_cost_micros, usage_cost_micros
 from gateway import metrics
 from gateway.auth import authenticate
 from gateway.errors import (
     GatewayError,
+    InsufficientBalance,
     InvalidRequest,
     LimitsUnavailable,
     ModelNotFound,
@@ -30,6 +31,7 @@ from gateway.errors import (
     QuotaExceeded,
     RateLimited,
     RequestTooLarge,
+    SpendCapReached,
     UpstreamError,
     UpstreamUnavailable,
     UsageBacklogFull,
@@ -114,9 +116,10 @@ class Exchange:
             metrics.TTFB.labels(alias).observe(usage.ttfb_ms / 1000)
 
     async def release(self, actual_tokens: int | None) -> None:
-        """Settle the token reservation and free the concurrency slot (idempotent)."""
+        """Settle the token reservation, the money reservation (to the cost usage_row priced, 0 before it ran) and free
+        the concurrency slot (idempotent)."""
         if self.admission is not None:
-            await limiter.finish(self.admission, actual_tokens=actual_tokens)
+            await limiter.finish(self.admission, actual_tokens=actual_tokens, actual_cost_micros=self.cost_micros)
 
     def log_row(self, status: int) -> RequestLogRecord:
         meta = self.request.META
@@ -335,6 +338,16 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
             up_to_tokens=body["max_tokens"] if creq.max_tokens else 0,
             spare_tokens=0 if creq.max_tokens else body["max_tokens"],
             surface=ex.surface.limits_surface,
+            # What the request may cost at most: its prompt estimate and every token its answer may have, at its
+            # price (an unpriced alias on a free plan: 0). A router count above the estimate is billed all the same.
+            reserve_micros=request_cost_micros(
+                prompt_tokens=ctx.prompt_tokens_estimate,
+                completion_tokens=body["max_tokens"],
+                input_micros_per_million=ex.price.input_micros_per_million,
+                output_micros_per_million=ex.price.output_micros_per_million,
+            )
+            if ex.price is not None
+            else 0,
         )
         # The gateway's timeout bounds the request, every attempt included; each attempt gets the alias's timeout.
         deadline = time.monotonic() + settings.PORTAL_UPSTREAM_TIMEOUT_S
@@ -346,7 +359,7 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
         if (
             ex.admission is None
             and ex.principal is not None
-            and not isinstance(err, (RateLimited, QuotaExceeded, LimitsUnavailable))
+            and not isinstance(err, (RateLimited, QuotaExceeded, LimitsUnavailable, InsufficientBalance, SpendCapReached))
         ):
             # Refused after authentication but before admission (bad body, model not allowed, pool draining):
             # the rate-limit headers still report the counters, read without consuming anything.
