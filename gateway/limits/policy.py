@@ -41,8 +41,8 @@ from gateway.limits.stores import (
     ADMIT_LUA,
     CALL_TIMEOUT_S,
     FINISH_LUA,
+    MONEY_CALL_TIMEOUT_S,
     SEED_LUA,
-    SOCKET_TIMEOUT_S,
     LocalStore,
     RedisBinding,
     RedisUnavailable,
@@ -181,7 +181,9 @@ class Limiter:
                     checks, now=now, member=request_id, slot_ttl_s=self.slot_ttl_s, spare=spare, money=money
                 )
         if outcome.missing:
-            raise LimitsUnavailable(headers={"retry-after": "1"})  # seeded and gone again at once: nothing to trust
+            # Seeded and gone again at once (a flush meanwhile, or a Redis evicting keys): nothing to trust.
+            log.error("money keys missing right after seeding them; refusing (503)")
+            raise LimitsUnavailable(headers={"retry-after": "1"})
 
         admission = Admission(
             request_id=request_id,
@@ -437,8 +439,10 @@ class Limiter:
             assert self.redis_url is not None
             client = aioredis.from_url(
                 self.redis_url,
-                socket_timeout=SOCKET_TIMEOUT_S,
-                socket_connect_timeout=SOCKET_TIMEOUT_S,
+                # The socket timeouts are the money calls' (the longer: a burst opens connections on a busy host);
+                # every call's own cap is _call's timeout, 0.3 s for the rate limits alone.
+                socket_timeout=MONEY_CALL_TIMEOUT_S,
+                socket_connect_timeout=MONEY_CALL_TIMEOUT_S,
                 retry=Retry(NoBackoff(), 0),  # the default retries three times with back-off: seconds on a dead host
                 health_check_interval=0,
                 max_connections=self.max_connections,
@@ -454,16 +458,16 @@ class Limiter:
             self._binding = binding
         return binding
 
-    async def _call(self, pick: Callable[[RedisBinding], Any], keys: list[str], args: list[Any]) -> Any:
-        if time.monotonic() < self._circuit_open_until:
+    async def _call(self, pick: Callable[[RedisBinding], Any], keys: list[str], args: list[Any], *, money: bool = False) -> Any:
+        if not money and time.monotonic() < self._circuit_open_until:
             raise RedisUnavailable("circuit open after a recent failure")
         binding = self._bound()
         async with binding.permits:
             # Checked again after queueing: calls ahead of us may have found Redis dead meanwhile.
-            if time.monotonic() < self._circuit_open_until:
+            if not money and time.monotonic() < self._circuit_open_until:
                 raise RedisUnavailable("circuit open after a recent failure")
             try:
-                async with asyncio.timeout(CALL_TIMEOUT_S):
+                async with asyncio.timeout(MONEY_CALL_TIMEOUT_S if money else CALL_TIMEOUT_S):
                     return await pick(binding)(keys=keys, args=args)
             except (RedisError, OSError, TimeoutError) as exc:
                 raise RedisUnavailable(f"{exc.__class__.__name__}: {exc}") from exc
@@ -495,7 +499,7 @@ class Limiter:
             else:
                 keys.append(mcheck.store_key)
                 args += ["c", mcheck.limit, mcheck.ttl_s * 1000]
-        reply = await self._call(lambda b: b.admit, keys, args)
+        reply = await self._call(lambda b: b.admit, keys, args, money=money is not None)
         admitted, values, denied, granted, money_values, money_denied, missing = reply
         return Outcome(
             bool(admitted),
@@ -509,7 +513,7 @@ class Limiter:
 
     async def _redis_seed(self, items: list[SeedItem]) -> None:
         keys, args = seed_args(items)
-        await self._call(lambda b: b.seed, keys, args)
+        await self._call(lambda b: b.seed, keys, args, money=True)
 
     async def _redis_finish(self, admission: Admission, *, delta: int, money_delta: int = 0) -> None:
         token_keys = list(admission.token_keys) if delta else []
@@ -518,6 +522,7 @@ class Limiter:
             lambda b: b.finish,
             token_keys + money_keys + list(admission.slot_keys),
             [delta, len(token_keys), admission.request_id, money_delta, len(money_keys)],
+            money=bool(money_keys),
         )
 
     def credits_push_local(self, organization_id: int) -> None:

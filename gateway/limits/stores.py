@@ -18,6 +18,9 @@ log = logging.getLogger("gateway.limits")
 
 SOCKET_TIMEOUT_S = 0.25
 CALL_TIMEOUT_S = 0.3  # hard cap on one Redis round trip, connect included
+# Money fails closed (gateway/limits/money.py): a refusal costs the customer a request, so a call with a balance or a
+# spend cap waits longer for Redis, and tries it even while the circuit is open.
+MONEY_CALL_TIMEOUT_S = 1.5
 SWEEP_EVERY = 4096
 
 

@@ -293,7 +293,7 @@ def test_a_burst_on_two_processes_never_bills_past_a_daily_cap_or_a_prepaid_bala
         wait_until_gateway_caught_up(gw)
     requests = [
         (gw, key, SURFACES[i % 3], {"text": f"burst {i}", "max_tokens": 16})
-        for i in range(24)
+        for i in range(12)
         for gw in both
         for key in (capped, prepaid)
     ]
