@@ -171,6 +171,7 @@ def test_a_paid_plan_refuses_an_unpriced_alias_on_every_surface_and_a_free_plan_
 # --- prepaid balances -------------------------------------------------------------------------------------------------
 
 
+@needs_shared_redis  # the credit is written by this process, as the Stripe webhook would be: Redis carries it over
 def test_a_prepaid_balance_refuses_what_it_cannot_pay_and_a_credit_is_spendable_within_a_second(gateway: LiveGateway) -> None:
     set_price()
     key = new_org_key(make_plan(prepaid=True), gateway)
@@ -201,6 +202,7 @@ def test_a_prepaid_balance_refuses_what_it_cannot_pay_and_a_credit_is_spendable_
     assert 0 <= 1_000 - billed < reservation_in(response)  # refused only when the balance could not pay one more
 
 
+@needs_shared_redis
 def test_a_flushed_redis_is_seeded_from_the_ledger_and_grants_nothing(gateway: LiveGateway) -> None:
     set_price()
     key = new_org_key(make_plan(prepaid=True), gateway)
