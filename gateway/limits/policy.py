@@ -162,7 +162,7 @@ class Limiter:
                 outcome = await self._redis_admit(checks, now=now, member=request_id, spare=spare, money=money)
                 if outcome.missing:
                     assert money is not None
-                    await self._redis_seed(await db_call(seed_items, money, outcome.missing))
+                    await self._redis_seed(await self._seed_items(money, outcome.missing))
                     outcome = await self._redis_admit(checks, now=now, member=request_id, spare=spare, money=money)
                 backend = "redis"
             except RedisUnavailable as exc:
@@ -176,7 +176,7 @@ class Limiter:
             outcome = self.local.admit(checks, now=now, member=request_id, slot_ttl_s=self.slot_ttl_s, spare=spare, money=money)
             if outcome.missing:
                 assert money is not None
-                self.local.seed(await db_call(seed_items, money, outcome.missing), now=now)
+                self.local.seed(await self._seed_items(money, outcome.missing), now=now)
                 outcome = self.local.admit(
                     checks, now=now, member=request_id, slot_ttl_s=self.slot_ttl_s, spare=spare, money=money
                 )
@@ -205,6 +205,16 @@ class Limiter:
                 raise money_denial(money, outcome, admission)
             raise self._denial(checks, outcome, admission)
         return admission
+
+    @staticmethod
+    async def _seed_items(money: MoneyAsk, missing: list[int]) -> list[SeedItem]:
+        """What the missing money keys hold, read from the database; with the database away too, nothing to go by:
+        503, never an unchecked request."""
+        try:
+            return await db_call(seed_items, money, missing)
+        except Exception as exc:
+            log.error("money keys cannot be seeded, the database failed (%s); refusing (503)", exc.__class__.__name__)
+            raise LimitsUnavailable(headers={"retry-after": "1"}) from exc
 
     async def peek(self, principal: Principal, *, surface: Surface = "openai") -> Admission | None:
         """The counters as they stand, for the headers of a response refused before admission; consumes nothing.
