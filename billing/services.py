@@ -139,14 +139,21 @@ def usage_is_billable(*, organization_id: int | None, status: str, total_tokens:
 
 
 def usage_cost_micros(
-    *, organization_id: int | None, status: str, prompt_tokens: int, completion_tokens: int, price: Price | None
+    *,
+    organization_id: int | None,
+    status: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    price: Price | None,
+    total_tokens: int | None = None,
 ) -> int:
-    """What one usage row is billed: its final tokens at its price when billable (usage_is_billable), else 0; an
-    unpriced alias (price None) costs 0. The gateway calls this once per request; the debit is exactly this."""
+    """What one usage row is billed: its final tokens at its price when billable (usage_is_billable, on the row's own
+    total, as the debit decides), else 0; an unpriced alias (price None) costs 0. The gateway calls this once per
+    request; the debit is exactly this."""
     if price is None or not usage_is_billable(
         organization_id=organization_id,
         status=status,
-        total_tokens=prompt_tokens + completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens if total_tokens is None else total_tokens,
         completion_tokens=completion_tokens,
     ):
         return 0

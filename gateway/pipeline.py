@@ -160,6 +160,7 @@ class Exchange:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             price=self.price,
+            total_tokens=usage.total_tokens if usage else 0,
         )
         return UsageRecord(
             request_id=self.request_id,

@@ -138,3 +138,21 @@ def test_money_fails_closed_when_redis_is_away_and_other_requests_keep_the_limit
         assert admitted.backend == "local"  # no money to check: the open policy's per-process limits
 
     run(body)
+
+
+def test_an_organization_saved_off_prepaid_is_seeded_afresh_from_the_ledger(prefix: str, monkeypatch) -> None:  # noqa: ANN001, F811
+    from billing.models import LedgerEntry
+    from gateway.limits.policy import limiter as process_limiter
+
+    # The writer (this process) and the gateway share a deployment's prefix and Redis.
+    monkeypatch.setattr(process_limiter, "prefix", prefix)
+    monkeypatch.setattr(process_limiter, "redis_url", REDIS_FOR_TESTS)
+    limiter = Limiter(redis_url=REDIS_FOR_TESTS, prefix=prefix, now=Clock())
+    org = new_org(1_000)  # on the free plan in the database
+    who = principal_of(org, prepaid=True)
+    run(lambda: limiter.admit(who, request_id="held", reserve_micros=600))  # a reservation never settled
+    org.save()  # saved on a plan that is not prepaid: its balance keys go
+    LedgerEntry.objects.create(organization=org, kind="debit", amount_micros=-300, request_id="postpaid-1")
+    run(lambda: limiter.admit(who, request_id="back", reserve_micros=700))  # 1_000 - 300, read from the ledger again
+    with pytest.raises(InsufficientBalance):
+        run(lambda: limiter.admit(who, request_id="over", reserve_micros=1))

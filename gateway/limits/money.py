@@ -197,12 +197,42 @@ def _ledger_entry_saved(sender: Any, instance: Any, created: bool = False, **kwa
     transaction.on_commit(lambda: credits_push(organization_id))
 
 
+def balance_forget(organization_id: int) -> None:
+    """Drop an organization's balance keys: `spent` is kept only while its plan is prepaid, so an organization that
+    leaves pay-as-you-go and comes back later is seeded afresh from the ledger, debits of the meantime included."""
+    from gateway.limits.policy import limiter
+
+    root = money_root(limiter.prefix, organization_id)
+    keys = [f"{root}:cred", f"{root}:credn", f"{root}:spent"]
+    if not limiter.redis_url:
+        limiter.local.forget(keys)
+        return
+    try:
+        _client(limiter.redis_url).delete(*keys)
+    except Exception as exc:
+        log.warning("balance keys of organization %s not dropped (%s)", organization_id, exc.__class__.__name__)
+
+
+def _organization_saved(sender: Any, instance: Any, **kwargs: Any) -> None:
+    from django.db import transaction
+
+    from billing.models import Plan
+
+    if kwargs.get("raw") or instance.plan_id is None:
+        return
+    if not Plan.objects.filter(pk=instance.plan_id, prepaid=True).exists():
+        organization_id = instance.pk
+        transaction.on_commit(lambda: balance_forget(organization_id))
+
+
 def connect_signals() -> None:
     from django.db.models.signals import post_save
 
+    from accounts.models import Organization
     from billing.models import LedgerEntry
 
     post_save.connect(_ledger_entry_saved, sender=LedgerEntry, dispatch_uid="limiter-credits-push")
+    post_save.connect(_organization_saved, sender=Organization, dispatch_uid="limiter-balance-forget")
 
 
 def money_denial(money: MoneyAsk, outcome: Outcome, admission: Admission) -> GatewayError:

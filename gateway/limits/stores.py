@@ -296,6 +296,11 @@ class LocalStore:
         if entry is not None:
             self._counters[key] = (entry[0] + amount, entry[1])
 
+    def forget(self, keys: Sequence[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._counters.pop(key, None)
+
     def seed(self, items: Sequence[SeedItem], *, now: float) -> None:
         """SEED_LUA's rules in process: a versioned value is set unless a newer one is held, the others if missing."""
         with self._lock:
