@@ -265,6 +265,22 @@ def _price(principal: Principal, route: AliasRoute) -> Price | None:
     return price
 
 
+def _cost_of(organization_id: int, price: Price | None) -> Callable[[Usage], int]:
+    """A completed stream's cost for its final usage event: what usage_row will price the same tokens at."""
+
+    def cost(usage: Usage) -> int:
+        return usage_cost_micros(
+            organization_id=organization_id,
+            status="ok",
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            price=price,
+            total_tokens=usage.total_tokens,
+        )
+
+    return cost
+
+
 def _prompt(creq: CompletionRequest, route: AliasRoute) -> str:
     if creq.messages is not None:
         return render_prompt(creq.messages, route.prompt_format, system=creq.system)
@@ -329,6 +345,7 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
             organization_id=ex.principal.organization_id,
             api_key_id=ex.principal.key_id,
             request=creq,
+            cost_of=_cost_of(ex.principal.organization_id, ex.price),
         )
         ex.admission = await limiter.admit(
             ex.principal,

@@ -137,6 +137,28 @@ def test_a_stream_is_billed_on_its_usage_row_exactly(gateway: LiveGateway) -> No
     assert debit_of(row.request_id) == row.cost_micros
 
 
+def test_a_chat_streams_final_usage_event_carries_its_cost_and_the_openai_sdk_reads_it(gateway: LiveGateway) -> None:
+    set_price()
+    key = new_org_key(make_plan(), gateway)
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key.raw, max_retries=0)
+    stream = client.chat.completions.with_raw_response.create(
+        model=ALIAS,
+        messages=[{"role": "user", "content": "stream the cost"}],
+        max_tokens=24,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    request_id = stream.headers["x-request-id"]
+    chunks = list(stream.parse())
+    final = chunks[-1]
+    assert final.choices == [] and final.usage is not None
+    cost = (final.usage.model_extra or {})["cost_micros"]
+    assert cost == cost_of(final.usage.prompt_tokens, final.usage.completion_tokens) > 0
+    assert all(c.usage is None for c in chunks[:-1])
+    wait_until_usage_written(gateway)
+    assert UsageEvent.objects.get(request_id=request_id).cost_micros == cost == debit_of(request_id)
+
+
 # --- /v1/models -------------------------------------------------------------------------------------------------------
 
 
