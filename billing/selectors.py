@@ -12,6 +12,7 @@ from django.db.models.functions import Coalesce
 
 from accounts.models import Organization
 from billing.models import LedgerEntry, ModelAccessOverride, ModelPrice, Plan
+from billing.services import Price
 from routerpools.models import ModelAlias
 
 
@@ -26,6 +27,13 @@ class PlanRecord:
     window_requests: int | None
     window_seconds: int
     weekly_requests: int | None
+    prepaid: bool = False  # pay as you go: served only while the prepaid balance can pay
+    monthly_price_micros: int = 0
+
+    @property
+    def paid(self) -> bool:
+        """A plan someone pays for (prepaid, or a subscription price): its unpriced aliases are refused, not served free."""
+        return self.prepaid or self.monthly_price_micros > 0
 
 
 def model_allowed(alias: str, *, plan_aliases: Collection[str] | None, overrides: Mapping[str, bool] | None) -> bool:
@@ -115,8 +123,33 @@ def plan_table() -> dict[int, PlanRecord]:
             window_requests=plan.window_requests,
             window_seconds=plan.window_seconds,
             weekly_requests=plan.weekly_requests,
+            prepaid=plan.prepaid,
+            monthly_price_micros=plan.monthly_price_micros,
         )
     return table
+
+
+PriceTable = dict[tuple[int | None, str], Price]
+
+
+def price_table() -> PriceTable:
+    """Every price: (plan id, or None for the alias-wide row, alias) -> Price, in one query; the gateway caches it."""
+    return {
+        (plan_id, alias): Price(input_price, output_price)
+        for plan_id, alias, input_price, output_price in ModelPrice.objects.values_list(
+            "plan_id", "alias", "input_micros_per_million", "output_micros_per_million"
+        )
+    }
+
+
+def price_in(table: PriceTable, plan_id: int | None, alias: str) -> Price | None:
+    """The price an organization on `plan_id` pays for `alias`: the plan's own row, else the alias-wide one; None for an
+    unpriced alias (a 0/0 row is explicitly free, not unpriced)."""
+    if plan_id is not None:
+        own = table.get((plan_id, alias))
+        if own is not None:
+            return own
+    return table.get((None, alias))
 
 
 def model_overrides_table() -> dict[int, dict[str, bool]]:
@@ -193,6 +226,8 @@ def plan_record(plan: Plan) -> PlanRecord:
         window_requests=plan.window_requests,
         window_seconds=plan.window_seconds,
         weekly_requests=plan.weekly_requests,
+        prepaid=plan.prepaid,
+        monthly_price_micros=plan.monthly_price_micros,
     )
 
 
@@ -260,3 +295,23 @@ def ledger_with_balance(organization_id: int) -> QuerySet[LedgerEntry]:
         )
         .order_by("-created_at", "-id")
     )
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerMoney:
+    """One organization's ledger as the gateway's prepaid balance holds it: what came in, and what usage was debited."""
+
+    credits_micros: int  # credits and adjustments, signed
+    credit_entries: int  # their number: the ledger is append-only, so a larger count is a later snapshot
+    debited_micros: int  # what usage cost, positive
+
+
+def organization_ledger_money(organization_id: int) -> LedgerMoney:
+    """One query. The balance is credits_micros - debited_micros (organization_balance)."""
+    debit = Q(kind=LedgerEntry.Kind.DEBIT)
+    sums = LedgerEntry.objects.filter(organization_id=organization_id).aggregate(
+        credits=Coalesce(Sum("amount_micros", filter=~debit), 0),
+        entries=Count("id", filter=~debit),
+        debits=Coalesce(Sum("amount_micros", filter=debit), 0),
+    )
+    return LedgerMoney(int(sums["credits"]), int(sums["entries"]), -int(sums["debits"]))

@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Organization, User
@@ -154,6 +153,7 @@ class BillableUsage(Protocol):
     completion_tokens: int
     total_tokens: int
     created_at: datetime
+    cost_micros: int  # priced once, by the gateway, when the row was made (usage_cost_micros)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,17 +162,49 @@ class Price:
     output_micros_per_million: int
 
 
-UNPRICED = Price(0, 0)
-_warned_unpriced: set[str] = set()
+def usage_is_billable(*, organization_id: int | None, status: str, total_tokens: int, completion_tokens: int) -> bool:
+    """A cancelled stream pays for what it used. A failed request pays for what it delivered: a stream that broke (or
+    ran into its deadline) after tokens went out is billed them, prompt included; one that delivered no token, and
+    every refusal, costs nothing."""
+    if organization_id is None or total_tokens <= 0:
+        return False
+    return status in BILLABLE_STATUSES or (status == ERROR_STATUS and completion_tokens > 0)
+
+
+def usage_cost_micros(
+    *,
+    organization_id: int | None,
+    status: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    price: Price | None,
+    total_tokens: int | None = None,
+) -> int:
+    """What one usage row is billed: its final tokens at its price when billable (usage_is_billable, on the row's own
+    total, as the debit decides), else 0; an unpriced alias (price None) costs 0. The gateway calls this once per
+    request; the debit is exactly this."""
+    if price is None or not usage_is_billable(
+        organization_id=organization_id,
+        status=status,
+        total_tokens=prompt_tokens + completion_tokens if total_tokens is None else total_tokens,
+        completion_tokens=completion_tokens,
+    ):
+        return 0
+    return request_cost_micros(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        input_micros_per_million=price.input_micros_per_million,
+        output_micros_per_million=price.output_micros_per_million,
+    )
 
 
 def _is_billable(row: BillableUsage) -> bool:
-    # A cancelled stream pays for what it used. A failed request pays for what it delivered: a stream that broke
-    # (or ran into its deadline) after tokens went out is billed them, prompt included; one that delivered no
-    # token, and every refusal, costs nothing.
-    if row.organization_id is None or row.total_tokens <= 0:
-        return False
-    return row.status in BILLABLE_STATUSES or (row.status == ERROR_STATUS and row.completion_tokens > 0)
+    return usage_is_billable(
+        organization_id=row.organization_id,
+        status=row.status,
+        total_tokens=row.total_tokens,
+        completion_tokens=row.completion_tokens,
+    )
 
 
 DEBIT_COLUMNS = (
@@ -190,40 +222,31 @@ DEBIT_COLUMNS = (
 
 
 def ledger_debits_for_usage(*, rows: Iterable[BillableUsage]) -> int:
-    """Write one debit per billable usage row (`_is_billable`), skipping requests already debited; returns the debits offered.
+    """Write one debit per billable usage row (`_is_billable`) of exactly the row's cost_micros, skipping requests
+    already debited; returns the debits offered.
 
-    Called inside the usage batch's transaction, so an event and its debit commit together.
-    Two queries per batch whatever its size: the organizations' plans, then the prices.
+    No pricing here: the gateway priced the row once (what its response header said), and the debit must equal it
+    whatever changed in the price table since. Called inside the usage batch's transaction, so an event and its
+    debit commit together. One query per batch whatever its size (the organizations that still exist), then the
+    insert.
     """
     billable = {row.request_id: row for row in rows if _is_billable(row)}
     if not billable:
         return 0
-    plan_of = dict(
-        Organization.objects.filter(pk__in={row.organization_id for row in billable.values()}).values_list("pk", "plan_id")
+    existing = set(
+        Organization.objects.filter(pk__in={row.organization_id for row in billable.values()}).values_list("pk", flat=True)
     )
-    prices = _price_table(aliases={row.alias for row in billable.values()}, plan_ids={p for p in plan_of.values() if p})
     debits: list[tuple[object, ...]] = []
-    unpriced: set[str] = set()
     # Sorted: concurrent writers take the unique-index locks in one order and cannot deadlock on them.
     for request_id in sorted(billable):
         row = billable[request_id]
-        if row.organization_id not in plan_of:
+        if row.organization_id not in existing:
             continue  # the organization was deleted while the row waited: nobody left to bill
-        price = prices.get((plan_of[row.organization_id], row.alias)) or prices.get((None, row.alias))
-        if price is None:
-            unpriced.add(row.alias)
-            price = UNPRICED
-        cost = request_cost_micros(
-            prompt_tokens=row.prompt_tokens,
-            completion_tokens=row.completion_tokens,
-            input_micros_per_million=price.input_micros_per_million,
-            output_micros_per_million=price.output_micros_per_million,
-        )
         debits.append(
             (
                 row.organization_id,
                 LedgerEntry.Kind.DEBIT.value,
-                -cost,
+                -max(0, int(row.cost_micros)),
                 request_id,
                 row.alias,
                 row.prompt_tokens,
@@ -233,23 +256,8 @@ def ledger_debits_for_usage(*, rows: Iterable[BillableUsage]) -> int:
                 None,
             )
         )
-    if unpriced - _warned_unpriced:
-        # Once per alias and process: a batch is written every fraction of a second.
-        log.warning("no price for alias(es) %s: their requests are debited 0", ", ".join(sorted(unpriced - _warned_unpriced)))
-        _warned_unpriced.update(unpriced)
     insert_ignoring_conflicts(LedgerEntry, DEBIT_COLUMNS, debits)
     return len(debits)
-
-
-def _price_table(*, aliases: set[str], plan_ids: set[int]) -> dict[tuple[int | None, str], Price]:
-    """(plan id or None for alias-wide, alias) -> price, in one query."""
-    rows = ModelPrice.objects.filter(alias__in=aliases).filter(Q(plan__isnull=True) | Q(plan_id__in=plan_ids))
-    return {
-        (plan_id, alias): Price(input_price, output_price)
-        for plan_id, alias, input_price, output_price in rows.values_list(
-            "plan_id", "alias", "input_micros_per_million", "output_micros_per_million"
-        )
-    }
 
 
 # --- spend caps and the alert webhook of an organization ---------------------------------------------------------

@@ -11,8 +11,10 @@ class GatewayConfig(AppConfig):
         from django.core import checks
 
         from gateway import invalidation, state_metrics
+        from gateway.limits import money
         from portal_project.proxies import check_https_behind_proxies
 
         invalidation.connect_signals()
+        money.connect_signals()
         state_metrics.register()
         checks.register(check_https_behind_proxies, checks.Tags.security, deploy=True)

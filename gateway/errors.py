@@ -90,6 +90,7 @@ class PermissionDenied(GatewayError):
     codes = {
         "account_suspended": "The organization is suspended.",
         "permission_denied": "This key may not make this request (its Unkey permissions).",
+        "model_not_priced": "The model has no price on your paid plan yet, so it is not served; use another model.",
     }
 
 
@@ -143,6 +144,30 @@ class QuotaExceeded(GatewayError):
     envelope_code = "quota_exceeded"
     default_message = "quota exceeded"
     doc = "The plan's allowance for this window or week is used up."
+
+
+class InsufficientBalance(GatewayError):
+    """A prepaid plan's balance cannot pay for the request (its prompt and the most its answer may use)."""
+
+    status = 402
+    openai_type = "insufficient_quota"
+    openai_code = "insufficient_quota"
+    anthropic_type = "billing_error"
+    envelope_code = "insufficient_quota"
+    default_message = "your prepaid balance cannot pay for this request; add credits"
+    doc = "Your prepaid balance cannot pay for this request (its prompt plus max_tokens at the model's price); add credits."
+
+
+class SpendCapReached(GatewayError):
+    """A spend cap (the organization's or the key's, per UTC day or calendar month) has no room for the request."""
+
+    status = 429
+    openai_type = "insufficient_quota"
+    openai_code = "spend_cap_reached"
+    anthropic_type = "rate_limit_error"
+    envelope_code = "spend_cap_reached"
+    default_message = "spend cap reached"
+    doc = "A daily or monthly spend cap (the organization's or the key's) is reached; the message says which and when it resets."
 
 
 class UpstreamError(GatewayError):

@@ -169,7 +169,7 @@ def _alias_changed(sender: Any, **kwargs: Any) -> None:
 def connect_signals() -> None:
     from accounts.models import Organization
     from apikeys.models import ApiKey
-    from billing.models import ModelAccessOverride, Plan, PlanSubscription
+    from billing.models import ModelAccessOverride, ModelPrice, Plan, PlanSubscription
     from routerpools.models import ModelAlias, RouterEndpoint, RouterPool, RouterSession
 
     receivers: list[tuple[type[Model], Callable[..., None]]] = [
@@ -178,6 +178,7 @@ def connect_signals() -> None:
         (PlanSubscription, _subscription_changed),
         (Plan, _plans_changed),
         (ModelAccessOverride, _plans_changed),  # rare admin edits: the whole overrides table is one small query
+        (ModelPrice, _plans_changed),  # prices are loaded with the plans (state.price)
         (RouterPool, _routes_changed),
         (RouterEndpoint, _routes_changed),
         (RouterSession, _routes_changed),

@@ -18,10 +18,12 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.utils import timezone
 
+from billing.services import Price, request_cost_micros, usage_cost_micros
 from gateway import metrics
 from gateway.auth import authenticate
 from gateway.errors import (
     GatewayError,
+    InsufficientBalance,
     InvalidRequest,
     LimitsUnavailable,
     ModelNotFound,
@@ -29,6 +31,7 @@ from gateway.errors import (
     QuotaExceeded,
     RateLimited,
     RequestTooLarge,
+    SpendCapReached,
     UpstreamError,
     UpstreamUnavailable,
     UsageBacklogFull,
@@ -75,6 +78,8 @@ class Exchange:
     upstream_started: float | None = None
     upstream_answered: float | None = None
     end_user: str = ""  # the customer's id of their end user, for the usage row (end_user_of)
+    price: Price | None = None  # the alias's price on the organization's plan (state.price); None: unpriced
+    cost_micros: int = 0  # what the request is billed: set by usage_row, settled with the reservation by release
 
     def __post_init__(self) -> None:
         if not self.request_id:
@@ -111,9 +116,10 @@ class Exchange:
             metrics.TTFB.labels(alias).observe(usage.ttfb_ms / 1000)
 
     async def release(self, actual_tokens: int | None) -> None:
-        """Settle the token reservation and free the concurrency slot (idempotent)."""
+        """Settle the token reservation, the money reservation (to the cost usage_row priced, 0 before it ran) and free
+        the concurrency slot (idempotent)."""
         if self.admission is not None:
-            await limiter.finish(self.admission, actual_tokens=actual_tokens)
+            await limiter.finish(self.admission, actual_tokens=actual_tokens, actual_cost_micros=self.cost_micros)
 
     def log_row(self, status: int) -> RequestLogRecord:
         meta = self.request.META
@@ -145,6 +151,17 @@ class Exchange:
         if self.route is None or self.principal is None:
             return None  # refused before a model was chosen: a request log row only
         now = time.perf_counter()
+        prompt_tokens = usage.prompt_tokens if usage else 0
+        completion_tokens = usage.completion_tokens if usage else 0
+        # Priced once, here, from the final tokens: the header, the usage row and the ledger debit all carry this.
+        self.cost_micros = usage_cost_micros(
+            organization_id=self.principal.organization_id,
+            status=status,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            price=self.price,
+            total_tokens=usage.total_tokens if usage else 0,
+        )
         return UsageRecord(
             request_id=self.request_id,
             organization_id=self.principal.organization_id,
@@ -158,8 +175,8 @@ class Exchange:
             endpoint_url=call.upstream.base_url if call else "",
             session_id=call.upstream.session_id if call else None,
             streamed=streamed,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             total_tokens=usage.total_tokens if usage else 0,
             estimated=usage.estimated if usage else False,
             error_code=error_code,
@@ -167,7 +184,18 @@ class Exchange:
             ttfb_ms=ms(ttfb) if ttfb is not None else None,
             duration_ms=ms(now - self.started),
             end_user=self.end_user,
+            cost_micros=self.cost_micros,
         )
+
+
+COST_MICROS_HEADER = "x-cortensor-cost-micros"
+COST_USD_HEADER = "x-cortensor-cost-usd"
+
+
+def cost_headers(cost_micros: int) -> dict[str, str]:
+    """What a non-streamed answer cost: integer micro-units, and the same as an exact USD decimal."""
+    dollars, fraction = divmod(cost_micros, 1_000_000)
+    return {COST_MICROS_HEADER: str(cost_micros), COST_USD_HEADER: f"{dollars}.{fraction:06d}"}
 
 
 def _storable(text: str, limit: int) -> str:
@@ -223,6 +251,36 @@ def _resolve(model: str | None, principal: Principal, surface: Surface) -> Alias
     return route
 
 
+def _price(principal: Principal, route: AliasRoute) -> Price | None:
+    """The alias's price on the principal's plan; a paid plan is never served an alias that has no price (it would be
+    billed nothing), a free plan is (its requests cost 0)."""
+    plan = principal.plan
+    price = state.price(plan.plan_id if plan else None, route.alias)
+    if price is None and plan is not None and plan.paid:
+        raise PermissionDenied(
+            f"the model '{route.alias}' has no price on your plan yet, so it cannot be billed; use another model",
+            param="model",
+            code="model_not_priced",
+        )
+    return price
+
+
+def _cost_of(organization_id: int, price: Price | None) -> Callable[[Usage], int]:
+    """A completed stream's cost for its final usage event: what usage_row will price the same tokens at."""
+
+    def cost(usage: Usage) -> int:
+        return usage_cost_micros(
+            organization_id=organization_id,
+            status="ok",
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            price=price,
+            total_tokens=usage.total_tokens,
+        )
+
+    return cost
+
+
 def _prompt(creq: CompletionRequest, route: AliasRoute) -> str:
     if creq.messages is not None:
         return render_prompt(creq.messages, route.prompt_format, system=creq.system)
@@ -274,6 +332,7 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
         ex.end_user = end_user_of(creq)
         ex.route = _resolve(creq.model, ex.principal, surface)
         ex.model = ex.route.alias
+        ex.price = _price(ex.principal, ex.route)
         prompt = _prompt(creq, ex.route)
         body = _router_body(creq, ex.route, prompt, ex.request_id)
         ctx = AnswerContext(
@@ -286,6 +345,7 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
             organization_id=ex.principal.organization_id,
             api_key_id=ex.principal.key_id,
             request=creq,
+            cost_of=_cost_of(ex.principal.organization_id, ex.price),
         )
         ex.admission = await limiter.admit(
             ex.principal,
@@ -296,6 +356,16 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
             up_to_tokens=body["max_tokens"] if creq.max_tokens else 0,
             spare_tokens=0 if creq.max_tokens else body["max_tokens"],
             surface=ex.surface.limits_surface,
+            # What the request may cost at most: its prompt estimate and every token its answer may have, at its
+            # price (an unpriced alias on a free plan: 0). A router count above the estimate is billed all the same.
+            reserve_micros=request_cost_micros(
+                prompt_tokens=ctx.prompt_tokens_estimate,
+                completion_tokens=body["max_tokens"],
+                input_micros_per_million=ex.price.input_micros_per_million,
+                output_micros_per_million=ex.price.output_micros_per_million,
+            )
+            if ex.price is not None
+            else 0,
         )
         # The gateway's timeout bounds the request, every attempt included; each attempt gets the alias's timeout.
         deadline = time.monotonic() + settings.PORTAL_UPSTREAM_TIMEOUT_S
@@ -307,7 +377,7 @@ async def handle_completion(request: HttpRequest, surface: Surface, *, principal
         if (
             ex.admission is None
             and ex.principal is not None
-            and not isinstance(err, (RateLimited, QuotaExceeded, LimitsUnavailable))
+            and not isinstance(err, (RateLimited, QuotaExceeded, LimitsUnavailable, InsufficientBalance, SpendCapReached))
         ):
             # Refused after authentication but before admission (bad body, model not allowed, pool draining):
             # the rate-limit headers still report the counters, read without consuming anything.
@@ -368,14 +438,12 @@ async def _complete(
     finish = "stop_sequence" if matched else result.finish_reason
     usage = result.usage or Usage(ctx.prompt_tokens_estimate, estimate_tokens(text), estimated=True)
     answer = ex.surface.answer(ctx, text=text, finish_reason=finish, stop_sequence=matched, usage=usage, raw=result.raw)
-    await ex.release(usage.total_tokens)
-    response = json_response(answer, headers=ex.headers())
-    ex.stamp_overhead(response)
     ttfb = call.headers_at - ex.started
-    ex.record(
-        usage=ex.usage_row(status="ok", http_status=200, call=call, streamed=False, usage=usage, ttfb=ttfb),
-        log_row=ex.log_row(200),
-    )
+    row = ex.usage_row(status="ok", http_status=200, call=call, streamed=False, usage=usage, ttfb=ttfb)  # prices it
+    await ex.release(usage.total_tokens)
+    response = json_response(answer, headers={**ex.headers(), **cost_headers(ex.cost_micros)})
+    ex.stamp_overhead(response)
+    ex.record(usage=row, log_row=ex.log_row(200))
     return response
 
 
@@ -411,7 +479,6 @@ async def _stream(
         if started[0]:
             return
         await call.response.aclose()
-        await ex.release(0)
         ex.record(
             usage=ex.usage_row(
                 status="cancelled",
@@ -422,6 +489,7 @@ async def _stream(
             ),
             log_row=ex.log_row(200),
         )
+        await ex.release(0)  # after the row: the money reservation settles to what the row bills
 
     response = RelayResponse(_relay(ex, creq, ctx, call, writer, started), on_abandon=on_abandon)
     response["Cache-Control"] = "no-cache"

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field, replace
 from django.conf import settings
 
 from apikeys.selectors import KeyRecord, apikey_record, apikey_record_by_external_id
-from billing.selectors import PlanRecord, model_overrides_table, plan_table
+from billing.selectors import PlanRecord, PriceTable, model_overrides_table, plan_table, price_in, price_table
+from billing.services import Price
 from gateway.db import db_call
 from gateway.invalidation import (
     READ_BATCH,
@@ -52,6 +53,7 @@ class Snapshot:
     routes: dict[str, AliasRoute] = field(default_factory=dict)
     plans: dict[int, PlanRecord] = field(default_factory=dict)
     model_overrides: dict[int, dict[str, bool]] = field(default_factory=dict)
+    prices: PriceTable = field(default_factory=dict)  # loaded with the plans, reloaded on every ModelPrice change
 
 
 Ref = tuple[str, str]  # ("public", public id) or ("unkey", Unkey keyId); ("org", id) in the recent changes
@@ -131,7 +133,8 @@ class GatewayState:
         routes = await db_call(routing_table)
         plans = await db_call(plan_table)
         overrides = await db_call(model_overrides_table)
-        self.snapshot = Snapshot(routes=routes, plans=plans, model_overrides=overrides)
+        prices = await db_call(price_table)
+        self.snapshot = Snapshot(routes=routes, plans=plans, model_overrides=overrides, prices=prices)
         self.generation += 1
         self._keys = {}
         self._unkey_keys = {}
@@ -174,7 +177,8 @@ class GatewayState:
         if Scope.PLANS in tables:
             plans = await db_call(plan_table)
             overrides = await db_call(model_overrides_table)
-            self.snapshot = replace(self.snapshot, plans=plans, model_overrides=overrides)
+            prices = await db_call(price_table)
+            self.snapshot = replace(self.snapshot, plans=plans, model_overrides=overrides, prices=prices)
         if routes is not None:
             self.snapshot = replace(self.snapshot, routes=routes)
 
@@ -408,6 +412,10 @@ class GatewayState:
 
     def plan(self, plan_id: int | None) -> PlanRecord | None:
         return self.snapshot.plans.get(plan_id) if plan_id is not None else None
+
+    def price(self, plan_id: int | None, alias: str) -> Price | None:
+        """What `alias` costs on `plan_id` (the plan's row wins over the alias-wide one); None: unpriced."""
+        return price_in(self.snapshot.prices, plan_id, alias)
 
 
 state = GatewayState()

@@ -28,6 +28,9 @@ class AnswerContext:
     organization_id: int | None = None
     api_key_id: int | None = None
     request: CompletionRequest | None = None
+    # What a completed answer of these tokens costs (the pipeline's pricing), for a stream's final usage event; None:
+    # not shown (the translators' tests, the playground's callers that do not price).
+    cost_of: Callable[[Usage], int] | None = None
 
 
 class StreamWriter:
@@ -51,6 +54,7 @@ class _OpenAIStream(StreamWriter):
         self._t = openai_chat.ChatStreamTranslator(
             completion_id=f"chatcmpl-{ctx.request_id[4:]}", created=ctx.created, model=ctx.model, include_usage=ctx.include_usage
         )
+        self._cost_of = ctx.cost_of
 
     def start(self) -> bytes:
         return self._t.start()
@@ -59,7 +63,8 @@ class _OpenAIStream(StreamWriter):
         return self._t.text(text) if text else b""
 
     def finish(self, *, finish_reason: str, stop_sequence: str | None, usage: Usage) -> bytes:
-        return self._t.finish(finish_reason=finish_reason, usage=usage)
+        cost = self._cost_of(usage) if self._cost_of is not None else None
+        return self._t.finish(finish_reason=finish_reason, usage=usage, cost_micros=cost)
 
     def error(self, err: GatewayError) -> bytes:
         return self._t.error(err)

@@ -7,6 +7,7 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from django.conf import settings
 from django.core.cache import cache
@@ -30,6 +31,7 @@ from gateway.errors import (
 )
 from gateway.limits import COUNTING_KINDS, limiter
 from gateway.pipeline import Exchange, _read_body, handle_completion
+from gateway.principal import Principal
 from gateway.recorder import recorder
 from gateway.state import state
 from gateway.surfaces import ANTHROPIC_MESSAGES, ENVELOPE, OPENAI_CHAT, OPENAI_RESPONSES, Surface, json_response, surface_for_path
@@ -152,9 +154,34 @@ def _models_surface(request: HttpRequest) -> Surface:
     return ANTHROPIC_MESSAGES if request.headers.get("anthropic-version", "").strip() else OPENAI_CHAT
 
 
-def _openai_model(route: AliasRoute) -> dict[str, object]:
+def usd_per_token(micros_per_million: int) -> str:
+    """OpenRouter's price string: exact USD per token (micro-units per million tokens / 10^12), no exponent."""
+    return format(Decimal(micros_per_million).scaleb(-12).normalize(), "f")
+
+
+def _pricing(principal: Principal, route: AliasRoute) -> dict[str, str] | None:
+    plan_id = principal.plan.plan_id if principal.plan else None
+    price = state.price(plan_id, route.alias)
+    if price is None:
+        return None
+    return {
+        "prompt": usd_per_token(price.input_micros_per_million),
+        "completion": usd_per_token(price.output_micros_per_million),
+    }
+
+
+def _listed(principal: Principal, route: AliasRoute) -> bool:
+    """The aliases the key may call: its plan's, and on a paid plan only priced ones (pipeline._price refuses others)."""
+    if not principal.may_use(route.alias):
+        return False
+    plan = principal.plan
+    return not (plan is not None and plan.paid and state.price(plan.plan_id, route.alias) is None)
+
+
+def _openai_model(route: AliasRoute, principal: Principal) -> dict[str, object]:
     # OpenAI's four fields, then ours: the SDKs' model types keep fields they do not declare. max_output_tokens is
-    # also what a request without max_tokens gets; context_length is null when staff did not state it.
+    # also what a request without max_tokens gets; context_length is null when staff did not state it; pricing is
+    # OpenRouter's (USD per token, strings) on the caller's plan, null for an unpriced alias on a free plan.
     return {
         "id": route.alias,
         "object": "model",
@@ -163,6 +190,7 @@ def _openai_model(route: AliasRoute) -> dict[str, object]:
         "display_name": route.display_name,
         "max_output_tokens": route.max_tokens_cap,
         "context_length": route.context_length,
+        "pricing": _pricing(principal, route),
     }
 
 
@@ -233,14 +261,15 @@ async def list_models(request: HttpRequest) -> HttpResponse:
     if refused:
         return refused
     assert ex.principal is not None
-    routes = [r for r in sorted(state.snapshot.routes.values(), key=lambda r: r.alias) if ex.principal.may_use(r.alias)]
+    principal = ex.principal
+    routes = [r for r in sorted(state.snapshot.routes.values(), key=lambda r: r.alias) if _listed(principal, r)]
     if surface.anthropic:
         try:
             body = _anthropic_page(request, routes)
         except GatewayError as err:
             return _error(ex, err)
     else:
-        body = {"object": "list", "data": [_openai_model(r) for r in routes]}
+        body = {"object": "list", "data": [_openai_model(r, principal) for r in routes]}
     return _logged(ex, json_response(body, headers=ex.headers()))
 
 
@@ -254,9 +283,9 @@ async def retrieve_model(request: HttpRequest, alias: str) -> HttpResponse:
         return refused
     assert ex.principal is not None
     route = state.route(alias)
-    if route is None or not ex.principal.may_use(route.alias):
+    if route is None or not _listed(ex.principal, route):
         return _error(ex, ModelNotFound(f"the model '{alias[:100]}' does not exist", param="model"))
-    entry = _anthropic_model(route) if surface.anthropic else _openai_model(route)
+    entry = _anthropic_model(route) if surface.anthropic else _openai_model(route, ex.principal)
     return _logged(ex, json_response(entry, headers=ex.headers()))
 
 

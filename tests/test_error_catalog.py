@@ -80,11 +80,16 @@ def test_every_code_a_raise_site_passes_is_documented_by_its_class() -> None:
 
 def test_the_catalog_holds_every_class_code_once() -> None:
     rows = catalog()
-    codes = [row.code for row in rows if row.code != "—"]
+    # A code means one thing at one status. insufficient_quota is the one code at two: OpenAI's code for "no
+    # credit", which the SDKs and clients key on, is sent for a plan's allowance used up (429) and for a prepaid
+    # balance that cannot pay (402).
+    codes = [(row.status, row.code) for row in rows if row.code != "—"]
     assert len(codes) == len(set(codes)), "a code documented twice"
+    assert sorted(s for s, code in codes if code == "insufficient_quota") == [402, 429]
+    assert len({code for _, code in codes}) == len(codes) - 1
     for cls in _error_classes().values():
         for code in _documented(cls):
-            (row,) = [r for r in rows if r.code == code]
+            (row,) = [r for r in rows if r.code == code and r.status == cls.status]
             assert (row.status, row.openai_type) == (cls.status, cls.openai_type)
     statuses = [row.status for row in rows]
     assert statuses == sorted(statuses)

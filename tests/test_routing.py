@@ -205,7 +205,8 @@ def test_models_list_and_retrieve(gateway: LiveGateway, key: IssuedKey) -> None:
 
     created = int(ModelAlias.objects.get(alias=ALIAS).created_at.timestamp())
     # OpenAI's four fields, then the alias's name, its cap (what a request without max_tokens gets) and its
-    # context window (not stated for an alias synced from the environment).
+    # context window (not stated for an alias synced from the environment), and its price on the key's plan
+    # (OpenRouter's `pricing`; null: no price, which a free plan is served at no cost).
     entry = {
         "id": ALIAS,
         "object": "model",
@@ -214,6 +215,7 @@ def test_models_list_and_retrieve(gateway: LiveGateway, key: IssuedKey) -> None:
         "display_name": ALIAS,
         "max_output_tokens": 4096,
         "context_length": None,
+        "pricing": None,
     }
     auth = {"authorization": f"Bearer {key.raw}"}
 
@@ -479,7 +481,8 @@ def test_router_without_usage_is_estimated(gateway: LiveGateway, key: IssuedKey,
     )
     chunks = data_only(response)
     assert chat_text(chunks) == text
-    assert chunks[-2]["choices"] == [] and chunks[-2]["usage"] == expected
+    # The final usage chunk also says what the answer cost (no price here: nothing).
+    assert chunks[-2]["choices"] == [] and chunks[-2]["usage"] == {**expected, "cost_micros": 0}
     event = usage_event(request_id_of(response))
     assert (event.estimated, event.completion_tokens, event.streamed, event.status) == (
         True,

@@ -630,3 +630,12 @@ def admitted_requests(
         )
     )
     return [counts[f"w{i}"] for i in range(len(windows))]
+
+
+def spend_since(*, organization_id: int, api_key_id: int | None = None, since: datetime) -> int:
+    """What an organization's (or one of its keys') requests made at or after `since` cost, in micro-units: the
+    gateway's spend-cap counters are seeded from it when Redis lost them (gateway/limits/money.py)."""
+    rows = UsageEvent.objects.filter(organization_id=organization_id, created_at__gte=since)
+    if api_key_id is not None:
+        rows = rows.filter(api_key_id=api_key_id)
+    return int(rows.aggregate(spent=Coalesce(Sum("cost_micros"), 0))["spent"])

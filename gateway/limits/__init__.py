@@ -21,6 +21,12 @@ scored by an expiry, pruned by the script, so a crashed process leaks a slot for
 `PORTAL_LIMITS_SLOT_TTL_S`; `finish()` releases them exactly once. `peek()` reads the counters without
 changing them, for the headers of a response refused after authentication but before admission.
 
+Money (`money`): a prepaid plan's balance and the spend caps of the key and the organization (per UTC day and
+calendar month) are reserved in the same script (price x (prompt estimate + max tokens)) and settled to the request's
+real cost; their keys are seeded from the database when missing. Money never fails open: with Redis away, a request
+that has a balance or a cap to check gets 503 `limits_unavailable` whatever the fail mode, and its Redis calls wait
+longer (MONEY_CALL_TIMEOUT_S) and ignore the circuit below.
+
 Redis unreachable: by default (`PORTAL_LIMITS_FAIL_MODE=open`) admissions fall back to the in-process
 store, with one loud log line per 10 s and the `redis_failures` / `fallback_admissions` counters. Refusing
 all paying traffic because a cache is down is worse than running for a while with per-process limits

@@ -17,8 +17,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from billing.selectors import organization_ledger_money
+from gateway.db import db_call
 from gateway.errors import GatewayError, LimitsUnavailable, QuotaExceeded, RateLimited
 from gateway.limits.checks import (
+    BALANCE,
     CONCURRENCY,
     QUOTA_KINDS,
     REQUEST_KINDS,
@@ -29,18 +32,23 @@ from gateway.limits.checks import (
     Admission,
     Check,
     LimitState,
+    MoneyAsk,
     Outcome,
 )
 from gateway.limits.headers import format_duration, rfc3339
+from gateway.limits.money import CREDITS_TTL_S, money_checks, money_denial, money_keys, money_root, seed_items
 from gateway.limits.stores import (
     ADMIT_LUA,
     CALL_TIMEOUT_S,
     FINISH_LUA,
-    SOCKET_TIMEOUT_S,
+    MONEY_CALL_TIMEOUT_S,
+    SEED_LUA,
     LocalStore,
     RedisBinding,
     RedisUnavailable,
+    SeedItem,
     mget_call,
+    seed_args,
     zrem_call,
 )
 from gateway.limits.windows import MINUTE_S, WEEK_S, week_start, window_label
@@ -107,6 +115,7 @@ class Limiter:
         spare_tokens: int = 0,
         surface: Surface = "openai",
         kinds: frozenset[str] | None = None,
+        reserve_micros: int | None = None,
     ) -> Admission:
         """Admit the request or raise RateLimited / QuotaExceeded (LimitsUnavailable when failing closed).
 
@@ -117,13 +126,20 @@ class Limiter:
         room left now, after the rest: never a reason to refuse (the answer of a request that named no max_tokens,
         whose length the client did not choose: reserving the alias's whole cap would turn such requests away
         whenever the minute is partly used). `kinds` limits the checks to those kinds of limit (None: all of them).
+        `reserve_micros` (None: no money checks) is reserved against the prepaid balance and the spend caps that
+        apply (gateway/limits/money.py), in the same script; InsufficientBalance / SpendCapReached when it does not fit.
         """
         now = self.now()
         tokens = max(0, int(tokens))
         checks = self._checks(principal, now=now, tokens=tokens)
         if kinds is not None:
             checks = [c for c in checks if c.kind in kinds]
-        if not checks:
+        money: MoneyAsk | None = None
+        if reserve_micros is not None:
+            found = money_checks(principal, prefix=self.prefix, now=now)
+            if found:
+                money = MoneyAsk(principal.organization_id, principal.key_id, max(0, int(reserve_micros)), found)
+        if not checks and money is None:
             return Admission(request_id=request_id, surface=surface, now=now, requests=None, tokens=None)
         self._refuse_oversized_reservation(checks, now=now, tokens=tokens, surface=surface)
         if up_to_tokens > 0:
@@ -143,15 +159,31 @@ class Limiter:
             if self._pending_releases and time.monotonic() >= self._circuit_open_until:
                 await self._retry_releases()
             try:
-                outcome = await self._redis_admit(checks, now=now, member=request_id, spare=spare)
+                outcome = await self._redis_admit(checks, now=now, member=request_id, spare=spare, money=money)
+                if outcome.missing:
+                    assert money is not None
+                    await self._redis_seed(await self._seed_items(money, outcome.missing))
+                    outcome = await self._redis_admit(checks, now=now, member=request_id, spare=spare, money=money)
                 backend = "redis"
             except RedisUnavailable as exc:
                 self._on_redis_failure(exc)
-                if self.fail_mode == "closed":
+                # Money never fails open: per-process counters would let every process spend the whole balance or
+                # cap again. Requests with no balance or cap to check keep the limiter's policy.
+                if self.fail_mode == "closed" or money is not None:
                     raise LimitsUnavailable(headers={"retry-after": "1"}) from exc
                 self.fallback_admissions += 1
         if outcome is None:
-            outcome = self.local.admit(checks, now=now, member=request_id, slot_ttl_s=self.slot_ttl_s, spare=spare)
+            outcome = self.local.admit(checks, now=now, member=request_id, slot_ttl_s=self.slot_ttl_s, spare=spare, money=money)
+            if outcome.missing:
+                assert money is not None
+                self.local.seed(await self._seed_items(money, outcome.missing), now=now)
+                outcome = self.local.admit(
+                    checks, now=now, member=request_id, slot_ttl_s=self.slot_ttl_s, spare=spare, money=money
+                )
+        if outcome.missing:
+            # Seeded and gone again at once (a flush meanwhile, or a Redis evicting keys): nothing to trust.
+            log.error("money keys missing right after seeding them; refusing (503)")
+            raise LimitsUnavailable(headers={"retry-after": "1"})
 
         admission = Admission(
             request_id=request_id,
@@ -163,11 +195,26 @@ class Limiter:
             backend=backend,
             token_keys=tuple(c.store_key for c in checks if c.kind == TPM),
             slot_keys=tuple(c.store_key for c in checks if c.slot),
+            money_keys=money_keys(money.checks) if money is not None else (),
+            reserved_micros=money.reserve if money is not None else 0,
         )
         if not outcome.admitted:
             self.denials += 1
+            if outcome.money_denied:
+                assert money is not None
+                raise money_denial(money, outcome, admission)
             raise self._denial(checks, outcome, admission)
         return admission
+
+    @staticmethod
+    async def _seed_items(money: MoneyAsk, missing: list[int]) -> list[SeedItem]:
+        """What the missing money keys hold, read from the database; with the database away too, nothing to go by:
+        503, never an unchecked request."""
+        try:
+            return await db_call(seed_items, money, missing)
+        except Exception as exc:
+            log.error("money keys cannot be seeded, the database failed (%s); refusing (503)", exc.__class__.__name__)
+            raise LimitsUnavailable(headers={"retry-after": "1"}) from exc
 
     async def peek(self, principal: Principal, *, surface: Surface = "openai") -> Admission | None:
         """The counters as they stand, for the headers of a response refused before admission; consumes nothing.
@@ -198,27 +245,38 @@ class Limiter:
             finished=True,  # nothing to settle or release
         )
 
-    async def finish(self, admission: Admission, *, actual_tokens: int | None = None) -> None:
-        """Settle the token reservation (None keeps it) and release the concurrency slot; idempotent."""
+    async def finish(
+        self, admission: Admission, *, actual_tokens: int | None = None, actual_cost_micros: int | None = None
+    ) -> None:
+        """Settle the token reservation (None keeps it) and the money reservation to the real cost (None keeps it),
+        and release the concurrency slot; idempotent."""
         if admission.finished:
             return
         admission.finished = True  # before any await: a second finish racing this one does nothing
         delta = 0 if actual_tokens is None or not admission.token_keys else int(actual_tokens) - admission.reserved_tokens
-        if not admission.slot_keys and not delta:
+        money_delta = (
+            0 if actual_cost_micros is None or not admission.money_keys else int(actual_cost_micros) - admission.reserved_micros
+        )
+        if not admission.slot_keys and not delta and not money_delta:
             return
         if admission.backend == "local":
             self.local.finish(
-                token_keys=admission.token_keys, delta=delta, slot_keys=admission.slot_keys, member=admission.request_id
+                token_keys=admission.token_keys,
+                delta=delta,
+                slot_keys=admission.slot_keys,
+                member=admission.request_id,
+                money_keys=admission.money_keys,
+                money_delta=money_delta,
             )
             return
         if admission.backend == "redis":
             # Shielded: finish runs in the `finally` of a request whose client may just have gone away,
             # and a cancelled release would hold the slot until its TTL.
-            await asyncio.shield(self._release_in_redis(admission, delta=delta))
+            await asyncio.shield(self._release_in_redis(admission, delta=delta, money_delta=money_delta))
 
-    async def _release_in_redis(self, admission: Admission, *, delta: int) -> None:
+    async def _release_in_redis(self, admission: Admission, *, delta: int, money_delta: int = 0) -> None:
         try:
-            await self._redis_finish(admission, delta=delta)
+            await self._redis_finish(admission, delta=delta, money_delta=money_delta)
         except RedisUnavailable as exc:
             # The slot is released again once Redis answers (or expires by its TTL). The token settlement
             # is not retried: a timed-out call may have been applied, and applying it twice would refund
@@ -261,6 +319,7 @@ class Limiter:
         )
         # (kind, limit, amount, window length, window start) of each fixed-window counter the plan has.
         windows: list[tuple[str, int, int, int, float]] = []
+        checks: list[Check] = []
         minute = now // MINUTE_S * MINUTE_S
         windows.append((RPM, plan.requests_per_minute, 1, MINUTE_S, minute))
         if plan.tokens_per_minute is not None:
@@ -270,7 +329,21 @@ class Limiter:
             windows.append((WINDOW, plan.window_requests, 1, length, now // length * length))
         if plan.weekly_requests is not None:
             windows.append((WEEKLY, plan.weekly_requests, 1, WEEK_S, week_start(now)))
-        checks = [
+        if principal.key_requests_per_minute is not None:
+            # The key's own rate limit, below its plan's: one more counter in the key's scope.
+            checks.append(
+                Check(
+                    kind=RPM,
+                    scope="key",
+                    store_key=f"{scopes[0][1]}:own-rpm:{MINUTE_S}:{int(minute)}",
+                    limit=principal.key_requests_per_minute,
+                    amount=1,
+                    ttl_s=MINUTE_S + TTL_MARGIN_S,
+                    reset_at=minute + MINUTE_S,
+                    window_s=MINUTE_S,
+                )
+            )
+        checks += [
             Check(
                 kind=kind,
                 scope=scope,
@@ -376,8 +449,10 @@ class Limiter:
             assert self.redis_url is not None
             client = aioredis.from_url(
                 self.redis_url,
-                socket_timeout=SOCKET_TIMEOUT_S,
-                socket_connect_timeout=SOCKET_TIMEOUT_S,
+                # The socket timeouts are the money calls' (the longer: a burst opens connections on a busy host);
+                # every call's own cap is _call's timeout, 0.3 s for the rate limits alone.
+                socket_timeout=MONEY_CALL_TIMEOUT_S,
+                socket_connect_timeout=MONEY_CALL_TIMEOUT_S,
                 retry=Retry(NoBackoff(), 0),  # the default retries three times with back-off: seconds on a dead host
                 health_check_interval=0,
                 max_connections=self.max_connections,
@@ -387,26 +462,29 @@ class Limiter:
                 client,
                 client.register_script(ADMIT_LUA),
                 client.register_script(FINISH_LUA),
+                client.register_script(SEED_LUA),
                 asyncio.Semaphore(self.max_connections),
             )
             self._binding = binding
         return binding
 
-    async def _call(self, pick: Callable[[RedisBinding], Any], keys: list[str], args: list[Any]) -> Any:
-        if time.monotonic() < self._circuit_open_until:
+    async def _call(self, pick: Callable[[RedisBinding], Any], keys: list[str], args: list[Any], *, money: bool = False) -> Any:
+        if not money and time.monotonic() < self._circuit_open_until:
             raise RedisUnavailable("circuit open after a recent failure")
         binding = self._bound()
         async with binding.permits:
             # Checked again after queueing: calls ahead of us may have found Redis dead meanwhile.
-            if time.monotonic() < self._circuit_open_until:
+            if not money and time.monotonic() < self._circuit_open_until:
                 raise RedisUnavailable("circuit open after a recent failure")
             try:
-                async with asyncio.timeout(CALL_TIMEOUT_S):
+                async with asyncio.timeout(MONEY_CALL_TIMEOUT_S if money else CALL_TIMEOUT_S):
                     return await pick(binding)(keys=keys, args=args)
             except (RedisError, OSError, TimeoutError) as exc:
                 raise RedisUnavailable(f"{exc.__class__.__name__}: {exc}") from exc
 
-    async def _redis_admit(self, checks: list[Check], *, now: float, member: str, spare: int = 0) -> Outcome:
+    async def _redis_admit(
+        self, checks: list[Check], *, now: float, member: str, spare: int = 0, money: MoneyAsk | None = None
+    ) -> Outcome:
         counters = [c for c in checks if not c.slot]
         sets = [c for c in checks if c.slot]
         takes_spare = any(c.takes_spare for c in counters)
@@ -421,17 +499,48 @@ class Limiter:
         for check in counters:
             args += [check.limit, check.amount, check.ttl_s * 1000, 1 if check.takes_spare else 0]
         args += [check.limit for check in sets]
-        reply = await self._call(lambda b: b.admit, [c.store_key for c in checks], args)
-        admitted, values, denied, granted = reply
-        return Outcome(bool(admitted), [int(v) for v in values], [int(i) - 1 for i in denied], int(granted))
+        keys = [c.store_key for c in checks]
+        money_list = money.checks if money is not None else ()
+        args += [len(money_list), money.reserve if money is not None else 0]
+        for mcheck in money_list:
+            if mcheck.kind == BALANCE:
+                keys += [mcheck.store_key, mcheck.spent_key]
+                args += ["b", 0, 0]
+            else:
+                keys.append(mcheck.store_key)
+                args += ["c", mcheck.limit, mcheck.ttl_s * 1000]
+        reply = await self._call(lambda b: b.admit, keys, args, money=money is not None)
+        admitted, values, denied, granted, money_values, money_denied, missing = reply
+        return Outcome(
+            bool(admitted),
+            [int(v) for v in values],
+            [int(i) - 1 for i in denied],
+            int(granted),
+            money_values=[int(v) for v in money_values],
+            money_denied=[int(i) - 1 for i in money_denied],
+            missing=[int(i) - 1 for i in missing],
+        )
 
-    async def _redis_finish(self, admission: Admission, *, delta: int) -> None:
+    async def _redis_seed(self, items: list[SeedItem]) -> None:
+        keys, args = seed_args(items)
+        await self._call(lambda b: b.seed, keys, args, money=True)
+
+    async def _redis_finish(self, admission: Admission, *, delta: int, money_delta: int = 0) -> None:
         token_keys = list(admission.token_keys) if delta else []
+        money_keys = list(admission.money_keys) if money_delta else []
         await self._call(
             lambda b: b.finish,
-            token_keys + list(admission.slot_keys),
-            [delta, len(token_keys), admission.request_id],
+            token_keys + money_keys + list(admission.slot_keys),
+            [delta, len(token_keys), admission.request_id, money_delta, len(money_keys)],
+            money=bool(money_keys),
         )
+
+    def credits_push_local(self, organization_id: int) -> None:
+        """credits_push without Redis: the in-process store, read from the ledger now (a sync caller: the writer)."""
+        root = money_root(self.prefix, organization_id)
+        ledger = organization_ledger_money(organization_id)
+        item = SeedItem(f"{root}:cred", ledger.credits_micros, CREDITS_TTL_S, f"{root}:credn", ledger.credit_entries)
+        self.local.seed([item], now=self.now())
 
     def _on_redis_failure(self, exc: RedisUnavailable) -> None:
         circuit_was_open = time.monotonic() < self._circuit_open_until

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,21 +12,28 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway.limits.checks import Check, Outcome
+from gateway.limits.checks import BALANCE, Check, MoneyAsk, Outcome
 
 log = logging.getLogger("gateway.limits")
 
 SOCKET_TIMEOUT_S = 0.25
 CALL_TIMEOUT_S = 0.3  # hard cap on one Redis round trip, connect included
+# Money fails closed (gateway/limits/money.py): a refusal costs the customer a request, so a call with a balance or a
+# spend cap waits longer for Redis, and tries it even while the circuit is open.
+MONEY_CALL_TIMEOUT_S = 1.5
 SWEEP_EVERY = 4096
 
 
 # --- Stores ------------------------------------------------------------------------------------------
 
-# KEYS: the counters, then the concurrency sets.
+# KEYS: the counters, then the concurrency sets, then the money keys (a balance: credits and spent; a cap: its counter).
 # ARGV: now_ms, counters, sets, slot_ttl_ms, member, spare, then (limit, amount, ttl_ms, takes_spare) per counter,
-# then limit per set. Spare tokens go to the counters that take them as far as every one of them has room left
-# after its own amount (never a reason to refuse); the reply ends with how many were granted.
+# then limit per set, then the number of money checks, the reservation in micro-units, and (kind 'b' or 'c', limit,
+# ttl_ms) per money check. Spare tokens go to the counters that take them as far as every one of them has room left
+# after its own amount (never a reason to refuse). A money key that is missing (never seeded, expired, Redis
+# flushed) stops the admission before anything changes: the reply lists those checks, the gateway seeds them from
+# the database and asks again. The reply: admitted, the values, the denied counters and sets, the spare tokens
+# granted, the money values (the balance available, a cap's spend), the denied money checks, the missing ones.
 ADMIT_LUA = """
 local now = tonumber(ARGV[1])
 local c = tonumber(ARGV[2])
@@ -59,7 +67,41 @@ for j = 1, z do
   if cur + 1 > tonumber(ARGV[a]) then denied[#denied + 1] = c + j end
   a = a + 1
 end
-if #denied > 0 then return {0, values, denied, 0} end
+local nm = tonumber(ARGV[a])
+local reserve = tonumber(ARGV[a + 1])
+a = a + 2
+local money_a = a
+local k = c + z
+local mvalues = {}
+local mdenied = {}
+local missing = {}
+for i = 1, nm do
+  if ARGV[a] == 'b' then
+    local credits = redis.call('GET', KEYS[k + 1])
+    local spent = redis.call('GET', KEYS[k + 2])
+    if not credits or not spent then
+      missing[#missing + 1] = i
+      mvalues[i] = 0
+    else
+      mvalues[i] = tonumber(credits) - tonumber(spent)
+      if mvalues[i] < reserve then mdenied[#mdenied + 1] = i end
+    end
+    k = k + 2
+  else
+    local cur = redis.call('GET', KEYS[k + 1])
+    if not cur then
+      missing[#missing + 1] = i
+      mvalues[i] = 0
+    else
+      mvalues[i] = tonumber(cur)
+      if mvalues[i] + reserve > tonumber(ARGV[a + 1]) then mdenied[#mdenied + 1] = i end
+    end
+    k = k + 1
+  end
+  a = a + 3
+end
+if #missing > 0 then return {0, values, {}, 0, mvalues, {}, missing} end
+if #denied > 0 or #mdenied > 0 then return {0, values, denied, 0, mvalues, mdenied, {}} end
 a = 7
 for i = 1, c do
   local amount = tonumber(ARGV[a + 1])
@@ -74,13 +116,29 @@ for j = 1, z do
   redis.call('PEXPIRE', key, slot_ttl)
   values[c + j] = redis.call('ZCARD', key)
 end
-return {1, values, denied, spare}
+a = money_a
+k = c + z
+for i = 1, nm do
+  if ARGV[a] == 'b' then
+    if reserve ~= 0 then redis.call('INCRBY', KEYS[k + 2], reserve) end
+    k = k + 2
+  else
+    redis.call('INCRBY', KEYS[k + 1], reserve)
+    if tonumber(ARGV[a + 2]) > 0 then redis.call('PEXPIRE', KEYS[k + 1], ARGV[a + 2]) end
+    k = k + 1
+  end
+  a = a + 3
+end
+return {1, values, denied, spare, mvalues, {}, {}}
 """
 
-# KEYS: the token counters, then the concurrency sets. ARGV: token delta, number of token counters, member.
+# KEYS: the token counters, the money counters (spent, caps), then the concurrency sets.
+# ARGV: token delta, number of token counters, member, money delta, number of money counters.
 FINISH_LUA = """
 local delta = tonumber(ARGV[1])
 local t = tonumber(ARGV[2])
+local money = tonumber(ARGV[4] or '0')
+local m = tonumber(ARGV[5] or '0')
 if delta ~= 0 then
   for i = 1, t do
     -- Only a counter that still exists: INCRBY on an expired one would create a key without a TTL.
@@ -89,7 +147,49 @@ if delta ~= 0 then
     end
   end
 end
-for j = t + 1, #KEYS do redis.call('ZREM', KEYS[j], ARGV[3]) end
+if money ~= 0 then
+  -- Exact, never clamped: a money counter is what was spent. A missing one was lost (and is seeded again from the
+  -- database, which will hold this request's cost once its usage row is written).
+  for i = t + 1, t + m do
+    if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBY', KEYS[i], money) end
+  end
+end
+for j = t + m + 1, #KEYS do redis.call('ZREM', KEYS[j], ARGV[3]) end
+return 1
+"""
+
+# Seeds money keys from the database. ARGV: the number of items, then (mode, value, version, ttl_ms) per item.
+# Mode 'v' (two KEYS: value, version): set both unless the version held is newer (the ledger's credits: a snapshot
+# with more entries is a later one, so a late writer never puts an older sum back). Mode 'n' (one KEY): set only if
+# missing (what was spent: the counter in Redis, once there, is ahead of the database).
+SEED_LUA = """
+local n = tonumber(ARGV[1])
+local a = 2
+local k = 1
+for i = 1, n do
+  local ttl = tonumber(ARGV[a + 3])
+  if ARGV[a] == 'v' then
+    local held = tonumber(redis.call('GET', KEYS[k + 1]) or '-1')
+    if redis.call('EXISTS', KEYS[k]) == 0 or tonumber(ARGV[a + 2]) > held then
+      if ttl > 0 then
+        redis.call('SET', KEYS[k], ARGV[a + 1], 'PX', ttl)
+        redis.call('SET', KEYS[k + 1], ARGV[a + 2], 'PX', ttl)
+      else
+        redis.call('SET', KEYS[k], ARGV[a + 1])
+        redis.call('SET', KEYS[k + 1], ARGV[a + 2])
+      end
+    end
+    k = k + 2
+  else
+    if ttl > 0 then
+      redis.call('SET', KEYS[k], ARGV[a + 1], 'NX', 'PX', ttl)
+    else
+      redis.call('SET', KEYS[k], ARGV[a + 1], 'NX')
+    end
+    k = k + 1
+  end
+  a = a + 4
+end
 return 1
 """
 
@@ -103,7 +203,16 @@ class LocalStore:
         self._lock = threading.Lock()  # the event loop needs none; a stray thread must not corrupt the dicts
         self._ops = 0
 
-    def admit(self, checks: Sequence[Check], *, now: float, member: str, slot_ttl_s: float, spare: int = 0) -> Outcome:
+    def admit(
+        self,
+        checks: Sequence[Check],
+        *,
+        now: float,
+        member: str,
+        slot_ttl_s: float,
+        spare: int = 0,
+        money: MoneyAsk | None = None,
+    ) -> Outcome:
         with self._lock:
             self._ops += 1
             if self._ops % SWEEP_EVERY == 0:
@@ -134,8 +243,32 @@ class LocalStore:
                     if current + max(need, 1) > check.limit:
                         denied.append(index)
                 values.append(current)
-            if denied:
-                return Outcome(False, values, denied)
+            money_values: list[int] = []
+            money_denied: list[int] = []
+            missing: list[int] = []
+            reserve = money.reserve if money is not None else 0
+            for index, mcheck in enumerate(money.checks if money is not None else ()):
+                held = self._money_get(mcheck.store_key, now)
+                if mcheck.kind == BALANCE:
+                    spent = self._money_get(mcheck.spent_key, now)
+                    if held is None or spent is None:
+                        missing.append(index)
+                        money_values.append(0)
+                        continue
+                    money_values.append(held - spent)
+                    if held - spent < reserve:
+                        money_denied.append(index)
+                elif held is None:
+                    missing.append(index)
+                    money_values.append(0)
+                else:
+                    money_values.append(held)
+                    if held + reserve > mcheck.limit:
+                        money_denied.append(index)
+            if missing:
+                return Outcome(False, values, [], money_values=money_values, missing=missing)
+            if denied or money_denied:
+                return Outcome(False, values, denied, money_values=money_values, money_denied=money_denied)
             for index, check in enumerate(checks):
                 if check.slot:
                     slots = self._slots.setdefault(check.store_key, {})
@@ -144,10 +277,57 @@ class LocalStore:
                 else:
                     values[index] += check.amount + (spare if check.takes_spare else 0)
                     self._counters[check.store_key] = (values[index], now + check.ttl_s)
-            return Outcome(True, values, denied, spare)
+            for mcheck in money.checks if money is not None else ():
+                if mcheck.kind == BALANCE:
+                    self._money_add(mcheck.spent_key, reserve)
+                else:
+                    self._counters[mcheck.store_key] = (
+                        self._counters[mcheck.store_key][0] + reserve,
+                        now + mcheck.ttl_s if mcheck.ttl_s else math.inf,
+                    )
+            return Outcome(True, values, denied, spare, money_values=money_values)
 
-    def finish(self, *, token_keys: Sequence[str], delta: int, slot_keys: Sequence[str], member: str) -> None:
+    def _money_get(self, key: str, now: float) -> int | None:
+        entry = self._counters.get(key)
+        return entry[0] if entry is not None and entry[1] > now else None
+
+    def _money_add(self, key: str, amount: int) -> None:
+        entry = self._counters.get(key)
+        if entry is not None:
+            self._counters[key] = (entry[0] + amount, entry[1])
+
+    def forget(self, keys: Sequence[str]) -> None:
         with self._lock:
+            for key in keys:
+                self._counters.pop(key, None)
+
+    def seed(self, items: Sequence[SeedItem], *, now: float) -> None:
+        """SEED_LUA's rules in process: a versioned value is set unless a newer one is held, the others if missing."""
+        with self._lock:
+            for item in items:
+                expires_at = now + item.ttl_s if item.ttl_s else math.inf
+                if item.version_key:
+                    held = self._money_get(item.version_key, now)
+                    if self._money_get(item.key, now) is None or held is None or item.version > held:
+                        self._counters[item.key] = (item.value, expires_at)
+                        self._counters[item.version_key] = (item.version, expires_at)
+                elif self._money_get(item.key, now) is None:
+                    self._counters[item.key] = (item.value, expires_at)
+
+    def finish(
+        self,
+        *,
+        token_keys: Sequence[str],
+        delta: int,
+        slot_keys: Sequence[str],
+        member: str,
+        money_keys: Sequence[str] = (),
+        money_delta: int = 0,
+    ) -> None:
+        with self._lock:
+            if money_delta:
+                for key in money_keys:
+                    self._money_add(key, money_delta)
             if delta:
                 for key in token_keys:
                     entry = self._counters.get(key)
@@ -184,6 +364,28 @@ class LocalStore:
             self._slots.clear()
 
 
+@dataclass(frozen=True, slots=True)
+class SeedItem:
+    """One money key seeded from the database: with a `version_key`, set unless a newer version is held; else only if
+    missing. ttl_s 0: no expiry."""
+
+    key: str
+    value: int
+    ttl_s: int
+    version_key: str = ""
+    version: int = 0
+
+
+def seed_args(items: Sequence[SeedItem]) -> tuple[list[str], list[Any]]:
+    """SEED_LUA's KEYS and ARGV for these items."""
+    keys: list[str] = []
+    args: list[Any] = [len(items)]
+    for item in items:
+        keys += [item.key, item.version_key] if item.version_key else [item.key]
+        args += ["v" if item.version_key else "n", item.value, item.version, item.ttl_s * 1000]
+    return keys, args
+
+
 class RedisUnavailable(Exception):
     """Redis did not answer in time or refused; the limiter decides what that means."""
 
@@ -194,6 +396,7 @@ class RedisBinding:
     client: aioredis.Redis
     admit: Any  # redis.commands.core.AsyncScript
     finish: Any
+    seed: Any
     # One permit per pooled connection: a burst queues here, untimed, instead of failing with
     # MaxConnectionsError (redis-py's pool raises at once when full), which would look like an outage.
     permits: asyncio.Semaphore

@@ -292,11 +292,15 @@ class ChatStreamTranslator:
         frame = self._text_open + json_compact(t).encode() + self._text_close
         return frame if self._started else self.start() + frame
 
-    def finish(self, *, finish_reason: str, usage: Usage) -> bytes:
+    def finish(self, *, finish_reason: str, usage: Usage, cost_micros: int | None = None) -> bytes:
+        """`cost_micros`, when given, rides in the usage chunk beside the counts (the SDKs keep unknown fields)."""
         frames = b"" if self._started else self.start()
         frames += self._choice("{}", _finish(finish_reason))
         if self._include_usage:
-            frames += f'{self._head}[],"usage":{json_compact(_usage(usage))}}}\n\n'.encode()
+            totals: dict[str, int] = _usage(usage)
+            if cost_micros is not None:
+                totals["cost_micros"] = cost_micros
+            frames += f'{self._head}[],"usage":{json_compact(totals)}}}\n\n'.encode()
         return frames + _DONE
 
     def error(self, err: GatewayError) -> bytes:

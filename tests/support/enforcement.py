@@ -136,6 +136,21 @@ ERRORS: dict[str, dict[str, tuple[Any, ...]]] = {
         MESSAGES: (429, "rate_limit_error"),
         ENVELOPE: (429, "quota_exceeded"),
     },
+    "insufficient_balance": {
+        CHAT: (402, "insufficient_quota", "insufficient_quota"),
+        MESSAGES: (402, "billing_error"),
+        ENVELOPE: (402, "insufficient_quota"),
+    },
+    "spend_cap": {
+        CHAT: (429, "insufficient_quota", "spend_cap_reached"),
+        MESSAGES: (429, "rate_limit_error"),
+        ENVELOPE: (429, "spend_cap_reached"),
+    },
+    "model_not_priced": {
+        CHAT: (403, "permission_error", "model_not_priced"),
+        MESSAGES: (403, "permission_error"),
+        ENVELOPE: (403, "permission_denied"),
+    },
     "draining": {
         CHAT: (503, "api_error", "upstream_unavailable"),
         MESSAGES: (529, "overloaded_error"),
@@ -203,6 +218,8 @@ def make_plan(
     window_seconds: int = 3600,
     weekly: int | None = None,
     aliases: list[str] | None = None,
+    prepaid: bool = False,
+    monthly_price_micros: int = 0,
 ) -> Plan:
     slug = f"t{uuid.uuid4().hex[:12]}"
     plan = Plan.objects.create(
@@ -214,6 +231,8 @@ def make_plan(
         window_requests=window_requests,
         window_seconds=window_seconds,
         weekly_requests=weekly,
+        prepaid=prepaid,
+        monthly_price_micros=monthly_price_micros,
     )
     if aliases:
         plan.allowed_aliases.set(ModelAlias.objects.filter(alias__in=aliases))
