@@ -104,15 +104,23 @@ def default_price() -> tuple[int, int]:
     return settings.PORTAL_DEFAULT_INPUT_PRICE_PER_MILLION, settings.PORTAL_DEFAULT_OUTPUT_PRICE_PER_MILLION
 
 
+FREE_PLAN_SLUG = "free"  # DEFAULT_PLANS' free tier: its models cost nothing (a 0/0 price row of its own per alias)
+
+
 def price_ensure_default(*, alias: str, price_model: type[ModelPrice] = ModelPrice) -> bool:
-    """Give `alias` the default alias-wide price unless it has one; True when one was written.
+    """Give `alias` the default alias-wide price unless it has one; True when one was written. The free plan (slug
+    FREE_PLAN_SLUG, when it exists) also gets a 0/0 price of its own for the alias unless it has one: the free tier
+    is free, bounded by its allowance, and its ledger is not a debt that grows with every request.
 
     Every alias is priced from its creation on: an alias with no price row is refused for paid plans (MONEY), so one
     that appears (sync_router_pools, the admin, a rename) must not wait for staff to notice. A price row that exists
-    (staff's, or explicitly free at 0/0) is never touched. Idempotent across processes: the alias-wide row is unique,
-    and a lost race is a no-op.
+    (staff's, or explicitly free at 0/0) is never touched. Idempotent across processes: the rows are unique, and a
+    lost race is a no-op.
     """
-    if not alias or price_model.objects.filter(alias=alias, plan__isnull=True).exists():
+    if not alias:
+        return False
+    _free_plan_price_ensure(alias=alias, price_model=price_model)
+    if price_model.objects.filter(alias=alias, plan__isnull=True).exists():
         return False
     input_price, output_price = default_price()
     try:
@@ -123,6 +131,18 @@ def price_ensure_default(*, alias: str, price_model: type[ModelPrice] = ModelPri
     except IntegrityError:
         return False  # another process priced it a moment ago
     return True
+
+
+def _free_plan_price_ensure(*, alias: str, price_model: type[ModelPrice]) -> None:
+    plan_model = price_model._meta.get_field("plan").related_model
+    free = plan_model.objects.filter(slug=FREE_PLAN_SLUG).first()  # type: ignore[attr-defined]
+    if free is None or price_model.objects.filter(alias=alias, plan=free).exists():
+        return
+    try:
+        with transaction.atomic():
+            price_model.objects.create(alias=alias, plan=free, input_micros_per_million=0, output_micros_per_million=0)
+    except IntegrityError:
+        pass  # another process made it a moment ago
 
 
 # usage.models.UsageEvent.Status values, spelled out: billing sits below usage and does not import it

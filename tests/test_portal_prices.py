@@ -20,6 +20,9 @@ def team(db, portal_settings) -> Team:  # noqa: ANN001, F811
     ModelAlias.objects.create(alias="gemma4", pool=pool)  # no context length stated, the default cap
     ModelAlias.objects.create(alias="hidden", pool=pool, enabled=False)
     ModelPrice.objects.filter(alias="oss-20b").update(input_micros_per_million=200_000, output_micros_per_million=600_001)
+    # These tests price the free plan at list prices; the free tier's own 0/0 rows (every alias free on it by default)
+    # are test_the_free_tier_is_listed_free's.
+    ModelPrice.objects.filter(plan__slug="free").delete()
     ModelPrice.objects.create(
         alias="oss-20b", plan=Plan.objects.get(slug="pro"), input_micros_per_million=150_000, output_micros_per_million=450_000
     )
@@ -47,6 +50,18 @@ def test_each_model_is_listed_with_the_price_of_the_viewers_plan_and_its_limits(
     team.acme.save()
     html = team.client(team.member).get(path).content.decode()
     assert rows(html)["oss-20b"] == ["oss-20b GPT-OSS 20B", "$0.15", "$0.45", "131,072", "8,192"]  # pro's own price
+
+
+def test_the_free_tier_is_listed_free(team: Team) -> None:
+    from billing.services import price_ensure_default
+
+    for alias in ("oss-20b", "gemma4"):
+        price_ensure_default(alias=alias)  # as when the aliases appear: the free plan gets its own 0/0 row
+    html = team.client(team.member).get("/portal/docs").content.decode()
+    assert rows(html) == {
+        "gemma4": ["gemma4", "Free", "Free", "—", "4,096"],
+        "oss-20b": ["oss-20b GPT-OSS 20B", "Free", "Free", "131,072", "8,192"],
+    }
 
 
 def test_free_and_unpriced_models_say_so(team: Team) -> None:

@@ -17,7 +17,7 @@ from django.urls import reverse
 
 from accounts.models import User
 from billing.models import ModelPrice
-from billing.services import plans_seed_defaults, price_ensure_default
+from billing.services import FREE_PLAN_SLUG, plans_seed_defaults, price_ensure_default
 from routerpools.config import parse_router_env
 from routerpools.models import ModelAlias, RouterPool
 from routerpools.services import router_pools_sync
@@ -27,10 +27,26 @@ pytestmark = pytest.mark.django_db
 
 
 def prices() -> dict[tuple[str, str | None], tuple[int, int]]:
+    """The list prices and staff's per-plan rows; the free plan's own 0/0 rows are test_the_free_plan_serves_every_alias_free's."""
     return {
         (p.alias, p.plan.slug if p.plan else None): (p.input_micros_per_million, p.output_micros_per_million)
-        for p in ModelPrice.objects.select_related("plan")
+        for p in ModelPrice.objects.select_related("plan").exclude(plan__slug=FREE_PLAN_SLUG)
     }
+
+
+def test_the_free_plan_serves_every_alias_free_and_keeps_a_price_staff_set(pool: RouterPool) -> None:
+    plans_seed_defaults()
+    ModelAlias.objects.create(alias="f1", pool=pool)
+    free_rows = ModelPrice.objects.filter(plan__slug=FREE_PLAN_SLUG)
+    assert {(p.alias, p.input_micros_per_million, p.output_micros_per_million) for p in free_rows} == {("f1", 0, 0)}
+    free_rows.update(input_micros_per_million=5, output_micros_per_million=6)  # staff charge the free plan after all
+    ModelAlias.objects.get(alias="f1").save()
+    ModelAlias.objects.create(alias="f2", pool=pool)
+    assert {(p.alias, p.input_micros_per_million, p.output_micros_per_million) for p in free_rows.all()} == {
+        ("f1", 5, 6),
+        ("f2", 0, 0),
+    }
+    assert prices()[("f2", None)] == (100_000, 400_000)  # the list price, for every other plan
 
 
 @pytest.fixture
@@ -53,7 +69,7 @@ def test_env_managed_aliases_written_by_sync_router_pools_are_priced() -> None:
     router_pools_sync(config=parse_router_env(env))
     assert prices() == {("gemma4", None): (100_000, 400_000), ("oss-20b", None): (100_000, 400_000)}
     router_pools_sync(config=parse_router_env(env))  # a restart: idempotent
-    assert ModelPrice.objects.count() == 2
+    assert len(prices()) == 2 and ModelPrice.objects.count() == 2 + ModelPrice.objects.filter(plan__slug=FREE_PLAN_SLUG).count()
 
 
 def test_an_existing_price_is_kept_and_an_explicit_free_price_stays_free(pool: RouterPool) -> None:

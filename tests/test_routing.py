@@ -206,7 +206,7 @@ def test_models_list_and_retrieve(gateway: LiveGateway, key: IssuedKey) -> None:
     created = int(ModelAlias.objects.get(alias=ALIAS).created_at.timestamp())
     # OpenAI's four fields, then the alias's name, its cap (what a request without max_tokens gets) and its
     # context window (not stated for an alias synced from the environment), and its price on the key's plan
-    # (OpenRouter's `pricing`; null: no price, which a free plan is served at no cost).
+    # (OpenRouter's `pricing`, USD per token: the list price every alias gets when it appears, $0.10/$0.40 per million).
     entry = {
         "id": ALIAS,
         "object": "model",
@@ -215,7 +215,7 @@ def test_models_list_and_retrieve(gateway: LiveGateway, key: IssuedKey) -> None:
         "display_name": ALIAS,
         "max_output_tokens": 4096,
         "context_length": None,
-        "pricing": None,
+        "pricing": {"prompt": "0.0000001", "completion": "0.0000004"},
     }
     auth = {"authorization": f"Bearer {key.raw}"}
 
@@ -481,8 +481,19 @@ def test_router_without_usage_is_estimated(gateway: LiveGateway, key: IssuedKey,
     )
     chunks = data_only(response)
     assert chat_text(chunks) == text
-    # The final usage chunk also says what the answer cost (no price here: nothing).
-    assert chunks[-2]["choices"] == [] and chunks[-2]["usage"] == {**expected, "cost_micros": 0}
+    # The final usage chunk also says what the answer cost: the alias's list price (PORTAL_DEFAULT_*_PRICE_PER_MILLION,
+    # given when it appeared) on the key's plan, rounded up to the micro-unit, as its usage row and debit.
+    from billing.services import default_price, request_cost_micros
+
+    input_price, output_price = default_price()
+    cost = request_cost_micros(
+        prompt_tokens=expected["prompt_tokens"],
+        completion_tokens=expected["completion_tokens"],
+        input_micros_per_million=input_price,
+        output_micros_per_million=output_price,
+    )
+    assert cost > 0
+    assert chunks[-2]["choices"] == [] and chunks[-2]["usage"] == {**expected, "cost_micros": cost}
     event = usage_event(request_id_of(response))
     assert (event.estimated, event.completion_tokens, event.streamed, event.status) == (
         True,
