@@ -138,6 +138,7 @@ def test_top_up_spend_cap_refused_raise_spend_out_and_top_up_again(
 
     # 1. Nothing in the balance: the first request is refused before any router call, and says what it would cost.
     shows_balance(page, 0)
+    assert "new requests are refused with insufficient_quota" in page.inner_text("#balance-empty")
     error = refused(spend(), 402, "insufficient_quota")
     assert "prepaid balance is $0.00" in error["message"], error
 
@@ -145,6 +146,7 @@ def test_top_up_spend_cap_refused_raise_spend_out_and_top_up_again(
     top_up(page, portal, "5")
     assert page.inner_text("#payment-notice") == "Thank you: your payment is credited below."
     assert balance(page) == "$5.00"
+    assert not page.locator("#balance-empty").count()
     first, second = spend(), spend()
     assert (first.status, second.status) == (200, 200), (first.body, second.body)
     spent_before_cap = first.cost_micros + second.cost_micros
@@ -181,6 +183,8 @@ def test_top_up_spend_cap_refused_raise_spend_out_and_top_up_again(
     assert spent_today <= cap
     assert "organization daily spend cap of $3.50 reached" in error["message"], error
     shows_balance(page, 5_000_000 - spent_today)
+    assert page.inner_text('#cap-status li[data-cap="daily"] .cap-spent') == format_micros_exact(spent_today)
+    assert page.inner_text('#cap-status li[data-cap="daily"] .cap-limit') == "$3.50"
 
     # 5. The owner raises the cap: requests go through again, until the balance cannot pay for the next one.
     page.fill("#id_daily_cap", "20")
