@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from urllib.parse import quote
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db import transaction
@@ -253,6 +255,13 @@ def webhook_secret_rotate(request: HttpRequest) -> HttpResponse:
     return _back_to_billing(org_param)
 
 
+def _upgrade_mailto(org: Organization, upgraded: Plan | None) -> str:
+    """Where a customer asks for the next plan up when it is not sold online: PORTAL_SUPPORT_EMAIL, subject filled in."""
+    if upgraded is None or not settings.PORTAL_SUPPORT_EMAIL:
+        return ""
+    return f"mailto:{settings.PORTAL_SUPPORT_EMAIL}?subject={quote(f'Upgrade {org.slug} to {upgraded.name}')}"
+
+
 def _render_billing(
     request: HttpRequest, ctx: PortalContext, org_param: str, *, spend_form: SpendSettingsForm | None = None, status: int = 200
 ) -> HttpResponse:
@@ -292,6 +301,7 @@ def _render_billing(
             "spend_form": spend_form or SpendSettingsForm(initial=spend_settings_initial(org)),
             "org_query": f"{urlencode({'org': org_param})}&" if org_param else "",
             "payments": payments_panel(request, ctx, upgraded),
+            "upgrade_mailto": _upgrade_mailto(org, upgraded),
             "org_param": org_param,
         },
         status=status,
