@@ -5,8 +5,9 @@ billing page, is refused at the cap (429), raises it, spends the balance down to
 The /v1 calls go to the same live daphne the browser uses (the portal and the gateway are one process), so the
 credits, the caps and the spend all go through the real admission in Redis, the usage writer and the ledger in
 PostgreSQL. Every number is checked to the micro-dollar: each answer's x-cortensor-cost-micros header, its usage row
-and its ledger debit are one number; the balance the page shows is the credits minus the debits; the day's spend when
-the cap refused is within the cap plus one request's reservation.
+and its ledger debit are one number; the balance the page shows is the credits minus the debits; when the cap refused,
+the day's spend was within the cap (the admission reserves a request's most before serving it, so one request at a
+time never passes it) and the next request's reservation did not fit.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def refused(answer: Answer, status: int, code: str) -> dict:
     return error
 
 
-@needs_shared_redis  # the browser's portal and the test's ledger writes meet in the limiter's Redis
+@needs_shared_redis  # the admission as production runs it: balance and caps in Redis (the embedded store is not run here)
 def test_top_up_spend_cap_refused_raise_spend_out_and_top_up_again(
     portal: PortalServer,
     stripe_fake: FakeStripe,
