@@ -143,3 +143,47 @@ def test_the_admin_never_shows_the_webhook_secret(team: Team) -> None:
     page = staff.get(f"/admin/accounts/organization/{team.acme.pk}/change/")
     assert page.status_code == 200 and "hooks.example.com" in page.content.decode()
     assert secret not in page.content.decode()
+
+
+def test_the_page_shows_each_caps_spend_and_says_when_one_is_reached(team: Team) -> None:
+    """What the gateway counts against the caps (the usage rows' cost) beside each cap, for managers and members; a
+    reached cap is a banner naming the refusal and, for managers, the way to raise it; an empty prepaid balance too."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from billing.models import Plan
+    from usage.models import UsageEvent
+
+    org = acme()
+    now = timezone.now()
+    for n, (cost, when) in enumerate([(1_015_000, now), (2_000_000, now), (7_000_000, now - timedelta(days=40))]):
+        UsageEvent.objects.create(
+            request_id=f"req_cap{n}", organization=org, alias="oss-20b", route="chat.completions", status="ok",
+            http_status=200, cost_micros=cost, created_at=when,
+        )  # fmt: skip
+    org.spend_cap_daily_micros, org.spend_cap_monthly_micros = 3_500_000, 100_000_000
+    org.save()
+    html = team.client(team.owner).get("/portal/billing").content.decode()
+    assert (
+        'Spent today (UTC): <strong class="cap-spent">$3.015</strong> of the daily cap of <strong class="cap-limit">$3.50</strong> (86%).'
+        in html
+    )
+    assert 'of the monthly cap of <strong class="cap-limit">$100.00</strong>' in html
+    assert "data-cap-reached" not in html and 'id="balance-empty"' not in html
+
+    org.spend_cap_daily_micros = 3_015_000
+    org.save()
+    for user, next_step in (
+        (team.owner, '<a href="#alerts">Raise the cap</a>.'),
+        (team.member, "Owners and admins can raise it."),
+    ):
+        html = team.client(user).get("/portal/billing").content.decode()
+        banner = html.split('data-cap-reached="daily">', 1)[1].split("</div>", 1)[0]
+        assert "The daily spend cap of $3.015 is reached</strong> ($3.015 spent today (UTC))" in banner
+        assert "spend_cap_reached" in banner and next_step in banner
+        assert "(100%): reached, new requests are refused until" in html
+
+    Plan.objects.filter(slug="free").update(prepaid=True)
+    html = team.client(team.owner).get("/portal/billing").content.decode()
+    assert "<strong>Your prepaid balance is $0.00</strong>" in html

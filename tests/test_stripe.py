@@ -303,8 +303,31 @@ def test_without_a_secret_key_the_page_says_how_to_turn_payments_on(team: Team, 
     page = team.client(team.owner).get("/portal/billing").content.decode()
     assert 'Online payments are off on this portal: set <code class="mono">PORTAL_STRIPE_SECRET_KEY</code>' in page
     assert 'id="topup-form"' not in page and 'id="upgrade-form"' not in page
-    assert "Plan changes are made by the Cortensor team" in page
+    # No dead end: the upgrade says what turns it on (the payments, a Stripe price, or an address to write to).
+    assert "Cortensor team" not in page
+    assert (
+        '<p class="muted small compare-how" id="upgrade-off">Pro is not sold online on this portal: to sell it here, '
+        "turn payments on (above) and give the plan a Stripe price"
+    ) in page
     assert top_up(team).status_code == 404
+
+
+def test_an_upgrade_not_sold_online_is_asked_for_by_mail_or_made_by_staff_in_the_admin(team: Team, settings) -> None:  # noqa: ANN001
+    settings.PORTAL_STRIPE_SECRET_KEY = settings.PORTAL_STRIPE_WEBHOOK_SECRET = ""
+    settings.PORTAL_SUPPORT_EMAIL = "sales@cortensor.example"
+    page = team.client(team.owner).get("/portal/billing").content.decode()
+    assert (
+        'To move Acme to Pro, write to <a href="mailto:sales@cortensor.example?subject=Upgrade%20acme%20to%20Pro">'
+        "sales@cortensor.example</a>"
+    ) in page
+    assert 'id="upgrade-off"' not in page
+
+    settings.PORTAL_SUPPORT_EMAIL = ""
+    team.owner.is_staff = True
+    team.owner.save(update_fields=["is_staff"])
+    page = team.client(team.owner).get("/portal/billing").content.decode()
+    assert f'<a href="/admin/accounts/organization/{team.acme.pk}/change/">Change the plan of Acme in the admin</a>' in page
+    assert 'id="upgrade-contact"' not in page and 'id="upgrade-off"' not in page
 
 
 def test_the_billing_page_offers_payments_to_owners_and_admins_only(team: Team, fake: FakeStripe) -> None:
@@ -455,7 +478,8 @@ def test_events_naming_an_organization_that_is_not_theirs_change_nothing(team: T
 
 def test_a_plan_without_a_stripe_price_is_not_offered_or_sold(team: Team, fake: FakeStripe) -> None:
     page = team.client(team.owner).get("/portal/billing").content.decode()
-    assert 'id="upgrade-form"' not in page and "Plan changes are made by the Cortensor team" in page
+    assert 'id="upgrade-form"' not in page and "Cortensor team" not in page
+    assert 'id="upgrade-off">Pro is not sold online on this portal: to sell it here, give the plan a Stripe price' in page
     answer = team.client(team.owner).post("/portal/billing/upgrade", {"org": "acme", "plan": "pro"})
     assert answer.status_code == 400 and "Pro cannot be bought online." in answer.content.decode()
     assert team.client(team.owner).post("/portal/billing/upgrade", {"org": "acme", "plan": "nope"}).status_code == 400

@@ -7,9 +7,11 @@ Money comes from integer micro-units; the rules are in billing.money.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from urllib.parse import quote
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db import transaction
@@ -38,6 +40,7 @@ from portal.context import PortalContext, forbidden, portal_page, render_portal
 from portal.forms import SpendSettingsForm
 from portal.views.payments import payments_panel
 from usage.alerts import spend_alert_worker
+from usage.selectors import spend_since
 
 LEDGER_PAGE_SIZE = 50
 MANAGERS_ONLY = "Only owners and admins of this organization can change its spend caps and alerts."
@@ -108,6 +111,49 @@ def plan_rows(current: Plan, upgraded: Plan) -> list[PlanRow]:
     for alias, by_plan in prices_for_plans([current.pk, upgraded.pk]).items():
         rows.append(PlanRow(f"{alias} per 1M tokens", _price(by_plan.get(current.pk)), _price(by_plan.get(upgraded.pk))))
     return rows
+
+
+@dataclass(frozen=True, slots=True)
+class CapStatus:
+    """One of the organization's spend caps against what its period has cost so far (what the gateway counts)."""
+
+    period: str  # "daily" | "monthly"
+    cap_micros: int
+    spent_micros: int
+    resets_at: datetime
+
+    @property
+    def percent(self) -> int:
+        return 100 if self.cap_micros <= 0 else min(100, self.spent_micros * 100 // self.cap_micros)
+
+    @property
+    def is_reached(self) -> bool:
+        return self.spent_micros >= self.cap_micros
+
+    @property
+    def when(self) -> str:
+        return "today (UTC)" if self.period == "daily" else "this month (UTC)"
+
+
+def cap_statuses(org: Organization, now: datetime) -> list[CapStatus]:
+    """The organization's daily and monthly caps, each with its period's spend (one query a cap that is set)."""
+    moment = now.astimezone(UTC)
+    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    month_start, month_end = month_bounds(now)
+    periods = (
+        ("daily", org.spend_cap_daily_micros, day, day + timedelta(days=1)),
+        (
+            "monthly",
+            org.spend_cap_monthly_micros,
+            datetime.combine(month_start, time.min, tzinfo=UTC),
+            datetime.combine(month_end, time.min, tzinfo=UTC),
+        ),
+    )
+    return [
+        CapStatus(period, cap, spend_since(organization_id=org.pk, since=start), resets_at)
+        for period, cap, start, resets_at in periods
+        if cap is not None
+    ]
 
 
 def month_bounds(now: datetime) -> tuple[date, date]:
@@ -209,6 +255,13 @@ def webhook_secret_rotate(request: HttpRequest) -> HttpResponse:
     return _back_to_billing(org_param)
 
 
+def _upgrade_mailto(org: Organization, upgraded: Plan | None) -> str:
+    """Where a customer asks for the next plan up when it is not sold online: PORTAL_SUPPORT_EMAIL, subject filled in."""
+    if upgraded is None or not settings.PORTAL_SUPPORT_EMAIL:
+        return ""
+    return f"mailto:{settings.PORTAL_SUPPORT_EMAIL}?subject={quote(f'Upgrade {org.slug} to {upgraded.name}')}"
+
+
 def _render_billing(
     request: HttpRequest, ctx: PortalContext, org_param: str, *, spend_form: SpendSettingsForm | None = None, status: int = 200
 ) -> HttpResponse:
@@ -244,9 +297,11 @@ def _render_billing(
             "month_start": month_start,
             "ledger": ledger,
             "offers": model_offers(org),
+            "caps": cap_statuses(org, now),
             "spend_form": spend_form or SpendSettingsForm(initial=spend_settings_initial(org)),
             "org_query": f"{urlencode({'org': org_param})}&" if org_param else "",
             "payments": payments_panel(request, ctx, upgraded),
+            "upgrade_mailto": _upgrade_mailto(org, upgraded),
             "org_param": org_param,
         },
         status=status,

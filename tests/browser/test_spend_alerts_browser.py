@@ -1,6 +1,6 @@
 """Prices, spend caps and alerts in a real browser against the live portal and gateway: the owner reads the model's
-price, sets a cap and a webhook, rotates the secret, and real traffic past the cap brings an e-mail and a webhook
-signed with the new secret."""
+price, sets a webhook, rotates the secret, spends, and a daily cap lowered below the day's spend brings an e-mail and
+a webhook signed with the new secret, and refuses the next request."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ def test_an_owner_sets_a_cap_and_a_webhook_and_traffic_past_it_alerts(portal: Po
     from billing.alerts import verify_signature
     from billing.models import SpendAlert
     from tests.support.portal import make_org, make_user
+    from usage.models import UsageEvent
 
     user = make_user(EMAIL, name="Cap Owner")
     org = make_org("caps-co", owner=user)
@@ -51,22 +52,24 @@ def test_an_owner_sets_a_cap_and_a_webhook_and_traffic_past_it_alerts(portal: Po
         page.click("#spend-settings button[type=submit]")
         assert "greater than or equal to 0" in page.inner_text("#spend-settings")
 
-        page.fill("#id_daily_cap", "0.000001")  # one micro-dollar: the first request passes it
+        # The webhook first, and its secret rotated; no daily cap yet.
+        page.fill("#id_daily_cap", "")
         page.fill("#id_monthly_cap", "25")
         page.fill("#id_alert_webhook_url", receiver.url)
         page.click("#spend-settings button[type=submit]")
         page.wait_for_url(f"{portal.url}/portal/billing#alerts")
         assert "Spend caps and alerts are saved." in page.inner_text("main")
-        assert page.input_value("#id_daily_cap") == "0.000001" and page.input_value("#id_monthly_cap") == "25.00"
+        assert page.input_value("#id_daily_cap") == "" and page.input_value("#id_monthly_cap") == "25.00"
         first = page.inner_text("#webhook-secret")
         assert first.startswith("whsec_")
         page.click("#rotate-webhook-secret button[type=submit]")
         page.wait_for_url(f"{portal.url}/portal/billing#alerts")
         secret = page.inner_text("#webhook-secret")
         assert secret.startswith("whsec_") and secret != first
-        shot(page, "billing-spend-caps")
-        context.close()
 
+        # A request under no daily cap. (A cap is enforced before a request: one whose reservation, its prompt and
+        # max_tokens at the price, does not fit is refused, so it is a cap lowered below the day's spend that is
+        # crossed at once, checked when it is saved.)
         with httpx.Client(base_url=portal.url, timeout=20) as http:
             answer = http.post(
                 "/v1/chat/completions",
@@ -74,6 +77,18 @@ def test_an_owner_sets_a_cap_and_a_webhook_and_traffic_past_it_alerts(portal: Po
                 headers={"Authorization": f"Bearer {raw}"},
             )
             assert answer.status_code == 200, answer.text
+        cost = int(answer.headers["x-cortensor-cost-micros"])
+        assert cost > 1
+        wait_for(lambda: UsageEvent.objects.filter(request_id=answer.headers["x-request-id"]).exists(), timeout=10)
+        assert not receiver.requests  # $25 a month is far off
+
+        page.fill("#id_daily_cap", "0.000001")  # one micro-dollar, below what the day has cost
+        page.click("#spend-settings button[type=submit]")
+        page.wait_for_url(f"{portal.url}/portal/billing#alerts")
+        assert page.input_value("#id_daily_cap") == "0.000001" and page.input_value("#id_monthly_cap") == "25.00"
+        assert "The daily spend cap of $0.000001 is reached" in page.inner_text('[data-cap-reached="daily"]')
+        shot(page, "billing-spend-caps")
+        context.close()
 
         wait_for(lambda: receiver.requests, timeout=15)
         ((headers, body),) = receiver.requests
@@ -83,12 +98,20 @@ def test_an_owner_sets_a_cap_and_a_webhook_and_traffic_past_it_alerts(portal: Po
             "daily",
             100,
         )
-        assert event["data"]["cap_micros"] == 1 and event["data"]["spent_micros"] >= 1
+        assert event["data"]["cap_micros"] == 1 and event["data"]["spent_micros"] == cost
         assert verify_signature(secret, body, headers["X-Cortensor-Signature"])
         assert not verify_signature(first, body, headers["X-Cortensor-Signature"])  # the rotated-out secret
         mail = portal.mail_to(EMAIL)
         assert "Caps-Co has reached its daily spend cap" in mail
         alert = SpendAlert.objects.get(organization=org, threshold=100)
         assert alert.webhook_status == "delivered: HTTP 200" and alert.email_status == "sent to 1"
+        wait_until_gateway_caught_up(portal)  # the new cap
+        with httpx.Client(base_url=portal.url, timeout=20) as http:
+            refused = http.post(
+                "/v1/chat/completions",
+                json={"model": ALIAS, "messages": [{"role": "user", "content": "again"}], "max_tokens": 9},
+                headers={"Authorization": f"Bearer {raw}"},
+            )
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "spend_cap_reached", refused.text
     finally:
         receiver.stop()
