@@ -300,6 +300,11 @@ def test_a_wrong_secret_key_is_a_502_and_the_key_is_not_logged(
 
 def test_without_a_secret_key_the_page_says_how_to_turn_payments_on(team: Team, settings) -> None:  # noqa: ANN001
     settings.PORTAL_STRIPE_SECRET_KEY = settings.PORTAL_STRIPE_WEBHOOK_SECRET = ""
+    # A customer is not told the operator's settings: only that paying online is not offered, and where to write.
+    settings.DEBUG, settings.PORTAL_SUPPORT_EMAIL = False, "billing@cortensor.test"
+    page = team.client(team.owner).get("/portal/billing").content.decode()
+    assert "PORTAL_STRIPE" not in page and 'href="mailto:billing@cortensor.test?subject=Credit%20for%20acme"' in page
+    settings.DEBUG, settings.PORTAL_SUPPORT_EMAIL = True, ""  # make run: whoever reads the page runs the portal
     page = team.client(team.owner).get("/portal/billing").content.decode()
     assert 'Online payments are off on this portal: set <code class="mono">PORTAL_STRIPE_SECRET_KEY</code>' in page
     assert 'id="topup-form"' not in page and 'id="upgrade-form"' not in page
