@@ -288,9 +288,12 @@ class StripeEventAdmin(admin.ModelAdmin):
         return False
 
 
+ALLOWANCE_KINDS = frozenset({SpendAlert.Kind.WINDOW, SpendAlert.Kind.WEEKLY})  # counted in requests, not micros
+
+
 @admin.register(SpendAlert)
 class SpendAlertAdmin(admin.ModelAdmin):
-    """Written by usage.alerts only: what was sent, and how each delivery went."""
+    """Written by usage.alerts and portal.limit_mail only: what was sent, and how each delivery went."""
 
     list_display = [
         "created_at",
@@ -309,12 +312,16 @@ class SpendAlertAdmin(admin.ModelAdmin):
     search_fields = ["organization__slug"]
     show_full_result_count = False
 
-    @admin.display(description="spent or balance", ordering="amount_micros")
+    @admin.display(description="spent, balance or requests", ordering="amount_micros")
     def amount(self, alert: SpendAlert) -> str:
+        if alert.kind in ALLOWANCE_KINDS:
+            return f"{alert.amount_micros} requests"
         return format_micros_exact(alert.amount_micros)
 
-    @admin.display(description="cap or top-up", ordering="limit_micros")
+    @admin.display(description="cap, top-up or allowance", ordering="limit_micros")
     def limit(self, alert: SpendAlert) -> str:
+        if alert.kind in ALLOWANCE_KINDS:
+            return f"{alert.limit_micros} requests"
         return format_micros_exact(alert.limit_micros)
 
     def has_add_permission(self, request: HttpRequest) -> bool:

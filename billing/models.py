@@ -207,7 +207,8 @@ class StripeEvent(models.Model):
 
 
 class SpendAlert(models.Model):
-    """One alert sent (or being sent): a spend cap's threshold crossed in a period, or a prepaid balance run low.
+    """One alert sent (or being sent): a spend cap's threshold crossed in a period, a prepaid balance run low, or a
+    request allowance used up in its window.
 
     The unique constraint is what makes an alert go out once: every process that sees the crossing tries to insert
     the row, one wins and sends, the others find it there (usage/alerts.py).
@@ -217,6 +218,10 @@ class SpendAlert(models.Model):
         DAILY = "daily", "Daily spend cap"
         MONTHLY = "monthly", "Monthly spend cap"
         LOW_BALANCE = "low_balance", "Low prepaid balance"
+        # A request allowance used up (portal/limit_mail.py): threshold 100, period_start the window's start, and
+        # amount/limit in requests, not micros.
+        WINDOW = "window", "Window request allowance used up"
+        WEEKLY = "weekly", "Weekly request allowance used up"
 
     organization = models.ForeignKey("accounts.Organization", on_delete=models.CASCADE, related_name="spend_alerts")
     # An id, not a foreign key: billing sits below apikeys (docs/ARCHITECTURE.md), and 0 keeps the constraint simple

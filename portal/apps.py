@@ -15,3 +15,7 @@ class PortalConfig(AppConfig):
         from portal import signals
 
         signals.connect_signals()
+
+        from portal import limit_mail
+
+        limit_mail.connect_signals()  # a used-up allowance is mailed once per window (usage's refusals wake it)

@@ -1,15 +1,17 @@
-"""Security notices by mail, plain text: a new API key was created, a member joined. (Password and address changes
-are allauth's own notices, ACCOUNT_EMAIL_NOTIFICATIONS.)
+"""Notices by mail, plain text: a new API key was created, a member joined, a request allowance is used up.
+(Password and address changes are allauth's own notices, ACCOUNT_EMAIL_NOTIFICATIONS.)
 
-They hang off the audit rows (ApiKeyEvent, MembershipEvent), so every door that makes one (the portal, its API,
-manage.py) tells the owners, and are sent once the row's transaction commits. A mail server that fails is logged,
-never an error for the action it reports. They carry names, masked keys and addresses: never a secret."""
+The first two hang off the audit rows (ApiKeyEvent, MembershipEvent), so every door that makes one (the portal, its
+API, manage.py) tells the owners, and are sent once the row's transaction commits. The used-up allowance notice goes
+to the owners and admins, from portal/limit_mail.py's thread. A mail server that fails is logged, never an error for
+the action it reports. They carry names, masked keys and addresses: never a secret."""
 
 from __future__ import annotations
 
 import logging
 import smtplib
-from typing import Any
+from datetime import UTC
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.mail import send_mail
@@ -18,6 +20,9 @@ from django.template.loader import render_to_string
 
 from accounts.models import Membership, MembershipEvent, Organization
 from apikeys.models import ApiKey, ApiKeyEvent
+
+if TYPE_CHECKING:
+    from portal.allowances import Allowance
 
 log = logging.getLogger("portal.notifications")
 SUBJECT_PREFIX = "[Cortensor] "
@@ -29,17 +34,30 @@ def owner_addresses(organization: Organization, *, besides: tuple[str, ...] = ()
     return [*found, *sorted({b.lower() for b in besides if b} - set(found))]
 
 
-def _send(subject: str, template: str, context: dict[str, Any], to: list[str]) -> None:
+def owner_and_admin_addresses(organization: Organization) -> list[str]:
+    """The active owners' and admins' addresses, as spend alerts reach them (billing.alerts.recipients)."""
+    managers = Membership.objects.filter(
+        organization=organization, role__in=[Membership.Role.OWNER, Membership.Role.ADMIN], user__is_active=True
+    ).values_list("user__email", flat=True)
+    return sorted({address.lower() for address in managers if address})
+
+
+def _send(subject: str, template: str, context: dict[str, Any], to: list[str]) -> int:
+    """One mail per address; how many the mail server took (a failure is logged, never raised)."""
     if not to:
-        return
+        return 0
     body = render_to_string(
         template, {**context, "base_url": settings.PORTAL_PUBLIC_BASE_URL, "support_email": settings.PORTAL_SUPPORT_EMAIL}
     )
+    sent = 0
     for address in to:  # one mail each: owners do not learn each other's addresses from the header
         try:
             send_mail(SUBJECT_PREFIX + subject, body, None, [address])
         except (OSError, smtplib.SMTPException):
-            log.warning("security notice %r to %s not sent: the mail server failed", subject, address, exc_info=True)
+            log.warning("notice %r to %s not sent: the mail server failed", subject, address, exc_info=True)
+        else:
+            sent += 1
+    return sent
 
 
 def notify_key_created(event: ApiKeyEvent) -> None:
@@ -67,6 +85,25 @@ def notify_member_joined(event: MembershipEvent) -> None:
         {"event": event, "organization": organization},
         owners,
     )
+
+
+def notify_allowance_used_up(organization: Organization, allowance: Allowance) -> str:
+    """The used-up notice of one allowance to the owners and admins; its outcome as a short status (never raises on
+    a mail server's failure)."""
+    to = owner_and_admin_addresses(organization)
+    if not to:
+        return "no owner or admin"
+    sent = _send(
+        f"{organization.name}'s {allowance.name} is used up",
+        "portal/email/allowance_used_up.txt",
+        {
+            "organization": organization,
+            "allowance": allowance,
+            "resets_at": allowance.resets_at.astimezone(UTC).strftime("%a %Y-%m-%d %H:%M"),
+        },
+        to,
+    )
+    return f"sent to {sent}" if sent == len(to) else f"sent to {sent} of {len(to)}"
 
 
 def _on_key_event(sender: Any, instance: ApiKeyEvent, created: bool, **kwargs: Any) -> None:

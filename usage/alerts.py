@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -189,9 +189,14 @@ def spend_alerts_check(*, organization_ids: Iterable[int], now: datetime | None 
 class SpendAlertWorker:
     """A daemon thread that checks the organizations it is told about, at most once per interval, with its own
     database connection (closed after each round, so a pooled connection goes back at once). A round that fails
-    (the database away) keeps its organizations for the round the next notification starts."""
+    (the database away) keeps its organizations for the round the next notification starts.
 
-    def __init__(self) -> None:
+    It runs spend_alerts_check by default; `check` gives it another round of the same shape (portal/limit_mail.py's
+    used-up allowances), `name` its thread's name and its log lines' words."""
+
+    def __init__(self, check: Callable[..., object] | None = None, *, name: str = "spend alert") -> None:
+        self._check = check
+        self._name = name
         self._dirty: set[int] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -208,7 +213,7 @@ class SpendAlertWorker:
         with self._lock:
             self._dirty |= ids
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="spend-alerts", daemon=True)
+                self._thread = threading.Thread(target=self._run, name=self._name.replace(" ", "-") + "s", daemon=True)
                 self._thread.start()
         self._wake.set()
 
@@ -233,11 +238,13 @@ class SpendAlertWorker:
             return
         close_old_connections()
         try:
-            spend_alerts_check(organization_ids=ids)
+            # Looked up at each round (not bound at construction): a test may replace the module's function.
+            (self._check or spend_alerts_check)(organization_ids=ids)
         except Exception as exc:
             self.failures += 1
             log.error(
-                "spend alert check failed for %d organization(s), kept for the round the next batch starts: %s",
+                "%s check failed for %d organization(s), kept for the round the next batch starts: %s",
+                self._name,
                 len(ids),
                 exc.__class__.__name__,
             )

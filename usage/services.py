@@ -20,6 +20,7 @@ from billing.services import ledger_debits_for_usage
 from portal_project.bulk import insert_ignoring_conflicts
 from usage.alerts import spend_alert_worker
 from usage.models import RequestLog, UsageEvent
+from usage.signals import LIMIT_REFUSAL_CODES, limit_refusals_recorded
 
 logger = logging.getLogger("usage")
 
@@ -78,10 +79,18 @@ def usage_record_batch(*, usage: list[UsageRecord], logs: list[RequestLogRecord]
     # Organizations this batch may have billed: their spend is checked against their caps once it has committed, in
     # usage.alerts' own thread (never this writer's time).
     billed = {u.organization_id for u in usage if u.organization_id is not None and (u.cost_micros > 0 or u.total_tokens > 0)}
+    # Organizations the limiter refused for an allowance: whoever listens (portal/limit_mail.py) is told after commit.
+    refused = {
+        u.organization_id
+        for u in usage
+        if u.organization_id is not None and u.status == UsageEvent.Status.ERROR and u.error_code in LIMIT_REFUSAL_CODES
+    }
     try:
         with transaction.atomic():
             if billed:
                 transaction.on_commit(lambda: spend_alert_worker.notify(billed))
+            if refused:
+                transaction.on_commit(lambda: _announce_refusals(refused), robust=True)
             insert_ignoring_conflicts(UsageEvent, USAGE_COLUMNS, [_tuple(u, USAGE_COLUMNS) for u in usage])
             insert_ignoring_conflicts(RequestLog, LOG_COLUMNS, [_tuple(log, LOG_COLUMNS) for log in logs])
             # Debits for ok and cancelled rows with tokens (ledger_debits_for_usage picks them),
@@ -102,8 +111,15 @@ def usage_record_batch(*, usage: list[UsageRecord], logs: list[RequestLogRecord]
             ledger_debits_for_usage(rows=usage)
             if billed:
                 transaction.on_commit(lambda: spend_alert_worker.notify(billed))
+            if refused:
+                transaction.on_commit(lambda: _announce_refusals(refused), robust=True)
         if last_used:
             apikeys_touch_last_used(last_used=last_used)  # keys that are gone are simply not matched
+
+
+def _announce_refusals(organization_ids: set[int]) -> None:
+    # send_robust: a receiver that raises is logged by Django and returned, never raised into the writer.
+    limit_refusals_recorded.send_robust(sender=UsageEvent, organization_ids=organization_ids)
 
 
 USAGE_COLUMNS = tuple(f.name for f in fields(UsageRecord))  # the UsageEvent attnames, all of them
