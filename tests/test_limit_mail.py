@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.core import mail
 from django.db import connection
+from django.test import Client
 from django.utils import timezone
 
 import gateway.limits
-from accounts.models import Organization
+from accounts.models import Organization, User
 from billing.models import SpendAlert
 from gateway.errors import QuotaExceeded, RateLimited
 from portal import limit_mail, notifications
@@ -125,6 +126,12 @@ def test_a_used_up_window_is_mailed_once_to_owners_and_admins_and_again_in_the_n
     assert limit_mails_check(organization_ids=[acme.pk], now=later) == []
     assert len(mail.outbox) == 4 and "until Wed 2026-03-04 18:00 UTC" in mail.outbox[-1].body
     assert sorted(SpendAlert.objects.values_list("kind", "period_start")) == [("window", WINDOW_START), ("window", NEXT_WINDOW)]
+
+    # Staff see them with the spend alerts, counted in requests (not as money).
+    staff = Client()
+    staff.force_login(User.objects.create_superuser(email="staff@example.com", password="not-used-here"))
+    page = staff.get("/admin/billing/spendalert/").content.decode()
+    assert "100 requests" in page and "Window request allowance used up" in page and "$0.0001" not in page
 
 
 def test_the_weekly_allowance_is_mailed_in_its_own_right(team: Team) -> None:
