@@ -30,7 +30,7 @@ def test_an_owner_sets_a_cap_and_a_webhook_and_traffic_past_it_alerts(portal: Po
     from usage.models import UsageEvent
 
     user = make_user(EMAIL, name="Cap Owner")
-    org = make_org("caps-co", owner=user)
+    org = make_org("caps-co", owner=user, plan="pro")  # a plan that pays list prices (the free plan's are 0/0)
     raw = apikey_create(organization=org, name="backend", created_by=user).raw
     wait_until_gateway_caught_up(portal)
     receiver = Receiver()
