@@ -492,25 +492,25 @@ def test_storing_puts_no_query_on_the_request_path_and_continuing_costs_one(in_p
             status, _ = await _post(api, key.raw, {"model": ALIAS, "input": "warm up", "max_output_tokens": 5})
             assert status == 200
             assert await recorder.flush()
-            before = dbstats.queries_executed()
+            before = dbstats.queries_executed_on_v1_path()
             for i in range(10):
                 body = {"model": ALIAS, "input": f"hi {i}", "max_output_tokens": 5, "stream": i % 2 == 1}
                 status, content = await _post(api, key.raw, body)
                 assert status == 200, content
                 ids.append(json.loads(content)["id"] if i % 2 == 0 else content.decode().split('"id":"', 1)[1][:29])
-            counts["steady"] = dbstats.queries_executed() - before
-            before = dbstats.queries_executed()
+            counts["steady"] = dbstats.queries_executed_on_v1_path() - before
+            before = dbstats.queries_executed_on_v1_path()
             status, _ = await _post(
                 api, key.raw, {"model": ALIAS, "input": "and?", "previous_response_id": ids[0], "store": False}
             )
-            counts["continue_from_queue"] = dbstats.queries_executed() - before
+            counts["continue_from_queue"] = dbstats.queries_executed_on_v1_path() - before
             assert status == 200
             assert await recorder.flush()
-            before = dbstats.queries_executed()
+            before = dbstats.queries_executed_on_v1_path()
             status, _ = await _post(
                 api, key.raw, {"model": ALIAS, "input": "and?", "previous_response_id": ids[1], "store": False}
             )
-            counts["continue_from_database"] = dbstats.queries_executed() - before
+            counts["continue_from_database"] = dbstats.queries_executed_on_v1_path() - before
             assert status == 200
             assert await recorder.flush()  # nothing left behind for the next test's in-process gateway
         finally:
@@ -522,6 +522,8 @@ def test_storing_puts_no_query_on_the_request_path_and_continuing_costs_one(in_p
 
     async_to_sync(main)()
     gc.collect()
+    # Counted on the /v1 path only: each flush wakes the spend-alert thread (usage/alerts.py), whose statements run in
+    # a thread of their own and may land inside any window measured here (CI saw one: 1 == 0).
     # Ten answers stored, stream and not, without one statement; the writer then wrote them all.
     assert counts["steady"] == 0
     assert set(StoredResponse.objects.filter(pk__in=ids).values_list("pk", flat=True)) == set(ids)
