@@ -55,10 +55,20 @@ DIRECT_STREAM = {"prompt": PROMPT, "max_tokens": 64, "stream": True}
 BENCH_SETUP = """
 from accounts.models import Organization
 from billing.models import Plan
+from billing.services import ledger_entry_add
 plan, _ = Plan.objects.update_or_create(slug="bench", defaults={"name": "Bench", "requests_per_minute": 1_000_000_000,
     "tokens_per_minute": 2_000_000_000, "concurrent_requests": 100_000, "window_requests": 2_000_000_000,
-    "window_seconds": 3600, "weekly_requests": 2_000_000_000})
-org = Organization.objects.get(slug="bench"); org.plan = plan; org.save()
+    "window_seconds": 3600, "weekly_requests": 2_000_000_000, "prepaid": True})
+org = Organization.objects.get(slug="bench"); org.plan = plan
+org.spend_cap_daily_micros = 10**15; org.spend_cap_monthly_micros = 10**16; org.save()
+ledger_entry_add(organization=org, kind="credit", amount_micros=10**15, memo="bench balance")
+"""
+# The money checks too (issue 13): a prepaid plan whose balance pays for every request of a run, and spend caps per
+# UTC day and month on the organization and on the key (KEY_CAPS, after issue_key), far above what a run spends, so
+# the admission script reserves and settles money on every request and never refuses.
+KEY_CAPS = """
+from apikeys.models import ApiKey
+ApiKey.objects.filter(organization__slug="bench").update(spend_cap_daily_micros=10**15, spend_cap_monthly_micros=10**16)
 """
 # `--setup minimal`, the setup of the runs before issue 15: one alias, a plan with requests per minute only.
 MINIMAL_SETUP = """
@@ -164,7 +174,10 @@ def prepare_database(env: dict[str, str]) -> str:
     sh(sys.executable, "manage.py", "sync_router_pools", env=env)
     sh(sys.executable, "manage.py", "create_org", "--slug", "bench", "--name", "Bench", "--plan", "pro", env=env)
     sh(sys.executable, "manage.py", "shell", "-c", BENCH_SETUP if SETUP == "production" else MINIMAL_SETUP, env=env)
-    return sh(sys.executable, "manage.py", "issue_key", "--org", "bench", "--name", "bench", env=env)
+    key = sh(sys.executable, "manage.py", "issue_key", "--org", "bench", "--name", "bench", env=env)
+    if SETUP == "production":
+        sh(sys.executable, "manage.py", "shell", "-c", KEY_CAPS, env=env)
+    return key
 
 
 def count_usage_rows(request_ids: list[str]) -> int:
