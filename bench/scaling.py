@@ -3,6 +3,7 @@ request costs each part of the stack.
 
     python bench/scaling.py --duration 8                 # the table (make bench-scaling), ~2 minutes
     python bench/scaling.py --streams 1000               # plus 1,000 concurrent streams held against one process (RSS)
+    python bench/scaling.py --soak 600                   # plus a 10-minute soak at 100 requests/s against it (RSS growth)
     python bench/scaling.py --pin none                   # nothing pinned (the processes spread over the cores)
 
 The production setup of bench/bench.py (five plan limits, prepaid balance and spend caps, twelve aliases some with
@@ -312,6 +313,8 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=8, help="seconds of each wrk run")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--streams", type=int, default=0, help="then hold this many SSE streams against one process")
+    parser.add_argument("--soak", type=int, default=0, help="then this many seconds at --soak-rate against one process (RSS)")
+    parser.add_argument("--soak-rate", type=int, default=100)
     parser.add_argument(
         "--pin",
         choices=("shared", "none"),
@@ -399,6 +402,17 @@ def main() -> None:
         nginx.start(1, ports[0], env)
         measure("1 process, direct (no nginx)", 1, ports[0], via_nginx=False)
         measure("1 process behind nginx", 1, NGINX_PORT, via_nginx=True)
+        if pin:
+            # The control for the row of two processes on core 1: one process given half of core 1 as each of the two
+            # gets, by a busy loop beside it. If its CPU per request rises as the two processes' does, the rise comes
+            # from sharing a core (fewer requests per wake-up of the event loop, caches), not from a second process,
+            # and two processes on free cores would each cost what one does.
+            burner = subprocess.Popen(["taskset", "-c", gateway_cpus or "1", sys.executable, "-c", "while True: pass"])
+            try:
+                measure("1 process + busy loop on its core", 1, NGINX_PORT, via_nginx=True)
+            finally:
+                burner.kill()
+                burner.wait()
         nginx.stop()
         nginx.start(2, ports[0], env)
         # What a process costs doing nothing (the health prober polling the twelve aliases, the cache poll, the usage
@@ -421,6 +435,20 @@ def main() -> None:
             )
         if args.streams:
             extra["concurrent_streams"] = hold(sim, procs[0].pid, ports[0], key, args.streams)
+        if args.soak:
+            url = f"http://127.0.0.1:{ports[0]}/v1/chat/completions"
+            result = asyncio.run(b.soak(url, key, args.soak, args.soak_rate, procs[0].pid))
+            time.sleep(2)  # the last usage round
+            ids = result.pop("request_ids")
+            result["usage_rows_of_those_requests"] = b.count_usage_rows(ids)
+            extra["soak"] = result
+            print(
+                f"  soak, {args.soak} s at {args.soak_rate}/s against one process: {result['sent']} sent, {result['ok']} answered"
+                f" 200, {result['errors']} errors, {result['usage_rows_of_those_requests']} usage rows of {len(ids)} request"
+                f" ids; RSS {result['rss_after_warmup_mb']} MB after warm-up, {result['rss_end_mb']} MB at the end"
+                f" ({result['rss_growth_after_warmup_mb']:+.1f} MB)",
+                flush=True,
+            )
     finally:
         nginx.stop()
         for proc in procs:
@@ -489,6 +517,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         # is bound by its own core (or by the shared parts on the other), two by the whole stack's CPU over both cores.
         one_bound = min(1000 / c1["gateway_total"], 2000 / (c1["gateway_total"] + shared1))
         two_bound = 2000 / (c2["gateway_total"] + shared2)
+        control = next((r for r in rows if r["setup"] == "1 process + busy loop on its core" and r["kind"] == kind), None)
         out[kind] = {
             "rps_direct": direct["rps"],
             "rps_1_process_nginx": one["rps"],
@@ -497,6 +526,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "gateway_cpu_ms_per_request_direct": direct["cpu_ms_per_request"]["gateway_total"],
             "gateway_cpu_ms_per_request_1": c1["gateway_total"],
             "gateway_cpu_ms_per_request_2": c2["gateway_total"],
+            "gateway_cpu_ms_per_request_1_sharing_its_core": control["cpu_ms_per_request"]["gateway_total"] if control else None,
             "shared_cpu_ms_per_request_1": round(shared1, 3),
             "shared_cpu_ms_per_request_2": round(shared2, 3),
             "nginx_cost_to_the_gateway_ms": round(c1["gateway_total"] - direct["cpu_ms_per_request"]["gateway_total"], 3),
@@ -513,7 +543,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def report(rows: list[dict[str, Any]], summary: dict[str, Any], extra: dict[str, Any], pin: bool) -> None:
     print(
-        f"\n{'setup':30} {'kind':10} {'req/s':>6} {'p50 ms':>7} {'err':>4} | CPU ms per request: {'gateway':>7} "
+        f"\n{'setup':34} {'kind':10} {'req/s':>6} {'p50 ms':>7} {'err':>4} | CPU ms per request: {'gateway':>7} {'-idle':>5} "
         f"{'(per process, own requests)':>27} {'loop':>5} {'nginx':>6} {'redis (net)':>12} {'pg':>5} {'pg bg':>6} "
         f"{'sim':>5} {'wrk':>5} | {'preempt':>7} {'cores %':>8} {'load':>5}"
     )
@@ -525,18 +555,19 @@ def report(rows: list[dict[str, Any]], summary: dict[str, Any], extra: dict[str,
         if served:
             per += " (" + "/".join(f"{round(100 * n / max(1, sum(served.values())))}" for n in served.values()) + "%)"
         print(
-            f"{r['setup']:30} {r['kind']:10} {r['rps']:>6.0f} {r['p50_ms']:>7.2f} {r['errors']:>4} | {'':20}"
-            f"{cpu['gateway_total']:>7.2f} {per:>27} {sum(cpu['gateway_event_loops'].values()):>5.2f} {cpu['nginx']:>6.2f} "
+            f"{r['setup']:34} {r['kind']:10} {r['rps']:>6.0f} {r['p50_ms']:>7.2f} {r['errors']:>4} | {'':20}"
+            f"{cpu['gateway_total']:>7.2f} {cpu['gateway_less_idle']:>5.2f} {per:>27} {sum(cpu['gateway_event_loops'].values()):>5.2f} {cpu['nginx']:>6.2f} "
             f"{cpu['redis']:>5.2f} ({cpu['redis_net']:.2f}) {cpu['postgres_bench_db']:>5.2f} {cpu['postgres_shared']:>6.2f} "
             f"{cpu['simulator_and_bench']:>5.2f} {cpu['wrk']:>5.2f} | {r['gateway_preemptions_per_request']:>7.2f} {'/'.join(str(v) for v in r['core_busy_percent'].values()):>8} "
             f"{r['load_average'][0]:>5.2f}"
         )
     print(
-        "\n(gateway: all processes' CPU over all requests; per process: each one's CPU over the requests nginx sent it,"
-        " and its share; loop: the event loops' part; pg: the bench database's backends; pg bg: PostgreSQL's shared"
-        " processes, every database's; redis: the whole server, whoever else uses it, and in brackets less the CPU it spent a second for the others in the second before; sim: this process, mostly the"
-        " simulator's thread; preempt: the gateway processes' involuntary context switches per request; cores: each"
-        " core's busy share, everyone's processes included)"
+        "\n(gateway: all processes' CPU over all requests; -idle: less what they spend idle in as many seconds; per"
+        " process: each one's CPU over the requests nginx sent it, and its share; loop: the event loops' part; pg: the"
+        " bench database's backends; pg bg: PostgreSQL's shared processes, every database's; redis: the whole server,"
+        " whoever else uses it, and in brackets less what it spent for the others in the second before; sim: this"
+        " process, mostly the simulator's thread; preempt: the gateway processes' involuntary context switches per"
+        " request; cores: each core's busy share, everyone's processes included)"
     )
     for kind, s in summary.items():
         print(
@@ -545,7 +576,13 @@ def report(rows: list[dict[str, Any]], summary: dict[str, Any], extra: dict[str,
             + f"; gateway CPU per request {s['gateway_cpu_ms_per_request_1']:.2f} ms with one process,"
             f" {s['gateway_cpu_ms_per_request_2']:.2f} ms with two (direct, no nginx: {s['gateway_cpu_ms_per_request_direct']:.2f} ms;"
             f" nginx's connection per request costs the gateway {s['nginx_cost_to_the_gateway_ms']:+.2f} ms)"
-            f"\n  => two processes on cores of their own: {s['projected_2_over_1_own_cores']:.2f}x one process"
+            + (
+                f"\n  one process sharing core 1 with a busy loop (half a core, as each of the two gets):"
+                f" {s['gateway_cpu_ms_per_request_1_sharing_its_core']:.2f} ms a request"
+                if s["gateway_cpu_ms_per_request_1_sharing_its_core"] is not None
+                else ""
+            )
+            + f"\n  => two processes on cores of their own: {s['projected_2_over_1_own_cores']:.2f}x one process"
             f" ({s['projected_2_over_1_own_cores_less_idle']:.2f}x from the CPU less the processes' idle cost:"
             f" {s['gateway_cpu_ms_per_request_less_idle_1']:.2f} / {s['gateway_cpu_ms_per_request_less_idle_2']:.2f} ms)"
             f"\n  => everything on a 2-core host (shared parts nginx + Redis + PostgreSQL {s['shared_cpu_ms_per_request_2']:.2f} ms a"
