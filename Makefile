@@ -57,3 +57,11 @@ bench-unkey: $(STAMP)
 	@command -v wrk >/dev/null || { echo "installing wrk from Debian's packages"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(PY) bench/bench.py --unkey --duration 10
+
+# Several processes (issue 15): one, then two gateway processes behind nginx (deploy/nginx rendered), wrk at 64
+# connections, each part's CPU per request from /proc; then 1,000 streams held against one process (RSS). ~2 minutes.
+.PHONY: bench-scaling
+bench-scaling: $(STAMP)
+	@command -v wrk >/dev/null || { echo "installing wrk from Debian's packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	$(PY) bench/scaling.py --duration 8 --streams 1000

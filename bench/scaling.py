@@ -517,6 +517,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         # is bound by its own core (or by the shared parts on the other), two by the whole stack's CPU over both cores.
         one_bound = min(1000 / c1["gateway_total"], 2000 / (c1["gateway_total"] + shared1))
         two_bound = 2000 / (c2["gateway_total"] + shared2)
+        # The same if each process's cost stays one process's (what it is on a core of its own when the control row
+        # says the rise is the sharing's).
+        two_bound_flat = 2000 / (c1["gateway_total"] + shared2)
         control = next((r for r in rows if r["setup"] == "1 process + busy loop on its core" and r["kind"] == kind), None)
         out[kind] = {
             "rps_direct": direct["rps"],
@@ -537,6 +540,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "projected_2_over_1_two_core_host": round(two_bound / one_bound, 2),
             "projected_rps_1_process": round(one_bound),
             "projected_rps_2_processes_two_core_host": round(two_bound),
+            "projected_2_over_1_two_core_host_flat_cost": round(two_bound_flat / one_bound, 2),
         }
     return out
 
@@ -578,16 +582,25 @@ def report(rows: list[dict[str, Any]], summary: dict[str, Any], extra: dict[str,
             f" nginx's connection per request costs the gateway {s['nginx_cost_to_the_gateway_ms']:+.2f} ms)"
             + (
                 f"\n  one process sharing core 1 with a busy loop (half a core, as each of the two gets):"
-                f" {s['gateway_cpu_ms_per_request_1_sharing_its_core']:.2f} ms a request"
+                f" {s['gateway_cpu_ms_per_request_1_sharing_its_core']:.2f} ms a request: sharing the core adds"
+                f" {s['gateway_cpu_ms_per_request_1_sharing_its_core'] - s['gateway_cpu_ms_per_request_1']:+.2f} ms,"
+                f" a second process on it {s['gateway_cpu_ms_per_request_2'] - s['gateway_cpu_ms_per_request_1']:+.2f} ms"
+                + (
+                    " (no more: the rise is the sharing's, two processes on free cores cost what one does)"
+                    if s["gateway_cpu_ms_per_request_2"] <= s["gateway_cpu_ms_per_request_1_sharing_its_core"]
+                    else " (more than the sharing explains)"
+                )
                 if s["gateway_cpu_ms_per_request_1_sharing_its_core"] is not None
                 else ""
             )
             + f"\n  => two processes on cores of their own: {s['projected_2_over_1_own_cores']:.2f}x one process"
-            f" ({s['projected_2_over_1_own_cores_less_idle']:.2f}x from the CPU less the processes' idle cost:"
+            + (" (a floor: the two processes' cost includes sharing core 1)" if pin else "")
+            + f" ({s['projected_2_over_1_own_cores_less_idle']:.2f}x from the CPU less the processes' idle cost:"
             f" {s['gateway_cpu_ms_per_request_less_idle_1']:.2f} / {s['gateway_cpu_ms_per_request_less_idle_2']:.2f} ms)"
             f"\n  => everything on a 2-core host (shared parts nginx + Redis + PostgreSQL {s['shared_cpu_ms_per_request_2']:.2f} ms a"
             f" request): {s['projected_rps_2_processes_two_core_host']} vs {s['projected_rps_1_process']} req/s,"
-            f" {s['projected_2_over_1_two_core_host']:.2f}x (target: 1.6x)"
+            f" {s['projected_2_over_1_two_core_host']:.2f}x; with each process at one process's cost"
+            f" {s['projected_2_over_1_two_core_host_flat_cost']:.2f}x (target: 1.6x)"
         )
     if extra.get("idle_cpu_ms_per_s"):
         print(f"\nidle gateway processes: {extra['idle_cpu_ms_per_s']} ms of CPU a second each")
