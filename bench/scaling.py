@@ -13,11 +13,13 @@ processes started as deploy/supervisord.conf starts them (`daphne -v 0 -b 127.0.
 Rows, each with wrk at 64 connections (`--connections`), non-stream and 64-token streams:
   1. one process, wrk straight to it (keep-alive): the reference, and what nginx's connection per request costs it;
   2. one process behind nginx;
-  3. two processes behind nginx (round robin).
+  3. (pinned only) the control: one process behind nginx sharing its core with a busy loop, i.e. on half a core as
+     each process of row 4 is, to tell what sharing a core costs from what a second process costs;
+  4. two processes behind nginx (round robin).
 
 On a 2-core machine the load generator cannot run "elsewhere": by default this process (wrk, the simulator's thread,
 nginx, which inherit its affinity) is pinned to core 0 and the gateway processes to core 1 (`taskset`), so the two
-processes of row 3 share one core and their measured throughput cannot double. The honest scaling figure is each
+processes of row 4 share one core and their measured throughput cannot double. The honest scaling figure is each
 process's CPU per request, read from /proc as bench.bench.thread_cpu_s does, beside nginx's, Redis's and
 PostgreSQL's (their pids found in /proc; Redis and PostgreSQL are not pinned, and Redis is shared with whatever else
 uses it on the machine): if two processes' CPU per request stays what one process's is, two processes on two free
@@ -165,7 +167,7 @@ class Meter:
         }
 
     @staticmethod
-    def delta(before: dict[str, Any], after: dict[str, Any], requests: int) -> dict[str, Any]:
+    def delta(before: dict[str, Any], after: dict[str, Any], requests: float) -> dict[str, Any]:
         def per_request(seconds: float) -> float:
             return round(seconds * 1000 / max(requests, 1), 3)
 
