@@ -318,6 +318,13 @@ def main() -> None:
     parser.add_argument("--soak", type=int, default=0, help="then this many seconds at --soak-rate against one process (RSS)")
     parser.add_argument("--soak-rate", type=int, default=100)
     parser.add_argument(
+        "--token-delay-ms",
+        type=int,
+        default=0,
+        help="the simulator's pause between a stream's tokens in the wrk rows (0, as bench.bench: the 64 chunks come as"
+        " fast as it writes them, and how many arrive in one read depends on who is faster)",
+    )
+    parser.add_argument(
         "--pin",
         choices=("shared", "none"),
         default="shared",
@@ -401,6 +408,7 @@ def main() -> None:
         # cache loads) when its rows come; meanwhile it idles (see idle_cpu_ms_per_s).
         procs.append(start_gateway(env, ports[0], gateway_cpus))
         procs.append(start_gateway(env, ports[1], gateway_cpus))
+        sim.configure(global_={"token_delay_ms": args.token_delay_ms})
         nginx.start(1, ports[0], env)
         measure("1 process, direct (no nginx)", 1, ports[0], via_nginx=False)
         measure("1 process behind nginx", 1, NGINX_PORT, via_nginx=True)
@@ -473,6 +481,7 @@ def main() -> None:
         "load_average_start": started_load,
         "load_average_end": os.getloadavg(),
         "duration_s": args.duration,
+        "token_delay_ms": args.token_delay_ms,
         "rows": rows,
         "summary": summary,
         **extra,
