@@ -124,6 +124,9 @@ class GatewayRequest(HttpRequest):
     def body(self) -> bytes:
         return self._raw_body
 
+    def _get_scheme(self) -> str:  # as ASGIRequest: the scope's scheme
+        return self.scope.get("scheme") or "http"  # HttpRequest._get_scheme's default
+
     @cached_property
     def GET(self) -> QueryDict:  # type: ignore[override]  # noqa: N802 (Django's name)
         return QueryDict(self.META["QUERY_STRING"])
