@@ -451,9 +451,12 @@ class RelayResponse(StreamingHttpResponse):
     """A streamed answer that can settle itself when the client leaves before its first byte: its generator never
     runs then, so the generator's `finally` cannot. gateway/asgi.py awaits `on_abandon` once the send is over."""
 
-    def __init__(self, streaming_content: Any, *, on_abandon: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, streaming_content: AsyncIterator[bytes], *, on_abandon: Callable[[], Awaitable[None]]) -> None:
         super().__init__(streaming_content, content_type="text/event-stream")
         self.on_abandon = on_abandon
+        # The relay's own generator, which gateway/asgi.py sends part by part (bytes already) and closes with
+        # `aclosing`: iterating the response itself goes through Django's two wrapping generators per part.
+        self.parts = streaming_content
 
 
 async def _stream(
