@@ -184,7 +184,12 @@ def scripted(gateway: LiveGateway) -> Iterator[ScriptedRouter]:
     RouterEndpoint.objects.create(pool=pool, base_url=router.base_url)
     RouterSession.objects.create(pool=pool, session_id=1)
     ModelAlias.objects.create(alias=SCRIPTED, pool=pool, upstream_timeout_s=3)
-    ModelPrice.objects.filter(alias=SCRIPTED).update(input_micros_per_million=1_000_000, output_micros_per_million=2_000_000)
+    # Saved one by one, not with a queryset update(): a save logs the cache change the gateway reloads its prices on.
+    # An update() logs none, so a gateway that had reloaded on the alias's own changes (its default prices) before the
+    # update kept the defaults: a flake once (debit -60, the defaults' price of 500 + 25 tokens, for -550).
+    for price in ModelPrice.objects.filter(alias=SCRIPTED):
+        price.input_micros_per_million, price.output_micros_per_million = 1_000_000, 2_000_000
+        price.save()
     wait_until_gateway_caught_up(gateway)
     yield router
     router.stop()
