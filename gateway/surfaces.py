@@ -12,7 +12,7 @@ from django.http import HttpResponse
 from gateway import stored_responses
 from gateway.errors import GatewayError
 from gateway.translate import anthropic_messages, envelope, openai_chat, responses
-from gateway.translate.common import CompletionRequest, Usage, json_compact
+from gateway.translate.common import CompletionRequest, Usage, json_bytes, json_compact
 from gateway.translate.router import RouterDelta
 
 
@@ -135,9 +135,10 @@ class _ResponsesStream(StreamWriter):
 
 
 def json_response(body: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
-    response = HttpResponse(json_compact(body), status=status, content_type="application/json")
+    content = json_bytes(body)
+    response = HttpResponse(content, status=status, content_type="application/json")
     # Sized, so daphne sends it as one body instead of chunked framing (Django leaves this to middleware).
-    response["Content-Length"] = str(len(response.content))
+    response["Content-Length"] = str(len(content))
     if headers:
         for name, value in headers.items():
             response[name] = value
