@@ -209,6 +209,11 @@ class StopMatcher:
         # shorter stop sat inside held text that turned out not to start a longer one.
         self.matched: str | None = None
 
+    @property
+    def active(self) -> bool:
+        """False when there is no stop to look for: `feed` would return its text as it is."""
+        return self._auto is not None
+
     def feed(self, text: str) -> tuple[str, str | None]:
         auto = self._auto
         if auto is None:
