@@ -7,7 +7,7 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 from functools import lru_cache
-from json.encoder import encode_basestring_ascii as _encode_basestring_ascii  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii as _encode_basestring_ascii
 from typing import Any, Literal, TypeGuard
 
 import orjson

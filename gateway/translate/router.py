@@ -215,9 +215,8 @@ class RouterStreamReader:
         if type(choices) is list and choices:
             choice = choices[0]
             if type(choice) is dict:
-                text = choice.get("text")
-                if not (type(text) is str and text):
-                    text = _choice_text(choice, _STREAM_ORDER)
+                first = choice.get("text")
+                text = first if type(first) is str and first else _choice_text(choice, _STREAM_ORDER)
                 reason = choice.get("finish_reason")
                 if reason is not None:
                     finish = normalize_finish_reason(reason)
