@@ -38,15 +38,19 @@ def json_bytes(value: object) -> bytes:
     """`json_compact(value).encode()`, by orjson (~15x faster on an answer object) where that gives the same JSON.
 
     orjson writes non-ASCII as UTF-8 and DEL unescaped, and refuses lone surrogates and integers past 64 bits:
-    those values take json_compact, so the bytes stay escaped ASCII, as always. Two differences remain, both in
-    values no surface builds itself (a router's own data, relayed by the envelope): a float may be written in
-    another of its exact shortest forms (1e-05 as 0.00001), and NaN or Infinity (not JSON) as null.
+    those values take json_compact, so the bytes stay escaped ASCII, as always. It writes a float below 1e-4 in
+    another form (0.00001 or 1.5e-6 for Python's 1e-05 and 1.5e-06): output holding "0.0000", "e-" or "e+" takes
+    json_compact too (checked on 200,000 random floats; text holding them only costs the slower path). One
+    difference remains, only in what a router itself sent and the envelope relays: NaN or Infinity (not JSON,
+    which json.loads accepts) is written as null instead of the invalid literal.
     """
     try:
         out = orjson.dumps(value)
     except TypeError:  # orjson.JSONEncodeError: a lone surrogate, a big integer, a type orjson does not write
         return json_compact(value).encode()
-    return out if out.isascii() and b"\x7f" not in out else json_compact(value).encode()
+    if out.isascii() and b"\x7f" not in out and b"0.0000" not in out and b"e-" not in out and b"e+" not in out:
+        return out
+    return json_compact(value).encode()
 
 
 # Digits to "0", everything else to "x": a run of 19 zeros is a number orjson might not read as json.loads does.

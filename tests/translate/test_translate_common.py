@@ -331,6 +331,7 @@ def test_loads_exact_keeps_big_integers_whole() -> None:
         {"text": "lone \ud800 surrogate"},
         {"n": 2**64, "m": -(2**63) - 1},
         ["a", 1, 0.5, 1.0, 2.5, 123456.789, None, [], {}],
+        [1e-05, 1.5e-06, 0.0001, 0.00012, 1e16, 1.2345678901234567e20, -0.0, 1e-300, 5e-324],
         "just a string",
         [],
     ],
