@@ -46,7 +46,8 @@ DB_URL = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 PROMPT = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 CHAT = {"model": "oss-20b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
-CHAT_STREAM = {**CHAT, "max_tokens": 64, "stream": True}
+STREAM_TOKENS = 64  # the simulator's fixed answer (answer_tokens=64), all of it within CHAT_STREAM's max_tokens
+CHAT_STREAM = {**CHAT, "max_tokens": STREAM_TOKENS, "stream": True}
 DIRECT = {"prompt": PROMPT, "max_tokens": 16, "stream": False}
 DIRECT_STREAM = {"prompt": PROMPT, "max_tokens": 64, "stream": True}
 
@@ -265,7 +266,10 @@ def sequential(
 ) -> dict[str, Any]:
     """One keep-alive connection, one request at a time, from a plain socket client: latency percentiles
     that include every request (wrk's at one connection do not add up to its own request rate), and the
-    server's CPU per request by thread, from /proc."""
+    server's CPU per request by thread, from /proc.
+
+    A streamed body (`"stream": true`) is read to the end of its chunked framing; divide the CPU per request
+    by the answer's tokens (STREAM_TOKENS for CHAT_STREAM) for the CPU per streamed token."""
     payload = json.dumps(body).encode()
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     request = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(payload)}\r\n{head}\r\n".encode() + payload
@@ -279,6 +283,15 @@ def sequential(
             data += conn.recv(65536)
         header, rest = data.split(b"\r\n\r\n", 1)
         length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", header)
+        if length is None and re.search(rb"(?i)\r\ntransfer-encoding: *chunked", header):
+            # A stream: chunked framing, read to its last (empty) chunk. A chunk's own data ends with its
+            # CRLF, so the empty chunk is the only place "\r\n0\r\n\r\n" can end the bytes read so far.
+            while not (rest == b"0\r\n\r\n" or rest.endswith(b"\r\n0\r\n\r\n")):
+                more = conn.recv(65536)
+                if not more:
+                    raise SystemExit("sequential: the server closed the connection mid-stream")
+                rest += more
+            return
         if length is None:
             raise SystemExit(f"sequential: an answer without Content-Length: {header[:200]!r}")
         while len(rest) < int(length.group(1)):
@@ -542,9 +555,14 @@ def main() -> None:
         )
 
     def seq(name: str, port: int, path: str, body: dict, headers: dict[str, str], pid: int | None = None) -> None:
-        r = sequential(port, path, body, headers, pid, count=4000 if pid else 2000)
+        streamed = bool(body.get("stream"))
+        r = sequential(port, path, body, headers, pid, count=(1000 if streamed else 4000) if pid else 2000)
         extra["sequential"][name] = r
         cpu = f"; CPU per request {r['cpu_ms_per_request']}" if "cpu_ms_per_request" in r else ""
+        if streamed and "cpu_ms_per_request" in r:
+            # The issue's figure for streams: the event loop's CPU per streamed token.
+            r["event_loop_us_per_token"] = round(r["cpu_ms_per_request"].get("event loop", 0.0) * 1000 / STREAM_TOKENS, 2)
+            cpu += f"; event loop per token {r['event_loop_us_per_token']} us"
         print(
             f"  sequential, one connection, {name}: p50 {r['p50_ms']} ms, p90 {r['p90_ms']}, p99 {r['p99_ms']}, max {r['max_ms']}{cpu}",
             flush=True,
@@ -564,6 +582,7 @@ def main() -> None:
             run("asgi passthrough", url, CHAT, plain, c)
         run("asgi passthrough", url, CHAT_STREAM, plain, 32, "stream-64")
         seq("passthrough", PASSTHROUGH_PORT, "/v1/chat/completions", CHAT, plain, passthrough.pid)
+        seq("passthrough stream-64", PASSTHROUGH_PORT, "/v1/chat/completions", CHAT_STREAM, plain, passthrough.pid)
     finally:
         stop(passthrough)
 
@@ -587,6 +606,7 @@ def main() -> None:
             run(f"gateway ({transport})", url, CHAT_STREAM, auth, 32, "stream-64")
             if transport == "aiohttp":
                 seq("gateway", port, "/v1/chat/completions", CHAT, auth, proc.pid)
+                seq("gateway stream-64", port, "/v1/chat/completions", CHAT_STREAM, auth, proc.pid)
             if args.streams and transport == "aiohttp":
                 sim.configure(global_={"token_delay_ms": 20})
                 extra["concurrent_streams"] = asyncio.run(hold_streams(url, key, args.streams, proc.pid))
@@ -655,10 +675,19 @@ def main() -> None:
             "gateway": sq["gateway"]["p50_ms"],
             "added": round(sq["gateway"]["p50_ms"] - sq["passthrough"]["p50_ms"], 3),
         }
+    if "gateway stream-64" in sq and "passthrough stream-64" in sq:
+        ratios["event-loop CPU per streamed token (us)"] = {
+            "passthrough": sq["passthrough stream-64"]["event_loop_us_per_token"],
+            "gateway": sq["gateway stream-64"]["event_loop_us_per_token"],
+            "added": round(
+                sq["gateway stream-64"]["event_loop_us_per_token"] - sq["passthrough stream-64"]["event_loop_us_per_token"], 2
+            ),
+        }
     extra["vs_passthrough"] = ratios
     print(f"\n{'gateway vs the ASGI passthrough':34} {'passthrough':>12} {'gateway':>9} {'ratio / added':>14}")
     for label, v in ratios.items():
-        last = f"{v['ratio']:.2f}x" if "ratio" in v else f"+{v['added']:.2f} ms"
+        unit = " us" if label.endswith("(us)") else " ms"
+        last = f"{v['ratio']:.2f}x" if "ratio" in v else f"+{v['added']:.2f}{unit}"
         print(f"{label:34} {v['passthrough']:>12.2f} {v['gateway']:>9.2f} {last:>14}")
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -524,6 +524,9 @@ async def _relay(
     try:
         yield relay.start()
         raw_iter = call.response.aiter_raw()
+        # The bytes of the read that ended the stream (the router's end, or its end of file) leave in one write with
+        # the last frames: one send fewer per stream, and no moment between the last token and the end.
+        out = b""
         while not relay.ended:
             remaining = call.deadline - time.monotonic()  # the stream, too, ends when its upstream's time is up
             try:
@@ -531,8 +534,6 @@ async def _relay(
                     chunk = await raw_iter.__anext__()
             except StopAsyncIteration:
                 out = relay.close()
-                if out:
-                    yield out
                 break
             if first_byte_at is None:
                 first_byte_at = time.perf_counter()
@@ -542,15 +543,16 @@ async def _relay(
                 log.warning(
                     "upstream %s sent a data line that is not JSON; skipped request_id=%s", call.upstream.label, ex.request_id
                 )
-            if out:
+            if out and not relay.ended:
                 yield out
-        out = relay.finish()
+                out = b""
+        last = relay.finish()
         if relay.failure is not None:
             log.warning("stream from %s failed: %s request_id=%s", call.upstream.label, relay.failure.message, ex.request_id)
             status, error_code = "error", relay.failure.code or "upstream_error"
         else:
             status = "ok"
-        yield out
+        yield out + last if out else last
     except (TimeoutError, httpx.TransportError):
         err = UpstreamError("the upstream model server failed mid-stream")
         log.warning("stream from %s failed: %s request_id=%s", call.upstream.label, err.message, ex.request_id)

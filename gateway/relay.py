@@ -15,7 +15,7 @@ from gateway.errors import GatewayError, UpstreamError
 from gateway.surfaces import AnswerContext, StreamWriter
 from gateway.translate.common import StopMatcher, Usage, estimate_tokens
 from gateway.translate.router import RouterDelta, RouterStreamReader
-from gateway.translate.sse import SSEEvent, SSEParser
+from gateway.translate.sse import SSEParser
 
 
 class Delivered:
@@ -92,11 +92,11 @@ class StreamRelay:
 
     def feed(self, chunk: bytes) -> bytes:
         """The bytes to write for one network read (often b"" mid-event)."""
-        return self._events(self.parser.feed(chunk))
+        return self._events(self.parser.feed_data(chunk))
 
     def close(self) -> bytes:
         """The router's end of file: an event it did not terminate with a blank line still counts."""
-        return b"" if self.ended else self._events(self.parser.close())
+        return b"" if self.ended else self._events(self.parser.close_data())
 
     def finish(self) -> bytes:
         """The rest of the answer (text held back by a possible stop sequence) and the last frame, or the error frame
@@ -136,8 +136,8 @@ class StreamRelay:
     def settle_feed(self, chunk: bytes) -> bool:
         """After the client left: one network read of the rest, for the router's usage only; True once waiting is
         over (the count came, the stream ended, or more answer came, so the count was not due)."""
-        for event in self.parser.feed(chunk):
-            delta = self.reader.feed(event)
+        for data in self.parser.feed_data(chunk):
+            delta = self.reader.feed_data(data)
             if delta is None:
                 continue
             if delta.usage is not None:
@@ -146,11 +146,14 @@ class StreamRelay:
                 return True
         return False
 
-    def _events(self, events: list[SSEEvent]) -> bytes:
+    def _events(self, datas: list[bytes]) -> bytes:
         out: list[bytes] = []
         reader, writer = self.reader, self.writer
-        for event in events:
-            delta = reader.feed(event)
+        text_frame = writer.text_frame
+        stops = self.stops if self.stops.active else None
+        pieces = self.billed.pieces
+        for data in datas:
+            delta = reader.feed_data(data)
             if delta is None:
                 continue
             if reader.upstream_error is not None:  # a router reporting a failure in-band
@@ -162,13 +165,19 @@ class StreamRelay:
                 break
             text = delta.text
             if text:
-                text, self.stop_sequence = self.stops.feed(text)
-                self.billed.add(text)
+                if stops is not None:
+                    text, self.stop_sequence = stops.feed(text)
+                if text:
+                    pieces.append(text)  # Delivered.add
             if delta.usage is not None:
                 self.billed.reported()  # the router's count covers everything up to this chunk
-            frame = writer.delta(delta, text)
-            if frame:
-                out.append(frame)
+            if text_frame is not None:
+                if text:
+                    out.append(text_frame(text))
+            else:
+                frame = writer.delta(delta, text)
+                if frame:
+                    out.append(frame)
             if self.stop_sequence is not None:
                 self.finish_reason = "stop_sequence"
                 self.ended = True

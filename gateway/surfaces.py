@@ -12,7 +12,7 @@ from django.http import HttpResponse
 from gateway import stored_responses
 from gateway.errors import GatewayError
 from gateway.translate import anthropic_messages, envelope, openai_chat, responses
-from gateway.translate.common import CompletionRequest, Usage, json_compact
+from gateway.translate.common import CompletionRequest, Usage, json_bytes, json_compact
 from gateway.translate.router import RouterDelta
 
 
@@ -34,7 +34,13 @@ class AnswerContext:
 
 
 class StreamWriter:
-    """What the pipeline feeds while relaying a router stream; one subclass per surface."""
+    """What the pipeline feeds while relaying a router stream; one subclass per surface.
+
+    `text_frame`, when a surface sets it, is the whole of its `delta` for text (a frame of the text alone, and
+    b"" for no text): the relay calls it straight, once per token.
+    """
+
+    text_frame: Callable[[str], bytes] | None = None
 
     def start(self) -> bytes:
         raise NotImplementedError
@@ -55,6 +61,7 @@ class _OpenAIStream(StreamWriter):
             completion_id=f"chatcmpl-{ctx.request_id[4:]}", created=ctx.created, model=ctx.model, include_usage=ctx.include_usage
         )
         self._cost_of = ctx.cost_of
+        self.text_frame = self._t.text
 
     def start(self) -> bytes:
         return self._t.start()
@@ -75,6 +82,7 @@ class _AnthropicStream(StreamWriter):
         self._t = anthropic_messages.MessagesStreamTranslator(
             message_id=f"msg_{ctx.request_id[4:]}", model=ctx.model, input_tokens=ctx.prompt_tokens_estimate
         )
+        self.text_frame = self._t.text
 
     def start(self) -> bytes:
         return self._t.start()
@@ -115,6 +123,7 @@ class _ResponsesStream(StreamWriter):
         self._t = responses.ResponsesStreamTranslator(
             request_id=ctx.request_id, created_at=ctx.created, model=ctx.model, request=ctx.request
         )
+        self.text_frame = self._t.text
 
     def start(self) -> bytes:
         return self._t.start()
@@ -135,9 +144,10 @@ class _ResponsesStream(StreamWriter):
 
 
 def json_response(body: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
-    response = HttpResponse(json_compact(body), status=status, content_type="application/json")
+    content = json_bytes(body)
+    response = HttpResponse(content, status=status, content_type="application/json")
     # Sized, so daphne sends it as one body instead of chunked framing (Django leaves this to middleware).
-    response["Content-Length"] = str(len(response.content))
+    response["Content-Length"] = str(len(content))
     if headers:
         for name, value in headers.items():
             response[name] = value

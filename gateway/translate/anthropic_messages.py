@@ -14,7 +14,9 @@ from gateway.translate.common import (
     invalid_type,
     invalid_value,
     is_int,
+    json_bytes,
     json_compact,
+    json_text,
     missing,
     optional_bool,
     optional_metadata,
@@ -220,10 +222,12 @@ def _event(name: str, payload: str) -> str:
     return f"event: {name}\ndata: {payload}\n\n"
 
 
-_PING = _event("ping", '{"type":"ping"}')
-_BLOCK_START = _event("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}')
-_BLOCK_STOP = _event("content_block_stop", '{"type":"content_block_stop","index":0}')
-_MESSAGE_STOP = _event("message_stop", '{"type":"message_stop"}')
+_PING = _event("ping", '{"type":"ping"}').encode()
+_BLOCK_START = _event(
+    "content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}'
+).encode()
+_BLOCK_STOP = _event("content_block_stop", '{"type":"content_block_stop","index":0}').encode()
+_MESSAGE_STOP = _event("message_stop", '{"type":"message_stop"}').encode()
 _DELTA_OPEN = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
 _DELTA_CLOSE = b"}}\n\n"
 
@@ -256,13 +260,13 @@ class MessagesStreamTranslator:
                 "cache_read_input_tokens": 0,
             },
         }
-        start = _event("message_start", json_compact({"type": "message_start", "message": message}))
-        return (start + _BLOCK_START + _PING).encode()
+        start = b"event: message_start\ndata: " + json_bytes({"type": "message_start", "message": message}) + b"\n\n"
+        return start + _BLOCK_START + _PING
 
     def text(self, t: str) -> bytes:
         if not t:
             return b""
-        frame = _DELTA_OPEN + json_compact(t).encode() + _DELTA_CLOSE
+        frame = _DELTA_OPEN + json_text(t) + _DELTA_CLOSE
         return frame if self._started else self.start() + frame
 
     def finish(self, *, finish_reason: str, stop_sequence: str | None, usage: Usage) -> bytes:
@@ -274,8 +278,8 @@ class MessagesStreamTranslator:
             "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
             "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
         }
-        frames = _BLOCK_STOP + _event("message_delta", json_compact(delta)) + _MESSAGE_STOP
-        return (b"" if self._started else self.start()) + frames.encode()
+        frames = b"".join((_BLOCK_STOP, b"event: message_delta\ndata: ", json_bytes(delta), b"\n\n", _MESSAGE_STOP))
+        return (b"" if self._started else self.start()) + frames
 
     def error(self, err: GatewayError) -> bytes:
         payload = {"type": "error", "error": {"type": err.anthropic_type, "message": err.message}}

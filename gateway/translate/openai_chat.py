@@ -15,7 +15,9 @@ from gateway.translate.common import (
     invalid_type,
     invalid_value,
     is_int,
+    json_bytes,
     json_compact,
+    json_text,
     missing,
     optional_bool,
     optional_metadata,
@@ -289,7 +291,7 @@ class ChatStreamTranslator:
     def text(self, t: str) -> bytes:
         if not t:
             return b""
-        frame = self._text_open + json_compact(t).encode() + self._text_close
+        frame = self._text_open + json_text(t) + self._text_close
         return frame if self._started else self.start() + frame
 
     def finish(self, *, finish_reason: str, usage: Usage, cost_micros: int | None = None) -> bytes:
@@ -300,7 +302,7 @@ class ChatStreamTranslator:
             totals: dict[str, int] = _usage(usage)
             if cost_micros is not None:
                 totals["cost_micros"] = cost_micros
-            frames += f'{self._head}[],"usage":{json_compact(totals)}}}\n\n'.encode()
+            frames += f'{self._head}[],"usage":'.encode() + json_bytes(totals) + b"}\n\n"
         return frames + _DONE
 
     def error(self, err: GatewayError) -> bytes:

@@ -19,6 +19,7 @@ from gateway.translate.common import (
     invalid_value,
     is_int,
     json_compact,
+    json_text,
     missing,
     optional_bool,
     optional_metadata,
@@ -435,7 +436,7 @@ class ResponsesStreamTranslator:
         if not t:
             return b""
         self._pieces.append(t)
-        frame = b"".join((_DELTA_HEAD, str(self._next()).encode(), self._delta_mid, json_compact(t).encode(), _DELTA_TAIL))
+        frame = b"".join((_DELTA_HEAD, str(self._next()).encode(), self._delta_mid, json_text(t), _DELTA_TAIL))
         return frame if self._started else self.start() + frame
 
     def finish(self, *, finish_reason: str, usage: Usage) -> bytes:

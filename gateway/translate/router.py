@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import UpstreamError
-from gateway.translate.common import FinishReason, Usage, is_int
+from gateway.translate.common import FinishReason, Usage, is_int, loads_exact
 from gateway.translate.sse import SSEEvent
 
 
@@ -68,6 +67,13 @@ def parse_usage(value: object) -> Usage | None:
     if is_int(prompt) and is_int(completion) and prompt >= 0 and completion >= 0:
         return Usage(prompt, completion, False)
     return None
+
+
+def _is_done(data: bytes | str) -> bool:
+    """The end marker, blanks around it allowed (any that str.strip removes, as when the data was text)."""
+    if isinstance(data, str):
+        return data.strip() == "[DONE]"
+    return data == b"[DONE]" or (b"[DONE]" in data and data.decode("utf-8", "replace").strip() == "[DONE]")
 
 
 _ANSWER_ORDER = (None, "message", "delta")
@@ -143,6 +149,8 @@ class RouterStreamReader:
         "saw_done",
         "_lock_key",
         "_lock_value",
+        "_lock_raw",
+        "_lock_type",
     )
 
     def __init__(self) -> None:
@@ -157,30 +165,44 @@ class RouterStreamReader:
         self.saw_done = False
         self._lock_key: str | None = None
         self._lock_value: str | None = None
+        self._lock_raw: object = None
+        self._lock_type: type | None = None
 
     @property
     def truncated(self) -> bool:
         return not (self.saw_finish or self.saw_done)
 
     def feed(self, event: SSEEvent) -> RouterDelta | None:
+        return self.feed_data(event.data)
+
+    def feed_data(self, data: bytes | str) -> RouterDelta | None:
+        """One event's data: raw bytes from the relay (SSEParser.feed_data), or text. Run once per token: the
+        common chunk (the locked miner's, `.text` set) takes the first branch of each test."""
         if self.saw_done:
             return None
-        data = event.data
-        if len(data) < 16 and data.strip() == "[DONE]":
+        if len(data) < 16 and _is_done(data):
             self.saw_done = True
             return RouterDelta("", None, None, True, None)
         try:
-            chunk = json.loads(data)
+            chunk = loads_exact(data)
         except (ValueError, RecursionError):  # RecursionError: nested a thousand levels deep
             self.protocol_errors += 1
             return None
-        if not isinstance(chunk, dict):
+        if type(chunk) is not dict:  # what a JSON parser returns is a plain dict or not a dict at all
             self.protocol_errors += 1
             return None
 
-        if not self._accept(chunk):
-            self.dropped_chunks += 1
-            return None
+        key = self._lock_key
+        if key is None:
+            self._lock(chunk)
+        else:
+            # A redundant session interleaves several miners on one connection: keep the first. A chunk without
+            # the key (a bare usage chunk, say) cannot be told apart; keep it.
+            value = chunk.get(key)
+            fast = value is None or (type(value) is self._lock_type and value == self._lock_raw)
+            if not fast and str(value) != self._lock_value:
+                self.dropped_chunks += 1
+                return None
         self.chunks += 1
 
         error = chunk.get("error")
@@ -190,33 +212,31 @@ class RouterStreamReader:
         text = ""
         finish: FinishReason | None = None
         choices = chunk.get("choices")
-        if isinstance(choices, list) and choices:
+        if type(choices) is list and choices:
             choice = choices[0]
-            if isinstance(choice, dict):
-                text = _choice_text(choice, _STREAM_ORDER)
+            if type(choice) is dict:
+                first = choice.get("text")
+                text = first if type(first) is str and first else _choice_text(choice, _STREAM_ORDER)
                 reason = choice.get("finish_reason")
                 if reason is not None:
                     finish = normalize_finish_reason(reason)
                     self.finish_reason = finish
                     self.saw_finish = True
         usage = None
-        if "usage" in chunk:
-            usage = parse_usage(chunk["usage"])
+        reported = chunk.get("usage")
+        if reported is not None:
+            usage = parse_usage(reported)
             if usage is not None:
                 self.usage = usage
         return RouterDelta(text, finish, usage, False, chunk)
 
-    def _accept(self, chunk: dict[str, Any]) -> bool:
-        # A redundant session interleaves several miners on one connection: keep the first.
-        key = self._lock_key
-        if key is None:
-            for candidate in ("task_id", "id"):
-                value = chunk.get(candidate)
-                if value is not None:
-                    self._lock_key = candidate
-                    self._lock_value = str(value)
-                    break
-            return True
-        value = chunk.get(key)
-        # A chunk without the key (a bare usage chunk, say) cannot be told apart; keep it.
-        return value is None or str(value) == self._lock_value
+    def _lock(self, chunk: dict[str, Any]) -> None:
+        for candidate in ("task_id", "id"):
+            value = chunk.get(candidate)
+            if value is not None:
+                self._lock_key = candidate
+                self._lock_value = str(value)
+                # Equal values of these types have equal str(); any other type is compared by str() alone.
+                if type(value) is int or type(value) is str:
+                    self._lock_raw, self._lock_type = value, type(value)
+                break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from collections.abc import Callable
@@ -10,7 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.translate.common import StopMatcher, Usage, cut_at_stop, estimate_tokens
+from gateway.translate.common import (
+    StopMatcher,
+    Usage,
+    cut_at_stop,
+    estimate_tokens,
+    json_bytes,
+    json_compact,
+    json_text,
+    loads_exact,
+)
 
 
 # The estimate's accuracy against real tokenizers is tested in test_translate_tokens.py; here, only the floor it
@@ -269,3 +279,67 @@ def test_the_work_per_chunk_does_not_grow_with_the_number_of_stops() -> None:
     for name in counts:
         for chunk, n in zip(chunks, counts[name], strict=True):
             assert n <= 4 * len(chunk) + 8, (name, chunk, counts)
+
+
+# orjson where it gives what the standard library gives; the standard library wherever it would not.
+
+_JSON_TEXTS = [
+    b'{"a":1,"b":[true,false,null],"c":"\\u00e9\\ud83d\\ude00","d":-0,"e":1.5e-7}',
+    b'{"a":1,"a":2}',
+    b"12345678901234567890123",  # past 64 bits: orjson would read a float
+    b'{"task_id":-9223372036854775809}',
+    b"18446744073709551615",
+    b"NaN",
+    b'{"x":[Infinity,-Infinity]}',
+    b'"\\ud800"',  # a lone surrogate escape
+    b'"\xff\xfe"',  # not UTF-8: replaced, as the text decoding always did
+    b'"caf\xc3\xa9"',
+    b'\xef\xbb\xbf{"a":1}',
+    b"[" * 2000 + b"]" * 2000,
+    b"[1e400]",
+    b'{"a":1}x',
+    b"",
+    b" [1, 2] ",
+]
+
+
+@pytest.mark.parametrize("raw", _JSON_TEXTS)
+def test_loads_exact_is_json_loads_of_the_replaced_text(raw: bytes) -> None:
+    def outcome(parse: Callable[[], object]) -> object:
+        try:
+            return ("value", repr(parse()))
+        except (ValueError, RecursionError) as exc:
+            return ("error", type(exc).__name__)
+
+    expected = outcome(lambda: json.loads(raw.decode("utf-8", "replace")))
+    assert outcome(lambda: loads_exact(raw)) == expected
+    assert outcome(lambda: loads_exact(bytearray(raw))) == expected
+    text = raw.decode("utf-8", "replace")
+    assert outcome(lambda: loads_exact(text)) == outcome(lambda: json.loads(text))
+
+
+def test_loads_exact_keeps_big_integers_whole() -> None:
+    assert loads_exact(b'{"n":123456789012345678901234567890}') == {"n": 123456789012345678901234567890}
+    assert loads_exact('"\ud800"') == "\ud800"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"id": "x", "choices": [{"index": 0, "message": {"content": "plain", "refusal": None}}], "n": -3, "ok": True},
+        {"text": 'café 😀 \u2028 \x7f \x00 \n \t " \\ /'},
+        {"text": "lone \ud800 surrogate"},
+        {"n": 2**64, "m": -(2**63) - 1},
+        ["a", 1, 0.5, 1.0, 2.5, 123456.789, None, [], {}],
+        [1e-05, 1.5e-06, 0.0001, 0.00012, 1e16, 1.2345678901234567e20, -0.0, 1e-300, 5e-324],
+        "just a string",
+        [],
+    ],
+)
+def test_json_bytes_are_json_compact_s(value: object) -> None:
+    assert json_bytes(value) == json_compact(value).encode()
+
+
+@pytest.mark.parametrize("text", ["", "plain", " router", "é", "😀", "\ud800", "\x7f", 'q"\\\n\u2028'])
+def test_json_text_is_json_compact_s(text: str) -> None:
+    assert json_text(text) == json_compact(text).encode()

@@ -299,3 +299,25 @@ def test_in_band_error_is_kept_for_the_caller() -> None:
     reader = RouterStreamReader()
     reader.feed(SSEEvent(None, json.dumps({"task_id": 1, "error": {"message": "miner timeout"}})))
     assert reader.upstream_error == {"message": "miner timeout"}
+
+
+def test_raw_event_data_reads_as_its_text_would() -> None:
+    # The relay hands the reader each event's bytes (SSEParser.feed_data): orjson's fast read, the standard
+    # library's wherever orjson would differ.
+    reader = RouterStreamReader()
+    big = 2**70
+    delta = reader.feed_data(b'{"task_id":%d,"choices":[{"text":"caf\xc3\xa9 \xff"}],"n":NaN}' % big)
+    assert delta is not None and delta.text == "café \ufffd" and delta.raw is not None
+    assert delta.raw["task_id"] == big and delta.raw["n"] != delta.raw["n"]  # NaN, as json.loads reads it
+    assert reader.feed_data(b'{"task_id":%d,"choices":[{"text":"x"}]}' % (big + 1)) is None  # another miner
+    assert reader.feed_data(b'{"task_id":"%d","choices":[{"text":"b"}]}' % big).text == "b"  # the same, as a string
+    assert reader.feed_data(b"<html>") is None and reader.protocol_errors == 1
+    assert reader.feed_data(b" [DONE]\xc2\xa0").done is True  # blanks around the marker, as str.strip() sees them
+
+
+def test_lock_on_a_non_integer_task_compares_as_text() -> None:
+    reader = RouterStreamReader()
+    assert reader.feed_data(b'{"task_id":0.0,"choices":[{"text":"a"}]}').text == "a"
+    assert reader.feed_data(b'{"task_id":-0.0,"choices":[{"text":"X"}]}') is None  # equal numbers, not the same task
+    assert reader.feed_data(b'{"task_id":true,"choices":[{"text":"X"}]}') is None
+    assert reader.feed_data(b'{"task_id":"0.0","choices":[{"text":"b"}]}').text == "b"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import re
+
 from gateway.translate.sse import SSEEvent, SSEParser, format_sse
 
 
@@ -164,3 +167,60 @@ def test_format_sse_splits_line_breaks_into_data_lines_and_round_trips() -> None
 
 def test_format_sse_encodes_utf8() -> None:
     assert format_sse("é") == "data: é\n\n".encode()
+
+
+def _reference(raw: bytes) -> list[SSEEvent]:
+    """The SSE rules line by line, the whole stream at once and closed: what any way of cutting it must give."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    events: list[SSEEvent] = []
+    data: list[bytes] = []
+    name: str | None = None
+    for line in [*re.split(rb"\r\n|\r|\n", raw), b""]:
+        if not line:
+            if data:
+                events.append(SSEEvent(name, b"\n".join(data).decode("utf-8", "replace")))
+            data, name = [], None
+            continue
+        if line.startswith(b":"):
+            continue
+        field, _, value = line.partition(b":")
+        value = value[1:] if value.startswith(b" ") else value
+        if field == b"data":
+            data.append(value)
+        elif field == b"event":
+            name = value.decode("utf-8", "replace") or None
+    return events
+
+
+_PIECES = (b"data: ", b"data:", b"event: x", b"event:", b"id: 1", b": c", b"\n", b"\n\n", b"\r", b"\r\n", b"{}", b"a")
+_PIECES += (b"\xc3\xa9", b"\xe2\x82", b"\xef\xbb\xbf", b"dat", b"a: b", b" ", b'data: {"k":1}\n\n')
+
+
+def test_random_streams_cut_anywhere_parse_as_the_rules_say() -> None:
+    # The bytes fast path (a read of complete `data:` events) and the line-by-line one meet at every cut.
+    rng = random.Random(15)
+    for _ in range(20_000):
+        raw = b"".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 24)))
+        cuts = sorted(rng.sample(range(len(raw) + 1), min(len(raw) + 1, rng.randint(0, 6))))
+        reads = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
+        assert parse(*reads) == _reference(raw), reads
+
+
+def test_feed_data_gives_each_event_s_data_undecoded() -> None:
+    parser = SSEParser()
+    assert parser.feed_data(b': keep-alive\n\ndata: {"a":"\xc3\xa9"}\n\nevent: x\ndata: \xe2\x82\n\ndata: b\n') == [
+        b'{"a":"\xc3\xa9"}',
+        b"\xe2\x82",
+    ]
+    assert parser.feed_data(b"data: c\n\n") == [b"b\nc"]
+    assert parser.close_data() == []
+
+
+def test_complete_lines_left_after_the_last_event_are_kept_for_the_next_read_and_for_close() -> None:
+    parser = SSEParser()
+    assert parser.feed(b"data: a\n\ndata: b\ndata: c") == [SSEEvent(None, "a")]
+    assert parser.close() == [SSEEvent(None, "b\nc")]
+    parser = SSEParser()
+    assert parser.feed(b"data: a\n\ndata: b\n") == [SSEEvent(None, "a")]
+    assert parser.feed(b"data: c\r\n\r\n") == [SSEEvent(None, "b\nc")]
