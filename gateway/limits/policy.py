@@ -50,12 +50,11 @@ from gateway.limits.stores import (
     RedisBinding,
     RedisUnavailable,
     SeedItem,
-    mget_call,
     seed_args,
     zrem_call,
 )
 from gateway.limits.windows import MINUTE_S, WEEK_S, week_start, window_label
-from gateway.limits.wire import Wire, script_sha
+from gateway.limits.wire import Wire, command, script_sha
 from gateway.principal import Principal
 
 if TYPE_CHECKING:
@@ -252,8 +251,7 @@ class Limiter:
         values: list[int] | None = None
         if self.redis_url:
             try:
-                reply = await self._call(mget_call, [c.store_key for c in checks], [])
-                values = [int(v or 0) for v in reply]
+                values = [int(v or 0) for v in await self._redis_read([c.store_key for c in checks])]
             except RedisUnavailable as exc:
                 self._on_redis_failure(exc)
                 if self.fail_mode == "closed":
@@ -303,35 +301,26 @@ class Limiter:
                 # and a cancelled release would hold the slot until its TTL.
                 await asyncio.shield(self._release_in_redis(admission, delta=delta, money_delta=money_delta))
                 return
-            # Written now, before any await; what the reply says is handled by a callback, so a caller cancelled
-            # meanwhile (its client went away) changes nothing, as the shield above does without a task.
+            # Not waited for: the settlement is written now, before this returns (so before the response that
+            # follows it is built), on the connection every later admission of this process takes, which Redis
+            # answers in order: no admission sent after it can miss the freed slot or the refund, and other
+            # processes see it within Redis's own turn. Its reply only matters when it is a failure, which a
+            # callback handles as the awaited path does (slot kept for release, failure counted).
             packed = admission.layout.finish_command(admission.request_id, delta, money_delta)
-            done = line.loop.create_future()
-            line.send(packed).add_done_callback(partial(self._on_settled, admission, done, delta=delta, money_delta=money_delta))
-            await done
+            line.send(packed, now=True).add_done_callback(
+                partial(self._on_settled, admission, delta=delta, money_delta=money_delta)
+            )
 
-    def _on_settled(
-        self,
-        admission: Admission,
-        done: asyncio.Future[None],
-        reply: asyncio.Future[Any],
-        *,
-        delta: int,
-        money_delta: int,
-    ) -> None:
-        failure: BaseException | None = reply.exception() if not reply.cancelled() else asyncio.CancelledError()
+    def _on_settled(self, admission: Admission, reply: asyncio.Future[Any], *, delta: int, money_delta: int) -> None:
+        failure = reply.exception()  # never cancelled: nobody awaits it
         if failure is None and isinstance(reply.result(), ReplyError):
-            # An error reply (NOSCRIPT after a Redis restart: nothing ran) goes the general way, which loads the
+            # An error reply (NOSCRIPT after a Redis restart: nothing ran) goes the awaited way, which loads the
             # script and sends it again, or records the failure.
             task = asyncio.ensure_future(self._release_in_redis(admission, delta=delta, money_delta=money_delta))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-            task.add_done_callback(lambda _: done.done() or done.set_result(None))
-            return
-        if failure is not None:
+        elif failure is not None:
             self._release_failed(admission, RedisUnavailable(f"{failure.__class__.__name__}: {failure}"))
-        if not done.done():
-            done.set_result(None)
 
     async def _release_in_redis(self, admission: Admission, *, delta: int, money_delta: int = 0) -> None:
         try:
@@ -366,6 +355,8 @@ class Limiter:
     async def aclose(self) -> None:
         binding, self._binding = self._binding, None
         if binding is not None and binding.loop is asyncio.get_running_loop():
+            # The settlements written and not answered yet: their replies, or their lane's timeout.
+            await binding.wire.drain()
             if self._background:
                 await asyncio.wait(list(self._background), timeout=MONEY_CALL_TIMEOUT_S)
             binding.wire.close()
@@ -571,6 +562,16 @@ class Limiter:
             money_denied=[i - 1 for i in money_denied],
             missing=[i - 1 for i in missing],
         )
+
+    async def _redis_read(self, keys: list[str]) -> list[Any]:
+        """MGET on the wire: after every settlement this process wrote, in Redis's order as in ours."""
+        if time.monotonic() < self._circuit_open_until:
+            raise RedisUnavailable("circuit open after a recent failure")
+        try:
+            reply: list[Any] = await self._bound().wire.call(command("MGET", *keys), money=False)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise RedisUnavailable(f"{exc.__class__.__name__}: {exc}") from exc
+        return reply
 
     async def _redis_seed(self, items: list[SeedItem]) -> None:
         keys, args = seed_args(items)

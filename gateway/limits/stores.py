@@ -413,13 +413,6 @@ class RedisBinding:
     wire: Wire
 
 
-def mget_call(binding: RedisBinding) -> Callable[..., Any]:
-    async def read(*, keys: list[str], args: list[Any]) -> Any:
-        return await binding.client.mget(keys)
-
-    return read
-
-
 def zrem_call(binding: RedisBinding, members: dict[str, list[str]]) -> Callable[..., Any]:
     async def release(*, keys: list[str], args: list[Any]) -> Any:
         pipe = binding.client.pipeline(transaction=False)

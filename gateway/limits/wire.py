@@ -69,6 +69,8 @@ class Line(asyncio.Protocol):
         self.waiting: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
         self.closed = False
         self._watchdog: asyncio.TimerHandle | None = None
+        self._out: list[bytes] = []  # calls made in this turn of the event loop, written together at its end
+        self.idle: asyncio.Future[None] | None = None  # set when the last call waiting is answered (Wire.drain)
 
     # --- asyncio.Protocol --------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -88,6 +90,8 @@ class Line(asyncio.Protocol):
                 future = waiting.popleft()[1]
                 if not future.done():  # a caller that gave up (cancelled) leaves its reply to be dropped
                     future.set_result(reply)
+                if not waiting and self.idle is not None:
+                    self._set_idle()
         except hiredis.ProtocolError as exc:
             self.abort(ConnectionError(f"Redis protocol error: {exc}"))
 
@@ -95,17 +99,33 @@ class Line(asyncio.Protocol):
         self._fail_all(ConnectionError(f"Redis connection lost ({exc.__class__.__name__})" if exc else "Redis connection closed"))
 
     # --- calls -----------------------------------------------------------------------------------------
-    def send(self, packed: bytes) -> asyncio.Future[Any]:
-        """Write one packed command; its future gets the reply (a hiredis.ReplyError for an error reply)."""
+    def send(self, packed: bytes, *, now: bool = False) -> asyncio.Future[Any]:
+        """Write one packed command; its future gets the reply (a hiredis.ReplyError for an error reply). `now`:
+        on the socket before this returns (with the calls queued before it), not at the end of the loop's turn."""
         future = self.loop.create_future()
         if self.closed or self.transport is None:
             future.set_exception(ConnectionError("Redis connection closed"))
             return future
         self.waiting.append((self.loop.time() + self.timeout_s, future))
-        self.transport.write(packed)
+        if self._out:
+            self._out.append(packed)
+            if now:
+                self._flush()
+        elif now:
+            self.transport.write(packed)
+        else:
+            # Written once this turn of the event loop is over, with every other call made in it: one send for
+            # many requests at load (the syscall cost more than the rest of a call).
+            self._out = [packed]
+            self.loop.call_soon(self._flush)
         if self._watchdog is None:
             self._watchdog = self.loop.call_at(self.waiting[0][0], self._check_deadline)
         return future
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if out and not self.closed and self.transport is not None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _check_deadline(self) -> None:
         self._watchdog = None
@@ -128,8 +148,14 @@ class Line(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def _set_idle(self) -> None:
+        idle, self.idle = self.idle, None
+        if idle is not None and not idle.done():
+            idle.set_result(None)
+
     def _fail_all(self, exc: Exception) -> None:
         self.closed = True
+        self._set_idle()
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -221,6 +247,14 @@ class Wire:
                 return reply
             error = reply
         raise ResponseError(str(error))
+
+    async def drain(self) -> None:
+        """Wait until every call written has its answer (each lane's timeout bounds it)."""
+        for line in self.lines:
+            if line is not None and line.waiting and not line.closed:
+                if line.idle is None:
+                    line.idle = line.loop.create_future()
+                await asyncio.shield(line.idle)
 
     def close(self) -> None:
         for index, line in enumerate(self.lines):
