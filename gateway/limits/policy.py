@@ -159,8 +159,8 @@ class Limiter:
             try:
                 outcome = await self._redis_admit(layout, now=now, member=request_id, tokens=tokens, spare=spare, reserve=reserve)
                 if outcome.missing:
-                    ask = MoneyAsk(principal.organization_id, principal.key_id, reserve, money)
-                    await self._redis_seed(await self._seed_items(ask, outcome.missing))
+                    missing = MoneyAsk(principal.organization_id, principal.key_id, reserve, money)
+                    await self._redis_seed(await self._seed_items(missing, outcome.missing))
                     outcome = await self._redis_admit(
                         layout, now=now, member=request_id, tokens=tokens, spare=spare, reserve=reserve
                     )
@@ -174,7 +174,7 @@ class Limiter:
                 self.fallback_admissions += 1
         if outcome is None:
             checks = [replace(c, amount=tokens, takes_spare=spare > 0) if c.kind == TPM else c for c in layout.checks]
-            ask = MoneyAsk(principal.organization_id, principal.key_id, reserve, money) if money else None
+            ask: MoneyAsk | None = MoneyAsk(principal.organization_id, principal.key_id, reserve, money) if money else None
             outcome = self.local.admit(checks, now=now, member=request_id, slot_ttl_s=self.slot_ttl_s, spare=spare, money=ask)
             if outcome.missing:
                 assert ask is not None
