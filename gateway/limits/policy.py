@@ -301,15 +301,14 @@ class Limiter:
                 # and a cancelled release would hold the slot until its TTL.
                 await asyncio.shield(self._release_in_redis(admission, delta=delta, money_delta=money_delta))
                 return
-            # Not waited for: the settlement is written now, before this returns (so before the response that
-            # follows it is built), on the connection every later admission of this process takes, which Redis
-            # answers in order: no admission sent after it can miss the freed slot or the refund, and other
-            # processes see it within Redis's own turn. Its reply only matters when it is a failure, which a
-            # callback handles as the awaited path does (slot kept for release, failure counted).
+            # Not waited for: the settlement is written at the end of this turn of the event loop (with the other
+            # calls of the turn; daphne writes the response that follows it in a later turn), on the connection
+            # every later admission of this process takes, which Redis answers in order: no admission sent after
+            # it can miss the freed slot or the refund, and other processes see it within Redis's own turn. Its
+            # reply only matters when it is a failure, which a callback handles as the awaited path does (slot
+            # kept for release, failure counted).
             packed = admission.layout.finish_command(admission.request_id, delta, money_delta)
-            line.send(packed, now=True).add_done_callback(
-                partial(self._on_settled, admission, delta=delta, money_delta=money_delta)
-            )
+            line.send(packed).add_done_callback(partial(self._on_settled, admission, delta=delta, money_delta=money_delta))
 
     def _on_settled(self, admission: Admission, reply: asyncio.Future[Any], *, delta: int, money_delta: int) -> None:
         failure = reply.exception()  # never cancelled: nobody awaits it
