@@ -17,7 +17,8 @@ does) are matched to callers first in, first out, and many calls share one read 
   SELECT pipelined; one connect in flight per lane, bounded by the lane's timeout.
 - EVALSHA, and after NOSCRIPT (a restarted or flushed Redis) SCRIPT LOAD then the same call again: NOSCRIPT means
   nothing ran, so sending it again is safe.
-The rare calls (the counters read for headers, the money seeding, the retried slot releases) stay on redis-py.
+The counters read for headers (peek's MGET) go here too, in order after the process's settlements; the rare calls
+(the money seeding, the retried slot releases) stay on redis-py.
 """
 
 from __future__ import annotations
