@@ -36,6 +36,7 @@ from apikeys.keys import KEY_PREFIX, hashes_match, split_key
 from apikeys.models import ApiKey
 from apikeys.selectors import KeyRecord
 from apikeys.unkey import RatelimitState, UnkeyError, Verification, unkey_client
+from billing.selectors import PlanRecord
 from gateway.errors import AuthenticationFailed, AuthUnavailable, GatewayError, PermissionDenied, QuotaExceeded, RateLimited
 from gateway.limits import RPM, Admission, LimitState, anthropic_headers, format_duration, openai_headers
 from gateway.principal import Principal
@@ -97,6 +98,14 @@ def _serves_v1(record: KeyRecord) -> bool:
     return record.kind == ApiKey.Kind.STANDARD
 
 
+MAX_CACHED_PRINCIPALS = 10_000
+# key id -> (the key record, its plan, its organization's overrides, the principal made of them). The principal
+# carries the limiter's per-key work (gateway/limits/layout.py), so it is kept while the three it was made of are
+# the very objects the gateway's cache holds: a change to the key, its organization or the plans replaces them
+# (gateway/state.py), and the next request makes a new principal.
+_principals: dict[int, tuple[KeyRecord, Any, Any, Principal]] = {}
+
+
 async def principal_of(record: KeyRecord) -> Principal:
     """The principal of an accepted key, the same whichever issuer vouched for it."""
     plan = state.plan(record.plan_id)
@@ -105,12 +114,24 @@ async def principal_of(record: KeyRecord) -> Principal:
         plan = await state.plan_fresh(record.plan_id)
         if plan is None:
             raise AuthUnavailable("this key's plan could not be loaded; try again shortly")
+    overrides = state.snapshot.model_overrides.get(record.organization_id)
+    cached = _principals.get(record.key_id)
+    if cached is not None and cached[0] is record and cached[1] is plan and cached[2] is overrides:
+        return cached[3]
+    principal = _principal(record, plan, overrides)
+    if len(_principals) >= MAX_CACHED_PRINCIPALS:
+        _principals.clear()
+    _principals[record.key_id] = (record, plan, overrides, principal)
+    return principal
+
+
+def _principal(record: KeyRecord, plan: PlanRecord | None, overrides: dict[str, bool] | None) -> Principal:
     return Principal(
         key_id=record.key_id,
         organization_id=record.organization_id,
         organization_slug=record.organization_slug,
         plan=plan,
-        model_overrides=state.snapshot.model_overrides.get(record.organization_id),
+        model_overrides=overrides,
         key_kind=record.kind,
         key_aliases=record.allowed_aliases,
         key_requests_per_minute=record.requests_per_minute,

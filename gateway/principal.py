@@ -6,7 +6,8 @@ organization) both import it, and neither imports the other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from billing.selectors import PlanRecord, model_allowed
 
@@ -26,6 +27,9 @@ class Principal:
     key_spend_cap_monthly_micros: int | None = None
     org_spend_cap_daily_micros: int | None = None
     org_spend_cap_monthly_micros: int | None = None
+    # The limiter's work for this principal, done once (gateway/limits/layout.py): not an argument, so `replace()`
+    # starts a copy without it, and never compared.
+    limits_layouts: dict[Any, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def may_use(self, alias: str) -> bool:
         if self.key_aliases is not None and alias not in self.key_aliases:

@@ -31,18 +31,22 @@ Redis unreachable: by default (`PORTAL_LIMITS_FAIL_MODE=open`) admissions fall b
 store, with one loud log line per 10 s and the `redis_failures` / `fallback_admissions` counters. Refusing
 all paying traffic because a cache is down is worse than running for a while with per-process limits
 (each process then admits up to the full limit, and starts from zero). `closed` answers 503
-`limits_unavailable` instead. Redis calls use 0.25 s socket timeouts, no retries and a hard cap per call,
-and after a failure Redis is skipped for one second (a small circuit), so a dead Redis never stalls a
-request for long. A burst larger than the connection pool queues for a connection (untimed) rather than
-counting as an outage: redis-py's pool raises at once when full, which would fail open under load. A reply lost to a timeout may still have been applied in Redis; its slot then expires
-by TTL.
+`limits_unavailable` instead. The admission and the settlement go on the limiter's own pipelined connection per
+lane (`wire`): 0.3 s for a call without money (1.5 s with), no retries; the oldest call of a lane left unanswered
+past that closes its connection and fails the calls waiting on it. After a failure Redis is skipped for one second
+(a small circuit), so a dead Redis never stalls a request for long. `finish()` does not wait for Redis's reply: the
+settlement is written with the other calls of its event-loop turn on the connection every later call of the process
+takes, and a failed reply keeps the slot for release as before. A reply lost to a timeout may still have been
+applied in Redis; its slot then expires by TTL.
 
 Time: the limiter's clock is injectable (`now`, epoch seconds) so tests can freeze it; window keys are
 computed from it, so gateway hosts should run NTP (a skewed host counts into a neighbouring window).
 
 The package: `checks` (the kinds of limit, a check, an admission), `windows` (window arithmetic), `headers` (the
 OpenAI and Anthropic rate-limit headers), `stores` (the Lua scripts, the in-process store, the Redis binding),
-`policy` (the Limiter and the process's `limiter`), `read` (the public read API the portal's pages use). Import
+`wire` (the pipelined Redis connection of the admissions and settlements), `layout` (a principal's checks and
+packed script arguments, built once per window), `policy` (the Limiter and the process's `limiter`), `read` (the
+public read API the portal's pages use). Import
 from the package: the names below are its interface.
 """
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.limits.headers import anthropic_headers, openai_headers
 
@@ -99,6 +99,7 @@ class Admission:
     finished: bool = False
     money_keys: tuple[str, ...] = ()  # the spent counter and the cap counters a settlement moves
     reserved_micros: int = 0
+    layout: Any = field(default=None, repr=False)  # gateway/limits/layout.py's Layout: packs the settlement
 
     def headers(self) -> dict[str, str]:
         return anthropic_headers(self) if self.surface == "anthropic" else openai_headers(self)

@@ -9,10 +9,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import redis.asyncio as aioredis
 from django.conf import settings
+from hiredis import ReplyError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -21,7 +23,6 @@ from billing.selectors import organization_ledger_money
 from gateway.db import db_call
 from gateway.errors import GatewayError, LimitsUnavailable, QuotaExceeded, RateLimited
 from gateway.limits.checks import (
-    BALANCE,
     CONCURRENCY,
     QUOTA_KINDS,
     REQUEST_KINDS,
@@ -36,7 +37,9 @@ from gateway.limits.checks import (
     Outcome,
 )
 from gateway.limits.headers import format_duration, rfc3339
-from gateway.limits.money import CREDITS_TTL_S, money_checks, money_denial, money_keys, money_root, seed_items
+from gateway.limits.layout import Layout
+from gateway.limits.layout import build as build_layout
+from gateway.limits.money import CREDITS_TTL_S, money_denial, money_root, seed_items
 from gateway.limits.stores import (
     ADMIT_LUA,
     CALL_TIMEOUT_S,
@@ -47,11 +50,11 @@ from gateway.limits.stores import (
     RedisBinding,
     RedisUnavailable,
     SeedItem,
-    mget_call,
     seed_args,
     zrem_call,
 )
 from gateway.limits.windows import MINUTE_S, WEEK_S, week_start, window_label
+from gateway.limits.wire import Wire, command, script_sha
 from gateway.principal import Principal
 
 if TYPE_CHECKING:
@@ -68,6 +71,8 @@ MAX_PENDING_RELEASES = 10_000  # slot releases kept for retry during an outage; 
 OUTAGE_LOG_EVERY_S = 10.0
 DEFAULT_SLOT_TTL_S = 300
 DEFAULT_MAX_CONNECTIONS = 50
+ADMIT_SHA = script_sha(ADMIT_LUA)
+FINISH_SHA = script_sha(FINISH_LUA)
 
 
 @dataclass
@@ -90,6 +95,7 @@ class Limiter:
     # Concurrency slots whose release Redis did not take (an outage, a timeout): released as soon as
     # Redis answers again, before the next admission, instead of staying taken until their TTL.
     _pending_releases: list[Admission] = field(default_factory=list, repr=False)
+    _background: set[asyncio.Future[Any]] = field(default_factory=set, repr=False)  # settlements sent again
 
     @classmethod
     def from_settings(cls) -> Limiter:
@@ -131,27 +137,19 @@ class Limiter:
         """
         now = self.now()
         tokens = max(0, int(tokens))
-        checks = self._checks(principal, now=now, tokens=tokens)
-        if kinds is not None:
-            checks = [c for c in checks if c.kind in kinds]
-        money: MoneyAsk | None = None
-        if reserve_micros is not None:
-            found = money_checks(principal, prefix=self.prefix, now=now)
-            if found:
-                money = MoneyAsk(principal.organization_id, principal.key_id, max(0, int(reserve_micros)), found)
-        if not checks and money is None:
+        layout = self._layout(principal, now, kinds, reserve_micros is not None)
+        if layout.empty:
             return Admission(request_id=request_id, surface=surface, now=now, requests=None, tokens=None)
-        self._refuse_oversized_reservation(checks, now=now, tokens=tokens, surface=surface)
+        budget = layout.tpm_limit  # every scope's limit (the key's and the organization's), the tightest
+        if budget is not None and tokens > budget:
+            self._refuse_oversized_reservation(list(layout.checks), now=now, tokens=tokens, surface=surface)
         if up_to_tokens > 0:
-            # Every scope's limit (the key's and the organization's), the tightest wins.
-            budget = min((c.limit for c in checks if c.kind == TPM), default=None)
             extra = int(up_to_tokens) if budget is None else min(int(up_to_tokens), budget - tokens)
             if extra > 0:
                 tokens += extra
-                checks = [replace(c, amount=tokens) if c.kind == TPM else c for c in checks]
-        spare = max(0, int(spare_tokens))
-        if spare:
-            checks = [replace(c, takes_spare=True) if c.kind == TPM else c for c in checks]
+        spare = max(0, int(spare_tokens)) if budget is not None else 0  # only a tokens per minute counter takes it
+        money = layout.money
+        reserve = max(0, int(reserve_micros or 0)) if money else 0
 
         backend: Literal["redis", "local"] = "local"
         outcome: Outcome | None = None
@@ -159,27 +157,29 @@ class Limiter:
             if self._pending_releases and time.monotonic() >= self._circuit_open_until:
                 await self._retry_releases()
             try:
-                outcome = await self._redis_admit(checks, now=now, member=request_id, spare=spare, money=money)
+                outcome = await self._redis_admit(layout, now=now, member=request_id, tokens=tokens, spare=spare, reserve=reserve)
                 if outcome.missing:
-                    assert money is not None
-                    await self._redis_seed(await self._seed_items(money, outcome.missing))
-                    outcome = await self._redis_admit(checks, now=now, member=request_id, spare=spare, money=money)
+                    missing = MoneyAsk(principal.organization_id, principal.key_id, reserve, money)
+                    await self._redis_seed(await self._seed_items(missing, outcome.missing))
+                    outcome = await self._redis_admit(
+                        layout, now=now, member=request_id, tokens=tokens, spare=spare, reserve=reserve
+                    )
                 backend = "redis"
             except RedisUnavailable as exc:
                 self._on_redis_failure(exc)
                 # Money never fails open: per-process counters would let every process spend the whole balance or
                 # cap again. Requests with no balance or cap to check keep the limiter's policy.
-                if self.fail_mode == "closed" or money is not None:
+                if self.fail_mode == "closed" or money:
                     raise LimitsUnavailable(headers={"retry-after": "1"}) from exc
                 self.fallback_admissions += 1
         if outcome is None:
-            outcome = self.local.admit(checks, now=now, member=request_id, slot_ttl_s=self.slot_ttl_s, spare=spare, money=money)
+            checks = [replace(c, amount=tokens, takes_spare=spare > 0) if c.kind == TPM else c for c in layout.checks]
+            ask: MoneyAsk | None = MoneyAsk(principal.organization_id, principal.key_id, reserve, money) if money else None
+            outcome = self.local.admit(checks, now=now, member=request_id, slot_ttl_s=self.slot_ttl_s, spare=spare, money=ask)
             if outcome.missing:
-                assert money is not None
-                self.local.seed(await self._seed_items(money, outcome.missing), now=now)
-                outcome = self.local.admit(
-                    checks, now=now, member=request_id, slot_ttl_s=self.slot_ttl_s, spare=spare, money=money
-                )
+                assert ask is not None
+                self.local.seed(await self._seed_items(ask, outcome.missing), now=now)
+                outcome = self.local.admit(checks, now=now, member=request_id, slot_ttl_s=self.slot_ttl_s, spare=spare, money=ask)
         if outcome.missing:
             # Seeded and gone again at once (a flush meanwhile, or a Redis evicting keys): nothing to trust.
             log.error("money keys missing right after seeding them; refusing (503)")
@@ -189,22 +189,45 @@ class Limiter:
             request_id=request_id,
             surface=surface,
             now=now,
-            requests=self._tightest(checks, outcome.values, REQUEST_KINDS, now),
-            tokens=self._tightest(checks, outcome.values, frozenset({TPM}), now),
+            requests=layout.tightest(outcome.values, now, False),
+            tokens=layout.tightest(outcome.values, now, True),
             reserved_tokens=tokens + outcome.spare,
             backend=backend,
-            token_keys=tuple(c.store_key for c in checks if c.kind == TPM),
-            slot_keys=tuple(c.store_key for c in checks if c.slot),
-            money_keys=money_keys(money.checks) if money is not None else (),
-            reserved_micros=money.reserve if money is not None else 0,
+            token_keys=layout.token_keys,
+            slot_keys=layout.slot_keys,
+            money_keys=layout.money_keys,
+            reserved_micros=reserve,
+            layout=layout,
         )
         if not outcome.admitted:
             self.denials += 1
             if outcome.money_denied:
-                assert money is not None
-                raise money_denial(money, outcome, admission)
-            raise self._denial(checks, outcome, admission)
+                raise money_denial(MoneyAsk(principal.organization_id, principal.key_id, reserve, money), outcome, admission)
+            raise self._denial(list(layout.checks), outcome, admission)
         return admission
+
+    def _layout(self, principal: Principal, now: float, kinds: frozenset[str] | None, with_money: bool) -> Layout:
+        """The principal's layout for this kind of admission, built again when its window ended (or the limiter's
+        prefix or slot TTL changed: tests set them)."""
+        layouts = principal.limits_layouts
+        key = (kinds, with_money)
+        found: Layout | None = layouts.get(key)
+        if found is not None and found.holds(self, now):
+            return found
+        found = build_layout(
+            self,
+            principal,
+            self._checks(principal, now=now, tokens=0),
+            now=now,
+            kinds=kinds,
+            with_money=with_money,
+            admit_sha=ADMIT_SHA,
+            finish_sha=FINISH_SHA,
+        )
+        if len(layouts) > 8:  # a handful of kinds at most; never grows with the windows
+            layouts.clear()
+        layouts[key] = found
+        return found
 
     @staticmethod
     async def _seed_items(money: MoneyAsk, missing: list[int]) -> list[SeedItem]:
@@ -228,8 +251,7 @@ class Limiter:
         values: list[int] | None = None
         if self.redis_url:
             try:
-                reply = await self._call(mget_call, [c.store_key for c in checks], [])
-                values = [int(v or 0) for v in reply]
+                values = [int(v or 0) for v in await self._redis_read([c.store_key for c in checks])]
             except RedisUnavailable as exc:
                 self._on_redis_failure(exc)
                 if self.fail_mode == "closed":
@@ -270,20 +292,48 @@ class Limiter:
             )
             return
         if admission.backend == "redis":
-            # Shielded: finish runs in the `finally` of a request whose client may just have gone away,
-            # and a cancelled release would hold the slot until its TTL.
-            await asyncio.shield(self._release_in_redis(admission, delta=delta, money_delta=money_delta))
+            money = bool(money_delta and admission.money_keys)
+            binding = self._binding
+            line = binding.wire.ready(money) if binding is not None and binding.loop is asyncio.get_running_loop() else None
+            if line is None or (not money and time.monotonic() < self._circuit_open_until):
+                # Not connected (or the circuit is open): the general path, which connects or gives up.
+                # Shielded: finish runs in the `finally` of a request whose client may just have gone away,
+                # and a cancelled release would hold the slot until its TTL.
+                await asyncio.shield(self._release_in_redis(admission, delta=delta, money_delta=money_delta))
+                return
+            # Not waited for: the settlement is written at the end of this turn of the event loop (with the other
+            # calls of the turn; daphne writes the response that follows it in a later turn), on the connection
+            # every later admission of this process takes, which Redis answers in order: no admission sent after
+            # it can miss the freed slot or the refund, and other processes see it within Redis's own turn. Its
+            # reply only matters when it is a failure, which a callback handles as the awaited path does (slot
+            # kept for release, failure counted).
+            packed = admission.layout.finish_command(admission.request_id, delta, money_delta)
+            line.send(packed).add_done_callback(partial(self._on_settled, admission, delta=delta, money_delta=money_delta))
+
+    def _on_settled(self, admission: Admission, reply: asyncio.Future[Any], *, delta: int, money_delta: int) -> None:
+        failure = reply.exception()  # never cancelled: nobody awaits it
+        if failure is None and isinstance(reply.result(), ReplyError):
+            # An error reply (NOSCRIPT after a Redis restart: nothing ran) goes the awaited way, which loads the
+            # script and sends it again, or records the failure.
+            task = asyncio.ensure_future(self._release_in_redis(admission, delta=delta, money_delta=money_delta))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        elif failure is not None:
+            self._release_failed(admission, RedisUnavailable(f"{failure.__class__.__name__}: {failure}"))
 
     async def _release_in_redis(self, admission: Admission, *, delta: int, money_delta: int = 0) -> None:
         try:
             await self._redis_finish(admission, delta=delta, money_delta=money_delta)
         except RedisUnavailable as exc:
-            # The slot is released again once Redis answers (or expires by its TTL). The token settlement
-            # is not retried: a timed-out call may have been applied, and applying it twice would refund
-            # twice; the reservation stands, which errs on the customer's limit, not on our bill.
-            self._on_redis_failure(exc)
-            if admission.slot_keys and len(self._pending_releases) < MAX_PENDING_RELEASES:
-                self._pending_releases.append(admission)
+            self._release_failed(admission, exc)
+
+    def _release_failed(self, admission: Admission, exc: RedisUnavailable) -> None:
+        # The slot is released again once Redis answers (or expires by its TTL). The token settlement
+        # is not retried: a timed-out call may have been applied, and applying it twice would refund
+        # twice; the reservation stands, which errs on the customer's limit, not on our bill.
+        self._on_redis_failure(exc)
+        if admission.slot_keys and len(self._pending_releases) < MAX_PENDING_RELEASES:
+            self._pending_releases.append(admission)
 
     async def _retry_releases(self) -> None:
         """Release the slots a failed finish left taken: one ZREM per slot set with all its members, in one
@@ -304,6 +354,11 @@ class Limiter:
     async def aclose(self) -> None:
         binding, self._binding = self._binding, None
         if binding is not None and binding.loop is asyncio.get_running_loop():
+            # The settlements written and not answered yet: their replies, or their lane's timeout.
+            await binding.wire.drain()
+            if self._background:
+                await asyncio.wait(list(self._background), timeout=MONEY_CALL_TIMEOUT_S)
+            binding.wire.close()
             await binding.client.aclose()
 
     # --- building the checks --------------------------------------------------------------------------
@@ -460,10 +515,13 @@ class Limiter:
             binding = RedisBinding(
                 loop,
                 client,
-                client.register_script(ADMIT_LUA),
-                client.register_script(FINISH_LUA),
                 client.register_script(SEED_LUA),
                 asyncio.Semaphore(self.max_connections),
+                Wire(
+                    self.redis_url,
+                    timeouts=(CALL_TIMEOUT_S, MONEY_CALL_TIMEOUT_S),
+                    scripts={ADMIT_SHA: ADMIT_LUA, FINISH_SHA: FINISH_LUA},
+                ),
             )
             self._binding = binding
         return binding
@@ -482,58 +540,51 @@ class Limiter:
             except (RedisError, OSError, TimeoutError) as exc:
                 raise RedisUnavailable(f"{exc.__class__.__name__}: {exc}") from exc
 
-    async def _redis_admit(
-        self, checks: list[Check], *, now: float, member: str, spare: int = 0, money: MoneyAsk | None = None
-    ) -> Outcome:
-        counters = [c for c in checks if not c.slot]
-        sets = [c for c in checks if c.slot]
-        takes_spare = any(c.takes_spare for c in counters)
-        args: list[Any] = [
-            int(now * 1000),
-            len(counters),
-            len(sets),
-            int(self.slot_ttl_s * 1000),
-            member,
-            spare if takes_spare else 0,
-        ]
-        for check in counters:
-            args += [check.limit, check.amount, check.ttl_s * 1000, 1 if check.takes_spare else 0]
-        args += [check.limit for check in sets]
-        keys = [c.store_key for c in checks]
-        money_list = money.checks if money is not None else ()
-        args += [len(money_list), money.reserve if money is not None else 0]
-        for mcheck in money_list:
-            if mcheck.kind == BALANCE:
-                keys += [mcheck.store_key, mcheck.spent_key]
-                args += ["b", 0, 0]
-            else:
-                keys.append(mcheck.store_key)
-                args += ["c", mcheck.limit, mcheck.ttl_s * 1000]
-        reply = await self._call(lambda b: b.admit, keys, args, money=money is not None)
+    async def _redis_admit(self, layout: Layout, *, now: float, member: str, tokens: int, spare: int, reserve: int) -> Outcome:
+        money = bool(layout.money)
+        if not money and time.monotonic() < self._circuit_open_until:
+            raise RedisUnavailable("circuit open after a recent failure")
+        packed = layout.admit_command(int(now * 1000), member, tokens, spare, reserve)
+        try:
+            reply = await self._bound().wire.call(packed, money=money, script=ADMIT_SHA)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise RedisUnavailable(f"{exc.__class__.__name__}: {exc}") from exc
         admitted, values, denied, granted, money_values, money_denied, missing = reply
+        if admitted:
+            return Outcome(True, values, denied, granted, money_values=money_values)
         return Outcome(
-            bool(admitted),
-            [int(v) for v in values],
-            [int(i) - 1 for i in denied],
-            int(granted),
-            money_values=[int(v) for v in money_values],
-            money_denied=[int(i) - 1 for i in money_denied],
-            missing=[int(i) - 1 for i in missing],
+            False,
+            values,
+            [i - 1 for i in denied],
+            granted,
+            money_values=money_values,
+            money_denied=[i - 1 for i in money_denied],
+            missing=[i - 1 for i in missing],
         )
+
+    async def _redis_read(self, keys: list[str]) -> list[Any]:
+        """MGET on the wire: after every settlement this process wrote, in Redis's order as in ours."""
+        if time.monotonic() < self._circuit_open_until:
+            raise RedisUnavailable("circuit open after a recent failure")
+        try:
+            reply: list[Any] = await self._bound().wire.call(command("MGET", *keys), money=False)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise RedisUnavailable(f"{exc.__class__.__name__}: {exc}") from exc
+        return reply
 
     async def _redis_seed(self, items: list[SeedItem]) -> None:
         keys, args = seed_args(items)
         await self._call(lambda b: b.seed, keys, args, money=True)
 
     async def _redis_finish(self, admission: Admission, *, delta: int, money_delta: int = 0) -> None:
-        token_keys = list(admission.token_keys) if delta else []
-        money_keys = list(admission.money_keys) if money_delta else []
-        await self._call(
-            lambda b: b.finish,
-            token_keys + money_keys + list(admission.slot_keys),
-            [delta, len(token_keys), admission.request_id, money_delta, len(money_keys)],
-            money=bool(money_keys),
-        )
+        money = bool(money_delta and admission.money_keys)
+        if not money and time.monotonic() < self._circuit_open_until:
+            raise RedisUnavailable("circuit open after a recent failure")
+        packed = admission.layout.finish_command(admission.request_id, delta, money_delta)
+        try:
+            await self._bound().wire.call(packed, money=money, script=FINISH_SHA)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise RedisUnavailable(f"{exc.__class__.__name__}: {exc}") from exc
 
     def credits_push_local(self, organization_id: int) -> None:
         """credits_push without Redis: the in-process store, read from the ledger now (a sync caller: the writer)."""

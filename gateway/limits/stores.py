@@ -13,6 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from gateway.limits.checks import BALANCE, Check, MoneyAsk, Outcome
+from gateway.limits.wire import Wire
 
 log = logging.getLogger("gateway.limits")
 
@@ -27,37 +28,49 @@ SWEEP_EVERY = 4096
 # --- Stores ------------------------------------------------------------------------------------------
 
 # KEYS: the counters, then the concurrency sets, then the money keys (a balance: credits and spent; a cap: its counter).
-# ARGV: now_ms, counters, sets, slot_ttl_ms, member, spare, then (limit, amount, ttl_ms, takes_spare) per counter,
-# then limit per set, then the number of money checks, the reservation in micro-units, and (kind 'b' or 'c', limit,
-# ttl_ms) per money check. Spare tokens go to the counters that take them as far as every one of them has room left
-# after its own amount (never a reason to refuse). A money key that is missing (never seeded, expired, Redis
-# flushed) stops the admission before anything changes: the reply lists those checks, the gateway seeds them from
-# the database and asks again. The reply: admitted, the values, the denied counters and sets, the spare tokens
-# granted, the money values (the balance available, a cap's spend), the denied money checks, the missing ones.
+# ARGV: what changes from call to call first (gateway/limits/layout.py packs the rest once per principal and window):
+# now_ms, member, tokens, spare, reservation in micro-units; then the counts of counters, sets and money checks and
+# slot_ttl_ms; then (limit, amount, ttl_ms) per counter, where an amount of 't' is a tokens per minute counter's: it
+# adds `tokens` and takes the spare; then limit per set; then (kind 'b' or 'c', limit, ttl_ms) per money check. Spare
+# tokens go to the counters that take them as far as every one of them has room left after its own amount (never a
+# reason to refuse). A money key that is missing (never seeded, expired, Redis flushed) stops the admission before
+# anything changes: the reply lists those checks, the gateway seeds them from the database and asks again. The
+# reply: admitted, the values, the denied counters and sets, the spare tokens granted, the money values (the balance
+# available, a cap's spend), the denied money checks, the missing ones.
 ADMIT_LUA = """
 local now = tonumber(ARGV[1])
-local c = tonumber(ARGV[2])
-local z = tonumber(ARGV[3])
-local slot_ttl = tonumber(ARGV[4])
-local member = ARGV[5]
-local spare = tonumber(ARGV[6])
+local member = ARGV[2]
+local tokens = tonumber(ARGV[3])
+local spare = tonumber(ARGV[4])
+local reserve = tonumber(ARGV[5])
+local c = tonumber(ARGV[6])
+local z = tonumber(ARGV[7])
+local nm = tonumber(ARGV[8])
+local slot_ttl = tonumber(ARGV[9])
 local values = {}
 local denied = {}
-local a = 7
+local limits = {}
+local amounts = {}
+local takes = {}
+local a = 10
 for i = 1, c do
   local cur = tonumber(redis.call('GET', KEYS[i]) or '0')
   values[i] = cur
-  if ARGV[a + 3] == '1' then
-    spare = math.max(0, math.min(spare, tonumber(ARGV[a]) - cur - tonumber(ARGV[a + 1])))
+  limits[i] = tonumber(ARGV[a])
+  if ARGV[a + 1] == 't' then
+    amounts[i] = tokens
+    takes[i] = true
+    spare = math.max(0, math.min(spare, limits[i] - cur - tokens))
+  else
+    amounts[i] = tonumber(ARGV[a + 1])
+    takes[i] = false
   end
-  a = a + 4
+  a = a + 3
 end
-a = 7
 for i = 1, c do
-  local need = tonumber(ARGV[a + 1])
-  if ARGV[a + 3] == '1' then need = need + spare end
-  if values[i] + math.max(need, 1) > tonumber(ARGV[a]) then denied[#denied + 1] = i end
-  a = a + 4
+  local need = amounts[i]
+  if takes[i] then need = need + spare end
+  if values[i] + math.max(need, 1) > limits[i] then denied[#denied + 1] = i end
 end
 for j = 1, z do
   local key = KEYS[c + j]
@@ -67,9 +80,6 @@ for j = 1, z do
   if cur + 1 > tonumber(ARGV[a]) then denied[#denied + 1] = c + j end
   a = a + 1
 end
-local nm = tonumber(ARGV[a])
-local reserve = tonumber(ARGV[a + 1])
-a = a + 2
 local money_a = a
 local k = c + z
 local mvalues = {}
@@ -102,13 +112,13 @@ for i = 1, nm do
 end
 if #missing > 0 then return {0, values, {}, 0, mvalues, {}, missing} end
 if #denied > 0 or #mdenied > 0 then return {0, values, denied, 0, mvalues, mdenied, {}} end
-a = 7
+a = 10
 for i = 1, c do
-  local amount = tonumber(ARGV[a + 1])
-  if ARGV[a + 3] == '1' then amount = amount + spare end
+  local amount = amounts[i]
+  if takes[i] then amount = amount + spare end
   values[i] = redis.call('INCRBY', KEYS[i], amount)
   redis.call('PEXPIRE', KEYS[i], ARGV[a + 2])
-  a = a + 4
+  a = a + 3
 end
 for j = 1, z do
   local key = KEYS[c + j]
@@ -133,12 +143,14 @@ return {1, values, denied, spare, mvalues, {}, {}}
 """
 
 # KEYS: the token counters, the money counters (spent, caps), then the concurrency sets.
-# ARGV: token delta, number of token counters, member, money delta, number of money counters.
+# ARGV: token delta, member, money delta, number of token counters, number of money counters. A zero delta leaves
+# its counters alone, so one packed head (its keys) serves every settlement of an admission.
 FINISH_LUA = """
 local delta = tonumber(ARGV[1])
-local t = tonumber(ARGV[2])
-local money = tonumber(ARGV[4] or '0')
-local m = tonumber(ARGV[5] or '0')
+local member = ARGV[2]
+local money = tonumber(ARGV[3])
+local t = tonumber(ARGV[4])
+local m = tonumber(ARGV[5])
 if delta ~= 0 then
   for i = 1, t do
     -- Only a counter that still exists: INCRBY on an expired one would create a key without a TTL.
@@ -154,7 +166,7 @@ if money ~= 0 then
     if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBY', KEYS[i], money) end
   end
 end
-for j = t + m + 1, #KEYS do redis.call('ZREM', KEYS[j], ARGV[3]) end
+for j = t + m + 1, #KEYS do redis.call('ZREM', KEYS[j], member) end
 return 1
 """
 
@@ -393,20 +405,12 @@ class RedisUnavailable(Exception):
 @dataclass
 class RedisBinding:
     loop: asyncio.AbstractEventLoop
-    client: aioredis.Redis
-    admit: Any  # redis.commands.core.AsyncScript
-    finish: Any
-    seed: Any
+    client: aioredis.Redis  # the rare calls (gateway/limits/wire.py carries the admissions and settlements)
+    seed: Any  # redis.commands.core.AsyncScript
     # One permit per pooled connection: a burst queues here, untimed, instead of failing with
     # MaxConnectionsError (redis-py's pool raises at once when full), which would look like an outage.
     permits: asyncio.Semaphore
-
-
-def mget_call(binding: RedisBinding) -> Callable[..., Any]:
-    async def read(*, keys: list[str], args: list[Any]) -> Any:
-        return await binding.client.mget(keys)
-
-    return read
+    wire: Wire
 
 
 def zrem_call(binding: RedisBinding, members: dict[str, list[str]]) -> Callable[..., Any]:
