@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.utils import timezone
 
 from apikeys.keys import KEY_PREFIX, hashes_match, split_key
@@ -80,7 +81,12 @@ async def authenticate(headers: Mapping[str, str], *, surface: str | None = None
     public_id = split_key(raw)
     if public_id is None:
         raise AuthenticationFailed()
-    record = await state.key_record(public_id)
+    try:
+        record = await state.key_record(public_id)
+    except DatabaseError:
+        # A key this process has not cached yet, and the database is away: a 503 in the caller's shape, never a 500
+        # (a cached key keeps being served from memory through the outage).
+        raise AuthUnavailable(headers={"retry-after": "5"}) from None
     # One message for unknown, revoked, expired and wrong-secret keys, and keys of another kind: say nothing about which.
     if record is None or not _serves_v1(record) or not hashes_match(raw, record.key_hash) or record.revoked:
         raise AuthenticationFailed()

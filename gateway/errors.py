@@ -192,7 +192,8 @@ class UpstreamUnavailable(GatewayError):
 
 
 class AuthUnavailable(GatewayError):
-    """The key issuer (Unkey) could not say whether the key is valid: 503, never a guess either way."""
+    """The key issuer (Unkey), or the database for a key this process has not cached, could not say whether the key
+    is valid: 503, never a guess either way."""
 
     status = 503
     openai_type = "api_error"

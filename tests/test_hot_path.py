@@ -166,3 +166,52 @@ def test_steady_state_requests_run_no_statement_and_usage_is_written_in_one_batc
             assert json.loads(body)["choices"][0]["message"]["content"] == text
         else:
             assert body.rstrip().endswith(b"data: [DONE]")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_not_cached_while_the_database_is_away_is_a_503_in_the_callers_shape(
+    in_process_gateway,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first request of a key this process has not cached needs its row; with the database away that is a 503
+    `auth_unavailable` with a retry-after, in the route's own error shape, never a 500 (a CI flake once showed one)."""
+    from django.db import OperationalError
+
+    import gateway.state
+
+    key = issue_key(slug="hotpath-db-away")
+
+    def away(**kwargs: object) -> None:
+        raise OperationalError("connection refused")
+
+    answers: list[tuple[int, dict, str | None]] = []
+
+    async def main() -> None:
+        client = gateway_client()
+        try:
+            await state.ensure_started()  # the routing table and plans load before the database goes
+            monkeypatch.setattr(gateway.state, "apikey_record", away)
+            for path, auth, body in (
+                ("/v1/chat/completions", {"authorization": f"Bearer {key.raw}"}, {"model": ALIAS, "messages": []}),
+                ("/v1/messages", {"x-api-key": key.raw}, {"model": ALIAS, "max_tokens": 5, "messages": []}),
+            ):
+                response = await client.post(path, content=json.dumps(body), headers={**auth, "content-type": "application/json"})
+                answers.append((response.status_code, response.json(), response.headers.get("retry-after")))
+        finally:
+            await client.aclose()
+            state.stop()
+            recorder.stop()
+            await upstreams.aclose()
+            await asyncio.sleep(0)
+
+    async_to_sync(main)()
+    gc.collect()
+    message = "API key verification is temporarily unavailable; try again shortly"
+    assert answers == [
+        (503, {"error": {"message": message, "type": "api_error", "param": None, "code": "auth_unavailable"}}, "5"),
+        (
+            503,
+            {"type": "error", "error": {"type": "api_error", "message": message}, "request_id": answers[1][1].get("request_id")},
+            "5",
+        ),
+    ]
