@@ -215,22 +215,29 @@ def wrk(url: str, *, connections: int, duration: int, body: dict, headers: dict[
     }
 
 
-def start_daphne(env: dict[str, str], port: int, app: str = "portal_project.asgi:application") -> subprocess.Popen:
+def start_daphne(
+    env: dict[str, str], port: int, app: str = "portal_project.asgi:application", *, cpus: str | None = None
+) -> subprocess.Popen:
+    """One daphne process as deploy/supervisord.conf runs it, pinned to `cpus` when given (taskset execs: the pid is
+    daphne's); returned once it answers HTTP (any status: the passthrough and the floor have no /health)."""
+    pin = ["taskset", "-c", cpus] if cpus else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port), app],
+        [*pin, sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port), app],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    for _ in range(150):
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise SystemExit(f"daphne ({app}) on {port} exited with {proc.returncode}")
         try:
             httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=1)
             return proc
         except httpx.HTTPError:
             time.sleep(0.1)
     proc.kill()
-    raise SystemExit(f"daphne ({app}) did not start")
+    raise SystemExit(f"daphne ({app}) on {port} did not answer within 30 s")
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -209,36 +209,6 @@ class Meter:
 # --- the processes -----------------------------------------------------------------------------------------------------
 
 
-def start_gateway(env: dict[str, str], port: int, cpus: str | None) -> subprocess.Popen:
-    """One gateway process as deploy/supervisord.conf runs it, pinned to `cpus` (taskset execs: the pid is daphne's)."""
-    pin = ["taskset", "-c", cpus] if cpus else []
-    command = [
-        *pin,
-        sys.executable,
-        "-m",
-        "daphne",
-        "-v",
-        "0",
-        "-b",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "portal_project.asgi:application",
-    ]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise SystemExit(f"the gateway on {port} exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"the gateway on {port} did not answer /health within 30 s")
-
-
 class Nginx:
     """nginx with deploy/nginx's configuration, rendered by render.sh into a directory of its own."""
 
@@ -406,8 +376,8 @@ def main() -> None:
     try:
         # Both processes from the start: the second is past its start-up work (first probes of the dead routers,
         # cache loads) when its rows come; meanwhile it idles (see idle_cpu_ms_per_s).
-        procs.append(start_gateway(env, ports[0], gateway_cpus))
-        procs.append(start_gateway(env, ports[1], gateway_cpus))
+        procs.append(b.start_daphne(env, ports[0], cpus=gateway_cpus))
+        procs.append(b.start_daphne(env, ports[1], cpus=gateway_cpus))
         sim.configure(global_={"token_delay_ms": args.token_delay_ms})
         nginx.start(1, ports[0], env)
         measure("1 process, direct (no nginx)", 1, ports[0], via_nginx=False)

@@ -73,6 +73,14 @@ async def _chat(client: httpx.AsyncClient, raw_key: str, *, stream: bool) -> tup
     return response.status_code, response.headers["x-request-id"], response.content
 
 
+async def _alert_round_done() -> None:
+    """Wait (up to 2 s) for the spend-alert round a usage batch woke (usage/alerts.py, its own thread)."""
+    for _ in range(200):
+        if spend_alert_worker.idle:
+            return
+        await asyncio.sleep(0.01)
+
+
 def _drive(raw_key: str) -> Run:
     run = Run()
 
@@ -89,10 +97,7 @@ def _drive(raw_key: str) -> Run:
             run.warmup_flush_statements = dbstats.queries_executed() - before
             # The batch just written woke the spend-alert thread (usage/alerts.py), whose round of two statements runs
             # off the request path, in its own thread: let it finish, so what follows counts the requests' own.
-            for _ in range(200):
-                if spend_alert_worker.idle:
-                    break
-                await asyncio.sleep(0.01)
+            await _alert_round_done()
 
             before = dbstats.queries_executed()
             for i in range(REQUESTS):
@@ -185,6 +190,7 @@ def test_a_key_not_cached_while_the_database_is_away_is_a_503_in_the_callers_sha
         raise OperationalError("connection refused")
 
     answers: list[tuple[int, dict, str | None]] = []
+    request_ids: list[str] = []
 
     async def main() -> None:
         client = gateway_client()
@@ -197,11 +203,9 @@ def test_a_key_not_cached_while_the_database_is_away_is_a_503_in_the_callers_sha
             ):
                 response = await client.post(path, content=json.dumps(body), headers={**auth, "content-type": "application/json"})
                 answers.append((response.status_code, response.json(), response.headers.get("retry-after")))
+                request_ids.append(response.headers["x-request-id"])
             assert await recorder.flush()  # the two refusals' request log rows: nothing left for the next test
-            for _ in range(200):  # and the round the batch woke (usage/alerts.py) done before the database goes
-                if spend_alert_worker.idle:
-                    break
-                await asyncio.sleep(0.01)
+            await _alert_round_done()  # and the round the batch woke, before the test database goes
         finally:
             await client.aclose()
             state.stop()
@@ -216,7 +220,7 @@ def test_a_key_not_cached_while_the_database_is_away_is_a_503_in_the_callers_sha
         (503, {"error": {"message": message, "type": "api_error", "param": None, "code": "auth_unavailable"}}, "5"),
         (
             503,
-            {"type": "error", "error": {"type": "api_error", "message": message}, "request_id": answers[1][1].get("request_id")},
+            {"type": "error", "error": {"type": "api_error", "message": message}, "request_id": request_ids[1]},
             "5",
         ),
     ]

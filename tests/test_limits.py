@@ -80,15 +80,20 @@ def run(body: Callable[[], Awaitable[Any]]) -> Any:
     return asyncio.run(body())
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    value = f"limtest-{uuid.uuid4().hex[:12]}"
+def scratch_prefix(label: str) -> Iterator[str]:
+    """A key prefix of the test's own on the shared Redis, and its keys deleted afterwards."""
+    value = f"{label}-{uuid.uuid4().hex[:12]}"
     yield value
     client = redis.Redis.from_url(REDIS_FOR_TESTS)
     keys = list(client.scan_iter(match=f"{value}:*", count=1000))
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    yield from scratch_prefix("limtest")
 
 
 @pytest.fixture(params=["redis", "local"])

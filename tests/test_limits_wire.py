@@ -17,18 +17,12 @@ from gateway.limits import Limiter, policy
 from gateway.limits.stores import ADMIT_LUA, FINISH_LUA
 from gateway.limits.wire import Wire, command, script_sha
 from tests.support.live import REDIS_FOR_TESTS
-from tests.test_limits import Clock, make_plan, make_principal, run
+from tests.test_limits import Clock, make_plan, make_principal, run, scratch_prefix
 
 
 @pytest.fixture
 def prefix() -> Iterator[str]:
-    value = f"limwire-{uuid.uuid4().hex[:12]}"
-    yield value
-    client = redis.Redis.from_url(REDIS_FOR_TESTS)
-    keys = list(client.scan_iter(match=f"{value}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    yield from scratch_prefix("limwire")
 
 
 def test_a_script_redis_does_not_know_is_loaded_and_the_call_sent_again(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
